@@ -1,0 +1,324 @@
+//! The gateway's TOML configuration: one table per layer, reusing each crate's own
+//! `serde::Deserialize` configuration type, plus the gateway's own settings.
+//!
+//! Durations are integers of milliseconds in fields ending in `_ms`, as in every layer crate.
+//! Every table is optional; unknown keys are errors (a typo never goes unnoticed).
+//!
+//! ```toml
+//! [server]
+//! drain_timeout_ms = 30000
+//!
+//! # Clients allowed in: SHA-256 of the key, hex (`printf %s "$KEY" | sha256sum`).
+//! [[keys]]
+//! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! tenant = "acme"
+//! requests_per_minute = 600
+//! tokens_per_minute = 1000000
+//!
+//! [layers]        # every layer is on by default; audit needs --audit-log or [audit] path
+//! cache = true
+//!
+//! [client]        # tower_deepseek::client::ClientConfig
+//! connect_timeout_ms = 5000
+//! [timeout]       # tower_deepseek_retry::timeout::TimeoutConfig
+//! first_token_ms = 60000
+//! [retry]         # tower_deepseek_retry::retry::RetryConfig
+//! max_attempts = 5
+//! [rate_limit]    # tower_deepseek_retry::rate_limit::RateLimitConfig (defaults for keys without own limits)
+//! requests_per_minute = 3000
+//! key_by = "tenant"
+//! [cache]         # tower_deepseek_cache::CacheConfig (`--redis` sets redis_url)
+//! l1_ttl_ms = 300000
+//! [breaker]       # tower_deepseek_breaker::CircuitBreakerConfig
+//! failure_rate_threshold = 50.0
+//! [redact]        # tower_deepseek_redact::RedactConfig
+//! default_mode = "placeholder"
+//! [audit]         # the gateway's audit settings
+//! hash_chain = true
+//! [oauth2]        # tower_deepseek_auth::OAuth2Config (instead of DEEPSEEK_API_KEY)
+//! token_url = "https://auth.example.com/oauth2/token"
+//! client_id = "gateway"
+//! client_secret = "..."
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tower_deepseek::auth::OAuth2Config;
+use tower_deepseek::breaker::CircuitBreakerConfig;
+use tower_deepseek::cache::CacheConfig;
+use tower_deepseek::client::ClientConfig;
+use tower_deepseek::redact::RedactConfig;
+use tower_deepseek::redact::audit::SinkFailurePolicy;
+use tower_deepseek::retry::rate_limit::RateLimitConfig;
+use tower_deepseek::retry::retry::RetryConfig;
+use tower_deepseek::retry::timeout::TimeoutConfig;
+
+/// The whole configuration file. See the [module docs](self).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// The gateway's own server settings.
+    pub server: ServerConfig,
+    /// Client keys allowed in. Empty: any client, and only on a loopback address.
+    pub keys: Vec<ClientKey>,
+    /// Which layers are on.
+    pub layers: LayersConfig,
+    /// The upstream HTTP client.
+    pub client: ClientConfig,
+    /// Attempt timeouts (right above the client).
+    pub timeout: TimeoutConfig,
+    /// Retries.
+    pub retry: RetryConfig,
+    /// Rate limits for clients without limits of their own.
+    pub rate_limit: RateLimitConfig,
+    /// The response cache.
+    pub cache: CacheConfig,
+    /// The circuit breaker.
+    pub breaker: CircuitBreakerConfig,
+    /// PII masking.
+    pub redact: RedactConfig,
+    /// Audit records.
+    pub audit: AuditConfig,
+    /// OAuth2 client credentials for the upstream (instead of `DEEPSEEK_API_KEY`).
+    pub oauth2: Option<OAuth2Config>,
+}
+
+/// The gateway's own server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// After SIGTERM, how long requests and streams in flight may take to finish. Default 30 000.
+    pub drain_timeout_ms: u64,
+    /// Proxies (CIDR) whose `x-forwarded-for` is believed for the client IP. Default none.
+    pub trusted_proxies: Vec<String>,
+    /// Allow a non-loopback listen address without client keys (an open relay for the
+    /// upstream credential: only behind another authenticating proxy). Default false.
+    pub allow_open_non_loopback: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 30_000,
+            trusted_proxies: Vec::new(),
+            allow_open_non_loopback: false,
+        }
+    }
+}
+
+/// One client key allowed in.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClientKey {
+    /// SHA-256 of the key, 64 hex digits. The key itself is never stored.
+    pub sha256: String,
+    /// The tenant name (cache scope, limits, audit). Default: derived from the hash.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// This client's own requests-per-minute limit (else `[rate_limit]`'s).
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// This client's own tokens-per-minute limit (else `[rate_limit]`'s).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+}
+
+impl ClientKey {
+    /// An entry for `sha256` (hex).
+    pub fn new(sha256: impl Into<String>) -> Self {
+        Self {
+            sha256: sha256.into(),
+            tenant: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+        }
+    }
+
+    /// With a tenant name.
+    #[must_use]
+    pub fn tenant(mut self, name: impl Into<String>) -> Self {
+        self.tenant = Some(name.into());
+        self
+    }
+
+    /// With its own requests-per-minute limit.
+    #[must_use]
+    pub fn requests_per_minute(mut self, n: u32) -> Self {
+        self.requests_per_minute = Some(n);
+        self
+    }
+
+    /// With its own tokens-per-minute limit.
+    #[must_use]
+    pub fn tokens_per_minute(mut self, n: u64) -> Self {
+        self.tokens_per_minute = Some(n);
+        self
+    }
+
+    /// Whether this key has limits of its own.
+    pub fn has_own_limits(&self) -> bool {
+        self.requests_per_minute.is_some() || self.tokens_per_minute.is_some()
+    }
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The hash is not a secret, but nothing is gained by printing it.
+        f.debug_struct("ClientKey")
+            .field("tenant", &self.tenant)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("tokens_per_minute", &self.tokens_per_minute)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which layers are on (all by default; audit also needs a log path).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LayersConfig {
+    /// `AuditLayer`.
+    pub audit: bool,
+    /// `RedactLayer`.
+    pub redact: bool,
+    /// `CacheLayer`.
+    pub cache: bool,
+    /// `RateLimitLayer`.
+    pub rate_limit: bool,
+    /// `RetryLayer`.
+    pub retry: bool,
+    /// `CircuitBreakerLayer`.
+    pub breaker: bool,
+    /// `TimeoutLayer`.
+    pub timeout: bool,
+}
+
+impl Default for LayersConfig {
+    fn default() -> Self {
+        Self {
+            audit: true,
+            redact: true,
+            cache: true,
+            rate_limit: true,
+            retry: true,
+            breaker: true,
+            timeout: true,
+        }
+    }
+}
+
+/// Audit settings (the `AuditLayer` has a builder, not a serde type).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuditConfig {
+    /// The JSON Lines file (`--audit-log` wins).
+    pub path: Option<PathBuf>,
+    /// Rotate at this size. Default 100 MiB.
+    pub max_bytes: u64,
+    /// Rotated files kept. Default 10.
+    pub keep: usize,
+    /// Hash-chain the records. Default true.
+    pub hash_chain: bool,
+    /// What a failing sink does. Default `fail_closed`.
+    pub on_sink_failure: SinkFailurePolicy,
+    /// Environment variable holding the HMAC key (at least 16 bytes) for tenant, key and
+    /// prompt hashes. Default `GATEWAY_AUDIT_HMAC_KEY`; when unset, a random key per process
+    /// (hashes then do not correlate across restarts).
+    pub hmac_key_env: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: 100 * 1024 * 1024,
+            keep: 10,
+            hash_chain: true,
+            on_sink_failure: SinkFailurePolicy::FailClosed,
+            hmac_key_env: "GATEWAY_AUDIT_HMAC_KEY".to_owned(),
+        }
+    }
+}
+
+/// The configuration file could not be read or parsed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ConfigFileError {
+    path: PathBuf,
+    message: String,
+}
+
+impl fmt::Display for ConfigFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config file {}: {}", self.path.display(), self.message)
+    }
+}
+
+impl std::error::Error for ConfigFileError {}
+
+impl GatewayConfig {
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    ///
+    /// The text is not valid TOML for this configuration (the message names the key).
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or does not parse.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text).map_err(|e| ConfigFileError {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_parses() {
+        let text = include_str!("../gateway.example.toml");
+        let cfg = GatewayConfig::from_toml(text).unwrap();
+        assert_eq!(cfg.keys.len(), 2);
+        assert_eq!(cfg.keys[0].tenant.as_deref(), Some("acme"));
+        assert_eq!(cfg.keys[0].requests_per_minute, Some(600));
+        assert_eq!(cfg.retry.max_attempts, 5);
+        assert_eq!(cfg.rate_limit.requests_per_minute, Some(3000));
+        assert!(cfg.oauth2.is_none());
+        assert!(!format!("{:?}", cfg.keys[0]).contains(&cfg.keys[0].sha256));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = GatewayConfig::from_toml("[retry]\nmax_atempts = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_atempts"), "{err}");
+        let err = GatewayConfig::from_toml("[nonsense]\n").unwrap_err();
+        assert!(err.to_string().contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let cfg = GatewayConfig::from_toml("").unwrap();
+        assert!(cfg.keys.is_empty());
+        assert!(cfg.layers.cache && cfg.layers.retry);
+        assert_eq!(cfg.server.drain_timeout_ms, 30_000);
+    }
+}

@@ -1,0 +1,706 @@
+//! An OpenAI-compatible gateway in front of DeepSeek, built from tower-deepseek layers.
+//!
+//! The binary (`src/main.rs`) parses flags and calls this library; tests drive the same code
+//! in-process. See the crate's README for the flags, the configuration file
+//! ([`config::GatewayConfig`]) and the metrics.
+//!
+//! # Routes
+//!
+//! | route | |
+//! |---|---|
+//! | `POST /v1/chat/completions`, `POST /chat/completions` | proxied to `<upstream>/chat/completions` |
+//! | `GET /v1/models`, `GET /models` | proxied to `<upstream>/models` |
+//! | `POST /beta/completions` | proxied to `<upstream>/beta/completions` |
+//! | `GET /healthz` | `{"status":"ok"}` |
+//! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
+//!
+//! Proxied requests go through the recommended stack of the workspace's DESIGN.md, outermost
+//! first: audit, redact, cache, rate limit (per tenant), retry, circuit breaker, auth
+//! (API key or OAuth2), attempt timeouts, the pooled rustls client. Responses stream through
+//! as they arrive; every error is answered as `{"error":{"message","type","code"}}`.
+//!
+//! # Inbound authentication
+//!
+//! Clients present `Authorization: Bearer <key>` (or `x-api-key`). The configuration lists the
+//! SHA-256 of each allowed key, with an optional tenant name and limits of its own. The
+//! client's key is never forwarded: the upstream credential replaces it. With no keys
+//! configured, the gateway serves anyone, and refuses to listen on anything but a loopback
+//! address.
+//!
+//! # Shutdown
+//!
+//! The future given to [`Gateway::serve`] (in the binary: SIGTERM or Ctrl-C) stops accepting
+//! connections; requests and streams in flight finish, up to `server.drain_timeout_ms`; audit
+//! records are flushed; then `serve` returns.
+
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::routing::{get, post};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower::ServiceExt;
+use tower_deepseek::core::body::ObservedBody;
+use tower_deepseek::core::classify::{ClassifiedResponse, Classifier, OnEos, StreamEnd};
+use tower_deepseek::core::meta::{MetadataConfig, PeerAddr, RequestId, X_REQUEST_ID};
+use tower_deepseek::redact::audit::AuditHandle;
+
+pub mod config;
+mod error;
+pub mod inbound;
+mod stack;
+pub mod telemetry;
+
+pub use config::GatewayConfig;
+
+/// Everything the gateway needs to start.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// The address to listen on (checked against the inbound-key rule).
+    pub listen: SocketAddr,
+    /// The upstream's base URL.
+    pub upstream: String,
+    /// The configuration (file).
+    pub config: GatewayConfig,
+    /// Redis for the L2 cache and the shared OAuth2 token.
+    pub redis: Option<String>,
+    /// The audit log (JSON Lines).
+    pub audit_log: Option<PathBuf>,
+    /// The upstream API key (`DEEPSEEK_API_KEY`).
+    pub api_key: Option<SecretString>,
+}
+
+impl Options {
+    /// Defaults of the binary: `127.0.0.1:8080`, `https://api.deepseek.com`, default config.
+    pub fn new() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream: "https://api.deepseek.com".to_owned(),
+            config: GatewayConfig::default(),
+            redis: None,
+            audit_log: None,
+            api_key: None,
+        }
+    }
+
+    /// Sets the listen address.
+    #[must_use]
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Sets the upstream base URL.
+    #[must_use]
+    pub fn upstream(mut self, url: impl Into<String>) -> Self {
+        self.upstream = url.into();
+        self
+    }
+
+    /// Sets the configuration.
+    #[must_use]
+    pub fn config(mut self, config: GatewayConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the Redis URL.
+    #[must_use]
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(url.into());
+        self
+    }
+
+    /// Sets the audit log path.
+    #[must_use]
+    pub fn audit_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.audit_log = Some(path.into());
+        self
+    }
+
+    /// Sets the upstream API key.
+    #[must_use]
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(SecretString::from(key.into()));
+        self
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why the gateway did not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// No client keys are configured and the address is not a loopback address.
+    OpenNonLoopback {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// A `[[keys]]` entry is invalid.
+    Keys(String),
+    /// The upstream URL is invalid.
+    Upstream(String),
+    /// A layer's configuration is invalid.
+    Layer {
+        /// The layer (`retry`, `cache`, ...).
+        layer: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Another setting is invalid.
+    Config(String),
+    /// Listening failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::OpenNonLoopback { addr } => write!(
+                f,
+                "refusing to listen on {addr} without client keys: anyone who can reach it could spend the upstream credential. \
+                 Add [[keys]] to the config file (SHA-256 of each client key), or listen on a loopback address such as 127.0.0.1"
+            ),
+            StartError::Keys(m) => write!(f, "invalid client keys: {m}"),
+            StartError::Upstream(m) => write!(f, "invalid upstream URL: {m}"),
+            StartError::Layer { layer, message } => {
+                write!(f, "invalid [{layer}] configuration: {message}")
+            }
+            StartError::Config(m) => write!(f, "invalid configuration: {m}"),
+            StartError::Io(e) => write!(f, "cannot listen: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
+/// The endpoints proxied upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Chat,
+    Models,
+    Fim,
+}
+
+impl Route {
+    /// The upstream path, relative to the base URL; also the metric label.
+    fn path(self) -> &'static str {
+        match self {
+            Route::Chat => "/chat/completions",
+            Route::Models => "/models",
+            Route::Fim => "/beta/completions",
+        }
+    }
+}
+
+struct Shared {
+    keys: inbound::Keys,
+    meta: MetadataConfig,
+    service: stack::Svc,
+    classifier: Classifier,
+}
+
+/// A configured gateway, ready to [`serve`](Gateway::serve).
+pub struct Gateway {
+    router: Router,
+    audit: Option<AuditHandle>,
+    drain: Duration,
+    open: bool,
+    allow_open_non_loopback: bool,
+    wired: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("layers", &self.wired)
+            .field("open", &self.open)
+            .field("drain", &self.drain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Checks the options and builds the stack. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`]: no keys on a non-loopback address, an invalid key hash, upstream URL or
+    /// layer configuration.
+    pub fn new(options: Options) -> Result<Self, StartError> {
+        let Options {
+            listen,
+            upstream,
+            config: cfg,
+            redis,
+            audit_log,
+            api_key,
+        } = options;
+        let keys = inbound::Keys::new(&cfg.keys).map_err(|e| StartError::Keys(e.to_string()))?;
+        let open = keys.is_empty();
+        if open && !listen.ip().is_loopback() && !cfg.server.allow_open_non_loopback {
+            return Err(StartError::OpenNonLoopback { addr: listen });
+        }
+        let mut meta = MetadataConfig::new();
+        for net in &cfg.server.trusted_proxies {
+            let net = net.parse().map_err(|_| {
+                StartError::Config(format!("trusted_proxies: {net:?} is not a CIDR"))
+            })?;
+            meta = meta.trust_proxy(net);
+        }
+        let credential = match (&cfg.oauth2, api_key) {
+            (Some(o), _) => {
+                o.validate().map_err(|e| StartError::Layer {
+                    layer: "oauth2",
+                    message: e.to_string(),
+                })?;
+                stack::Credential::OAuth2
+            }
+            (None, Some(key)) => stack::Credential::ApiKey(key),
+            (None, None) => {
+                tracing::warn!(target: "example_gateway", "no upstream credential (DEEPSEEK_API_KEY or [oauth2]): requests go upstream without one");
+                stack::Credential::None
+            }
+        };
+        // The recorder must exist before the layers register their metrics.
+        telemetry::handle();
+        let built = stack::build(
+            &cfg,
+            &upstream,
+            &credential,
+            redis.as_deref(),
+            audit_log.as_deref(),
+        )?;
+        if open {
+            tracing::warn!(target: "example_gateway", "no client keys configured: serving any client, on a loopback address only");
+        }
+        let shared = Arc::new(Shared {
+            keys,
+            meta,
+            service: built.service,
+            classifier: Classifier::new(),
+        });
+        let router = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/chat/completions", post(chat))
+            .route("/v1/models", get(models))
+            .route("/models", get(models))
+            .route("/beta/completions", post(fim))
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics_page))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(shared);
+        Ok(Self {
+            router,
+            audit: built.audit,
+            drain: Duration::from_millis(cfg.server.drain_timeout_ms),
+            open,
+            allow_open_non_loopback: cfg.server.allow_open_non_loopback,
+            wired: built.wired,
+        })
+    }
+
+    /// The layers wired, outermost first (`audit`, `redact`, `cache_l1`, ..., `client`).
+    pub fn layers(&self) -> &[&'static str] {
+        &self.wired
+    }
+
+    /// The axum router (to embed the gateway in another server; peer addresses come from
+    /// `ConnectInfo<SocketAddr>`).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains (see the crate docs).
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::OpenNonLoopback`] if the listener is not on a loopback address and no
+    /// keys are configured; [`StartError::Io`] if serving fails.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let addr = listener.local_addr()?;
+        if self.open && !addr.ip().is_loopback() && !self.allow_open_non_loopback {
+            return Err(StartError::OpenNonLoopback { addr });
+        }
+        let fired = Arc::new(Notify::new());
+        let notify = fired.clone();
+        let server = axum::serve(
+            listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(target: "example_gateway", "shutting down: no new connections, draining requests in flight");
+            notify.notify_one();
+        });
+        let drain = self.drain;
+        let result = tokio::select! {
+            r = server.into_future() => r,
+            () = async { fired.notified().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!(target: "example_gateway", drain_ms = drain.as_millis() as u64, "drain deadline passed: closing the remaining connections");
+                Ok(())
+            }
+        };
+        if let Some(audit) = &self.audit {
+            if let Err(e) = audit.shutdown() {
+                tracing::error!(target: "example_gateway", error = %e, "flushing the audit log failed");
+            }
+        }
+        tracing::info!(target: "example_gateway", "stopped");
+        result.map_err(StartError::Io)
+    }
+}
+
+/// Builds the gateway from `options` and serves on `listener` until `shutdown`.
+///
+/// # Errors
+///
+/// See [`Gateway::new`] and [`Gateway::serve`].
+pub async fn run<F>(options: Options, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    Gateway::new(options)?.serve(listener, shutdown).await
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+type SharedState = State<Arc<Shared>>;
+
+async fn chat(State(s): SharedState, req: Request<Body>) -> Response<Body> {
+    proxy(s, req, Route::Chat).await
+}
+
+async fn models(State(s): SharedState, req: Request<Body>) -> Response<Body> {
+    proxy(s, req, Route::Models).await
+}
+
+async fn fim(State(s): SharedState, req: Request<Body>) -> Response<Body> {
+    proxy(s, req, Route::Fim).await
+}
+
+async fn healthz() -> Response<Body> {
+    let mut res = Response::new(Body::from(r#"{"status":"ok"}"#));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+async fn metrics_page() -> Response<Body> {
+    let mut res = Response::new(Body::from(telemetry::render()));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
+}
+
+async fn not_found(uri: Uri) -> Response<Body> {
+    let _ = uri;
+    error::json_error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        "unknown route; the gateway serves /v1/chat/completions, /v1/models, /beta/completions, /healthz and /metrics",
+        None,
+    )
+}
+
+async fn method_not_allowed() -> Response<Body> {
+    error::json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        "method not allowed on this route",
+        None,
+    )
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the
+/// gateway sets itself.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The request as it goes into the stack: hop-by-hop headers, the client's credentials, its
+/// `Host`, `Content-Length` (recomputed: redaction may change the body) and `Accept-Encoding`
+/// (the layers read the answer: it must come uncompressed) removed.
+fn sanitize_request(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    for name in [
+        header::AUTHORIZATION,
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::ACCEPT_ENCODING,
+        HeaderName::from_static("x-api-key"),
+        HeaderName::from_static("api-key"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Decrements the in-flight gauge when the call is over (response body ended or dropped).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::IN_FLIGHT).decrement(1.0);
+    }
+}
+
+async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response<Body> {
+    let start = Instant::now();
+    let guard = InFlight::start();
+    let client = match s.keys.check(req.headers()) {
+        inbound::Verdict::Allowed(c) => c,
+        inbound::Verdict::Missing => {
+            let res = error::json_error(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                "missing API key: send `Authorization: Bearer <your gateway key>`",
+                None,
+            );
+            return finish(&s, route, start, guard, res, None);
+        }
+        inbound::Verdict::Unknown => {
+            let res = error::json_error(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                "invalid API key: this key is not allowed on this gateway",
+                None,
+            );
+            return finish(&s, route, start, guard, res, None);
+        }
+    };
+    sanitize_request(req.headers_mut());
+    if let Some(c) = client {
+        req.extensions_mut().insert(c.tenant);
+    }
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        req.extensions_mut().insert(PeerAddr(peer));
+    }
+    s.meta.apply(&mut req);
+    let request_id = req.extensions().get::<RequestId>().cloned();
+    // A relative URI: the base-URL layer joins it onto the upstream's.
+    let uri = match req.uri().query() {
+        Some(q) => format!("{}?{q}", route.path()).parse::<Uri>(),
+        None => Ok(Uri::from_static(route.path())),
+    };
+    match uri {
+        Ok(u) => *req.uri_mut() = u,
+        Err(_) => {
+            let res = error::json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_uri",
+                "invalid query string",
+                None,
+            );
+            return finish(&s, route, start, guard, res, request_id);
+        }
+    }
+    let res = match s.service.clone().oneshot(req).await {
+        Ok(res) => res,
+        Err(e) => {
+            let status = error::status_for(&*e);
+            tracing::debug!(target: "example_gateway", route = route.path(), %status, "request failed in the stack");
+            error::error_response(&*e)
+        }
+    };
+    finish(&s, route, start, guard, res, request_id)
+}
+
+/// Cleans the response, counts it, and watches its body to the end.
+fn finish(
+    s: &Shared,
+    route: Route,
+    start: Instant,
+    guard: InFlight,
+    res: Response<Body>,
+    request_id: Option<RequestId>,
+) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The layers may rewrite the body (restored placeholders): the server frames it.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(id) = request_id {
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), id.to_header_value());
+    }
+    let status = parts.status;
+    metrics::counter!(telemetry::REQUESTS_TOTAL, "route" => route.path(), "status" => status.as_str().to_owned())
+        .increment(1);
+    metrics::histogram!(telemetry::REQUEST_DURATION, "route" => route.path())
+        .record(start.elapsed().as_secs_f64());
+    let body = match s.classifier.classify_head(status, &parts.headers) {
+        ClassifiedResponse::Ready(outcome) => {
+            record_outcome(route, StreamEnd::Finished(outcome));
+            drop(guard);
+            body
+        }
+        ClassifiedResponse::RequiresEos(eos) => {
+            let observer = OnEos::new(eos, move |end, summary| {
+                let _guard = guard;
+                if let Some(u) = &summary.usage {
+                    let tokens = |kind: &'static str, n: u64| {
+                        metrics::counter!(telemetry::TOKENS_TOTAL, "kind" => kind).increment(n);
+                    };
+                    tokens("prompt", u.prompt_tokens);
+                    tokens("completion", u.completion_tokens);
+                    if let Some(n) = u.prompt_cache_hit_tokens {
+                        tokens("prompt_cache_hit", n);
+                    }
+                    if let Some(n) = u.prompt_cache_miss_tokens {
+                        tokens("prompt_cache_miss", n);
+                    }
+                }
+                record_outcome(route, end);
+            });
+            Body::new(ObservedBody::new(body, observer))
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+fn record_outcome(route: Route, end: StreamEnd) {
+    let outcome = match &end {
+        StreamEnd::Finished(Ok(())) => "ok",
+        StreamEnd::Finished(Err(class)) => class.as_str(),
+        _ => "cancelled",
+    };
+    metrics::counter!(telemetry::RESPONSES_TOTAL, "route" => route.path(), "outcome" => outcome)
+        .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_credentials_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Bearer sk-client".parse().unwrap());
+        h.insert("x-api-key", "sk-client".parse().unwrap());
+        h.insert(header::PROXY_AUTHORIZATION, "Basic x".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        h.insert("x-request-id", "abc".parse().unwrap());
+        sanitize_request(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-request-id"]);
+    }
+
+    #[test]
+    fn open_gateway_refuses_a_public_address() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let err =
+                Gateway::new(Options::new().listen("0.0.0.0:8080".parse().unwrap())).unwrap_err();
+            assert!(matches!(err, StartError::OpenNonLoopback { .. }));
+            assert!(err.to_string().contains("without client keys"));
+            let gw = Gateway::new(Options::new().listen("[::1]:0".parse().unwrap())).unwrap();
+            assert!(gw.layers().contains(&"cache_l1"));
+        });
+    }
+}

@@ -1,0 +1,122 @@
+//! `--redis`: a second gateway (empty L1) answers from the first one's L2 entry.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use example_gateway::{Gateway, Options};
+use serde_json::{Value, json};
+use tower_deepseek_testkit::MockServer;
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Whether something answers on the Redis address (skip locally when not, fail under CI).
+async fn redis_available() -> bool {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .trim_start_matches("rediss://")
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let ok = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(&hostport)
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "Redis is required under CI (REDIS_URL={url})"
+        );
+        eprintln!("notice: no Redis at {url}; skipping");
+    }
+    ok
+}
+
+async fn start_with_redis(upstream: &str, prefix: &str) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = config_with_keys(&format!(
+        "[cache]\nkey_prefix = \"{prefix}\"\nredis_timeout_ms = 500\n"
+    ));
+    let gateway = Gateway::new(
+        Options::new()
+            .listen(addr)
+            .upstream(upstream)
+            .config(cfg)
+            .api_key(UPSTREAM_KEY)
+            .redis(redis_url()),
+    )
+    .unwrap();
+    assert!(
+        gateway.layers().contains(&"cache_l1_l2"),
+        "{:?}",
+        gateway.layers()
+    );
+    Running::spawn(gateway, listener)
+}
+
+#[tokio::test]
+async fn a_second_gateway_hits_the_shared_l2() {
+    if !redis_available().await {
+        return;
+    }
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let prefix = format!(
+        "example-gateway-test-{}-{}",
+        std::process::id(),
+        fastrand_u64()
+    );
+    let a = start_with_redis(&upstream.url(), &prefix).await;
+    let b = start_with_redis(&upstream.url(), &prefix).await;
+    let client = client();
+    let body = json!({"model": "deepseek-chat", "temperature": 0,
+        "messages": [{"role": "user", "content": "shared across the fleet"}]});
+    let call = |gw: &Running| {
+        send(
+            &client,
+            chat_request(
+                &gw.url("/v1/chat/completions"),
+                Some(CLIENT_KEY),
+                body.clone(),
+            ),
+        )
+    };
+    let res = call(&a).await;
+    assert_eq!(res.headers()["x-cache"], "miss");
+    body_string(res).await;
+    // The L2 write happens in the background: wait for it (bounded).
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let res = call(&b).await;
+        seen = res.headers()["x-cache"].to_str().unwrap().to_owned();
+        let v: Value = serde_json::from_str(&body_string(res).await).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "Echo: shared across the fleet"
+        );
+        if seen == "hit-l2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, "hit-l2");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}

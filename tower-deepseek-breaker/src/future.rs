@@ -1,0 +1,127 @@
+//! The response future of the breaker services.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use pin_project_lite::pin_project;
+use tower_deepseek_core::BoxError;
+use tower_deepseek_core::classify::ClassifiedResponse;
+use tower_deepseek_core::error::BreakerOpen;
+use tower_deepseek_core::meta::BreakerStatus;
+
+use crate::body::{EndObserver, ResponseBody};
+use crate::state::Permit;
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](crate::CircuitBreaker) and
+    /// [`KeyedCircuitBreaker`](crate::KeyedCircuitBreaker).
+    ///
+    /// Either an immediate [`BreakerOpen`] error, or the inner future. Dropping it before the
+    /// response head arrives records nothing and gives a half-open probe slot back.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Rejected { error: Option<BreakerOpen> },
+        Called { #[pin] future: F, permit: Option<Permit> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn rejected(error: BreakerOpen) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn called(future: F, permit: Permit) -> Self {
+        Self {
+            kind: Kind::Called {
+                future,
+                permit: Some(permit),
+            },
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rejected = matches!(self.kind, Kind::Rejected { .. });
+        f.debug_struct("ResponseFuture")
+            .field("rejected", &rejected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Rejected { error } => {
+                let e = error
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(Err(Box::new(e)))
+            }
+            KindProj::Called { future, permit } => {
+                let result = ready!(future.poll(cx));
+                let permit = permit
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(complete(result, permit))
+            }
+        }
+    }
+}
+
+/// Classifies the head (or the error) and records the outcome now, or wraps the body to record
+/// it at its end.
+#[inline]
+pub(crate) fn complete<B, E>(
+    result: Result<Response<B>, E>,
+    permit: Permit,
+) -> Result<Response<ResponseBody<B>>, BoxError>
+where
+    E: Into<BoxError>,
+{
+    let classifier = *permit.breaker().classifier();
+    match result {
+        Ok(mut resp) => match classifier.classify_head(resp.status(), resp.headers()) {
+            ClassifiedResponse::Ready(outcome) => {
+                let now = permit.breaker().now();
+                let breaker = permit.breaker().clone();
+                permit.record(outcome.as_ref().map(|_| ()), now, now);
+                // Core's type, for outer layers (audit) that do not depend on this crate.
+                resp.extensions_mut()
+                    .insert(BreakerStatus(breaker.state().as_str()));
+                Ok(resp.map(ResponseBody::plain))
+            }
+            ClassifiedResponse::RequiresEos(eos) => {
+                resp.extensions_mut()
+                    .insert(BreakerStatus(permit.breaker().state().as_str()));
+                let observer = EndObserver::new(eos, permit);
+                Ok(resp.map(|b| ResponseBody::observed(b, observer)))
+            }
+        },
+        Err(e) => {
+            let e: BoxError = e.into();
+            let class = classifier.classify_error(&*e);
+            let now = permit.breaker().now();
+            permit.record(Err(&class), now, now);
+            Err(e)
+        }
+    }
+}

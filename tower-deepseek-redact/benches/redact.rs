@@ -1,0 +1,276 @@
+//! Redaction throughput, streaming restore against passthrough, audit record cost.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceExt, service_fn};
+use tower_deepseek_core::body::BufferedBody;
+use tower_deepseek_redact::audit::{AuditLayer, WriterSink};
+use tower_deepseek_redact::{Detectors, RedactContext, RedactLayer, Redactor};
+use tower_layer::Layer;
+
+/// Mixed Chinese/English chat text with a PII value every ~2 KB.
+fn chat_text(size: usize, fullwidth: bool) -> String {
+    let para = [
+        "你好，请帮我总结一下这份会议纪要。会议于2024年6月15日上午10:30召开，参会人员共12人，讨论了第三季度的预算（约1,200万元）和招聘计划。",
+        "The quarterly report shows revenue grew 14.5% year over year, while operating costs fell by 3%. See section 4.2 for details on the 2025 roadmap. ",
+        "请注意：新的报销流程将于下月1日生效，所有申请需在系统中提交，并附上发票照片。如有疑问，请联系财务部。",
+        "Can you rewrite this paragraph in a more formal tone? Keep it under 200 words and avoid jargon; the audience is the board of directors. ",
+    ];
+    let pii = if fullwidth {
+        [
+            "联系人手机１３８００１３８０００。",
+            " mail zhang.san@example.com ",
+            "身份证11010519491231002X，",
+            " server 192.168.1.20 ",
+        ]
+    } else {
+        [
+            "联系人手机13800138000。",
+            " mail zhang.san@example.com ",
+            "身份证11010519491231002X，",
+            " server 192.168.1.20 ",
+        ]
+    };
+    let mut s = String::with_capacity(size + 512);
+    let mut i = 0;
+    while s.len() < size {
+        s.push_str(para[i % para.len()]);
+        if i % 6 == 5 {
+            s.push_str(pii[(i / 6) % pii.len()]);
+        }
+        i += 1;
+    }
+    s
+}
+
+fn bench_detect(c: &mut Criterion) {
+    let mut g = c.benchmark_group("redact_text");
+    let redactor = Redactor::default();
+    let detectors = Detectors::all();
+    for (name, text) in [
+        ("mixed_64k", chat_text(64 * 1024, false)),
+        ("mixed_fullwidth_64k", chat_text(64 * 1024, true)),
+    ] {
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.bench_function(format!("detect/{name}"), |b| {
+            b.iter(|| black_box(detectors.detect(black_box(&text))))
+        });
+        g.bench_function(format!("redact/{name}"), |b| {
+            b.iter(|| {
+                let mut ctx = RedactContext::new(None);
+                black_box(redactor.redact(black_box(&text), &mut ctx).unwrap())
+            })
+        });
+    }
+    let text = chat_text(64 * 1024, false);
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.bench_function("detect/none_enabled", |b| {
+        let d = Detectors::builder().none().build().unwrap();
+        b.iter(|| black_box(d.detect(black_box(&text))))
+    });
+    for e in tower_deepseek_redact::EntityType::builtin() {
+        let d = Detectors::builder().none().enable(&e).build().unwrap();
+        g.bench_function(format!("detect/only_{e}"), |b| {
+            b.iter(|| black_box(d.detect(black_box(&text))))
+        });
+    }
+    let clean = chat_text(64 * 1024, false).replace(['@'], "at");
+    let clean: String = clean
+        .split("联系人手机13800138000。")
+        .collect::<Vec<_>>()
+        .join("")
+        .replace("11010519491231002X", "")
+        .replace("192.168.1.20", "");
+    g.throughput(Throughput::Bytes(clean.len() as u64));
+    g.bench_function("redact/no_pii_64k", |b| {
+        b.iter(|| {
+            let mut ctx = RedactContext::new(None);
+            black_box(redactor.redact(black_box(&clean), &mut ctx).unwrap())
+        })
+    });
+    g.finish();
+}
+
+struct Chunks(VecDeque<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// 400 SSE events, one frame each; every 20th carries a placeholder (if `with`).
+fn stream(with: bool) -> Vec<Bytes> {
+    (0..400)
+        .map(|i| {
+            let piece = if with && i % 20 == 0 { " <CN_MOBILE_1>" } else { " token" };
+            // Static frames: cloning them costs nothing, so the harness does not drown the
+            // layer's own cost in reference counting.
+            let frame: &'static str = Box::leak(format!(
+                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"deepseek-chat\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{piece}\"}},\"finish_reason\":null}}]}}\n\n"
+            ).into_boxed_str());
+            Bytes::from_static(frame.as_bytes())
+        })
+        .chain(std::iter::once(Bytes::from_static(b"data: [DONE]\n\n")))
+        .collect()
+}
+
+fn chat_req(content: &str) -> Request<Full<Bytes>> {
+    let body = format!(
+        r#"{{"model":"deepseek-chat","stream":true,"messages":[{{"role":"user","content":"{content}"}}]}}"#
+    );
+    Request::post("/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+fn bench_restore(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("stream_restore");
+    let plain = stream(false);
+    let with = stream(true);
+    let bytes: usize = plain.iter().map(Bytes::len).sum();
+    g.throughput(Throughput::Bytes(bytes as u64));
+    let bare_frames = plain.clone();
+    let bare = service_fn(move |_req: Request<Full<Bytes>>| {
+        let f = bare_frames.clone();
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Chunks(f.into()))
+                    .unwrap(),
+            )
+        }
+    });
+    g.bench_function("bare_passthrough", |b| {
+        b.to_async(&rt).iter(|| async {
+            let res = bare
+                .clone()
+                .oneshot(chat_req("hello 13800138000"))
+                .await
+                .unwrap();
+            black_box(res.into_body().collect().await.unwrap());
+        })
+    });
+    for (name, frames, content) in [
+        ("redact_no_pii_in_request", plain.clone(), "hello there"),
+        (
+            "redact_vault_no_placeholder_in_stream",
+            plain.clone(),
+            "hello 13800138000",
+        ),
+        (
+            "redact_restore_5pct_events",
+            with.clone(),
+            "hello 13800138000",
+        ),
+    ] {
+        let svc = RedactLayer::new().layer(service_fn(move |_req: Request<BufferedBody>| {
+            let f = frames.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(Chunks(f.into()))
+                        .unwrap(),
+                )
+            }
+        }));
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let res = svc.clone().oneshot(chat_req(content)).await.unwrap();
+                black_box(res.into_body().collect().await.unwrap());
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_audit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("audit_per_request");
+    let inner = service_fn(|_req: Request<_>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"id":"x","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}"#,
+                )))
+                .unwrap(),
+        )
+    });
+    let bare = service_fn(|req: Request<Full<Bytes>>| async move {
+        black_box(req.into_body().collect().await.unwrap());
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"id":"x","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}"#,
+                )))
+                .unwrap(),
+        )
+    });
+    g.bench_function("piece/rfc3339", |b| {
+        b.iter(|| {
+            black_box(tower_deepseek_redact::audit::rfc3339(
+                std::time::SystemTime::now(),
+            ))
+        })
+    });
+    let rec = tower_deepseek_redact::audit::AuditRecord::default();
+    g.bench_function("piece/serialize_record", |b| {
+        b.iter(|| black_box(serde_json::to_vec(black_box(&rec)).unwrap()))
+    });
+    g.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| async {
+            let res = bare.oneshot(chat_req("hello")).await.unwrap();
+            black_box(res.into_body().collect().await.unwrap());
+        })
+    });
+    for (name, chain) in [("audit", false), ("audit_hash_chain", true)] {
+        let layer = AuditLayer::builder()
+            .hmac_key(b"bench-key-0123456789".to_vec())
+            .sink(WriterSink::new(std::io::sink()))
+            .hash_chain(chain)
+            .build()
+            .unwrap();
+        let svc = layer.layer(service_fn(move |req: Request<_>| {
+            let inner = inner;
+            async move {
+                let req: Request<tower_deepseek_redact::audit::AuditRequestBody<Full<Bytes>>> = req;
+                black_box(req.into_body().collect().await.unwrap());
+                inner.oneshot(Request::new(())).await
+            }
+        }));
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let res = svc.clone().oneshot(chat_req("hello")).await.unwrap();
+                black_box(res.into_body().collect().await.unwrap());
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_detect, bench_restore, bench_audit);
+criterion_main!(benches);

@@ -1,0 +1,1219 @@
+//! [`AuditLayer`]: one structured, tamper-evident record per call.
+//!
+//! # The record
+//!
+//! [`AuditRecord`] has, in this order: `timestamp` (RFC 3339, UTC, milliseconds), `request_id`,
+//! `client_ip`, `tenant` and `key_id` (keyed hashes, never the raw id or key), `method`,
+//! `endpoint` (the path, never the query), `model`, `prompt_hash` (HMAC-SHA-256 of the body
+//! sent upstream), `status`, `outcome` (`ok`, a [`FailureClass`] label such as `rate_limited`,
+//! or `cancelled`), `latency_ms`, `prompt_tokens`, `completion_tokens`, `cache_hit_tokens`,
+//! `pii` (counts by type), `cache`, `retries`, `breaker`, then `prev_hash` and `hash` when the
+//! hash chain is on. It never holds a prompt, an answer, a PII value or a secret.
+//!
+//! Where the values come from:
+//!
+//! - request id, client IP, tenant: core's [`RequestId`], [`ClientIp`] (else [`PeerAddr`]) and
+//!   [`TenantId`] extensions; the request id also from the `x-request-id` header.
+//! - key id: the `Authorization` header, hashed.
+//! - prompt hash and PII counts: [`crate::RedactLayer`] below hands over the masked body it
+//!   sent and its counts through a [`PromptRecorder`] in the request's extensions; without
+//!   it, the body as this layer saw it is hashed (read in passing, not buffered twice).
+//! - model, tokens, outcome: core's shared classifier ([`Classifier`] and its
+//!   [`EosClassifier`] summary, streams included), falling back to the request's `model`.
+//! - cache status: the `x-cache` response header (the cache layer sets it for the caller too);
+//!   retry count (retries, i.e. attempts − 1): core's
+//!   [`UpstreamAttempts`] response extension, set
+//!   by the retry layer; breaker state: core's
+//!   [`BreakerStatus`] extension, set by the breaker
+//!   layer. Without them, the `x-retry-attempts` and `x-breaker-state` response headers of an
+//!   upstream gateway are read (values are kept only if they are short tokens of
+//!   `[A-Za-z0-9_-]`).
+//!
+//! # When a record is written
+//!
+//! When the response body ends for the caller (a JSON answer read to its end, or a stream's
+//! last event), when the inner service fails, or when the caller goes away first (the body or
+//! the future is dropped: outcome `cancelled`). Exactly one record per call.
+//!
+//! # Sinks and failures
+//!
+//! Records go to every configured [`AuditSink`]: [`TracingSink`] (an event with target
+//! `deepseek_audit`), [`JsonlFileSink`] (JSON Lines with size-based rotation), or
+//! [`WriterSink`] around any [`std::io::Write`]. Writes are buffered; [`AuditHandle::flush`]
+//! flushes them (call it on shutdown). A failing sink follows [`SinkFailurePolicy`]: fail
+//! closed (new calls fail with [`AuditUnavailable`], a gateway answers 503, until a flush of
+//! the sink succeeds) or fail open (calls go on; the loss is counted in
+//! `deepseek_audit_sink_errors_total` and logged).
+//!
+//! # Hash chain
+//!
+//! With [`AuditLayerBuilder::hash_chain`], each record carries the hash of the previous one
+//! (`prev_hash`) and its own `hash`: SHA-256 over the record's JSON line without its `hash`
+//! member. [`verify_chain`] reads a log and reports the first line that was edited, removed or
+//! reordered.
+//!
+//! # Order
+//!
+//! Outermost: it measures the whole call and sees the final outcome. Put
+//! [`RedactLayer`](crate::RedactLayer) right below it so that the prompt hash is the hash of
+//! what really left.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt, Service};
+//! use tower_deepseek_redact::audit::{AuditLayer, WriterSink};
+//! use tower_deepseek_redact::RedactLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_deepseek_core::BoxError> {
+//! let log = WriterSink::new(Vec::<u8>::new());
+//! let audit = AuditLayer::builder()
+//!     .hmac_key(b"a secret of at least 16 bytes".to_vec())
+//!     .sink(log.clone())
+//!     .hash_chain(true)
+//!     .build()?;
+//! let handle = audit.handle();
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(audit)
+//!     .layer(RedactLayer::new())
+//!     .service_fn(|_req| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+//!     });
+//! let req = Request::post("/chat/completions")
+//!     .body(Full::new(Bytes::from(r#"{"model":"deepseek-chat","messages":[{"role":"user","content":"13800138000"}]}"#)))?;
+//! let res = ServiceExt::<Request<Full<Bytes>>>::ready(&mut svc).await?.call(req).await?;
+//! res.into_body().collect().await?;
+//! handle.flush()?;
+//! let line = String::from_utf8(log.with_inner(|v| v.clone()))?;
+//! assert!(line.contains(r#""pii":{"CN_MOBILE":1}"#) && !line.contains("13800138000"));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{self, BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use secrecy::{ExposeSecret, SecretSlice};
+use sha2::{Digest, Sha256};
+use tower_deepseek_core::BoxError;
+use tower_deepseek_core::body::{BodyEnd, BodyObserver, ObservedBody};
+use tower_deepseek_core::classify::{
+    ClassifiedResponse, Classifier, EosClassifier, FailureClass, ResponseSummary,
+};
+use tower_deepseek_core::meta::{
+    BreakerStatus, ClientIp, PeerAddr, RequestId, TenantId, UpstreamAttempts, X_REQUEST_ID,
+};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::detect::ConfigError;
+use crate::redactor::PiiCounts;
+
+/// Where audit records go. Implementations must be cheap and must not block for long: `write`
+/// runs when a response ends, on the task that polls it.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Writes one record: a JSON object on one line, without the trailing newline.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error; the layer applies its [`SinkFailurePolicy`].
+    fn write(&self, record: &[u8]) -> io::Result<()>;
+
+    /// Flushes buffered records.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error.
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Emits each record as a `tracing` event (target `deepseek_audit`, level INFO, field
+/// `record`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingSink;
+
+impl AuditSink for TracingSink {
+    fn write(&self, record: &[u8]) -> io::Result<()> {
+        let record = std::str::from_utf8(record).map_err(io::Error::other)?;
+        tracing::info!(target: "deepseek_audit", record = %record);
+        Ok(())
+    }
+}
+
+/// Writes JSON Lines to any [`Write`], buffered. Cheap to clone (shared).
+pub struct WriterSink<W: Write> {
+    inner: Arc<Mutex<BufWriter<W>>>,
+}
+
+impl<W: Write> Clone for WriterSink<W> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<W: Write> fmt::Debug for WriterSink<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriterSink").finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> WriterSink<W> {
+    /// Wraps `writer` in a buffer.
+    pub fn new(writer: W) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(BufWriter::new(writer))),
+        }
+    }
+
+    /// Runs `f` on the writer (after flushing the buffer).
+    pub fn with_inner<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = g.flush();
+        f(g.get_mut())
+    }
+}
+
+impl<W: Write + Send + 'static> AuditSink for WriterSink<W> {
+    fn write(&self, record: &[u8]) -> io::Result<()> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.write_all(record)?;
+        g.write_all(b"\n")
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// A JSON-Lines file with size-based rotation: when the file would exceed `max_bytes`, it is
+/// renamed to `<path>.1` (older ones shift to `.2`, … up to `keep`, the oldest is removed) and
+/// a new file is started. The hash chain runs on across files.
+pub struct JsonlFileSink {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    state: Mutex<FileState>,
+}
+
+struct FileState {
+    file: BufWriter<File>,
+    size: u64,
+}
+
+impl fmt::Debug for JsonlFileSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonlFileSink")
+            .field("path", &self.path)
+            .field("max_bytes", &self.max_bytes)
+            .field("keep", &self.keep)
+            .finish()
+    }
+}
+
+impl JsonlFileSink {
+    /// Opens (appends to) `path`, rotating at `max_bytes` and keeping `keep` old files.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be opened.
+    pub fn open(path: impl AsRef<Path>, max_bytes: u64, keep: usize) -> io::Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path,
+            max_bytes: max_bytes.max(1),
+            keep: keep.max(1),
+            state: Mutex::new(FileState {
+                file: BufWriter::new(file),
+                size,
+            }),
+        })
+    }
+
+    fn rotated(&self, n: usize) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        p.into()
+    }
+
+    fn rotate(&self, st: &mut FileState) -> io::Result<()> {
+        st.file.flush()?;
+        let _ = std::fs::remove_file(self.rotated(self.keep));
+        for n in (1..self.keep).rev() {
+            let from = self.rotated(n);
+            if from.exists() {
+                std::fs::rename(&from, self.rotated(n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, self.rotated(1))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        st.file = BufWriter::new(file);
+        st.size = 0;
+        Ok(())
+    }
+}
+
+impl AuditSink for JsonlFileSink {
+    fn write(&self, record: &[u8]) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let len = record.len() as u64 + 1;
+        if st.size > 0 && st.size + len > self.max_bytes {
+            self.rotate(&mut st)?;
+        }
+        st.file.write_all(record)?;
+        st.file.write_all(b"\n")?;
+        st.size += len;
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .file
+            .flush()
+    }
+}
+
+/// What to do when a sink fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SinkFailurePolicy {
+    /// Refuse new calls with [`AuditUnavailable`] until the sink works again (default: no
+    /// unaudited call).
+    #[default]
+    FailClosed,
+    /// Serve; count `deepseek_audit_sink_errors_total` and log the loss.
+    FailOpen,
+}
+
+/// The audit sink failed and [`SinkFailurePolicy::FailClosed`] is set: the call was not made.
+/// A gateway answers 503.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct AuditUnavailable {}
+
+impl fmt::Display for AuditUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request refused: the audit log cannot be written, and calls are not made without an audit record; retry later")
+    }
+}
+
+static AUDIT_UNAVAILABLE: tower_deepseek_core::error::RequestRefused =
+    tower_deepseek_core::error::RequestRefused::new("audit sink failing (fail closed)");
+
+// Core's marker as the source: the shared classifier (audit, breaker) sees a local refusal.
+impl std::error::Error for AuditUnavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&AUDIT_UNAVAILABLE)
+    }
+}
+
+/// One audit record. See the [module docs](self) for where each field comes from.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct AuditRecord {
+    /// RFC 3339 UTC time the call started.
+    pub timestamp: String,
+    /// The request id.
+    pub request_id: Option<String>,
+    /// The client's IP address.
+    pub client_ip: Option<String>,
+    /// Keyed hash (16 hex digits) of the tenant id.
+    pub tenant: Option<String>,
+    /// Keyed hash (16 hex digits) of the `Authorization` header.
+    pub key_id: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Request path (without query).
+    pub endpoint: String,
+    /// The model that answered (or was asked for).
+    pub model: Option<String>,
+    /// HMAC-SHA-256 (hex) of the request body sent upstream.
+    pub prompt_hash: Option<String>,
+    /// Response status, if a response came.
+    pub status: Option<u16>,
+    /// `ok`, a failure class label, or `cancelled`.
+    pub outcome: String,
+    /// Milliseconds from the call to the end of the response.
+    pub latency_ms: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens.
+    pub completion_tokens: Option<u64>,
+    /// Prompt tokens served from DeepSeek's cache.
+    pub cache_hit_tokens: Option<u64>,
+    /// PII entities masked, by type.
+    pub pii: BTreeMap<String, u32>,
+    /// The `x-cache` response header (`hit`, `miss`, ...).
+    pub cache: Option<String>,
+    /// The `x-retry-attempts` response header.
+    pub retries: Option<u32>,
+    /// The `x-breaker-state` response header.
+    pub breaker: Option<String>,
+    /// Hash of the previous record (hash chain only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<String>,
+    /// Hash of this record (hash chain only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// Lower-case hex, without the per-char iterator of `hex::encode`.
+fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 15) as usize]);
+    }
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// Formats a time as RFC 3339 in UTC with milliseconds (`2026-11-26T11:28:08.123Z`).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = [0u8; 24];
+    let mut put = |at: usize, v: u64, width: usize| {
+        let mut v = v;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year.clamp(0, 9999) as u64, 4);
+    put(5, month as u64, 2);
+    put(8, day as u64, 2);
+    put(11, rem / 3600, 2);
+    put(14, rem % 3600 / 60, 2);
+    put(17, rem % 60, 2);
+    put(20, u64::from(d.subsec_millis()), 3);
+    out[4] = b'-';
+    out[7] = b'-';
+    out[10] = b'T';
+    out[13] = b':';
+    out[16] = b':';
+    out[19] = b'.';
+    out[23] = b'Z';
+    String::from_utf8(out.to_vec()).expect("ASCII")
+}
+
+/// A slot in the request's extensions through which [`crate::RedactLayer`] hands the body it
+/// sent upstream (masked) and its PII counts to [`AuditLayer`] above it.
+#[derive(Clone, Default)]
+pub struct PromptRecorder {
+    inner: Arc<Mutex<Recorded>>,
+}
+
+#[derive(Default)]
+struct Recorded {
+    upstream: Option<Bytes>,
+    pii: Option<PiiCounts>,
+    seen: Vec<Bytes>,
+    seen_len: usize,
+    overflow: bool,
+}
+
+const MAX_SEEN: usize = 8 * 1024 * 1024;
+
+impl fmt::Debug for PromptRecorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PromptRecorder").finish_non_exhaustive()
+    }
+}
+
+impl PromptRecorder {
+    /// Records the body as sent upstream.
+    pub fn record(&self, body: Bytes) {
+        self.lock().upstream = Some(body);
+    }
+
+    /// Records the PII counts of the request.
+    pub fn record_pii(&self, counts: &PiiCounts) {
+        self.lock().pii = Some(counts.clone());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Observes the request body as the inner service reads it (no copy: `Bytes` handles).
+#[derive(Debug)]
+pub struct RequestTap {
+    recorder: PromptRecorder,
+}
+
+impl BodyObserver for RequestTap {
+    fn on_data(&mut self, chunk: &Bytes) {
+        let mut g = self.recorder.lock();
+        if g.overflow {
+            return;
+        }
+        g.seen_len += chunk.len();
+        if g.seen_len > MAX_SEEN {
+            g.overflow = true;
+            g.seen.clear();
+        } else {
+            g.seen.push(chunk.clone());
+        }
+    }
+
+    fn on_end(&mut self, _end: BodyEnd<'_>) {}
+}
+
+/// The request body the inner service of [`Audit`] receives.
+pub type AuditRequestBody<B> = ObservedBody<B, RequestTap>;
+
+struct AuditShared {
+    sinks: Vec<Arc<dyn AuditSink>>,
+    /// The HMAC keyed once (its pads computed); cloned per use.
+    mac: Hmac<Sha256>,
+    chain: bool,
+    policy: SinkFailurePolicy,
+    failed: AtomicBool,
+    writer: Mutex<[u8; 32]>,
+    classifier: Classifier,
+}
+
+impl AuditShared {
+    fn mac(&self) -> Hmac<Sha256> {
+        self.mac.clone()
+    }
+
+    fn short_hash(&self, domain: &[u8], value: &[u8]) -> String {
+        let mut m = self.mac();
+        m.update(domain);
+        m.update(value);
+        hex_lower(&m.finalize().into_bytes()[..8])
+    }
+
+    fn write(&self, mut record: AuditRecord) {
+        let mut prev = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let line = if self.chain {
+            record.prev_hash = Some(hex_lower(&*prev));
+            record.hash = None;
+            let mut canonical = serde_json::to_vec(&record).expect("a record serializes");
+            let h: [u8; 32] = Sha256::digest(&canonical).into();
+            *prev = h;
+            canonical.pop();
+            canonical.extend_from_slice(b",\"hash\":\"");
+            canonical.extend_from_slice(hex_lower(&h).as_bytes());
+            canonical.extend_from_slice(b"\"}");
+            canonical
+        } else {
+            serde_json::to_vec(&record).expect("a record serializes")
+        };
+        let mut ok = true;
+        for s in &self.sinks {
+            if let Err(e) = s.write(&line) {
+                ok = false;
+                metrics::counter!("deepseek_audit_sink_errors_total").increment(1);
+                tracing::error!(target: "tower_deepseek_redact", error_kind = ?e.kind(), policy = ?self.policy, "audit record could not be written; it is lost");
+            }
+        }
+        drop(prev);
+        if ok {
+            metrics::counter!("deepseek_audit_records_total").increment(1);
+        } else {
+            self.failed.store(true, Ordering::Release);
+        }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let mut first_err = None;
+        for s in &self.sinks {
+            if let Err(e) = s.flush() {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => {
+                self.failed.store(true, Ordering::Release);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Fail closed: whether calls must be refused now.
+    fn refuse(&self) -> bool {
+        if self.policy == SinkFailurePolicy::FailOpen || !self.failed.load(Ordering::Acquire) {
+            return false;
+        }
+        // Probe: a sink that flushes again is back.
+        if self.flush().is_ok() {
+            self.failed.store(false, Ordering::Release);
+            false
+        } else {
+            true
+        }
+    }
+}
+
+/// Flushes the audit sinks; get it from [`AuditLayer::handle`] and call it on shutdown.
+#[derive(Clone)]
+pub struct AuditHandle {
+    shared: Arc<AuditShared>,
+}
+
+impl fmt::Debug for AuditHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditHandle").finish_non_exhaustive()
+    }
+}
+
+impl AuditHandle {
+    /// Flushes every sink.
+    ///
+    /// # Errors
+    ///
+    /// The first sink error.
+    pub fn flush(&self) -> io::Result<()> {
+        self.shared.flush()
+    }
+
+    /// Flushes every sink before shutdown (same as [`flush`](Self::flush)).
+    ///
+    /// # Errors
+    ///
+    /// The first sink error.
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.shared.flush()
+    }
+}
+
+/// Writes one audit record per call. See the [module docs](self).
+#[derive(Clone)]
+pub struct AuditLayer {
+    shared: Arc<AuditShared>,
+}
+
+impl fmt::Debug for AuditLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLayer")
+            .field("sinks", &self.shared.sinks.len())
+            .field("chain", &self.shared.chain)
+            .field("policy", &self.shared.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`AuditLayer`]. Defaults: a [`TracingSink`], no hash chain, fail closed.
+#[must_use]
+pub struct AuditLayerBuilder {
+    sinks: Vec<Arc<dyn AuditSink>>,
+    key: Option<SecretSlice<u8>>,
+    chain: bool,
+    policy: SinkFailurePolicy,
+}
+
+impl fmt::Debug for AuditLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLayerBuilder").finish_non_exhaustive()
+    }
+}
+
+impl AuditLayerBuilder {
+    /// Adds a sink (records go to every sink).
+    pub fn sink(mut self, sink: impl AuditSink) -> Self {
+        self.sinks.push(Arc::new(sink));
+        self
+    }
+
+    /// The secret (at least 16 bytes) that keys the prompt, tenant and key hashes. Required.
+    pub fn hmac_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(SecretSlice::from(key.into()));
+        self
+    }
+
+    /// Chains records with `prev_hash`/`hash`.
+    pub fn hash_chain(mut self, on: bool) -> Self {
+        self.chain = on;
+        self
+    }
+
+    /// What to do when a sink fails.
+    pub fn on_sink_failure(mut self, policy: SinkFailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] without an HMAC key of at least 16 bytes.
+    pub fn build(mut self) -> Result<AuditLayer, ConfigError> {
+        let key = self
+            .key
+            .filter(|k| k.expose_secret().len() >= 16)
+            .ok_or_else(|| ConfigError::new("AuditLayer needs an hmac_key of at least 16 bytes"))?;
+        if self.sinks.is_empty() {
+            self.sinks.push(Arc::new(TracingSink));
+        }
+        Ok(AuditLayer {
+            shared: Arc::new(AuditShared {
+                sinks: self.sinks,
+                mac: Hmac::<Sha256>::new_from_slice(key.expose_secret()).expect("any key length"),
+                chain: self.chain,
+                policy: self.policy,
+                failed: AtomicBool::new(false),
+                writer: Mutex::new([0; 32]),
+                classifier: Classifier::new(),
+            }),
+        })
+    }
+}
+
+impl AuditLayer {
+    /// A builder.
+    pub fn builder() -> AuditLayerBuilder {
+        AuditLayerBuilder {
+            sinks: Vec::new(),
+            key: None,
+            chain: false,
+            policy: SinkFailurePolicy::FailClosed,
+        }
+    }
+
+    /// A handle to flush the sinks on shutdown.
+    pub fn handle(&self) -> AuditHandle {
+        AuditHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Audit<S> {
+        Audit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`AuditLayer`]. See the [module docs](self).
+#[derive(Clone)]
+pub struct Audit<S> {
+    inner: S,
+    shared: Arc<AuditShared>,
+}
+
+impl<S> fmt::Debug for Audit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Audit").finish_non_exhaustive()
+    }
+}
+
+impl<S> Audit<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn token_header(h: &HeaderMap, name: &str) -> Option<String> {
+    let v = h.get(name)?.to_str().ok()?;
+    (v.len() <= 32
+        && !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then(|| v.to_ascii_lowercase())
+}
+
+/// What is known when the call starts.
+struct Pending {
+    shared: Arc<AuditShared>,
+    record: AuditRecord,
+    started: Instant,
+    recorder: PromptRecorder,
+}
+
+impl Pending {
+    fn finish(
+        mut self: Box<Self>,
+        status: Option<u16>,
+        outcome: &str,
+        summary: Option<&ResponseSummary>,
+    ) {
+        let shared = self.shared.clone();
+        let r = &mut self.record;
+        r.status = status;
+        r.outcome = outcome.to_owned();
+        r.latency_ms = self.started.elapsed().as_millis() as u64;
+        if let Some(s) = summary {
+            if let Some(m) = &s.model {
+                r.model = Some(m.clone());
+            }
+            if let Some(u) = &s.usage {
+                r.prompt_tokens = Some(u.prompt_tokens);
+                r.completion_tokens = Some(u.completion_tokens);
+                r.cache_hit_tokens = u.prompt_cache_hit_tokens.or_else(|| {
+                    u.prompt_tokens_details
+                        .as_ref()
+                        .and_then(|d| d.cached_tokens)
+                });
+            }
+        }
+        let (body, pii) = {
+            let mut g = self.recorder.lock();
+            let body = match g.upstream.take() {
+                Some(b) => Some(b),
+                None if !g.overflow && !g.seen.is_empty() => {
+                    if g.seen.len() == 1 {
+                        Some(g.seen[0].clone())
+                    } else {
+                        let mut all = BytesMut::with_capacity(g.seen_len);
+                        for c in &g.seen {
+                            all.extend_from_slice(c);
+                        }
+                        Some(all.freeze())
+                    }
+                }
+                None => None,
+            };
+            (body, g.pii.take())
+        };
+        if let Some(b) = body {
+            let mut m = shared.mac();
+            m.update(&b);
+            r.prompt_hash = Some(hex_lower(&m.finalize().into_bytes()));
+            if r.model.is_none() {
+                #[derive(serde::Deserialize)]
+                struct ModelProbe {
+                    model: Option<String>,
+                }
+                r.model = serde_json::from_slice::<ModelProbe>(&b)
+                    .ok()
+                    .and_then(|p| p.model)
+                    .filter(|m| m.len() <= 128);
+            }
+        }
+        if let Some(p) = pii {
+            r.pii = p.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        }
+        shared.write(std::mem::take(&mut self.record));
+    }
+}
+
+/// Writes a `cancelled` record if dropped while still holding the pending record.
+struct Guard(Option<Box<Pending>>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.finish(None, "cancelled", None);
+        }
+    }
+}
+
+fn outcome_of(r: &Result<(), FailureClass>) -> &'static str {
+    match r {
+        Ok(()) => "ok",
+        Err(c) => c.as_str(),
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Audit<S>
+where
+    S: Service<Request<AuditRequestBody<ReqBody>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> ResponseFuture<S::Future> {
+        let shared = &self.shared;
+        if shared.refuse() {
+            return ResponseFuture {
+                fut: None,
+                guard: Guard(None),
+                classifier: shared.classifier,
+            };
+        }
+        // Every record has a request id: the caller's (extension or `x-request-id`), or a new
+        // one, which is also sent upstream so that both sides log the same id.
+        let mut req = req;
+        if req.extensions().get::<RequestId>().is_none() {
+            let id = req
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .and_then(RequestId::parse)
+                .unwrap_or_else(RequestId::generate);
+            req.headers_mut()
+                .insert(X_REQUEST_ID.clone(), id.to_header_value());
+            req.extensions_mut().insert(id);
+        }
+        let ext = req.extensions();
+        let h = req.headers();
+        let request_id = ext.get::<RequestId>().map(|r| r.as_str().to_owned());
+        let client_ip = ext
+            .get::<ClientIp>()
+            .map(|c| c.0)
+            .or_else(|| ext.get::<PeerAddr>().map(|p| p.0.ip()))
+            .map(|ip| ip.to_string());
+        let tenant = ext
+            .get::<TenantId>()
+            .map(|t| shared.short_hash(b"tenant:", t.as_str().as_bytes()));
+        let key_id = h
+            .get(http::header::AUTHORIZATION)
+            .map(|v| shared.short_hash(b"key:", v.as_bytes()));
+        let recorder = PromptRecorder::default();
+        let record = AuditRecord {
+            timestamp: rfc3339(SystemTime::now()),
+            request_id,
+            client_ip,
+            tenant,
+            key_id,
+            method: req.method().as_str().to_owned(),
+            endpoint: req.uri().path().to_owned(),
+            ..AuditRecord::default()
+        };
+        let pending = Pending {
+            shared: shared.clone(),
+            record,
+            started: Instant::now(),
+            recorder: recorder.clone(),
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(recorder.clone());
+        let body = ObservedBody::new(body, RequestTap { recorder });
+        let fut = self.inner.call(Request::from_parts(parts, body));
+        ResponseFuture {
+            fut: Some(fut),
+            guard: Guard(Some(Box::new(pending))),
+            classifier: shared.classifier,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Audit`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        fut: Option<F>,
+        guard: Guard,
+        classifier: Classifier,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(fut) = this.fut.as_pin_mut() else {
+            return Poll::Ready(Err(Box::new(AuditUnavailable {})));
+        };
+        match ready!(fut.poll(cx)) {
+            Err(e) => {
+                let e: BoxError = e.into();
+                if let Some(p) = this.guard.0.take() {
+                    let class = this.classifier.classify_error(&*e);
+                    p.finish(None, class.as_str(), None);
+                }
+                Poll::Ready(Err(e))
+            }
+            Ok(mut res) => {
+                let mut pending = this.guard.0.take().expect("polled after completion");
+                let h = res.headers();
+                pending.record.cache = token_header(h, "x-cache");
+                // Facts from the layers below: core's response extensions first (set by the
+                // retry and breaker layers), then headers (an upstream gateway's).
+                let ext = res.extensions();
+                pending.record.retries = ext
+                    .get::<UpstreamAttempts>()
+                    .map(|a| a.0.saturating_sub(1))
+                    .or_else(|| {
+                        h.get("x-retry-attempts")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                    });
+                pending.record.breaker = ext
+                    .get::<BreakerStatus>()
+                    .map(|b| b.0.to_owned())
+                    .or_else(|| token_header(h, "x-breaker-state"));
+                if let Some(c) = res.extensions_mut().get::<PiiCounts>() {
+                    pending.recorder.record_pii(c);
+                }
+                let status = res.status();
+                let state = match this.classifier.classify_head(status, res.headers()) {
+                    ClassifiedResponse::Ready(r) => Eos::Ready(r),
+                    ClassifiedResponse::RequiresEos(c) => Eos::Body(Box::new(c)),
+                };
+                let observer = AuditObserver {
+                    pending: Some(pending),
+                    status: status.as_u16(),
+                    eos: state,
+                };
+                Poll::Ready(Ok(res.map(|b| ResponseBody {
+                    inner: ObservedBody::new(b, observer),
+                })))
+            }
+        }
+    }
+}
+
+enum Eos {
+    Ready(Result<(), FailureClass>),
+    Body(Box<EosClassifier>),
+}
+
+/// Watches the response body and writes the record at its end.
+struct AuditObserver {
+    pending: Option<Box<Pending>>,
+    status: u16,
+    eos: Eos,
+}
+
+impl fmt::Debug for AuditObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditObserver").finish_non_exhaustive()
+    }
+}
+
+impl BodyObserver for AuditObserver {
+    fn on_data(&mut self, chunk: &Bytes) {
+        if let Eos::Body(c) = &mut self.eos {
+            c.on_data(chunk);
+        }
+    }
+
+    fn on_end(&mut self, end: BodyEnd<'_>) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let status = Some(self.status);
+        match (&mut self.eos, end) {
+            (_, BodyEnd::Dropped) => {
+                let summary = match &self.eos {
+                    Eos::Body(c) => Some(c.summary()),
+                    Eos::Ready(_) => None,
+                };
+                p.finish(status, "cancelled", summary)
+            }
+            (Eos::Ready(r), BodyEnd::Complete) => p.finish(status, outcome_of(r), None),
+            (Eos::Ready(_), BodyEnd::Error(e)) => {
+                let c = Classifier::new().classify_error(e);
+                p.finish(status, c.as_str(), None)
+            }
+            (Eos::Body(c), BodyEnd::Complete) => {
+                let r = c.finish();
+                p.finish(status, outcome_of(&r), Some(c.summary()))
+            }
+            (Eos::Body(c), BodyEnd::Error(e)) => {
+                let class = c.fail(e);
+                p.finish(status, class.as_str(), Some(c.summary()))
+            }
+            (_, _) => p.finish(status, "unknown", None),
+        }
+    }
+}
+
+pin_project! {
+    /// The response body of [`Audit`]: the inner body, observed; the record is written when it
+    /// ends or is dropped.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: ObservedBody<B, AuditObserver>,
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A broken hash chain: the first line (1-based) that does not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChainError {
+    /// 1-based line number of the first broken record.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "audit hash chain broken at line {}: {}",
+            self.line, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ChainError {}
+
+/// Verifies a hash-chained audit log; returns the number of records. The first record's
+/// `prev_hash` is taken as given (a rotated file starts mid-chain); every other record must
+/// link to the one before it, and every record's `hash` must match its content.
+///
+/// # Errors
+///
+/// [`ChainError`] with the first line that fails (unreadable lines included).
+pub fn verify_chain(reader: impl BufRead) -> Result<usize, ChainError> {
+    let mut prev: Option<String> = None;
+    let mut count = 0;
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        let err = |reason| ChainError { line: n, reason };
+        let line = line.map_err(|_| err("unreadable"))?;
+        if line.is_empty() {
+            continue;
+        }
+        const TAIL: usize = ",\"hash\":\"".len() + 64 + 2;
+        if line.len() < TAIL || !line.ends_with("\"}") {
+            return Err(err("no hash"));
+        }
+        let (head, tail) = line.split_at(line.len() - TAIL);
+        let Some(hash) = tail
+            .strip_prefix(",\"hash\":\"")
+            .and_then(|t| t.strip_suffix("\"}"))
+        else {
+            return Err(err("no hash"));
+        };
+        let mut canonical = head.as_bytes().to_vec();
+        canonical.push(b'}');
+        if hex_lower(&Sha256::digest(&canonical)) != hash {
+            return Err(err("record does not match its hash"));
+        }
+        #[derive(serde::Deserialize)]
+        struct Link {
+            prev_hash: Option<String>,
+        }
+        let link: Link = serde_json::from_slice(&canonical).map_err(|_| err("not a record"))?;
+        let Some(p) = link.prev_hash else {
+            return Err(err("no prev_hash"));
+        };
+        if let Some(expected) = &prev
+            && *expected != p
+        {
+            return Err(err("prev_hash does not match the previous record"));
+        }
+        prev = Some(hash.to_owned());
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(951_782_400_123)),
+            "2000-02-29T00:00:00.123Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_692_488)),
+            "2026-11-26T11:28:08.000Z"
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! Compliance layers for DeepSeek and OpenAI-compatible chat APIs: PII masking with restore in
+//! streamed answers, tamper-evident audit records, and output filtering.
+//!
+//! - [`RedactLayer`] ([`redact`]): finds personal data and secrets in the user text of a request
+//!   ([`detect`]: CN mobile and landline numbers, resident ID cards, bank cards, e-mail, IPv4/6,
+//!   passports, US SSNs, API keys, AWS keys, JWTs, private keys, custom regexes; full-width
+//!   digits included) and masks, hashes, blocks or replaces them with placeholders
+//!   (`<CN_MOBILE_1>`) that are put back in the answer, JSON or SSE, even when a placeholder
+//!   is split across chunks or events. Everything else in the body stays byte-identical.
+//! - [`AuditLayer`] ([`audit`]): one structured record per call (who, what, outcome, tokens,
+//!   PII counts, prompt HMAC), to tracing, JSON Lines files with rotation or any writer, with an
+//!   optional hash chain and [`audit::verify_chain`]. Never a prompt, answer, PII value or secret.
+//! - [`ContentFilterLayer`] ([`filter`]): keyword lists and regexes on answers, streams included:
+//!   mask, or block with a clear error.
+//!
+//! # Order
+//!
+//! ```text
+//! AuditLayer          sees the caller's request and the final outcome
+//!   ContentFilterLayer checks the text the caller will see
+//!     RedactLayer      masks before anything below sees the request; restores on the way out
+//!       CacheLayer, RateLimitLayer, RetryLayer, CircuitBreakerLayer, auth, the HTTP client
+//! ```
+//!
+//! Each layer also works alone.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt, Service};
+//! use tower_deepseek_core::body::BufferedBody;
+//! use tower_deepseek_redact::audit::TracingSink;
+//! use tower_deepseek_redact::{AuditLayer, ContentFilterLayer, EntityType, Mode, RedactLayer, Redactor};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_deepseek_core::BoxError> {
+//! let redactor = Redactor::builder()
+//!     .mode(EntityType::CN_ID_CARD, Mode::Block) // refuse ID numbers outright
+//!     .build()?;
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(AuditLayer::builder().hmac_key(b"0123456789abcdef-audit".to_vec()).sink(TracingSink).build()?)
+//!     .layer(ContentFilterLayer::builder().keywords(["internal only"]).build()?)
+//!     .layer(RedactLayer::with_redactor(redactor))
+//!     .service_fn(|req: Request<BufferedBody>| async move {
+//!         // Stand-in for the HTTP client: answer with the (masked) user text.
+//!         let v: serde_json::Value = serde_json::from_slice(req.body().bytes())?;
+//!         let answer = serde_json::json!({"choices": [{"index": 0, "message": {
+//!             "role": "assistant", "content": format!("Echo: {}", v["messages"][0]["content"].as_str().unwrap_or(""))
+//!         }}]});
+//!         Ok::<_, tower_deepseek_core::BoxError>(
+//!             Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(answer.to_string())))?,
+//!         )
+//!     });
+//! let req = Request::post("/chat/completions")
+//!     .header("content-type", "application/json")
+//!     .body(Full::new(Bytes::from(r#"{"model":"deepseek-chat","messages":[{"role":"user","content":"call 138-0013-8000"}]}"#)))?;
+//! let res = ServiceExt::<Request<Full<Bytes>>>::ready(&mut svc).await?.call(req).await?;
+//! let body = res.into_body().collect().await?.to_bytes();
+//! assert!(std::str::from_utf8(&body)?.contains("Echo: call 138-0013-8000"));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors
+//!
+//! Client-side style: every layer returns [`BoxError`](tower_deepseek_core::BoxError); downcast
+//! to [`PiiBlocked`] (answer 422), [`InvalidJsonBody`] (400),
+//! [`BodyTooLarge`](tower_deepseek_core::error::BodyTooLarge) (413) or
+//! [`audit::AuditUnavailable`] (503). No message names a value.
+//!
+//! A known rustc limitation applies as with tower's own `Timeout`: when the inner service's
+//! error type is itself `BoxError`, an `async` block that awaits these layers' futures may fail
+//! a `Send` check ("implementation of `From` is not general enough"); spawn the service's
+//! future directly, or give the inner service a concrete error type.
+//!
+//! # Metrics
+//!
+//! `deepseek_redact_entities_total{entity}`, `deepseek_redact_blocked_total{entity}`,
+//! `deepseek_audit_records_total`, `deepseek_audit_sink_errors_total`,
+//! `deepseek_content_filter_total{action}`. Labels carry types, never values.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod audit;
+pub mod detect;
+pub mod filter;
+mod json;
+pub mod redact;
+mod redactor;
+mod restore;
+
+pub use audit::{Audit, AuditLayer, PromptRecorder};
+pub use detect::{ConfigError, Detection, Detectors, DetectorsBuilder, EntityType};
+pub use filter::{ContentFilter, ContentFilterLayer, FilterAction};
+pub use json::JsonPath;
+pub use redact::{InvalidJsonBody, NonJsonPolicy, Redact, RedactConfig, RedactLayer};
+pub use redactor::{Mode, PiiBlocked, PiiCounts, RedactContext, Redactor, RedactorBuilder, Vault};

@@ -1,0 +1,501 @@
+//! AuditLayer: schema, outcomes, cancellation, sink failure policies, rotation, hash chain.
+
+use std::convert::Infallible;
+use std::io::{self, BufReader};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use sha2::Sha256;
+use tower::{ServiceExt, service_fn};
+use tower_deepseek_core::BoxError;
+use tower_deepseek_core::body::BufferedBody;
+use tower_deepseek_core::meta::{ClientIp, RequestId, TenantId};
+use tower_deepseek_redact::RedactLayer;
+use tower_deepseek_redact::audit::{
+    AuditLayer, AuditRecord, AuditSink, AuditUnavailable, JsonlFileSink, SinkFailurePolicy,
+    WriterSink, verify_chain,
+};
+use tower_layer::Layer;
+
+const KEY: &[u8] = b"audit-key-0123456789";
+
+fn sse_body() -> String {
+    [
+        r#"data: {"id":"1","model":"deepseek-v4-flash","choices":[{"index":0,"delta":{"content":"Echo: <CN_MOBILE_1>"},"finish_reason":null}]}"#,
+        r#"data: {"id":"1","model":"deepseek-v4-flash","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        r#"data: {"id":"1","model":"deepseek-v4-flash","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":8,"prompt_cache_miss_tokens":4}}"#,
+        "data: [DONE]",
+        "",
+    ]
+    .join("\n\n")
+}
+
+fn chat(content: &str) -> Request<Full<Bytes>> {
+    let body = serde_json::json!({"model": "deepseek-v4-flash", "stream": true, "messages": [{"role": "user", "content": content}]});
+    Request::post("/chat/completions?secret=1")
+        .header("content-type", "application/json")
+        .header(
+            "authorization",
+            "Bearer sk-4f8e2a9c1b3d5e7f9a0b2c4d6e8f0a1b",
+        )
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn records(log: &WriterSink<Vec<u8>>) -> Vec<String> {
+    let text = log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
+    text.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn schema_has_every_field() {
+    let log = WriterSink::new(Vec::new());
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(log.clone())
+        .build()
+        .unwrap();
+    let upstream_body = Arc::new(Mutex::new(Bytes::new()));
+    let ub = upstream_body.clone();
+    let svc = audit.layer(RedactLayer::new().layer(service_fn(
+        move |req: Request<BufferedBody>| {
+            *ub.lock().unwrap() = req.body().bytes().clone();
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .header("x-cache", "MISS")
+                        .header("x-retry-attempts", "2")
+                        .header("x-breaker-state", "closed")
+                        .body(Full::new(Bytes::from(sse_body())))
+                        .unwrap(),
+                )
+            }
+        },
+    )));
+    let mut req = chat("my phone 13800138000");
+    req.extensions_mut()
+        .insert(RequestId::parse("req-42").unwrap());
+    req.extensions_mut()
+        .insert(ClientIp("203.0.113.9".parse().unwrap()));
+    req.extensions_mut().insert(TenantId::new("acme"));
+    let res = svc.oneshot(req).await.unwrap();
+    assert!(
+        records(&log).is_empty(),
+        "written when the stream ends, not before"
+    );
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("13800138000"));
+    let lines = records(&log);
+    assert_eq!(lines.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut expected = vec![
+        "timestamp",
+        "request_id",
+        "client_ip",
+        "tenant",
+        "key_id",
+        "method",
+        "endpoint",
+        "model",
+        "prompt_hash",
+        "status",
+        "outcome",
+        "latency_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "cache_hit_tokens",
+        "pii",
+        "cache",
+        "retries",
+        "breaker",
+    ];
+    expected.sort_unstable();
+    let mut got = keys.clone();
+    got.sort_unstable();
+    assert_eq!(got, expected);
+    let r: AuditRecord = serde_json::from_str(&lines[0]).unwrap();
+    assert!(
+        r.timestamp.ends_with('Z') && r.timestamp.len() == 24,
+        "{}",
+        r.timestamp
+    );
+    assert_eq!(r.request_id.as_deref(), Some("req-42"));
+    assert_eq!(r.client_ip.as_deref(), Some("203.0.113.9"));
+    assert_eq!(r.tenant.as_ref().unwrap().len(), 16);
+    assert_ne!(r.tenant.as_deref(), Some("acme"));
+    assert_eq!(r.key_id.as_ref().unwrap().len(), 16);
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.endpoint, "/chat/completions");
+    assert_eq!(r.model.as_deref(), Some("deepseek-v4-flash"));
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
+    mac.update(&upstream_body.lock().unwrap());
+    assert_eq!(
+        r.prompt_hash.as_deref(),
+        Some(hex::encode(mac.finalize().into_bytes()).as_str())
+    );
+    assert_eq!(r.status, Some(200));
+    assert_eq!(r.outcome, "ok");
+    assert_eq!(r.prompt_tokens, Some(12));
+    assert_eq!(r.completion_tokens, Some(5));
+    assert_eq!(r.cache_hit_tokens, Some(8));
+    assert_eq!(r.pii.get("CN_MOBILE"), Some(&1));
+    assert_eq!(r.cache.as_deref(), Some("miss"));
+    assert_eq!(r.retries, Some(2));
+    assert_eq!(r.breaker.as_deref(), Some("closed"));
+    assert!(
+        !lines[0].contains("13800138000")
+            && !lines[0].contains("sk-4f8e")
+            && !lines[0].contains("secret=1")
+    );
+}
+
+#[tokio::test]
+async fn outcomes_errors_and_cancellation() {
+    let log = WriterSink::new(Vec::new());
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(log.clone())
+        .build()
+        .unwrap();
+    // 429 JSON error.
+    let svc = audit.layer(service_fn(
+        |req: Request<tower_deepseek_redact::audit::AuditRequestBody<Full<Bytes>>>| async {
+            // Like a client: the body is sent (read) before the answer comes.
+            req.into_body().collect().await.unwrap();
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(StatusCode::TOO_MANY_REQUESTS)
+                    .body(Full::new(Bytes::from_static(
+                        b"{\"error\":{\"message\":\"slow down\"}}",
+                    )))
+                    .unwrap(),
+            )
+        },
+    ));
+    let res = svc.clone().oneshot(chat("hi")).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    // Inner error.
+    let failing = audit.layer(service_fn(|_req: Request<_>| async {
+        Err::<Response<Full<Bytes>>, BoxError>(Box::new(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "reset",
+        )))
+    }));
+    assert!(failing.oneshot(chat("hi")).await.is_err());
+    // Stream dropped mid-way.
+    let streaming = audit.layer(service_fn(|_req: Request<_>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Full::new(Bytes::from(sse_body())))
+                .unwrap(),
+        )
+    }));
+    let res = streaming.clone().oneshot(chat("hi")).await.unwrap();
+    drop(res);
+    // Future dropped before the answer.
+    let hanging = audit.layer(service_fn(|_req: Request<_>| async {
+        std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
+    }));
+    let fut = hanging.oneshot(chat("hi"));
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(1), fut).await;
+    // Stream cut without [DONE].
+    let cut = audit.layer(service_fn(|_req: Request<_>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Full::new(Bytes::from_static(b"data: {\"choices\":[]}\n\n")))
+                .unwrap(),
+        )
+    }));
+    cut.oneshot(chat("hi"))
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    let recs: Vec<AuditRecord> = records(&log)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let outcomes: Vec<(&str, Option<u16>)> = recs
+        .iter()
+        .map(|r| (r.outcome.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("rate_limited", Some(429)),
+            ("transport_error", None),
+            ("cancelled", Some(200)),
+            ("cancelled", None),
+            ("incomplete", Some(200)),
+        ]
+    );
+    assert_eq!(
+        recs[1].prompt_hash, None,
+        "a body never read was never sent"
+    );
+    // Without RedactLayer below, the prompt hash is the HMAC of the body as this layer saw it.
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
+    mac.update(&chat("hi").into_body().collect().await.unwrap().to_bytes());
+    assert_eq!(
+        recs[0].prompt_hash.as_deref(),
+        Some(hex::encode(mac.finalize().into_bytes()).as_str())
+    );
+    assert_eq!(
+        recs[0].model.as_deref(),
+        Some("deepseek-v4-flash"),
+        "from the request"
+    );
+}
+
+/// A sink that fails while `broken` is set.
+#[derive(Clone, Default)]
+struct Flaky {
+    broken: Arc<AtomicBool>,
+    lines: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AuditSink for Flaky {
+    fn write(&self, record: &[u8]) -> io::Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(io::Error::other("disk full"));
+        }
+        self.lines.lock().unwrap().push(record.to_vec());
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            Err(io::Error::other("disk full"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn ok_service() -> impl tower::Service<
+    Request<tower_deepseek_redact::audit::AuditRequestBody<Full<Bytes>>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|_req| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+    })
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_until_the_sink_recovers() {
+    let sink = Flaky::default();
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(sink.clone())
+        .build()
+        .unwrap();
+    let svc = audit.layer(ok_service());
+    sink.broken.store(true, Ordering::SeqCst);
+    // This call is served; its record is lost, which trips the policy.
+    let res = svc.clone().oneshot(chat("a")).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let err = svc.clone().oneshot(chat("b")).await.unwrap_err();
+    assert!(err.is::<AuditUnavailable>(), "{err}");
+    sink.broken.store(false, Ordering::SeqCst);
+    let res = svc.clone().oneshot(chat("c")).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    assert_eq!(sink.lines.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn fail_open_serves_and_counts() {
+    let sink = Flaky::default();
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(sink.clone())
+        .on_sink_failure(SinkFailurePolicy::FailOpen)
+        .build()
+        .unwrap();
+    let svc = audit.layer(ok_service());
+    sink.broken.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(chat("a")).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    assert!(sink.lines.lock().unwrap().is_empty());
+}
+
+#[test]
+fn builder_validates() {
+    assert!(AuditLayer::builder().build().is_err());
+    assert!(
+        AuditLayer::builder()
+            .hmac_key(b"short".to_vec())
+            .build()
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn hash_chain_verifies_and_detects_the_edited_line() {
+    let log = WriterSink::new(Vec::new());
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(log.clone())
+        .hash_chain(true)
+        .build()
+        .unwrap();
+    let svc = audit.layer(ok_service());
+    for i in 0..6 {
+        let res = svc.clone().oneshot(chat(&format!("m{i}"))).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let lines = records(&log);
+    let text = lines.join("\n");
+    assert_eq!(verify_chain(BufReader::new(text.as_bytes())), Ok(6));
+    // Edit line 3 (a status).
+    let mut edited = lines.clone();
+    edited[2] = edited[2].replace("\"status\":200", "\"status\":201");
+    assert_ne!(edited[2], lines[2]);
+    let e = verify_chain(BufReader::new(edited.join("\n").as_bytes())).unwrap_err();
+    assert_eq!(e.line, 3);
+    // Re-hashing the edited line does not help: the next one no longer links.
+    // Remove line 4.
+    let mut removed = lines.clone();
+    removed.remove(3);
+    assert_eq!(
+        verify_chain(BufReader::new(removed.join("\n").as_bytes()))
+            .unwrap_err()
+            .line,
+        4
+    );
+    // Swap lines 5 and 6.
+    let mut swapped = lines.clone();
+    swapped.swap(4, 5);
+    assert_eq!(
+        verify_chain(BufReader::new(swapped.join("\n").as_bytes()))
+            .unwrap_err()
+            .line,
+        5
+    );
+}
+
+#[tokio::test]
+async fn jsonl_file_rotates_and_the_chain_spans_files() {
+    let dir = std::env::temp_dir().join(format!(
+        "redact-audit-{}-{}",
+        std::process::id(),
+        fastrand_like()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("audit.jsonl");
+    let sink = JsonlFileSink::open(&path, 1500, 3).unwrap();
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(sink)
+        .hash_chain(true)
+        .build()
+        .unwrap();
+    let handle = audit.handle();
+    let svc = audit.layer(ok_service());
+    for i in 0..10 {
+        let res = svc.clone().oneshot(chat(&format!("m{i}"))).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    handle.shutdown().unwrap();
+    let mut all = String::new();
+    for n in (1..=3).rev() {
+        let p = dir.join(format!("audit.jsonl.{n}"));
+        if let Ok(s) = std::fs::read_to_string(&p) {
+            assert!(s.len() <= 1500, "rotated at the size limit");
+            all.push_str(&s);
+        }
+    }
+    assert!(dir.join("audit.jsonl.1").exists());
+    all.push_str(&std::fs::read_to_string(&path).unwrap());
+    let n = verify_chain(BufReader::new(all.as_bytes())).unwrap();
+    assert!((4..=10).contains(&n), "{n}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn fastrand_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn facts_from_inner_layers_and_a_generated_request_id() {
+    use tower_deepseek_core::meta::{BreakerStatus, UpstreamAttempts};
+
+    let log = WriterSink::new(Vec::new());
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(log.clone())
+        .build()
+        .unwrap();
+    let seen_id = Arc::new(Mutex::new(None::<String>));
+    let seen = seen_id.clone();
+    // What the retry and breaker layers below leave on the response.
+    let inner = service_fn(
+        move |req: Request<tower_deepseek_redact::audit::AuditRequestBody<Full<Bytes>>>| {
+            *seen.lock().unwrap() = req
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            async {
+                let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
+                res.extensions_mut().insert(UpstreamAttempts(3));
+                res.extensions_mut().insert(BreakerStatus("half_open"));
+                Ok::<_, Infallible>(res)
+            }
+        },
+    );
+    let req = Request::post("/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            b"{\"model\":\"m\",\"messages\":[]}",
+        )))
+        .unwrap();
+    let res = audit.layer(inner).oneshot(req).await.unwrap();
+    let _ = res.into_body().collect().await.unwrap();
+    let lines = records(&log);
+    let record: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(record["retries"], 2, "3 attempts are 2 retries");
+    assert_eq!(record["breaker"], "half_open");
+    let id = record["request_id"]
+        .as_str()
+        .expect("an id even without a caller's");
+    assert_eq!(id.len(), 32);
+    assert_eq!(
+        seen_id.lock().unwrap().as_deref(),
+        Some(id),
+        "the upstream sees the same id"
+    );
+}
+
+#[test]
+fn refusals_classify_as_local_rejections() {
+    use tower_deepseek_core::classify::{Classifier, FailureClass};
+    use tower_deepseek_redact::{EntityType, Mode, RedactContext, Redactor};
+
+    let blocked = Redactor::builder()
+        .mode(EntityType::CN_MOBILE, Mode::Block)
+        .build()
+        .unwrap()
+        .redact("call 138-0013-8000", &mut RedactContext::new(None))
+        .unwrap_err();
+    let c = Classifier::new();
+    assert_eq!(c.classify_error(&blocked), FailureClass::Rejected);
+    assert_eq!(
+        c.classify_error(&AuditUnavailable::default()),
+        FailureClass::Rejected
+    );
+}

@@ -1,0 +1,289 @@
+//! Success-path overhead of the retry layer against a bare service, tower's `Retry` and
+//! tower-resilience's retry, and the rate limiter's admit path, in the same run.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt};
+use tower_deepseek_core::BoxError;
+use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_retry::rate_limit::{KeyBy, RateLimitLayer};
+use tower_deepseek_retry::retry::{RetryBody, RetryLayer};
+
+const REQ: &[u8] = br#"{"model":"deepseek-chat","max_tokens":256,"messages":[{"role":"user","content":"Hello there"}]}"#;
+const CHAT: &[u8] = br#"{"id":"1","object":"chat.completion","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}"#;
+
+fn request() -> Request<Full<Bytes>> {
+    let mut r = Request::post("https://api.deepseek.com/chat/completions")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-x")
+        .body(Full::new(Bytes::from_static(REQ)))
+        .unwrap();
+    r.extensions_mut().insert(TenantId::new("t1"));
+    r
+}
+
+fn response(content_type: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from_static(CHAT)))
+        .unwrap()
+}
+
+async fn handler<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, BoxError> {
+    Ok(response("application/json"))
+}
+
+async fn plain_handler<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, BoxError> {
+    Ok(response("text/plain"))
+}
+
+/// Calls once and reads the whole response body, as a caller does.
+async fn call<S, B>(svc: &mut S) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
+    resp.into_body().collect().await.unwrap().to_bytes().len()
+}
+
+/// `iters` calls in one runtime entry, timed.
+async fn timed<S, B>(iters: u64, svc: &mut S) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        black_box(call(svc).await);
+    }
+    start.elapsed()
+}
+
+#[derive(Clone)]
+struct Always;
+
+impl tower::retry::Policy<Request<Full<Bytes>>, Response<Full<Bytes>>, BoxError> for Always {
+    type Future = std::future::Ready<()>;
+    fn retry(
+        &mut self,
+        _req: &mut Request<Full<Bytes>>,
+        result: &mut Result<Response<Full<Bytes>>, BoxError>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(r) if !r.status().is_server_error() => None,
+            _ => Some(std::future::ready(())),
+        }
+    }
+    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+        let mut r = Request::new(req.body().clone());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.headers_mut() = req.headers().clone();
+        *r.extensions_mut() = req.extensions().clone();
+        Some(r)
+    }
+}
+
+/// `http::Request` is not `Clone`; tower-resilience needs a cloneable request.
+struct CloneReq(Request<Full<Bytes>>);
+
+impl Clone for CloneReq {
+    fn clone(&self) -> Self {
+        let req = &self.0;
+        let mut r = Request::new(req.body().clone());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.headers_mut() = req.headers().clone();
+        *r.extensions_mut() = req.extensions().clone();
+        CloneReq(r)
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut g = c.benchmark_group("retry_success_path");
+
+    let mut bare = tower::service_fn(handler::<Full<Bytes>>);
+    g.bench_function("bare_service_fn", |b| {
+        b.iter_custom(|iters| rt.block_on(timed(iters, &mut bare)))
+    });
+
+    let mut tower_retry =
+        tower::retry::RetryLayer::new(Always).layer(tower::service_fn(handler::<Full<Bytes>>));
+    g.bench_function("tower_retry", |b| {
+        b.iter_custom(|iters| rt.block_on(timed(iters, &mut tower_retry)))
+    });
+
+    let resilience =
+        tower_resilience::retry::RetryLayer::<CloneReq, Response<Full<Bytes>>, BoxError>::builder()
+            .max_attempts(3)
+            .fixed_backoff(Duration::from_millis(1))
+            .build();
+    let mut resilience = resilience.layer(tower::service_fn(|r: CloneReq| handler(r.0)));
+    g.bench_function("tower_resilience_retry", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    let resp = resilience
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call(CloneReq(request()))
+                        .await
+                        .unwrap();
+                    black_box(resp.into_body().collect().await.unwrap().to_bytes().len());
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    let mut ours = RetryLayer::new().layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
+    g.bench_function("deepseek_retry_json_chat", |b| {
+        b.iter_custom(|iters| rt.block_on(timed(iters, &mut ours)))
+    });
+
+    let mut ours_plain =
+        RetryLayer::new().layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>));
+    g.bench_function("deepseek_retry_non_chat", |b| {
+        b.iter_custom(|iters| rt.block_on(timed(iters, &mut ours_plain)))
+    });
+    // What the shared classifier alone costs on that 2xx chat JSON (part of both lines above).
+    let classifier = tower_deepseek_core::classify::Classifier::new();
+    let resp = response("application/json");
+    g.bench_function("core_classify_json_chat_only", |b| {
+        b.iter(
+            || match classifier.classify_head(resp.status(), resp.headers()) {
+                tower_deepseek_core::classify::ClassifiedResponse::RequiresEos(mut eos) => {
+                    eos.on_data(&Bytes::from_static(CHAT));
+                    black_box(eos.finish().is_ok())
+                }
+                _ => unreachable!(),
+            },
+        )
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("rate_limit_admit");
+    let mut bare = tower::service_fn(handler::<Full<Bytes>>);
+    g.bench_function("bare_service_fn", |b| {
+        b.iter_custom(|iters| rt.block_on(timed(iters, &mut bare)))
+    });
+    let mut tenant = RateLimitLayer::builder()
+        .requests_per_minute(u32::MAX / 2)
+        .request_burst(u32::MAX / 2)
+        .key_by(KeyBy::Tenant)
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
+    g.bench_function("keyed_rpm_per_tenant", |b| {
+        b.iter_custom(|iters| rt.block_on(timed(iters, &mut tenant)))
+    });
+    let mut model = RateLimitLayer::builder()
+        .requests_per_minute(u32::MAX / 2)
+        .request_burst(u32::MAX / 2)
+        .tokens_per_minute(u64::MAX / 4_000_000_000)
+        .key_by(KeyBy::Model)
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
+    g.bench_function("keyed_rpm_tpm_per_model_settled", |b| {
+        b.iter_custom(|iters| rt.block_on(timed(iters, &mut model)))
+    });
+    g.finish();
+}
+
+/// The machine is shared and loaded: besides criterion's figures, run every variant in
+/// interleaved rounds (A B C ... A B C ...) and keep each one's best round, which is the
+/// figure least disturbed by other processes. Printed to stderr.
+fn interleaved(_c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut bare = tower::service_fn(handler::<Full<Bytes>>);
+    let mut tower_retry =
+        tower::retry::RetryLayer::new(Always).layer(tower::service_fn(handler::<Full<Bytes>>));
+    let mut resilience =
+        tower_resilience::retry::RetryLayer::<CloneReq, Response<Full<Bytes>>, BoxError>::builder()
+            .max_attempts(3)
+            .fixed_backoff(Duration::from_millis(1))
+            .build()
+            .layer(tower::service_fn(|r: CloneReq| handler(r.0)));
+    let mut ours = RetryLayer::new().layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
+    let mut ours_plain =
+        RetryLayer::new().layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>));
+    let mut tenant = RateLimitLayer::builder()
+        .requests_per_minute(u32::MAX / 2)
+        .request_burst(u32::MAX / 2)
+        .key_by(KeyBy::Tenant)
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
+    let mut ours_plain_no_budget = RetryLayer::builder()
+        .no_budget()
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>));
+    const N: u64 = 2000;
+    let mut best = [f64::MAX; 7];
+    for _ in 0..60 {
+        let t = [
+            rt.block_on(timed(N, &mut bare)),
+            rt.block_on(timed(N, &mut tower_retry)),
+            rt.block_on(async {
+                let start = std::time::Instant::now();
+                for _ in 0..N {
+                    let resp = resilience
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call(CloneReq(request()))
+                        .await
+                        .unwrap();
+                    black_box(resp.into_body().collect().await.unwrap().to_bytes().len());
+                }
+                start.elapsed()
+            }),
+            rt.block_on(timed(N, &mut ours)),
+            rt.block_on(timed(N, &mut ours_plain)),
+            rt.block_on(timed(N, &mut tenant)),
+            rt.block_on(timed(N, &mut ours_plain_no_budget)),
+        ];
+        for (b, t) in best.iter_mut().zip(t) {
+            *b = b.min(t.as_nanos() as f64 / N as f64);
+        }
+    }
+    let names = [
+        "bare_service_fn",
+        "tower_retry",
+        "tower_resilience_retry",
+        "deepseek_retry_json_chat",
+        "deepseek_retry_non_chat",
+        "rate_limit_keyed_rpm_per_tenant",
+        "deepseek_retry_non_chat_no_budget",
+    ];
+    eprintln!("interleaved best-of-60 rounds (ns per call, overhead over bare):");
+    for (n, b) in names.iter().zip(best) {
+        eprintln!("  {n:34} {b:8.0} ns  (+{:.0} ns)", b - best[0]);
+    }
+}
+
+criterion_group!(group, benches, interleaved);
+criterion_main!(group);

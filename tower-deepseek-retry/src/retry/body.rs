@@ -1,0 +1,321 @@
+//! The request body the inner service receives, and the response body the caller receives.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use tower_deepseek_core::BoxError;
+use tower_deepseek_core::body::{BufferedBody, Overflow};
+use tower_deepseek_core::classify::{EosClassifier, FailureClass};
+use tower_deepseek_core::error::IncompleteResponse;
+
+/// The request body handed to the inner service: the buffered body (a cheap clone of the same
+/// [`Bytes`] on every attempt), or, for a body over the buffering limit, the original body
+/// (sent once, never retried). The rate limiter, which reads the body only when it needs the
+/// model or a token estimate, passes it on in the same type.
+pub struct RetryBody<B> {
+    kind: Kind<B>,
+}
+
+enum Kind<B> {
+    Buffered(BufferedBody),
+    // Boxed: rare, and it keeps the common (buffered) body small to move.
+    Overflow(Box<Overflow<Prepend<B>>>),
+    Plain(B),
+}
+
+impl<B> RetryBody<B> {
+    pub(crate) fn buffered(b: BufferedBody) -> Self {
+        Self {
+            kind: Kind::Buffered(b),
+        }
+    }
+
+    pub(crate) fn overflow(o: Box<Overflow<Prepend<B>>>) -> Self {
+        Self {
+            kind: Kind::Overflow(o),
+        }
+    }
+
+    pub(crate) fn plain(b: B) -> Self {
+        Self {
+            kind: Kind::Plain(b),
+        }
+    }
+
+    /// The buffered bytes, when the body fit the limit.
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Buffered(b) => Some(b.bytes()),
+            Kind::Overflow(_) | Kind::Plain(_) => None,
+        }
+    }
+
+    /// Whether the body is replayable (it fit the buffering limit).
+    pub fn is_replayable(&self) -> bool {
+        matches!(self.kind, Kind::Buffered(_))
+    }
+}
+
+impl<B> fmt::Debug for RetryBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Buffered(b) => f
+                .debug_struct("RetryBody")
+                .field("buffered_len", &b.bytes().len())
+                .finish(),
+            Kind::Overflow(o) => f.debug_struct("RetryBody").field("overflow", o).finish(),
+            Kind::Plain(_) => f.debug_struct("RetryBody").finish_non_exhaustive(),
+        }
+    }
+}
+
+impl<B> Body for RetryBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Buffered(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+            Kind::Overflow(o) => Pin::new(&mut **o).poll_frame(cx).map_err(Into::into),
+            Kind::Plain(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_ok(to_bytes_frame)
+                .map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Buffered(b) => b.is_end_stream(),
+            Kind::Overflow(o) => o.is_end_stream(),
+            Kind::Plain(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Buffered(b) => b.size_hint(),
+            Kind::Overflow(o) => o.size_hint(),
+            Kind::Plain(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A body with one frame (or error) read ahead put back in front: what the retry layer hands
+/// to core's `buffer` after peeking at the first frame.
+pub(crate) struct Prepend<B> {
+    first: Option<Result<Frame<Bytes>, BoxError>>,
+    rest: B,
+}
+
+impl<B> Prepend<B> {
+    pub(crate) fn new(first: Option<Result<Frame<Bytes>, BoxError>>, rest: B) -> Self {
+        Self { first, rest }
+    }
+}
+
+impl<B> Body for Prepend<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(first));
+        }
+        Pin::new(&mut this.rest)
+            .poll_frame(cx)
+            .map_ok(to_bytes_frame)
+            .map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let first = match &self.first {
+            Some(Ok(f)) => f.data_ref().map_or(0, |d| d.len() as u64),
+            _ => 0,
+        };
+        let rest = self.rest.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(rest.lower() + first);
+        if let Some(u) = rest.upper() {
+            h.set_upper(u + first);
+        }
+        h
+    }
+}
+
+/// The response body the caller receives.
+///
+/// It yields the bytes the retry layer read while deciding (in order, none lost), then the rest
+/// of the upstream body. A 2xx chat body keeps being watched by the shared classifier: a stream
+/// that ends without `data: [DONE]`, or a JSON body that ends truncated, ends with an
+/// [`IncompleteResponse`] error instead of a clean end, so a cut answer is never mistaken for a
+/// whole one. Transport errors pass through as they are.
+pub struct ResponseBody<B> {
+    prefix: VecDeque<Frame<Bytes>>,
+    inner: Option<B>,
+    eos: Option<Box<EosClassifier>>,
+    pending_error: Option<BoxError>,
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn new(inner: B) -> Self {
+        Self {
+            prefix: VecDeque::new(),
+            inner: Some(inner),
+            eos: None,
+            pending_error: None,
+        }
+    }
+
+    pub(crate) fn with_parts(
+        prefix: VecDeque<Frame<Bytes>>,
+        inner: Option<B>,
+        eos: Option<Box<EosClassifier>>,
+        pending_error: Option<BoxError>,
+    ) -> Self {
+        Self {
+            prefix,
+            inner,
+            eos,
+            pending_error,
+        }
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("prefix_frames", &self.prefix.len())
+            .field("ended", &self.inner.is_none())
+            .field("watching", &self.eos.is_some())
+            .finish()
+    }
+}
+
+pub(crate) fn incomplete_error(class: &FailureClass) -> Option<BoxError> {
+    match class {
+        FailureClass::Incomplete => Some(Box::new(IncompleteResponse::new(
+            "the body ended without data: [DONE] or with truncated JSON",
+        ))),
+        FailureClass::EmptyBody => Some(Box::new(IncompleteResponse::new(
+            "the body ended before any content",
+        ))),
+        _ => None,
+    }
+}
+
+pub(crate) fn to_bytes_frame<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
+    frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(f) = this.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        if let Some(e) = this.pending_error.take() {
+            this.inner = None;
+            this.eos = None;
+            return Poll::Ready(Some(Err(e)));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                let frame = to_bytes_frame(frame);
+                if let (Some(eos), Some(data)) = (this.eos.as_mut(), frame.data_ref()) {
+                    eos.on_data(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.inner = None;
+                this.eos = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => {
+                this.inner = None;
+                if let Some(mut eos) = this.eos.take() {
+                    if let Err(class) = eos.finish() {
+                        if let Some(e) = incomplete_error(&class) {
+                            tracing::warn!(
+                                target: "tower_deepseek_retry",
+                                class = class.as_str(),
+                                "response body ended incomplete after it reached the caller"
+                            );
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty()
+            && self.pending_error.is_none()
+            && match &self.inner {
+                None => true,
+                Some(b) => self.eos.is_none() && b.is_end_stream(),
+            }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) if self.prefix.is_empty() && self.eos.is_none() => b.size_hint(),
+            Some(_) => SizeHint::default(),
+            None => {
+                let n: usize = self
+                    .prefix
+                    .iter()
+                    .filter_map(|f| f.data_ref().map(Bytes::len))
+                    .sum();
+                if self.pending_error.is_some() {
+                    let mut h = SizeHint::new();
+                    h.set_lower(n as u64);
+                    h
+                } else if self.prefix.iter().all(Frame::is_data) {
+                    SizeHint::with_exact(n as u64)
+                } else {
+                    SizeHint::default()
+                }
+            }
+        }
+    }
+}

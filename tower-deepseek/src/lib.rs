@@ -1,0 +1,53 @@
+//! tower-deepseek: tower middleware that makes calls to the DeepSeek API (and any
+//! OpenAI-compatible chat API) reliable and compliant.
+//!
+//! This facade re-exports each layer crate behind a feature of the same name, and adds what a
+//! user needs around them: [`ServiceBuilderExt`] (one method per layer on tower's
+//! `ServiceBuilder`), a pooled HTTPS [`client`] for the upstream with [`BaseUrlLayer`](client::BaseUrlLayer),
+//! [`RequestMetadataLayer`](meta::RequestMetadataLayer) for request ids and client IPs, and an
+//! [`error`] mapper that turns any layer's error into an OpenAI-style JSON response for servers.
+//!
+//! # The recommended stack
+//!
+//! Outermost first: request metadata, audit, redact, cache, rate limit, retry, circuit breaker,
+//! auth, base URL, client. Each layer also works alone; each crate's docs say what it expects
+//! around it. `cargo run -p example-tour` shows them all at work.
+//!
+//! # Feature Flags
+//!
+//! All on by default.
+//!
+//! | feature | crate |
+//! |---|---|
+//! | `auth` | `tower-deepseek-auth`: API key and OAuth2 client-credentials layers |
+//! | `retry` | `tower-deepseek-retry`: retries, timeouts, rate limits |
+//! | `cache` | `tower-deepseek-cache`: two-level response cache |
+//! | `breaker` | `tower-deepseek-breaker`: circuit breaker and failover |
+//! | `redact` | `tower-deepseek-redact`: PII masking, audit records, output filtering |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod builder;
+pub mod client;
+pub mod error;
+pub mod meta;
+
+pub use builder::ServiceBuilderExt;
+
+pub use tower_deepseek_core as core;
+pub use tower_deepseek_core::BoxError;
+
+#[cfg(feature = "auth")]
+pub use tower_deepseek_auth as auth;
+#[cfg(feature = "breaker")]
+pub use tower_deepseek_breaker as breaker;
+#[cfg(feature = "cache")]
+pub use tower_deepseek_cache as cache;
+#[cfg(feature = "redact")]
+pub use tower_deepseek_redact as redact;
+#[cfg(feature = "retry")]
+pub use tower_deepseek_retry as retry;
+
+/// The README's Rust examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
