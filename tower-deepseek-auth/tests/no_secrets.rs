@@ -145,7 +145,6 @@ async fn no_secret_key_or_token_in_logs_or_debug_output() {
     assert!(tokens.len() >= 3, "tokens seen: {}", tokens.len());
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT}:{SECRET}"));
 
-    drop(_guard);
     let logs = capture.text();
     assert!(logs.contains("tower_deepseek_auth"), "the layer logged");
     #[cfg(feature = "redis")]
