@@ -11,7 +11,9 @@
 //!
 //! Outermost first: request metadata, audit, redact, cache, rate limit, retry, circuit breaker,
 //! auth, base URL, client. Each layer also works alone; each crate's docs say what it expects
-//! around it. `cargo run -p example-tour` shows them all at work.
+//! around it. [`stack::RecommendedStack`] composes them, each optional, as one statically
+//! typed layer (from code or from a [`stack::StackConfig`] file); `cargo run -p example-tour`
+//! shows them all at work.
 //!
 //! # Feature Flags
 //!
@@ -30,6 +32,24 @@ pub mod builder;
 pub mod client;
 pub mod error;
 pub mod meta;
+#[cfg(all(
+    feature = "auth",
+    feature = "retry",
+    feature = "cache",
+    feature = "breaker",
+    feature = "redact"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(
+        feature = "auth",
+        feature = "retry",
+        feature = "cache",
+        feature = "breaker",
+        feature = "redact"
+    )))
+)]
+pub mod stack;
 
 pub use builder::ServiceBuilderExt;
 
