@@ -47,6 +47,7 @@
 //! assert_eq!(eos.finish(), Err(FailureClass::EmptyBody));
 //! ```
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::LazyLock;
@@ -307,7 +308,8 @@ impl Classifier {
                     Mode::Sse(Box::default())
                 } else if is_json_or_unknown(headers) {
                     Mode::Json {
-                        chunks: Vec::new(),
+                        first: None,
+                        more: Vec::new(),
                         kept: 0,
                         non_ws: false,
                         overflow: false,
@@ -421,7 +423,10 @@ pub struct ResponseSummary {
 enum Mode {
     Sse(Box<SseParser>),
     Json {
-        chunks: Vec<Bytes>,
+        // The body kept for the final parse: most answers come in one chunk, kept without
+        // allocating a `Vec`.
+        first: Option<Bytes>,
+        more: Vec<Bytes>,
         kept: usize,
         non_ws: bool,
         overflow: bool,
@@ -439,18 +444,53 @@ pub struct EosClassifier {
     ended: Option<Result<(), FailureClass>>,
 }
 
+/// What the classifier reads from a JSON answer or event. Nothing here allocates for a normal
+/// answer: strings are borrowed from the body (owned only when they hold escapes), and of the
+/// `choices` only the last non-null `finish_reason` is kept, without collecting a `Vec`.
+///
+/// The shape (and so which bodies are "valid JSON of another shape") is the one the classifier
+/// always had: a `Vec` of choices and owned strings accept and refuse exactly the same input.
 #[derive(Deserialize)]
-struct Probe {
+struct Probe<'a> {
     #[serde(default)]
     error: Option<IgnoredAny>,
     #[serde(default)]
-    choices: Option<Vec<ChoiceProbe>>,
+    choices: Option<LastFinish>,
     #[serde(default)]
     usage: Option<UsageProbe>,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    system_fingerprint: Option<String>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    system_fingerprint: Option<Cow<'a, str>>,
+}
+
+/// The `choices` array, reduced to its last non-null `finish_reason` as it is read. Accepts
+/// and refuses what `Vec<ChoiceProbe>` would.
+struct LastFinish(Option<FinishReason>);
+
+impl<'de> Deserialize<'de> for LastFinish {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LastFinish;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<LastFinish, A::Error> {
+                let mut last = None;
+                while let Some(c) = seq.next_element::<ChoiceProbe>()? {
+                    if c.finish_reason.is_some() {
+                        last = c.finish_reason;
+                    }
+                }
+                Ok(LastFinish(last))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// `usage` without `Usage`'s catch-all map: `#[serde(flatten)]` makes serde buffer every field,
@@ -540,23 +580,21 @@ fn worth_probing(data: &[u8]) -> bool {
 }
 
 impl ResponseSummary {
-    fn absorb(&mut self, probe: Probe) {
+    fn absorb(&mut self, probe: Probe<'_>) {
         if probe.error.is_some() {
             self.in_band_error = true;
         }
-        for c in probe.choices.into_iter().flatten() {
-            if let Some(r) = c.finish_reason {
-                self.finish_reason = Some(r);
-            }
+        if let Some(LastFinish(Some(r))) = probe.choices {
+            self.finish_reason = Some(r);
         }
         if let Some(u) = probe.usage {
             self.usage = Some(u.into());
         }
-        if probe.model.is_some() {
-            self.model = probe.model;
+        if let Some(m) = probe.model {
+            self.model = Some(m.into_owned());
         }
-        if probe.system_fingerprint.is_some() {
-            self.system_fingerprint = probe.system_fingerprint;
+        if let Some(fp) = probe.system_fingerprint {
+            self.system_fingerprint = Some(fp.into_owned());
         }
     }
 }
@@ -614,7 +652,7 @@ impl EosClassifier {
                     // Most events are content deltas; parse only those that can tell us
                     // something (the first one for the model, usage, errors, finish reasons).
                     if starts_obj && (summary.model.is_none() || worth_probing(data)) {
-                        if let Ok(probe) = serde_json::from_slice::<Probe>(data) {
+                        if let Ok(probe) = serde_json::from_slice::<Probe<'_>>(data) {
                             summary.absorb(probe);
                         }
                     }
@@ -625,7 +663,8 @@ impl EosClassifier {
                 }
             }
             Mode::Json {
-                chunks,
+                first,
+                more,
                 kept,
                 non_ws,
                 overflow,
@@ -636,10 +675,17 @@ impl EosClassifier {
                 if !*overflow {
                     if *kept + chunk.len() > self.max_json {
                         *overflow = true;
-                        chunks.clear();
+                        *first = None;
+                        *more = Vec::new();
+                    } else if chunk.is_empty() {
+                        // Nothing to keep.
                     } else {
                         *kept += chunk.len();
-                        chunks.push(chunk.clone());
+                        if first.is_none() {
+                            *first = Some(chunk.clone());
+                        } else {
+                            more.push(chunk.clone());
+                        }
                     }
                 }
             }
@@ -667,7 +713,8 @@ impl EosClassifier {
                 }
             }
             Mode::Json {
-                chunks,
+                first,
+                more,
                 non_ws,
                 overflow,
                 ..
@@ -678,17 +725,18 @@ impl EosClassifier {
                     Ok(())
                 } else {
                     let joined;
-                    let bytes: &[u8] = if chunks.len() == 1 {
-                        &chunks[0]
-                    } else {
-                        let mut buf = BytesMut::new();
-                        for c in chunks.iter() {
-                            buf.extend_from_slice(c);
+                    let bytes: &[u8] = match (first.as_ref(), more.is_empty()) {
+                        (Some(one), true) => one,
+                        (first, _) => {
+                            let mut buf = BytesMut::new();
+                            for c in first.into_iter().chain(more.iter()) {
+                                buf.extend_from_slice(c);
+                            }
+                            joined = buf.freeze();
+                            &joined
                         }
-                        joined = buf.freeze();
-                        &joined
                     };
-                    match serde_json::from_slice::<Probe>(bytes) {
+                    match serde_json::from_slice::<Probe<'_>>(bytes) {
                         Ok(probe) => {
                             self.summary.absorb(probe);
                             if self.summary.in_band_error {
