@@ -1,0 +1,284 @@
+//! The recommended stack (`tower_deepseek::stack`) over real loopback HTTP against the testkit.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_deepseek::auth::BearerAuthLayer;
+use tower_deepseek::breaker::CircuitBreakerLayer;
+use tower_deepseek::cache::CacheLayer;
+use tower_deepseek::client::{
+    BaseUrl, BaseUrlLayer, ClientConfig, UpstreamClient, upstream_client,
+};
+use tower_deepseek::core::meta::TenantId;
+use tower_deepseek::redact::RedactLayer;
+use tower_deepseek::redact::audit::{AuditLayer, WriterSink};
+use tower_deepseek::retry::rate_limit::RateLimitLayer;
+use tower_deepseek::retry::retry::{Attempts, RetryLayer};
+use tower_deepseek::retry::timeout::TimeoutLayer;
+use tower_deepseek::stack::{
+    Recommended, RecommendedStack, StackBuilder, StackConfig, StackRequestBody,
+};
+use tower_deepseek_testkit::{Fault, Match, MockServer};
+
+const KEY: &str = "sk-stack-test-0001";
+const EMAIL: &str = "zhang.san@example.com";
+
+type Caller = Full<Bytes>;
+
+type Svc = Recommended<BaseUrl<UpstreamClient<StackRequestBody<Caller>>>, Caller>;
+
+/// `stack` around the facade's client, pointed at `server`.
+fn service(server: &MockServer, stack: RecommendedStack<Caller>) -> Svc {
+    ServiceBuilder::new()
+        .layer(stack)
+        .layer(BaseUrlLayer::new(&server.url()).unwrap())
+        .service(upstream_client(&ClientConfig::default()))
+}
+
+fn chat(text: &str, stream: bool) -> Request<Caller> {
+    let body = serde_json::json!({
+        "model": "deepseek-chat",
+        "messages": [{"role": "user", "content": text}],
+        "stream": stream,
+        "temperature": 0,
+    });
+    Request::post("/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn all_on(log: &WriterSink<Vec<u8>>) -> StackBuilder<Caller> {
+    RecommendedStack::builder()
+        .audit(
+            AuditLayer::builder()
+                .hmac_key(b"stack-audit-key-0123456789".to_vec())
+                .sink(log.clone())
+                .build()
+                .unwrap(),
+        )
+        .redact(RedactLayer::new())
+        .cache(CacheLayer::new())
+        .rate_limit(
+            RateLimitLayer::builder()
+                .requests_per_minute(6000)
+                .build()
+                .unwrap(),
+        )
+        .retry(RetryLayer::builder().build().unwrap())
+        .circuit_breaker(
+            CircuitBreakerLayer::builder()
+                .name("stack-test")
+                .build()
+                .unwrap(),
+        )
+        .bearer_auth(BearerAuthLayer::new(KEY).unwrap())
+        .timeout(TimeoutLayer::builder().build().unwrap())
+}
+
+#[tokio::test]
+async fn every_layer_on() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let log = WriterSink::new(Vec::new());
+    let stack = all_on(&log).build().unwrap();
+    assert_eq!(
+        stack.layers(),
+        [
+            "audit",
+            "redact",
+            "cache",
+            "rate_limit",
+            "retry",
+            "circuit_breaker",
+            "bearer_auth",
+            "timeout"
+        ]
+    );
+    let svc = service(&server, stack);
+    // One transient failure: the retry layer below the cache replays it.
+    server.enqueue(Fault::status(502));
+
+    let text = format!("mail me at {EMAIL}");
+    let res = svc.clone().oneshot(chat(&text, false)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-cache"], "miss");
+    assert_eq!(res.extensions().get::<Attempts>().unwrap().count(), 2);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    // The answer echoes the prompt: the placeholder was restored on the way out...
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(content, format!("Echo: {text}"));
+    // ...while the upstream only saw it masked, with the stack's credential.
+    let seen = server.requests_to("/chat/completions");
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(r.bearer(), Some(KEY));
+        assert!(!String::from_utf8_lossy(&r.body).contains(EMAIL));
+    }
+
+    // The same request again: a cache hit, nothing goes upstream.
+    let res = svc.clone().oneshot(chat(&text, false)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["x-cache"]
+            .to_str()
+            .unwrap()
+            .starts_with("hit")
+    );
+    let again = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&again).contains(EMAIL));
+    assert_eq!(server.chat_count(), 2);
+
+    // One audit record per call, without the PII value.
+    let records = log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
+    assert_eq!(records.lines().count(), 2, "{records}");
+    assert!(!records.contains(EMAIL));
+}
+
+#[tokio::test]
+async fn layers_off_are_bypassed() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    // Only retry and auth.
+    let stack = RecommendedStack::builder()
+        .retry(RetryLayer::builder().build().unwrap())
+        .bearer_auth(BearerAuthLayer::new(KEY).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(stack.layers(), ["retry", "bearer_auth"]);
+    let svc = service(&server, stack);
+    server.enqueue(Fault::status(502));
+    let text = format!("mail me at {EMAIL}");
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(chat(&text, false)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        // No cache: no x-cache header, and every call goes upstream.
+        assert!(res.headers().get("x-cache").is_none());
+        res.into_body().collect().await.unwrap();
+    }
+    assert_eq!(server.chat_count(), 3);
+    // No redaction: the upstream saw the value itself.
+    assert!(String::from_utf8_lossy(&server.requests()[0].body).contains(EMAIL));
+
+    // Nothing at all: the stack is the client.
+    let svc = service(&server, RecommendedStack::builder().build().unwrap());
+    server.enqueue(Fault::status(502));
+    let res = svc.oneshot(chat("hi", false)).await.unwrap();
+    assert_eq!(res.status(), 502);
+    assert_eq!(server.requests().last().unwrap().bearer(), None);
+}
+
+#[tokio::test]
+async fn streams_pass_through_unbuffered() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let log = WriterSink::new(Vec::new());
+    let svc = service(&server, all_on(&log).build().unwrap());
+    // The first events come at once, the next one only after an hour: whatever arrives
+    // before the end of the stream was not buffered by any layer.
+    server.always(
+        Match::chat().and(Match::stream()),
+        Fault::slow_drip(Duration::from_secs(3600)),
+    );
+    let res = svc.oneshot(chat("hello there", true)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(20), body.frame())
+        .await
+        .expect("the first event arrives before the stream ends")
+        .unwrap()
+        .unwrap();
+    let data = first.into_data().unwrap();
+    assert!(data.starts_with(b"data: "), "{data:?}");
+}
+
+#[tokio::test]
+async fn errors_map_to_openai_json() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    // A default limiter for everyone, and one request a minute for tenant "small".
+    let stack = RecommendedStack::builder()
+        .rate_limit(
+            RateLimitLayer::builder()
+                .requests_per_minute(6000)
+                .build()
+                .unwrap(),
+        )
+        .tenant_rate_limit(
+            TenantId::new("small"),
+            RateLimitLayer::builder()
+                .requests_per_minute(1)
+                .max_wait(Duration::ZERO)
+                .build()
+                .unwrap(),
+        )
+        .bearer_auth(BearerAuthLayer::new(KEY).unwrap())
+        .build()
+        .unwrap();
+    let svc = service(&server, stack);
+    let as_tenant = |text: &str| {
+        let mut req = chat(text, false);
+        req.extensions_mut().insert(TenantId::new("small"));
+        req
+    };
+    let res = svc.clone().oneshot(as_tenant("one")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let err = svc.clone().oneshot(as_tenant("two")).await.unwrap_err();
+    let res = tower_deepseek::error::error_response(&*err);
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let v: serde_json::Value = serde_json::from_slice(res.body().bytes()).unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    // Other requests use the default limiter.
+    let res = svc.oneshot(chat("three", false)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(server.chat_count(), 2);
+}
+
+#[test]
+fn tenant_limits_need_a_default() {
+    let err = RecommendedStack::<Caller>::builder()
+        .tenant_rate_limit(
+            TenantId::new("t"),
+            RateLimitLayer::builder().build().unwrap(),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.layer(), "rate_limit");
+}
+
+#[test]
+fn config_tables_turn_layers_on_and_are_validated() {
+    let cfg: StackConfig = serde_json::from_str(r#"{"cache":{},"retry":{},"timeout":{}}"#).unwrap();
+    let stack = cfg.builder::<Caller>(None).unwrap().build().unwrap();
+    assert_eq!(stack.layers(), ["cache", "retry", "timeout"]);
+
+    let all = StackConfig::recommended()
+        .builder::<Caller>(None)
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(
+        all.layers(),
+        [
+            "redact",
+            "cache",
+            "rate_limit",
+            "retry",
+            "circuit_breaker",
+            "timeout"
+        ]
+    );
+
+    let err = serde_json::from_str::<StackConfig>(r#"{"cahce":{}}"#).unwrap_err();
+    assert!(err.to_string().contains("cahce"), "{err}");
+
+    let bad: StackConfig = serde_json::from_str(r#"{"retry":{"max_attempts":0}}"#).unwrap();
+    let err = bad.builder::<Caller>(None).unwrap_err();
+    assert_eq!(err.layer(), "retry");
+    assert!(
+        err.to_string().starts_with("invalid [retry] configuration"),
+        "{err}"
+    );
+}
