@@ -107,7 +107,6 @@ pub struct Vault {
     by_placeholder: HashMap<String, usize>,
     entries: Vec<(String, String)>,
     counters: HashMap<EntityType, u32>,
-    max_len: usize,
 }
 
 impl fmt::Debug for Vault {
@@ -144,7 +143,6 @@ impl Vault {
         *n += 1;
         let ph = format!("<{}_{}>", entity.as_str(), n);
         let i = self.entries.len();
-        self.max_len = self.max_len.max(ph.len());
         self.by_placeholder.insert(ph.clone(), i);
         self.entries.push((ph, value.to_owned()));
         self.by_value.insert(key, i);
@@ -158,18 +156,9 @@ impl Vault {
             .map(|i| self.entries[*i].1.as_str())
     }
 
-    /// The longest placeholder's length in bytes.
-    pub(crate) fn max_len(&self) -> usize {
-        self.max_len
-    }
-
-    /// Whether `tail` (starting with `<`) could be the start of an issued placeholder.
-    pub(crate) fn is_prefix(&self, tail: &[u8]) -> bool {
-        tail.len() < self.max_len
-            && self
-                .entries
-                .iter()
-                .any(|(p, _)| p.as_bytes().starts_with(tail))
+    /// Every `(placeholder, value)` pair, in issue order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(p, v)| (p.as_str(), v.as_str()))
     }
 }
 

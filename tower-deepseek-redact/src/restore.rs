@@ -10,59 +10,248 @@ use tower_deepseek_core::sse::{SseEvent, SseParser};
 use crate::json::escape_into;
 use crate::redactor::Vault;
 
-/// Whether SSE bytes may contain a placeholder: a `<`, or its JSON escape `\u003c`.
-fn may_hold_placeholder(b: &[u8]) -> bool {
-    static ESCAPED: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\\u003c"));
-    // One pass in the common case (neither byte present).
-    match memchr::memchr2(b'<', b'\\', b) {
-        None => false,
-        Some(i) if b[i] == b'<' => true,
-        Some(i) => memchr::memchr(b'<', &b[i..]).is_some() || ESCAPED.find(&b[i..]).is_some(),
+/// The vault's placeholders as a sorted byte index, with their values ready to write.
+#[derive(Debug)]
+struct Index {
+    /// Sorted by name (the placeholder without its `<` and `>`).
+    entries: Vec<Entry>,
+    /// The longest name, in bytes.
+    max_name: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    name: Box<[u8]>,
+    value: Box<[u8]>,
+    /// The value JSON-escaped, for use inside a JSON string.
+    escaped: Box<[u8]>,
+}
+
+/// What [`Index::next`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// `data[start..end]` is a placeholder of entry `entry`, `<NAME>` or (JSON) `\u003cNAME\u003e`.
+    Placeholder {
+        start: usize,
+        end: usize,
+        entry: usize,
+    },
+    /// The data ends in what may be the start of a placeholder, from `start` on.
+    Partial { start: usize },
+    /// A JSON string ends at a fragment of a placeholder starting at `start` (`<CN_MO"`): in an
+    /// SSE stream the rest may follow in the next event's string.
+    StringEnd { start: usize },
+}
+
+/// How an escape sequence at the end of the data compares with an expected one.
+#[derive(PartialEq, Eq)]
+enum EscMatch {
+    Full,
+    Truncated,
+    No,
+}
+
+/// Whether `data[at..]` is the JSON escape `\u003X` where `X` is `lower` in either case.
+fn escape_at(data: &[u8], at: usize, lower: u8) -> EscMatch {
+    let want = [b'\\', b'u', b'0', b'0', b'3', lower];
+    let have = &data[at..data.len().min(at + want.len())];
+    for (i, &b) in have.iter().enumerate() {
+        let ok = if i == 5 {
+            b.to_ascii_lowercase() == lower
+        } else {
+            b == want[i]
+        };
+        if !ok {
+            return EscMatch::No;
+        }
+    }
+    if have.len() == want.len() {
+        EscMatch::Full
+    } else {
+        EscMatch::Truncated
     }
 }
 
-/// Restores the placeholders in `data` into `out`. With `hold`, a tail that may be the start
-/// of a placeholder is not written; the number of bytes consumed is returned.
-fn restore_bytes(data: &[u8], vault: &Vault, json: bool, hold: bool, out: &mut Vec<u8>) -> usize {
-    let mut pos = 0;
-    let mut from = 0;
-    while let Some(off) = memchr::memchr(b'<', &data[from..]) {
-        let k = from + off;
-        let window = &data[k..data.len().min(k + vault.max_len())];
-        match memchr::memchr(b'>', window) {
-            Some(g) => {
-                let cand = &window[..=g];
-                if let Some(value) = std::str::from_utf8(cand).ok().and_then(|c| vault.lookup(c)) {
-                    out.extend_from_slice(&data[pos..k]);
-                    if json {
-                        escape_into(out, value);
-                    } else {
-                        out.extend_from_slice(value.as_bytes());
+impl Index {
+    fn new(vault: &Vault) -> Self {
+        let mut entries: Vec<Entry> = vault
+            .entries()
+            .map(|(p, v)| {
+                let name = p
+                    .strip_prefix('<')
+                    .and_then(|p| p.strip_suffix('>'))
+                    .unwrap_or(p);
+                let mut escaped = Vec::with_capacity(v.len() + 2);
+                escape_into(&mut escaped, v);
+                Entry {
+                    name: name.as_bytes().into(),
+                    value: v.as_bytes().into(),
+                    escaped: escaped.into(),
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let max_name = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
+        Self { entries, max_name }
+    }
+
+    fn get(&self, name: &[u8]) -> Option<usize> {
+        self.entries.binary_search_by(|e| (*e.name).cmp(name)).ok()
+    }
+
+    /// Whether some name starts with `frag` (or is equal to it).
+    fn is_prefix(&self, frag: &[u8]) -> bool {
+        let p = self.entries.partition_point(|e| *e.name < *frag);
+        self.entries
+            .get(p)
+            .is_some_and(|e| e.name.starts_with(frag))
+    }
+
+    /// The next placeholder (or possible start of one) in `data` from `from` on, which must
+    /// not be inside an escape sequence. With `json`, the data is JSON text: escapes are
+    /// skipped as units, `\u003c`/`\u003e` (either case) count as `<`/`>`, and a fragment
+    /// that ends a string is reported as [`Found::StringEnd`] when `string_ends` is set (and
+    /// skipped otherwise: in one JSON document a placeholder never spans two strings).
+    fn next(&self, data: &[u8], mut from: usize, json: bool, string_ends: bool) -> Option<Found> {
+        loop {
+            let off = if json {
+                memchr::memchr2(b'<', b'\\', &data[from..])
+            } else {
+                memchr::memchr(b'<', &data[from..])
+            }?;
+            let k = from + off;
+            let open = if data[k] == b'<' {
+                1
+            } else {
+                match escape_at(data, k, b'c') {
+                    EscMatch::Full => 6,
+                    EscMatch::Truncated => return Some(Found::Partial { start: k }),
+                    EscMatch::No => {
+                        // Some other escape: skip it as a unit (a lone `\` at the end is held
+                        // so that the next chunk starts outside an escape).
+                        if k + 1 == data.len() {
+                            return Some(Found::Partial { start: k });
+                        }
+                        from = k + 2;
+                        continue;
                     }
-                    pos = k + cand.len();
-                    from = pos;
-                    continue;
+                }
+            };
+            let name_start = k + open;
+            let limit = data.len().min(name_start + self.max_name + 1);
+            let mut e = name_start;
+            while e < limit && !matches!(data[e], b'>' | b'<' | b'"' | b'\\') {
+                e += 1;
+            }
+            let name = &data[name_start..e];
+            let skip = k + open;
+            if e == data.len() {
+                if self.is_prefix(name) {
+                    return Some(Found::Partial { start: k });
+                }
+                from = skip;
+                continue;
+            }
+            if name.len() > self.max_name {
+                from = skip;
+                continue;
+            }
+            let close = match data[e] {
+                b'>' => 1,
+                b'\\' if json => match escape_at(data, e, b'e') {
+                    EscMatch::Full => 6,
+                    EscMatch::Truncated if self.is_prefix(name) => {
+                        return Some(Found::Partial { start: k });
+                    }
+                    _ => 0,
+                },
+                b'"' if json && string_ends && self.is_prefix(name) => {
+                    return Some(Found::StringEnd { start: k });
+                }
+                _ => 0,
+            };
+            if close > 0 {
+                if let Some(entry) = self.get(name) {
+                    return Some(Found::Placeholder {
+                        start: k,
+                        end: e + close,
+                        entry,
+                    });
                 }
             }
-            None => {
-                if hold && vault.is_prefix(&data[k..]) {
-                    out.extend_from_slice(&data[pos..k]);
-                    return k;
+            from = skip;
+        }
+    }
+
+    /// Restores every placeholder in `data`. `None` when nothing changed (the caller keeps
+    /// its bytes) or, with `string_ends`, when a fragment ends a string or the data (the
+    /// caller needs the slow path; `out` is then left as it was). `Some(consumed)` otherwise,
+    /// with the restored bytes appended to `out`; without `string_ends`, a tail that may start
+    /// a placeholder is not consumed.
+    fn restore(
+        &self,
+        data: &[u8],
+        json: bool,
+        string_ends: bool,
+        out: &mut Option<BytesMut>,
+    ) -> Scan {
+        let mut last = 0;
+        let mut from = 0;
+        let mut changed = false;
+        while let Some(found) = self.next(data, from, json, string_ends) {
+            match found {
+                Found::Placeholder { start, end, entry } => {
+                    let e = &self.entries[entry];
+                    let value = if json { &e.escaped } else { &e.value };
+                    let o = out.get_or_insert_with(|| BytesMut::with_capacity(data.len() + 64));
+                    o.extend_from_slice(&data[last..start]);
+                    o.extend_from_slice(value);
+                    changed = true;
+                    last = end;
+                    from = end;
+                }
+                Found::Partial { start } | Found::StringEnd { start } => {
+                    if string_ends {
+                        return Scan::Slow;
+                    }
+                    if changed {
+                        out.as_mut()
+                            .expect("changed")
+                            .extend_from_slice(&data[last..start]);
+                    }
+                    return Scan::Done {
+                        changed,
+                        used: start,
+                    };
                 }
             }
         }
-        from = k + 1;
+        if changed {
+            out.as_mut()
+                .expect("changed")
+                .extend_from_slice(&data[last..]);
+        }
+        Scan::Done {
+            changed,
+            used: data.len(),
+        }
     }
-    out.extend_from_slice(&data[pos..]);
-    data.len()
+}
+
+/// The result of [`Index::restore`].
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// `data[..used]` was restored; when `changed`, into `out`, else it is as it was.
+    Done { changed: bool, used: usize },
+    /// A fragment needs the event-aware path.
+    Slow,
 }
 
 /// Restores placeholders in a text or JSON stream (not SSE), holding back only a tail that
-/// may be the start of a placeholder.
+/// may be the start of a placeholder. Chunks without one are forwarded as they are.
 #[derive(Debug)]
 pub(crate) struct TextRestorer {
-    vault: Vault,
+    index: Index,
     json: bool,
     held: Vec<u8>,
 }
@@ -70,7 +259,7 @@ pub(crate) struct TextRestorer {
 impl TextRestorer {
     pub(crate) fn new(vault: Vault, json: bool) -> Self {
         Self {
-            vault,
+            index: Index::new(&vault),
             json,
             held: Vec::new(),
         }
@@ -78,25 +267,50 @@ impl TextRestorer {
 }
 
 impl ChunkTransform for TextRestorer {
+    // Inlined into the body's poll: a chunk without `<` (or `\`, in JSON) is the same bytes.
+    #[inline]
     fn transform(&mut self, chunk: Bytes) -> Bytes {
-        if self.held.is_empty() && memchr::memchr(b'<', &chunk).is_none() {
+        let clean = if self.json {
+            memchr::memchr2(b'<', b'\\', &chunk).is_none()
+        } else {
+            memchr::memchr(b'<', &chunk).is_none()
+        };
+        if clean && self.held.is_empty() {
             return chunk;
         }
-        let data: Vec<u8> = if self.held.is_empty() {
-            chunk.to_vec()
-        } else {
-            let mut d = std::mem::take(&mut self.held);
-            d.extend_from_slice(&chunk);
-            d
-        };
-        let mut out = Vec::with_capacity(data.len() + 32);
-        let used = restore_bytes(&data, &self.vault, self.json, true, &mut out);
-        self.held = data[used..].to_vec();
-        Bytes::from(out)
+        self.restore(chunk)
     }
 
     fn finish(&mut self) -> Bytes {
         Bytes::from(std::mem::take(&mut self.held))
+    }
+}
+
+impl TextRestorer {
+    #[inline(never)]
+    fn restore(&mut self, chunk: Bytes) -> Bytes {
+        let data = if self.held.is_empty() {
+            chunk
+        } else {
+            let mut d = std::mem::take(&mut self.held);
+            d.extend_from_slice(&chunk);
+            Bytes::from(d)
+        };
+        let mut out = None;
+        match self.index.restore(&data, self.json, false, &mut out) {
+            Scan::Done { changed, used } => {
+                if used < data.len() {
+                    self.held.extend_from_slice(&data[used..]);
+                }
+                match out {
+                    Some(o) if changed => o.freeze(),
+                    _ if used == data.len() => data,
+                    _ => data.slice(..used),
+                }
+            }
+            // Only reported with string ends.
+            Scan::Slow => data,
+        }
     }
 }
 
@@ -115,7 +329,7 @@ enum Field {
 /// original bytes; a changed event is re-encoded.
 #[derive(Debug)]
 pub(crate) struct SseRestorer {
-    vault: Vault,
+    index: Index,
     /// Bytes of an event not yet terminated by a blank line.
     partial: BytesMut,
     /// Held-back fragments, per (choice index, field).
@@ -127,7 +341,7 @@ pub(crate) struct SseRestorer {
 impl SseRestorer {
     pub(crate) fn new(vault: Vault) -> Self {
         Self {
-            vault,
+            index: Index::new(&vault),
             partial: BytesMut::new(),
             carry: HashMap::new(),
             template: None,
@@ -160,13 +374,25 @@ impl SseRestorer {
         last_end
     }
 
-    fn process(&mut self, raw: Bytes, out: &mut BytesMut) {
-        if self.carry.is_empty() && !may_hold_placeholder(&raw) {
-            out.extend_from_slice(&raw);
-            return;
+    /// Restores whole events in place in their raw bytes (no parse): every placeholder is
+    /// replaced by its JSON-escaped value. `None` when a fragment ends a string (it may
+    /// continue in the next event) and the event-aware path is needed; `Some(None)` when there
+    /// is nothing to restore (the caller keeps its bytes: zero copy).
+    fn in_place(&self, raw: &[u8]) -> Option<Option<Bytes>> {
+        let mut out = None;
+        match self.index.restore(raw, true, true, &mut out) {
+            Scan::Slow => None,
+            Scan::Done { changed: true, .. } => Some(out.map(BytesMut::freeze)),
+            Scan::Done { .. } => Some(None),
         }
-        if self.carry.is_empty() && self.restore_in_place(&raw, out) {
-            return;
+    }
+
+    fn process(&mut self, raw: Bytes, out: &mut BytesMut) {
+        if self.carry.is_empty() {
+            if let Some(b) = self.in_place(&raw) {
+                out.extend_from_slice(b.as_deref().unwrap_or(&raw));
+                return;
+            }
         }
         let mut parser = SseParser::new();
         let mut events = Vec::new();
@@ -213,38 +439,6 @@ impl SseRestorer {
         } else {
             out.extend_from_slice(&raw);
         }
-    }
-
-    /// The common case without parsing: every `<` in the raw event either starts a complete
-    /// placeholder of this vault, or cannot start one (within its JSON string). Placeholders
-    /// only occur inside JSON strings, so they are replaced in the raw bytes, JSON-escaped.
-    /// Returns false (and writes nothing) when the event needs the full path.
-    fn restore_in_place(&self, raw: &[u8], out: &mut BytesMut) -> bool {
-        static ESCAPED: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\\u003c"));
-        if ESCAPED.find(raw).is_some() {
-            return false;
-        }
-        for k in memchr::memchr_iter(b'<', raw) {
-            let rest = &raw[k..];
-            let end = memchr::memchr3(b'>', b'"', b'\\', rest).unwrap_or(rest.len());
-            if rest.get(end) == Some(&b'>') {
-                if std::str::from_utf8(&rest[..=end])
-                    .ok()
-                    .and_then(|p| self.vault.lookup(p))
-                    .is_some()
-                {
-                    continue;
-                }
-            } else if self.vault.is_prefix(&rest[..end]) {
-                // A fragment at the end of a string: it must be carried to the next event.
-                return false;
-            }
-        }
-        let mut buf = Vec::with_capacity(raw.len() + 32);
-        restore_bytes(raw, &self.vault, true, false, &mut buf);
-        out.extend_from_slice(&buf);
-        true
     }
 
     /// Rewrites the string deltas of one chunk; returns whether anything changed.
@@ -304,17 +498,37 @@ impl SseRestorer {
         }
         let mut text = carried.unwrap_or_default();
         text.push_str(current.unwrap_or(""));
-        let mut out = Vec::with_capacity(text.len());
-        let used = restore_bytes(text.as_bytes(), &self.vault, false, !finished, &mut out);
+        let (new, used) = self.restore_text(&text, !finished);
         if used < text.len() {
             self.carry.insert((idx, field), text[used..].to_owned());
         }
-        let new = String::from_utf8(out).expect("restored from UTF-8 text and values");
         if current == Some(new.as_str()) {
             return false;
         }
         obj.insert(name.to_owned(), Value::String(new));
         true
+    }
+
+    /// Restores decoded string text; with `hold`, a tail that may start a placeholder is left
+    /// out. Returns the new text and how much of `text` it covers.
+    fn restore_text(&self, text: &str, hold: bool) -> (String, usize) {
+        let mut out = None;
+        let Scan::Done { changed, used } =
+            self.index.restore(text.as_bytes(), false, false, &mut out)
+        else {
+            return (text.to_owned(), text.len());
+        };
+        // `used` is at a `<`, so on a char boundary.
+        let mut new = match out {
+            Some(o) if changed => String::from_utf8(o.to_vec()).expect("UTF-8 text and values"),
+            _ => text[..used].to_owned(),
+        };
+        if hold {
+            (new, used)
+        } else {
+            new.push_str(&text[used..]);
+            (new, text.len())
+        }
     }
 
     /// Emits every held fragment as a synthetic event (before `[DONE]` or at the end).
@@ -362,48 +576,25 @@ impl SseRestorer {
     }
 }
 
+/// Whether a chunk ends with a blank line, i.e. holds whole events only.
+#[inline]
+fn ends_events(chunk: &[u8]) -> bool {
+    chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n")
+}
+
 impl ChunkTransform for SseRestorer {
+    // Inlined into the body's poll: the common frame (whole events, nothing held or carried,
+    // no `<` and no escape) costs a few comparisons and one `memchr2`, and is the very same
+    // `Bytes`.
+    #[inline]
     fn transform(&mut self, chunk: Bytes) -> Bytes {
-        // Fast path: whole events in this chunk, nothing held or carried, no `<`: as is.
-        if self.partial.is_empty()
-            && self.carry.is_empty()
-            && chunk.ends_with(b"\n\n")
-            && !may_hold_placeholder(&chunk)
-        {
-            return chunk;
-        }
-        let mut out = BytesMut::new();
-        let data = if self.partial.is_empty() {
-            chunk
-        } else {
-            self.partial.extend_from_slice(&chunk);
-            self.partial.split().freeze()
-        };
-        let n = Self::complete_len(&data);
-        if n > 0 {
-            let complete = data.slice(..n);
-            // Fast path: nothing to restore, nothing carried: forward the bytes as they are.
-            if self.carry.is_empty() && !may_hold_placeholder(&complete) {
-                if n == data.len() {
-                    return complete;
-                }
-                out.extend_from_slice(&complete);
-            } else {
-                let mut start = 0;
-                while start < n {
-                    let len = Self::complete_len_first(&complete[start..]);
-                    self.process(complete.slice(start..start + len), &mut out);
-                    start += len;
-                }
+        if self.partial.is_empty() && self.carry.is_empty() && ends_events(&chunk) {
+            match memchr::memchr2(b'<', b'\\', &chunk) {
+                None => chunk,
+                Some(_) => self.whole_events(chunk),
             }
-        }
-        if n < data.len() {
-            self.partial.extend_from_slice(&data[n..]);
-        }
-        if out.is_empty() {
-            Bytes::new()
         } else {
-            out.freeze()
+            self.general(chunk)
         }
     }
 
@@ -416,6 +607,60 @@ impl ChunkTransform for SseRestorer {
 }
 
 impl SseRestorer {
+    /// Whole events, nothing held or carried, something that may be a placeholder: restored
+    /// in place when possible (the same bytes when nothing changes).
+    #[inline(never)]
+    fn whole_events(&mut self, chunk: Bytes) -> Bytes {
+        match self.in_place(&chunk) {
+            Some(out) => out.unwrap_or(chunk),
+            None => self.general(chunk),
+        }
+    }
+
+    /// Any chunk: complete events are restored, the rest of an event is held until its blank
+    /// line arrives.
+    #[inline(never)]
+    fn general(&mut self, chunk: Bytes) -> Bytes {
+        let data = if self.partial.is_empty() {
+            chunk
+        } else {
+            self.partial.extend_from_slice(&chunk);
+            self.partial.split().freeze()
+        };
+        let n = Self::complete_len(&data);
+        let mut out = BytesMut::new();
+        if n > 0 {
+            let complete = data.slice(..n);
+            // The whole events as a block when nothing is carried (a zero-copy slice when
+            // nothing changes); event by event otherwise.
+            let block = if self.carry.is_empty() {
+                self.in_place(&complete)
+            } else {
+                None
+            };
+            match block {
+                Some(b) => {
+                    if n < data.len() {
+                        self.partial.extend_from_slice(&data[n..]);
+                    }
+                    return b.unwrap_or(complete);
+                }
+                None => {
+                    let mut start = 0;
+                    while start < n {
+                        let len = Self::complete_len_first(&complete[start..]);
+                        self.process(complete.slice(start..start + len), &mut out);
+                        start += len;
+                    }
+                }
+            }
+        }
+        if n < data.len() {
+            self.partial.extend_from_slice(&data[n..]);
+        }
+        out.freeze()
+    }
+
     /// The length of the first complete event in `data` (which holds only complete events).
     pub(crate) fn complete_len_first(data: &[u8]) -> usize {
         let mut i = 0;
