@@ -709,4 +709,220 @@ mod tests {
             );
         }
     }
+
+    /// Runs `chunks` through an SSE restorer; returns the output frames.
+    fn sse_frames(chunks: &[Bytes]) -> Vec<Bytes> {
+        let mut r = SseRestorer::new(vault());
+        let mut out: Vec<Bytes> = chunks.iter().map(|c| r.transform(c.clone())).collect();
+        out.push(r.finish());
+        out
+    }
+
+    fn sse(chunks: &[Bytes]) -> Vec<u8> {
+        sse_frames(chunks).concat()
+    }
+
+    fn text(json: bool, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut r = TextRestorer::new(vault(), json);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&r.transform(Bytes::copy_from_slice(c)));
+        }
+        out.extend_from_slice(&r.finish());
+        out
+    }
+
+    fn event(content: &str) -> String {
+        format!(
+            "data: {{\"id\":\"x\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"finish_reason\":null}}]}}\n\n"
+        )
+    }
+
+    /// Every way to cut `wire` in two, in three around every byte, and in 1-byte frames.
+    fn cuts(wire: &[u8]) -> Vec<Vec<Bytes>> {
+        let mut all = Vec::new();
+        for i in 0..=wire.len() {
+            all.push(vec![
+                Bytes::copy_from_slice(&wire[..i]),
+                Bytes::copy_from_slice(&wire[i..]),
+            ]);
+            if i < wire.len() {
+                all.push(vec![
+                    Bytes::copy_from_slice(&wire[..i]),
+                    Bytes::copy_from_slice(&wire[i..=i]),
+                    Bytes::copy_from_slice(&wire[i + 1..]),
+                ]);
+            }
+        }
+        all.push(wire.iter().map(|b| Bytes::copy_from_slice(&[*b])).collect());
+        all
+    }
+
+    /// The content deltas of an SSE body, joined.
+    fn content(wire: &[u8]) -> String {
+        let mut p = SseParser::new();
+        let mut text = String::new();
+        p.push(&Bytes::copy_from_slice(wire), |e| {
+            if e.is_done() {
+                return;
+            }
+            let v: Value = serde_json::from_slice(e.data()).unwrap();
+            for c in v["choices"].as_array().unwrap() {
+                if let Some(s) = c["delta"]["content"].as_str() {
+                    text.push_str(s);
+                }
+            }
+        })
+        .unwrap();
+        text
+    }
+
+    #[test]
+    fn sse_placeholders_raw_and_escaped_at_every_split() {
+        // Raw, escaped in lower and upper case, mixed, next to a JSON-escaped value.
+        let wire = [
+            event("call <CN_MOBILE_1> now"),
+            event("x \\u003cCN_MOBILE_1\\u003e y"),
+            event("x \\u003CCN_MOBILE_1\\u003E y \\n<EMAIL_1>"),
+            event("<CN_MOBILE_1\\u003e"),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        let expected = [
+            event("call 13800138000 now"),
+            event("x 13800138000 y"),
+            event("x 13800138000 y \\na\\\"b@x.com"),
+            event("13800138000"),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        for chunks in cuts(wire.as_bytes()) {
+            let out = sse(&chunks);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                expected,
+                "{:?}",
+                chunks.iter().map(Bytes::len).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn sse_lookalikes_stay_byte_identical_at_every_split() {
+        // `<` that is no placeholder of this vault, an escaped backslash before `u003c` (the
+        // text `\u003c...`, not a `<`), a number that was never issued, other escapes.
+        let wire = [
+            event("a < b <b> <CN_X> <CN_MOBILE_9> <CN_MOBILE_1 x>"),
+            event(
+                "literal \\\\u003cCN_MOBILE_1\\\\u003e \\\\u003cCN_MOBILE_1> and \\\\<CN_MOBILE_1>",
+            ),
+            event("quote \\\" tab \\t \\u003cb\\u003e"),
+        ]
+        .concat();
+        for chunks in cuts(wire.as_bytes()) {
+            let out = sse(&chunks);
+            // The lone escaped backslash before a raw placeholder is restored: `\\` is one
+            // escape, the `<` after it is a real `<`.
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                wire.replace("\\\\<CN_MOBILE_1>", "\\\\13800138000")
+            );
+        }
+        // Nothing to restore in the whole events: the very same bytes.
+        let only = Bytes::from([event("a < b <CN_X> \\u003cb\\u003e \\n"), event("c")].concat());
+        let out = sse_frames(std::slice::from_ref(&only));
+        assert_eq!(out[0].as_ptr(), only.as_ptr());
+        assert_eq!(out[0].len(), only.len());
+    }
+
+    #[test]
+    fn sse_unchanged_bytes_are_zero_copy() {
+        let first = event("hello");
+        let second = event("world");
+        // Whole events: the same `Bytes`.
+        let whole = Bytes::from(first.clone());
+        let mut r = SseRestorer::new(vault());
+        let out = r.transform(whole.clone());
+        assert_eq!((out.as_ptr(), out.len()), (whole.as_ptr(), whole.len()));
+        // One event and a half: the whole event is a slice of the chunk, the half is held.
+        let cut = first.len() + 10;
+        let both = Bytes::from(format!("{first}{second}"));
+        let out = r.transform(both.slice(..cut));
+        assert_eq!((out.as_ptr(), out.len()), (both.as_ptr(), first.len()));
+        let rest = r.transform(both.slice(cut..));
+        assert_eq!(&rest[..], second.as_bytes());
+        assert!(r.finish().is_empty());
+    }
+
+    #[test]
+    fn sse_fragment_across_events_raw_and_escaped() {
+        for (a, b) in [
+            ("x <CN_MO", "BILE_1> y"),
+            ("x \\u003cCN_MO", "BILE_1\\u003e y"),
+            ("x \\u003cCN_MOBILE_1", "\\u003e y"),
+            ("x <", "CN_MOBILE_1> y"),
+        ] {
+            let wire = [event(a), event(b), "data: [DONE]\n\n".to_owned()].concat();
+            for chunks in cuts(wire.as_bytes()) {
+                let out = sse(&chunks);
+                assert_eq!(content(&out), "x 13800138000 y", "{a:?} {b:?}");
+                assert!(out.ends_with(b"data: [DONE]\n\n"));
+            }
+        }
+    }
+
+    #[test]
+    fn json_text_escaped_forms_at_every_split() {
+        let input = br#"{"c":"a \u003cCN_MOBILE_1\u003e b \u003CEMAIL_1\u003E c \\u003cCN_MOBILE_1\\u003e \\u003cCN_MOBILE_1> d \\<CN_MOBILE_1> e \u003cb\u003e \u003c"}"#;
+        let expected = r#"{"c":"a 13800138000 b a\"b@x.com c \\u003cCN_MOBILE_1\\u003e \\u003cCN_MOBILE_1> d \\13800138000 e \u003cb\u003e \u003c"}"#;
+        for chunks in cuts(input) {
+            let chunks: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+            assert_eq!(String::from_utf8(text(true, &chunks)).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn plain_text_restores_raw_values_and_ignores_escapes() {
+        let input = b"a <EMAIL_1> b \\u003cCN_MOBILE_1\\u003e c <CN_MOBILE_1";
+        let expected = "a a\"b@x.com b \\u003cCN_MOBILE_1\\u003e c <CN_MOBILE_1";
+        for chunks in cuts(input) {
+            let chunks: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+            assert_eq!(String::from_utf8(text(false, &chunks)).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn text_unchanged_bytes_are_zero_copy() {
+        let mut r = TextRestorer::new(vault(), true);
+        let clean = Bytes::from_static(br#"{"c":"a < b \n"#);
+        let out = r.transform(clean.clone());
+        assert_eq!((out.as_ptr(), out.len()), (clean.as_ptr(), clean.len()));
+        // A possible placeholder at the end: the bytes before it, as a slice.
+        let tail = Bytes::from_static(b" then <CN_MO");
+        let out = r.transform(tail.clone());
+        assert_eq!((out.as_ptr(), out.len()), (tail.as_ptr(), 6));
+        assert_eq!(
+            &r.transform(Bytes::from_static(b"BILE_1>\"}"))[..],
+            b"13800138000\"}"
+        );
+    }
+
+    #[test]
+    fn index_lookup_and_prefixes() {
+        let mut v = vault();
+        for i in 0..30 {
+            v.placeholder(&EntityType::IPV4, &format!("10.0.0.{i}"));
+        }
+        let idx = Index::new(&v);
+        assert_eq!(
+            idx.get(b"IPV4_17").map(|i| &*idx.entries[i].value),
+            Some(&b"10.0.0.16"[..])
+        );
+        assert!(idx.get(b"IPV4_31").is_none() && idx.get(b"IPV4_").is_none());
+        assert!(idx.is_prefix(b"") && idx.is_prefix(b"IPV4_3") && idx.is_prefix(b"EMAIL_1"));
+        assert!(!idx.is_prefix(b"IPV4_31") && !idx.is_prefix(b"X"));
+        // An empty vault matches nothing.
+        let empty = Index::new(&Vault::new());
+        assert_eq!(empty.next(b"<a> <", 0, true, true), None);
+    }
 }

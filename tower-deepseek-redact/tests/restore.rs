@@ -60,7 +60,11 @@ fn sse_answer(masked: &str, cuts: &[usize], frame_cuts: &[usize]) -> Vec<Bytes> 
     }
     wire.push_str("data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
     wire.push_str("data: [DONE]\n\n");
-    let b = wire.into_bytes();
+    sse_answer_frames(wire.into_bytes(), frame_cuts)
+}
+
+/// `b` cut into frames at `frame_cuts` (modulo its length).
+fn sse_answer_frames(b: Vec<u8>, frame_cuts: &[usize]) -> Vec<Bytes> {
     let mut fc: Vec<usize> = frame_cuts.iter().map(|c| c % (b.len() + 1)).collect();
     fc.push(0);
     fc.push(b.len());
@@ -97,13 +101,33 @@ async fn stream_roundtrip(
     cuts: Vec<usize>,
     frame_cuts: Vec<usize>,
 ) -> (String, bool, String) {
+    stream_roundtrip_as(content, cuts, frame_cuts, false).await
+}
+
+/// With `go_escapes`, the upstream writes `<` and `>` as `\u003c` and `\u003e` (as Go's
+/// `encoding/json` does).
+async fn stream_roundtrip_as(
+    content: &str,
+    cuts: Vec<usize>,
+    frame_cuts: Vec<usize>,
+    go_escapes: bool,
+) -> (String, bool, String) {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let s2 = seen.clone();
     let svc = RedactLayer::new().layer(service_fn(move |req: Request<BufferedBody>| {
         let v: serde_json::Value = serde_json::from_slice(req.body().bytes()).unwrap();
         let masked = v["messages"][0]["content"].as_str().unwrap().to_owned();
         *s2.lock().unwrap() = masked.clone();
-        let frames = sse_answer(&masked, &cuts, &frame_cuts);
+        let frames = if go_escapes {
+            let wire: Vec<u8> = sse_answer(&masked, &cuts, &[]).concat();
+            let wire = String::from_utf8(wire)
+                .unwrap()
+                .replace('<', "\\u003c")
+                .replace('>', "\\u003e");
+            sse_answer_frames(wire.into_bytes(), &frame_cuts)
+        } else {
+            sse_answer(&masked, &cuts, &frame_cuts)
+        };
         async move {
             Ok::<_, BoxError>(
                 Response::builder()
@@ -366,6 +390,21 @@ proptest! {
         }
         prop_assert_eq!(out, expected);
     }
+
+    #[test]
+    fn restore_of_escaped_streams_under_random_splits(text in text_with_pii(), cuts in prop::collection::vec(0usize..400, 0..8), frames in prop::collection::vec(0usize..2000, 0..12)) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (out, done, masked) = rt.block_on(stream_roundtrip_as(&text, cuts, frames, true));
+        prop_assert!(done);
+        let r = Redactor::builder().default_mode(Mode::Placeholder).build().unwrap();
+        let mut ctx = RedactContext::new(None);
+        let mut expected = r.redact(&text, &mut ctx).unwrap().unwrap_or_else(|| text.clone());
+        prop_assert_eq!(&masked, &expected);
+        for (ph, value) in placeholders(&ctx) {
+            expected = expected.replace(&ph, &value);
+        }
+        prop_assert_eq!(out, expected);
+    }
 }
 
 fn placeholders(ctx: &RedactContext) -> Vec<(String, String)> {
@@ -379,4 +418,119 @@ fn placeholders(ctx: &RedactContext) -> Vec<(String, String)> {
         }
     }
     v
+}
+
+/// Runs `frames` through the layer (request `content`); returns the response body's Debug
+/// output and its frames as they came.
+async fn frames_through(content: &str, frames: Vec<Bytes>) -> (String, Vec<Bytes>) {
+    let svc = RedactLayer::new().layer(service_fn(move |_req: Request<BufferedBody>| {
+        let frames = frames.clone();
+        async move {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Chunks(frames.into()))
+                    .unwrap(),
+            )
+        }
+    }));
+    let res = svc.oneshot(post(content)).await.unwrap();
+    let mut body = res.into_body();
+    let kind = format!("{body:?}");
+    let mut out = Vec::new();
+    while let Some(f) = body.frame().await {
+        out.push(f.unwrap().into_data().unwrap());
+    }
+    (kind, out)
+}
+
+fn same_buffers(a: &[Bytes], b: &[Bytes]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.as_ptr() == y.as_ptr() && x.len() == y.len())
+}
+
+#[tokio::test]
+async fn vault_without_match_forwards_the_very_same_frames() {
+    // Whole events per frame, with `<` that are no placeholders and JSON escapes.
+    let frames: Vec<Bytes> = [
+        ": keep-alive\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a < b <b> \\n \\u003cb\\u003e\"}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"<CN_MOBILE_2>\"}}]}\n\ndata: [DONE]\n\n",
+    ]
+    .iter()
+    .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+    .collect();
+    let (kind, out) = frames_through("call 13800138000", frames.clone()).await;
+    assert!(kind.contains("restore-sse"), "{kind}");
+    assert!(same_buffers(&out, &frames));
+}
+
+#[tokio::test]
+async fn request_without_pii_leaves_the_answer_unwrapped() {
+    let frames = sse_answer("hello <CN_MOBILE_1>", &[3, 8], &[5, 17, 60]);
+    let (kind, out) = frames_through("hello there", frames.clone()).await;
+    assert!(kind.contains("plain"), "{kind}");
+    assert!(same_buffers(&out, &frames));
+    let wire: Vec<u8> = out.concat();
+    assert_eq!(content_of(&wire).0, "hello <CN_MOBILE_1>");
+}
+
+/// Yields its frames, then never ends.
+struct Stalled(VecDeque<Bytes>);
+
+impl Body for Stalled {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.0.pop_front() {
+            Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_bytes_are_never_held_for_later_frames() {
+    // An event, then half of one that ends in a possible placeholder: the event goes out at
+    // once, restored; for JSON, everything before the possible placeholder does.
+    for (ctype, first, expect) in [
+        (
+            "text/event-stream",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"<CN_MOBILE_1>\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x <CN_MO",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"13800138000\"}}]}\n\n",
+        ),
+        (
+            "application/json",
+            "{\"content\":\"<CN_MOBILE_1> and <CN_MO",
+            "{\"content\":\"13800138000 and ",
+        ),
+    ] {
+        let svc =
+            RedactLayer::new().layer(service_fn(move |_req: Request<BufferedBody>| async move {
+                Ok::<_, BoxError>(
+                    Response::builder()
+                        .header("content-type", ctype)
+                        .body(Stalled(vec![Bytes::from_static(first.as_bytes())].into()))
+                        .unwrap(),
+                )
+            }));
+        let res = svc.oneshot(post("call 13800138000")).await.unwrap();
+        let mut body = res.into_body();
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(1), body.frame())
+            .await
+            .expect("the first bytes are not held")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), expect.as_bytes());
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(1), body.frame())
+                .await
+                .is_err()
+        );
+    }
 }
