@@ -1,12 +1,12 @@
 //! The recommended stack of DESIGN.md around the upstream client, outermost first:
 //! Audit, Redact, Cache, RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout, client.
 //!
-//! It is the facade's [`RecommendedStack`](tower_deepseek::stack::RecommendedStack): one statically typed layer in which each layer is
-//! optional at run time (an absent layer is the `Off` side of an enum, and body types unify
-//! through `http_body_util::Either`), so nothing is boxed between stages. The gateway's
-//! `[layers]` switches and tables map onto a [`StackConfig`]; the program adds what a file
-//! cannot hold: the audit sink, the upstream credential, and a rate limiter per client with
-//! limits of its own.
+//! It is the facade's [`RecommendedStack`](tower_deepseek::stack::RecommendedStack): one
+//! statically typed layer in which each layer is optional at run time (an absent layer is the
+//! `Off` side of an enum, and body types unify through `http_body_util::Either`), so nothing is
+//! boxed between stages. The gateway's `[layers]` switches and tables map onto a
+//! [`StackConfig`]; the program adds what a file cannot hold: the audit sink, the upstream
+//! credential, and a rate limiter per client with limits of its own.
 
 use std::fmt;
 

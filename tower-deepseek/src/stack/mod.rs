@@ -19,9 +19,11 @@
 //! answers with an `Either` of the layer's response body and the one from below. Nothing is
 //! boxed by the stack itself, and the futures are enums of the layers' futures.
 //!
-//! The service below the stack (the client) takes [`StackRequestBody<B>`] for a caller's body
-//! `B`, which every hyper and http-body-util body is; the response body is nested `Either`s
-//! of the layers' bodies: a stream stays a stream.
+//! For a caller's body `B` (a `Body<Data = Bytes>` that is `Unpin + Send + 'static`, as every
+//! hyper, axum and http-body-util body is), the service below the stack (the client) takes
+//! [`StackRequestBody<B>`], and the stack answers with nested `Either`s of the layers' response
+//! bodies: a stream stays a stream. A server that needs one body type boxes the answer once,
+//! at the top (`axum::body::Body::new`).
 //!
 //! # Example
 //!
@@ -192,7 +194,7 @@ impl<B, T> Clone for RecommendedStack<B, T> {
                 AuthLayer::Bearer(l) => AuthLayer::Bearer(l.clone()),
                 AuthLayer::None => AuthLayer::None,
             },
-            timeout: self.timeout.clone(),
+            timeout: self.timeout,
             _body: PhantomData,
         }
     }
