@@ -23,6 +23,17 @@
 //! partial placeholder are held back; an SSE event is forwarded as soon as its blank line
 //! arrives, as its original bytes unless a placeholder in it was restored.
 //!
+//! Upstreams that escape `<` and `>` in JSON strings (`\u003cCN_MOBILE_1\u003e`, as Go's
+//! `encoding/json` does; either hex case, or only one of the two escaped) are restored too; an
+//! escaped backslash before `u003c` is text, not a `<`, and is left alone. Plain-text answers
+//! (not JSON) are restored only in the raw form, with the raw value.
+//!
+//! Cost: a request without placeholders gets its response body back unwrapped (only a
+//! branch). With a vault, a frame of whole SSE events without `<` or `\` is one `memchr2`
+//! and is forwarded as the very same `Bytes`; events with a placeholder are rewritten in their
+//! raw bytes without parsing; only a placeholder fragment that ends one event's string (to be
+//! joined with the next event's) makes the restorer parse events.
+//!
 //! # Order
 //!
 //! Put it right under [`AuditLayer`](crate::AuditLayer) and above the cache, retry and the
