@@ -86,9 +86,68 @@ fn bench(c: &mut Criterion) {
                 },
             )
         });
+        let lean = Classifier::new().summary(false);
+        g.bench_function(format!("{name}/classify_verdict_only"), |b| {
+            b.iter(|| match lean.classify_head(StatusCode::OK, &headers) {
+                ClassifiedResponse::RequiresEos(mut eos) => {
+                    eos.on_data(black_box(&body));
+                    black_box(eos.finish().is_ok())
+                }
+                ClassifiedResponse::Ready(_) => unreachable!(),
+            })
+        });
     }
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The machine is shared: every variant in interleaved rounds, each one's best round kept
+/// (the figure least disturbed by other processes). Printed to stderr.
+fn interleaved(_c: &mut Criterion) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let classify = |c: Classifier, body: &Bytes| match c.classify_head(StatusCode::OK, &headers) {
+        ClassifiedResponse::RequiresEos(mut eos) => {
+            eos.on_data(black_box(body));
+            eos.finish().is_ok()
+        }
+        ClassifiedResponse::Ready(_) => unreachable!(),
+    };
+    const N: u32 = 20_000;
+    for (name, body) in [("chat_230b", CHAT), ("long_800b", LONG)] {
+        let body = Bytes::from_static(body);
+        let runs: [(&str, &dyn Fn() -> bool); 4] = [
+            ("serde_ignored_any_floor", &|| {
+                serde_json::from_slice::<IgnoredAny>(black_box(&body)).is_ok()
+            }),
+            ("former_probe_parse", &|| {
+                serde_json::from_slice::<OldProbe>(black_box(&body)).is_ok()
+            }),
+            ("classify_head_on_data_finish", &|| {
+                classify(Classifier::new(), &body)
+            }),
+            ("classify_verdict_only", &|| {
+                classify(Classifier::new().summary(false), &body)
+            }),
+        ];
+        let mut best = [f64::MAX; 4];
+        for _ in 0..40 {
+            for (b, (_, f)) in best.iter_mut().zip(&runs) {
+                let start = std::time::Instant::now();
+                for _ in 0..N {
+                    black_box(f());
+                }
+                *b = b.min(start.elapsed().as_nanos() as f64 / f64::from(N));
+            }
+        }
+        eprintln!("interleaved best-of-40 rounds, {name}:");
+        for ((n, _), b) in runs.iter().zip(best) {
+            eprintln!("  {n:30} {b:7.0} ns");
+        }
+    }
+}
+
+criterion_group!(benches, bench, interleaved);
 criterion_main!(benches);

@@ -273,6 +273,7 @@ pub enum ClassifiedResponse {
 #[derive(Debug, Clone, Copy)]
 pub struct Classifier {
     max_json_inspect: usize,
+    summary: bool,
 }
 
 impl Default for Classifier {
@@ -286,6 +287,7 @@ impl Classifier {
     pub const fn new() -> Self {
         Self {
             max_json_inspect: 8 * 1024 * 1024,
+            summary: true,
         }
     }
 
@@ -294,6 +296,19 @@ impl Classifier {
     #[must_use]
     pub const fn max_json_inspect(mut self, bytes: usize) -> Self {
         self.max_json_inspect = bytes;
+        self
+    }
+
+    /// Whether the [`EosClassifier`]s it makes fill in `usage`, `model` and
+    /// `system_fingerprint` of their [`ResponseSummary`] (default `true`).
+    ///
+    /// A layer that needs only the verdict (retry, a breaker) turns it off: every verdict
+    /// stays the same (the body is read and type-checked exactly as before), and a JSON answer
+    /// is then classified without allocating. `finish_reason`, the error flag and the counters
+    /// are kept either way.
+    #[must_use]
+    pub const fn summary(mut self, fill: bool) -> Self {
+        self.summary = fill;
         self
     }
 
@@ -321,6 +336,8 @@ impl Classifier {
                     mode,
                     summary: ResponseSummary::default(),
                     max_json: self.max_json_inspect,
+                    fill_summary: self.summary,
+                    model_seen: false,
                     ended: None,
                 });
             }
@@ -441,6 +458,11 @@ pub struct EosClassifier {
     mode: Mode,
     summary: ResponseSummary,
     max_json: usize,
+    /// Whether usage, model and fingerprint are copied into the summary.
+    fill_summary: bool,
+    /// Whether a `model` was seen (SSE events are probed until one is, summary or not, so
+    /// that the verdict never depends on `fill_summary`).
+    model_seen: bool,
     ended: Option<Result<(), FailureClass>>,
 }
 
@@ -580,12 +602,16 @@ fn worth_probing(data: &[u8]) -> bool {
 }
 
 impl ResponseSummary {
-    fn absorb(&mut self, probe: Probe<'_>) {
+    /// Takes what `probe` found; usage, model and fingerprint only when `fill`.
+    fn absorb(&mut self, probe: Probe<'_>, fill: bool) {
         if probe.error.is_some() {
             self.in_band_error = true;
         }
         if let Some(LastFinish(Some(r))) = probe.choices {
             self.finish_reason = Some(r);
+        }
+        if !fill {
+            return;
         }
         if let Some(u) = probe.usage {
             self.usage = Some(u.into());
@@ -612,6 +638,7 @@ impl EosClassifier {
 
     /// Takes the summary out, leaving an empty one.
     pub fn take_summary(&mut self) -> ResponseSummary {
+        self.model_seen = false;
         std::mem::take(&mut self.summary)
     }
 
@@ -634,6 +661,8 @@ impl EosClassifier {
         match &mut self.mode {
             Mode::Sse(parser) => {
                 let summary = &mut self.summary;
+                let fill = self.fill_summary;
+                let model_seen = &mut self.model_seen;
                 let res = parser.push(chunk, |event| {
                     summary.events += 1;
                     if event.is_done() {
@@ -651,9 +680,10 @@ impl EosClassifier {
                         .is_some_and(|b| *b == b'{');
                     // Most events are content deltas; parse only those that can tell us
                     // something (the first one for the model, usage, errors, finish reasons).
-                    if starts_obj && (summary.model.is_none() || worth_probing(data)) {
+                    if starts_obj && (!*model_seen || worth_probing(data)) {
                         if let Ok(probe) = serde_json::from_slice::<Probe<'_>>(data) {
-                            summary.absorb(probe);
+                            *model_seen |= probe.model.is_some();
+                            summary.absorb(probe, fill);
                         }
                     }
                 });
@@ -738,7 +768,7 @@ impl EosClassifier {
                     };
                     match serde_json::from_slice::<Probe<'_>>(bytes) {
                         Ok(probe) => {
-                            self.summary.absorb(probe);
+                            self.summary.absorb(probe, self.fill_summary);
                             if self.summary.in_band_error {
                                 Err(FailureClass::InBandError)
                             } else if self.summary.finish_reason

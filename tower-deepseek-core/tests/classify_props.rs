@@ -160,19 +160,34 @@ fn facts_of(s: &tower_deepseek_core::classify::ResponseSummary) -> Facts {
     }
 }
 
+/// Classifies with the summary filled in, and checks on the way that a verdict-only
+/// classifier (`summary(false)`) reaches the same verdict, finish reason and error flag.
 fn classify(content_type: &str, chunks: &[&[u8]]) -> (Result<(), FailureClass>, Facts) {
     let mut h = HeaderMap::new();
     h.insert("content-type", content_type.parse().unwrap());
-    let ClassifiedResponse::RequiresEos(mut eos) =
-        Classifier::new().classify_head(StatusCode::OK, &h)
-    else {
-        panic!("a 2xx JSON or SSE body is read")
+    let run = |classifier: Classifier| {
+        let ClassifiedResponse::RequiresEos(mut eos) = classifier.classify_head(StatusCode::OK, &h)
+        else {
+            panic!("a 2xx JSON or SSE body is read")
+        };
+        for c in chunks {
+            eos.on_data(&Bytes::copy_from_slice(c));
+        }
+        let verdict = eos.finish();
+        (verdict, facts_of(eos.summary()))
     };
-    for c in chunks {
-        eos.on_data(&Bytes::copy_from_slice(c));
-    }
-    let verdict = eos.finish();
-    (verdict, facts_of(eos.summary()))
+    let full = run(Classifier::new());
+    let (verdict, lean) = run(Classifier::new().summary(false));
+    assert_eq!(verdict, full.0, "verdict-only classifier disagrees");
+    assert_eq!(
+        (lean.in_band_error, &lean.finish_reason),
+        (full.1.in_band_error, &full.1.finish_reason)
+    );
+    assert_eq!(
+        (lean.usage, lean.model, lean.system_fingerprint),
+        (None, None, None)
+    );
+    full
 }
 
 fn classify_json(body: &[u8], cuts: &[usize]) -> (Result<(), FailureClass>, Facts) {
