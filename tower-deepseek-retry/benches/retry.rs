@@ -38,6 +38,31 @@ async fn handler<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, BoxError>
     Ok(response("application/json"))
 }
 
+/// What a real client's response carries: hyper-util's connector puts the connection's
+/// addresses (`HttpInfo`) in every response's extensions, so the map is never empty there.
+#[derive(Clone, Copy)]
+#[allow(dead_code)]
+struct ConnInfo {
+    remote: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+}
+
+fn with_conn_info(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    r.extensions_mut().insert(ConnInfo {
+        remote: ([10, 0, 0, 1], 443).into(),
+        local: ([10, 0, 0, 2], 51234).into(),
+    });
+    r
+}
+
+async fn ext_handler<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, BoxError> {
+    Ok(with_conn_info(response("application/json")))
+}
+
+async fn ext_plain_handler<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, BoxError> {
+    Ok(with_conn_info(response("text/plain")))
+}
+
 async fn plain_handler<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, BoxError> {
     Ok(response("text/plain"))
 }
@@ -208,80 +233,138 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// Runs `iters` calls through tower-resilience's retry (its request type differs).
+async fn timed_resilience<S>(iters: u64, svc: &mut S) -> Duration
+where
+    S: Service<CloneReq, Response = Response<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        let resp = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(CloneReq(request()))
+            .await
+            .unwrap();
+        black_box(resp.into_body().collect().await.unwrap().to_bytes().len());
+    }
+    start.elapsed()
+}
+
 /// The machine is shared and loaded: besides criterion's figures, run every variant in
 /// interleaved rounds (A B C ... A B C ...) and keep each one's best round, which is the
 /// figure least disturbed by other processes. Printed to stderr.
+///
+/// Two groups, each against its own bare baseline: responses with an empty extension map (as
+/// a `service_fn` makes them: the first extension inserted allocates the map), and responses
+/// that already carry one (as hyper-util's client makes them).
 fn interleaved(_c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let mut bare = tower::service_fn(handler::<Full<Bytes>>);
-    let mut tower_retry =
-        tower::retry::RetryLayer::new(Always).layer(tower::service_fn(handler::<Full<Bytes>>));
-    let mut resilience =
+    let rt = &rt;
+    const N: u64 = 2000;
+    type Run<'a> = (&'static str, Box<dyn FnMut() -> Duration + 'a>);
+    macro_rules! run {
+        ($name:expr, $svc:expr) => {{
+            let mut svc = $svc;
+            (
+                $name,
+                Box::new(move || rt.block_on(timed(N, &mut svc))) as Box<dyn FnMut() -> Duration>,
+            )
+        }};
+    }
+    let resilience = || {
         tower_resilience::retry::RetryLayer::<CloneReq, Response<Full<Bytes>>, BoxError>::builder()
             .max_attempts(3)
             .fixed_backoff(Duration::from_millis(1))
             .build()
-            .layer(tower::service_fn(|r: CloneReq| handler(r.0)));
-    let mut ours = RetryLayer::new().layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
-    let mut ours_plain =
-        RetryLayer::new().layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>));
-    let mut tenant = RateLimitLayer::builder()
-        .requests_per_minute(u32::MAX / 2)
-        .request_burst(u32::MAX / 2)
-        .key_by(KeyBy::Tenant)
-        .build()
-        .unwrap()
-        .layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
-    let mut ours_plain_no_budget = RetryLayer::builder()
-        .no_budget()
-        .build()
-        .unwrap()
-        .layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>));
-    const N: u64 = 2000;
-    let mut best = [f64::MAX; 7];
-    for _ in 0..60 {
-        let t = [
-            rt.block_on(timed(N, &mut bare)),
-            rt.block_on(timed(N, &mut tower_retry)),
-            rt.block_on(async {
-                let start = std::time::Instant::now();
-                for _ in 0..N {
-                    let resp = resilience
-                        .ready()
-                        .await
-                        .unwrap()
-                        .call(CloneReq(request()))
-                        .await
-                        .unwrap();
-                    black_box(resp.into_body().collect().await.unwrap().to_bytes().len());
-                }
-                start.elapsed()
-            }),
-            rt.block_on(timed(N, &mut ours)),
-            rt.block_on(timed(N, &mut ours_plain)),
-            rt.block_on(timed(N, &mut tenant)),
-            rt.block_on(timed(N, &mut ours_plain_no_budget)),
-        ];
-        for (b, t) in best.iter_mut().zip(t) {
-            *b = b.min(t.as_nanos() as f64 / N as f64);
+    };
+    let mut res_plain = resilience().layer(tower::service_fn(|r: CloneReq| handler(r.0)));
+    let mut res_ext = resilience().layer(tower::service_fn(|r: CloneReq| ext_handler(r.0)));
+    let mut runs: Vec<Run<'_>> = vec![
+        run!("bare_service_fn", tower::service_fn(handler::<Full<Bytes>>)),
+        run!(
+            "tower_retry",
+            tower::retry::RetryLayer::new(Always).layer(tower::service_fn(handler::<Full<Bytes>>))
+        ),
+        (
+            "tower_resilience_retry",
+            Box::new(move || rt.block_on(timed_resilience(N, &mut res_plain))),
+        ),
+        run!(
+            "deepseek_retry_json_chat",
+            RetryLayer::new().layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>))
+        ),
+        run!(
+            "deepseek_retry_non_chat",
+            RetryLayer::new().layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>))
+        ),
+        run!(
+            "deepseek_retry_non_chat_no_budget",
+            RetryLayer::builder()
+                .no_budget()
+                .build()
+                .unwrap()
+                .layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>))
+        ),
+        run!(
+            "rate_limit_keyed_rpm_per_tenant",
+            RateLimitLayer::builder()
+                .requests_per_minute(u32::MAX / 2)
+                .request_burst(u32::MAX / 2)
+                .key_by(KeyBy::Tenant)
+                .build()
+                .unwrap()
+                .layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>))
+        ),
+        run!(
+            "ext/bare_service_fn",
+            tower::service_fn(ext_handler::<Full<Bytes>>)
+        ),
+        run!(
+            "ext/tower_retry",
+            tower::retry::RetryLayer::new(Always)
+                .layer(tower::service_fn(ext_handler::<Full<Bytes>>))
+        ),
+        (
+            "ext/tower_resilience_retry",
+            Box::new(move || rt.block_on(timed_resilience(N, &mut res_ext))),
+        ),
+        run!(
+            "ext/deepseek_retry_json_chat",
+            RetryLayer::new().layer(tower::service_fn(ext_handler::<RetryBody<Full<Bytes>>>))
+        ),
+        run!(
+            "ext/deepseek_retry_non_chat",
+            RetryLayer::new().layer(tower::service_fn(
+                ext_plain_handler::<RetryBody<Full<Bytes>>>
+            ))
+        ),
+    ];
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let mut best = vec![f64::MAX; runs.len()];
+    for _ in 0..rounds {
+        for (b, (_, run)) in best.iter_mut().zip(runs.iter_mut()) {
+            *b = b.min(run().as_nanos() as f64 / N as f64);
         }
     }
-    let names = [
-        "bare_service_fn",
-        "tower_retry",
-        "tower_resilience_retry",
-        "deepseek_retry_json_chat",
-        "deepseek_retry_non_chat",
-        "rate_limit_keyed_rpm_per_tenant",
-        "deepseek_retry_non_chat_no_budget",
-    ];
-    eprintln!("interleaved best-of-60 rounds (ns per call, overhead over bare):");
-    for (n, b) in names.iter().zip(best) {
-        eprintln!("  {n:34} {b:8.0} ns  (+{:.0} ns)", b - best[0]);
+    eprintln!(
+        "interleaved best-of-{rounds} rounds (ns per call; overhead over the bare service_fn of its group):"
+    );
+    let mut base = 0.0;
+    for ((name, _), b) in runs.iter().zip(&best) {
+        if name.ends_with("bare_service_fn") {
+            base = *b;
+        }
+        eprintln!("  {name:36} {b:8.0} ns  (+{:.0} ns)", b - base);
     }
 }
 

@@ -35,6 +35,27 @@ impl TokenBucket {
         self.tat.load(Ordering::Acquire) <= now
     }
 
+    /// Takes `n` tokens if they can be taken now, in one atomic step; otherwise how long to
+    /// wait. With `n = 1` this is governor's GCRA check: admitted when the theoretical arrival
+    /// time is at most `burst - 1` intervals ahead of `now`.
+    pub(super) fn try_take(&self, n: u64, now: u64) -> Result<(), Duration> {
+        let step = n.saturating_mul(self.interval);
+        let mut wait = Duration::ZERO;
+        let res = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                let new = tat.max(now).saturating_add(step);
+                let ahead = new.saturating_sub(now).saturating_sub(self.tolerance);
+                if ahead == 0 {
+                    Some(new)
+                } else {
+                    wait = Duration::from_nanos(ahead);
+                    None
+                }
+            });
+        res.map(|_| ()).map_err(|_| wait)
+    }
+
     /// Takes `n` tokens (the caller checked [`wait`](Self::wait)).
     pub(super) fn take(&self, n: u64, now: u64) {
         self.adjust(n as i64, now);
@@ -75,6 +96,47 @@ mod tests {
             Duration::from_secs(1),
             "over the burst"
         );
+    }
+
+    /// The request bucket admits and refuses exactly as governor's GCRA does, with the same
+    /// wait, over random quotas, bursts and arrival gaps.
+    #[test]
+    fn try_take_is_governors_gcra() {
+        use governor::clock::FakeRelativeClock;
+        use governor::{Quota, RateLimiter};
+        use std::num::NonZeroU32;
+
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200 {
+            let per_minute = rng.u32(1..100_000);
+            let burst = rng.u32(1..50);
+            let period = Duration::from_nanos(60_000_000_000 / u64::from(per_minute));
+            let quota = Quota::with_period(period)
+                .unwrap()
+                .allow_burst(NonZeroU32::new(burst).unwrap());
+            let clock = FakeRelativeClock::default();
+            let governor = RateLimiter::direct_with_clock(quota, clock.clone());
+            let ours = TokenBucket::new(u64::from(per_minute), u64::from(burst));
+            let mut now = 0u64;
+            for _ in 0..300 {
+                let gap = match rng.u8(0..4) {
+                    0 => 0,
+                    1 => rng.u64(0..period.as_nanos() as u64),
+                    2 => rng.u64(0..4 * period.as_nanos() as u64),
+                    _ => rng.u64(0..u64::from(burst) * period.as_nanos() as u64 * 2),
+                };
+                clock.advance(Duration::from_nanos(gap));
+                now += gap;
+                let expected = governor
+                    .check()
+                    .map_err(|nu| nu.wait_time_from(governor::clock::Clock::now(&clock)));
+                assert_eq!(
+                    ours.try_take(1, now),
+                    expected,
+                    "{per_minute}/min burst {burst}"
+                );
+            }
+        }
     }
 
     #[test]

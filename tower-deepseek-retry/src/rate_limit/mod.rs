@@ -3,10 +3,13 @@
 //!
 //! [`RateLimitLayer`] paces what goes upstream:
 //!
-//! - **requests per minute** on [governor](https://docs.rs/governor) (GCRA, a keyed limiter),
-//!   driven by tokio's clock so that paused-time tests see it;
-//! - **tokens per minute** in a token bucket of our own (the same GCRA arithmetic on one
-//!   atomic), because a token budget must be *settled*: before sending, a request takes an
+//! - **requests per minute** with the GCRA of [governor](https://docs.rs/governor) (the same
+//!   arithmetic: a request is admitted when the "theoretical arrival time" is at most
+//!   `burst - 1` periods ahead), kept on one atomic in each key's state, so that an admission is
+//!   one compare-and-swap and the key is looked up once; driven by tokio's clock so that
+//!   paused-time tests see it;
+//! - **tokens per minute** in a token bucket on the same GCRA arithmetic, because a token
+//!   budget must be *settled*: before sending, a request takes an
 //!   estimate (`request body bytes / 4 + max_tokens`, or `default_max_tokens` when the request
 //!   has none: a deliberate over-estimate); when the response ends, the real `usage.total_tokens`
 //!   replaces it (the difference is taken or given back). Governor cannot give cells back,
@@ -72,7 +75,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -80,10 +82,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use governor::clock::Clock;
-use governor::nanos::Nanos;
-use governor::state::keyed::DashMapStateStore;
-use governor::{Quota, RateLimiter};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -190,28 +188,16 @@ impl TokioClock {
     }
 }
 
-impl Clock for TokioClock {
-    type Instant = Nanos;
-    fn now(&self) -> Nanos {
-        Nanos::from(self.nanos())
-    }
-}
-
-type Rpm = RateLimiter<
-    u64,
-    DashMapStateStore<u64>,
-    TokioClock,
-    governor::middleware::NoOpMiddleware<Nanos>,
->;
-
 struct KeyState {
     turnstile: Semaphore,
+    /// Requests per minute: a bucket of one-request cells.
+    rpm: Option<TokenBucket>,
     tokens: Option<TokenBucket>,
 }
 
 struct Shared {
     cfg: RateLimitConfig,
-    rpm: Option<Rpm>,
+    rpm_quota: Option<(u64, u64)>,   // (per minute, burst)
     token_quota: Option<(u64, u64)>, // (per minute, burst)
     keys: RwLock<HashMap<u64, Arc<KeyState>, BuildHasherDefault<KeyHasher>>>,
     prune_at: std::sync::atomic::AtomicUsize,
@@ -292,14 +278,10 @@ impl RateLimitLayer {
             Some(0) => return bad("requests_per_minute", "must be more than 0"),
             Some(n) => {
                 let burst = cfg.request_burst.unwrap_or((n / 60).max(1));
-                let Some(burst) = NonZeroU32::new(burst) else {
+                if burst == 0 {
                     return bad("request_burst", "must be more than 0");
-                };
-                let period = Duration::from_nanos(60_000_000_000 / u64::from(n));
-                let Some(q) = Quota::with_period(period) else {
-                    return bad("requests_per_minute", "is too large");
-                };
-                Some(q.allow_burst(burst))
+                }
+                Some((u64::from(n), u64::from(burst)))
             }
         };
         let token_quota = match cfg.tokens_per_minute {
@@ -321,7 +303,7 @@ impl RateLimitLayer {
         };
         Ok(Self {
             shared: Arc::new(Shared {
-                rpm: rpm.map(|q| RateLimiter::new(q, DashMapStateStore::default(), clock)),
+                rpm_quota: rpm,
                 token_quota,
                 keys: RwLock::default(),
                 prune_at: std::sync::atomic::AtomicUsize::new(PRUNE_FLOOR),
@@ -512,6 +494,9 @@ impl Shared {
             .or_insert_with(|| {
                 Arc::new(KeyState {
                     turnstile: Semaphore::new(1),
+                    rpm: self
+                        .rpm_quota
+                        .map(|(per_min, burst)| TokenBucket::new(per_min, burst)),
                     tokens: self
                         .token_quota
                         .map(|(per_min, burst)| TokenBucket::new(per_min, burst)),
@@ -520,8 +505,9 @@ impl Shared {
             .clone()
     }
 
-    /// Drops the state of keys that are idle (no request holds it, nobody queues, the token
-    /// bucket is full again), so that many tenants or models do not grow memory without bound.
+    /// Drops the state of keys that are idle (no request holds it, nobody queues, both buckets
+    /// are full again, i.e. the state is the same as a fresh one), so that many tenants or
+    /// models do not grow memory without bound.
     /// Runs when the map doubles past the last size, so its cost is amortised.
     fn prune(&self, map: &mut HashMap<u64, Arc<KeyState>, BuildHasherDefault<KeyHasher>>) {
         let now = self.clock.nanos();
@@ -529,25 +515,18 @@ impl Shared {
             Arc::strong_count(state) > 1
                 || state.turnstile.available_permits() == 0
                 || state.tokens.as_ref().is_some_and(|b| !b.is_full(now))
+                || state.rpm.as_ref().is_some_and(|b| !b.is_full(now))
         });
-        if let Some(rpm) = &self.rpm {
-            rpm.retain_recent();
-            rpm.shrink_to_fit();
-        }
         self.prune_at
             .store((map.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
     }
 
-    /// Admits `tokens` under `key` now (taking the request and the tokens), or says how long
-    /// to wait. The caller holds the key's turnstile.
-    fn try_now(&self, state: &KeyState, key: u64, tokens: u64) -> Result<(), Duration> {
+    /// Admits `tokens` under the key of `state` now (taking the request and the tokens), or
+    /// says how long to wait. The caller holds the key's turnstile, or (fast path, no token
+    /// quota) saw it free: the request cell is taken by one compare-and-swap either way.
+    fn try_now(&self, state: &KeyState, tokens: u64) -> Result<(), Duration> {
         let paused_until = self.pause.until.load(Ordering::Acquire);
-        // Read the clock only when something here needs it (governor reads its own).
-        let now = if paused_until != 0 || state.tokens.is_some() {
-            self.clock.nanos()
-        } else {
-            0
-        };
+        let now = self.clock.nanos();
         let mut wait = Duration::from_nanos(paused_until.saturating_sub(now));
         if let Some(b) = &state.tokens {
             wait = wait.max(b.wait(tokens, now));
@@ -555,30 +534,34 @@ impl Shared {
         if !wait.is_zero() {
             return Err(wait);
         }
-        match self.rpm.as_ref().map(|r| r.check_key(&key)) {
-            None | Some(Ok(())) => {
-                if let Some(b) = &state.tokens {
-                    b.take(tokens, now);
-                }
-                Ok(())
-            }
-            Some(Err(not_until)) => Err(not_until.wait_time_from(Nanos::from(self.clock.nanos()))),
+        if let Some(r) = &state.rpm {
+            r.try_take(1, now)?;
         }
+        if let Some(b) = &state.tokens {
+            b.take(tokens, now);
+        }
+        Ok(())
     }
 
-    /// Admission without waiting, for the fast path: `None` when the request must queue.
+    /// Admission without waiting, for the fast path (no token quota): `None` when the request
+    /// must queue, because another one waits for this key (FIFO) or the quota is spent.
     fn admit_now(&self, key: u64) -> Option<Admitted> {
-        if self.rpm.is_none() && self.token_quota.is_none() {
+        if self.rpm_quota.is_none() && self.token_quota.is_none() {
             return Some(Admitted {
                 key: None,
                 estimate: 0,
             });
         }
+        debug_assert!(self.token_quota.is_none(), "the fast path takes no tokens");
         let state = self.state(key);
-        let _turn = state.turnstile.try_acquire().ok()?;
-        self.try_now(&state, key, 0).ok()?;
+        // A request waiting for this key holds its turnstile: queue behind it. Not taking the
+        // turnstile here saves its lock; without tokens, the admission itself is one atomic.
+        if state.turnstile.available_permits() == 0 {
+            return None;
+        }
+        self.try_now(&state, 0).ok()?;
         Some(Admitted {
-            key: Some(state.clone()),
+            key: Some(state),
             estimate: 0,
         })
     }
@@ -631,7 +614,7 @@ impl Shared {
 
     /// Waits for (or refuses) admission of `tokens` under `key`.
     async fn admit(&self, key: u64, tokens: u64) -> Result<Admitted, BoxError> {
-        if self.rpm.is_none() && self.token_quota.is_none() {
+        if self.rpm_quota.is_none() && self.token_quota.is_none() {
             return Ok(Admitted {
                 key: None,
                 estimate: 0,
@@ -659,7 +642,7 @@ impl Shared {
             },
         };
         loop {
-            let mut wait = match self.try_now(&state, key, tokens) {
+            let mut wait = match self.try_now(&state, tokens) {
                 Ok(()) => {
                     let waited = start.elapsed();
                     if !waited.is_zero() {

@@ -174,7 +174,7 @@ where
 /// [`IncompleteResponse`] error instead of a clean end, so a cut answer is never mistaken for a
 /// whole one. Transport errors pass through as they are.
 pub struct ResponseBody<B> {
-    prefix: VecDeque<Frame<Bytes>>,
+    prefix: Prefix,
     inner: Option<B>,
     eos: Option<Box<EosClassifier>>,
     pending_error: Option<BoxError>,
@@ -183,7 +183,7 @@ pub struct ResponseBody<B> {
 impl<B> ResponseBody<B> {
     pub(crate) fn new(inner: B) -> Self {
         Self {
-            prefix: VecDeque::new(),
+            prefix: Prefix::default(),
             inner: Some(inner),
             eos: None,
             pending_error: None,
@@ -191,7 +191,7 @@ impl<B> ResponseBody<B> {
     }
 
     pub(crate) fn with_parts(
-        prefix: VecDeque<Frame<Bytes>>,
+        prefix: Prefix,
         inner: Option<B>,
         eos: Option<Box<EosClassifier>>,
         pending_error: Option<BoxError>,
@@ -212,6 +212,41 @@ impl<B> fmt::Debug for ResponseBody<B> {
             .field("ended", &self.inner.is_none())
             .field("watching", &self.eos.is_some())
             .finish()
+    }
+}
+
+/// The frames the retry layer read while deciding, handed to the caller first, in order. A
+/// non-streaming answer usually arrives in one frame: that one is kept inline, without
+/// allocating a queue.
+#[derive(Default)]
+pub(crate) struct Prefix {
+    first: Option<Frame<Bytes>>,
+    rest: VecDeque<Frame<Bytes>>,
+}
+
+impl Prefix {
+    pub(crate) fn push(&mut self, frame: Frame<Bytes>) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Frame<Bytes>> {
+        self.first.take().or_else(|| self.rest.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Frame<Bytes>> {
+        self.first.iter().chain(self.rest.iter())
     }
 }
 
@@ -244,7 +279,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(f) = this.prefix.pop_front() {
+        if let Some(f) = this.prefix.pop() {
             return Poll::Ready(Some(Ok(f)));
         }
         if let Some(e) = this.pending_error.take() {

@@ -54,8 +54,13 @@ impl RetryBudget {
     }
 
     fn epoch(&self) -> u32 {
+        self.epoch_at(Instant::now())
+    }
+
+    fn epoch_at(&self, now: Instant) -> u32 {
         // +1 so that no live epoch equals the zero of a fresh slot.
-        (self.origin.elapsed().as_nanos() as u64 / self.window_nanos) as u32 + 1
+        let elapsed = now.saturating_duration_since(self.origin);
+        (elapsed.as_nanos() as u64 / self.window_nanos) as u32 + 1
     }
 
     fn add(&self, epoch: u32, amount: i32) {
@@ -70,11 +75,17 @@ impl RetryBudget {
         });
     }
 
-    /// Records a request.
-    pub(crate) fn deposit(&self) {
+    /// Records a request made at `now` (the caller's clock read, shared with its deadline).
+    pub(crate) fn deposit_at(&self, now: Instant) {
         if self.deposit_amount != 0 {
-            self.add(self.epoch(), self.deposit_amount);
+            self.add(self.epoch_at(now), self.deposit_amount);
         }
+    }
+
+    /// Records a request.
+    #[cfg(test)]
+    pub(crate) fn deposit(&self) {
+        self.deposit_at(Instant::now());
     }
 
     /// Takes a retry from the budget; `false` when it is spent.

@@ -1,6 +1,5 @@
 //! The retry layer's response future.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,9 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::{Body, Frame};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_deepseek_core::BoxError;
@@ -19,7 +17,7 @@ use tower_deepseek_core::classify::{ClassifiedResponse, EosClassifier, FailureCl
 use tower_service::Service;
 
 use super::Attempts;
-use super::body::{Prepend, ResponseBody, RetryBody, incomplete_error, to_bytes_frame};
+use super::body::{Prefix, Prepend, ResponseBody, RetryBody, incomplete_error, to_bytes_frame};
 use super::error::{RetriesExhausted, StopReason};
 use super::layer::Shared;
 use super::schedule::{KINDS, Kind, RetryAfterPolicy};
@@ -30,11 +28,13 @@ type BufferFuture<B> =
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B> {
+    enum State<F, B, R> {
         Buffering { fut: BufferFuture<B> },
         Ready,
         Calling { #[pin] fut: F },
-        Inspecting,
+        // Inline, not boxed: it takes the place of the inner future it follows, and a 2xx
+        // chat answer pays no allocation for being inspected. `None` once handed over.
+        Inspecting { ins: Option<Inspect<R>> },
         Sleeping { sleep: Pin<Box<Sleep>> },
     }
 }
@@ -57,8 +57,8 @@ enum Replay<B> {
 struct Inspect<R> {
     head: http::response::Parts,
     body: R,
-    eos: Box<EosClassifier>,
-    frames: VecDeque<Frame<Bytes>>,
+    eos: EosClassifier,
+    frames: Prefix,
     read: usize,
 }
 
@@ -69,12 +69,11 @@ pin_project! {
         S: Service<Request<RetryBody<ReqB>>>,
     {
         #[pin]
-        state: State<S::Future, ReqB>,
+        state: State<S::Future, ReqB, ResB>,
         service: S,
         shared: Arc<Shared>,
         template: Template,
         replay: Replay<ReqB>,
-        inspect: Option<Box<Inspect<ResB>>>,
         attempt: u32,
         counts: [u32; KINDS],
         classes: Vec<FailureClass>,
@@ -138,8 +137,10 @@ where
                 (State::Buffering { fut }, Replay::Pending)
             }
         };
+        // One clock read for both the budget and the total deadline.
+        let start = Instant::now();
         if let Some(b) = &shared.budget {
-            b.deposit();
+            b.deposit_at(start);
         }
         Self {
             state,
@@ -153,11 +154,10 @@ where
                 extensions: parts.extensions,
             },
             replay,
-            inspect: None,
             attempt: 0,
             counts: [0; KINDS],
             classes: Vec::new(),
-            start: Instant::now(),
+            start,
             scale: 1.0,
         }
     }
@@ -347,23 +347,22 @@ where
                             }
                             ClassifiedResponse::RequiresEos(eos) => {
                                 let (head, body) = resp.into_parts();
-                                // Boxed: only chat 2xx answers pay for it, and the future
-                                // stays small to move.
-                                *this.inspect = Some(Box::new(Inspect {
-                                    head,
-                                    body,
-                                    eos: Box::new(eos),
-                                    frames: VecDeque::new(),
-                                    read: 0,
-                                }));
-                                this.state.set(State::Inspecting);
+                                this.state.set(State::Inspecting {
+                                    ins: Some(Inspect {
+                                        head,
+                                        body,
+                                        eos,
+                                        frames: Prefix::default(),
+                                        read: 0,
+                                    }),
+                                });
                                 continue;
                             }
                         }
                     }
                 },
-                StateProj::Inspecting => {
-                    let ins = this.inspect.as_mut().expect("inspecting");
+                StateProj::Inspecting { ins: slot } => {
+                    let ins = slot.as_mut().expect("polled after completion");
                     let limit = this.shared.cfg.json_inspect_limit;
                     let stream = ins.eos.is_stream();
                     let mut ended = false;
@@ -384,7 +383,7 @@ where
                                     ins.eos.on_data(d);
                                     ins.read += d.len();
                                 }
-                                ins.frames.push_back(frame);
+                                ins.frames.push(frame);
                             }
                             Some(Err(e)) => {
                                 let e: BoxError = e.into();
@@ -393,7 +392,7 @@ where
                             }
                             None => match ins.eos.finish() {
                                 Ok(()) => {
-                                    let ins = *this.inspect.take().expect("inspecting");
+                                    let ins = slot.take().expect("inspecting");
                                     let body =
                                         ResponseBody::with_parts(ins.frames, None, None, None);
                                     return Poll::Ready(Ok(finish(
@@ -410,15 +409,16 @@ where
                             },
                         }
                     };
-                    let ins = *this.inspect.take().expect("inspecting");
+                    let ins = slot.take().expect("inspecting");
                     match step {
                         None => {
                             // Content is flowing: the decision is taken, the caller gets the
                             // body (what was read first, then the rest, still watched).
+                            // Boxed only now, for the body that keeps watching the stream.
                             let body = ResponseBody::with_parts(
                                 ins.frames,
                                 Some(ins.body),
-                                Some(ins.eos),
+                                Some(Box::new(ins.eos)),
                                 None,
                             );
                             return Poll::Ready(Ok(finish(
@@ -437,7 +437,7 @@ where
                             let (inner, eos) = if ended {
                                 (None, None)
                             } else {
-                                (Some(ins.body), Some(ins.eos))
+                                (Some(ins.body), Some(Box::new(ins.eos)))
                             };
                             let body = ResponseBody::with_parts(ins.frames, inner, eos, pending);
                             (

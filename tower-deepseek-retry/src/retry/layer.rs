@@ -196,7 +196,10 @@ impl RetryLayer {
             shared: Arc::new(Shared {
                 budget,
                 rng: Mutex::new(rng),
-                classifier: Classifier::new().max_json_inspect(cfg.json_inspect_limit),
+                // The retry decides on the verdict alone: no usage or model copied out.
+                classifier: Classifier::new()
+                    .max_json_inspect(cfg.json_inspect_limit)
+                    .summary(false),
                 total_deadline: cfg.total_deadline_ms.map(Duration::from_millis),
                 max_retry_after: Duration::from_millis(cfg.max_retry_after_ms),
                 pause,
