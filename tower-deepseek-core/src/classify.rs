@@ -239,15 +239,17 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// Whether `headers` announce a `text/event-stream` body.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
-    const SSE: &[u8] = b"text/event-stream";
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes().trim_ascii_start();
-        v.len() >= SSE.len() && v[..SSE.len()].eq_ignore_ascii_case(SSE)
-    })
+    headers.get(header::CONTENT_TYPE).is_some_and(is_sse_type)
 }
 
-fn is_json_or_unknown(headers: &HeaderMap) -> bool {
-    match headers.get(header::CONTENT_TYPE) {
+fn is_sse_type(v: &HeaderValue) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    let v = v.as_bytes().trim_ascii_start();
+    v.len() >= SSE.len() && v[..SSE.len()].eq_ignore_ascii_case(SSE)
+}
+
+fn is_json_or_unknown(content_type: Option<&HeaderValue>) -> bool {
+    match content_type {
         None => true,
         // `application/json`, `application/problem+json`, `text/json`, any case, no allocation.
         Some(v) => v
@@ -319,9 +321,11 @@ impl Classifier {
                 if status == StatusCode::NO_CONTENT || status == StatusCode::RESET_CONTENT {
                     return ClassifiedResponse::Ready(Ok(()));
                 }
-                let mode = if is_event_stream(headers) {
+                // One header lookup for both checks.
+                let content_type = headers.get(header::CONTENT_TYPE);
+                let mode = if content_type.is_some_and(is_sse_type) {
                     Mode::Sse(Box::default())
-                } else if is_json_or_unknown(headers) {
+                } else if is_json_or_unknown(content_type) {
                     Mode::Json {
                         first: None,
                         more: Vec::new(),
