@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::Body;
+use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_deepseek_core::BoxError;
@@ -120,11 +120,13 @@ where
                 Poll::Ready(Some(Err(e))) => Err(Some(Err(e.into()))),
                 Poll::Ready(Some(Ok(frame))) => {
                     let frame = to_bytes_frame(frame);
-                    match frame.data_ref() {
-                        Some(d) if body.is_end_stream() && d.len() <= limit => {
-                            Ok(BufferedBody::new(d.clone()))
-                        }
-                        _ => Err(Some(Ok(frame))),
+                    let whole =
+                        body.is_end_stream() && frame.data_ref().is_some_and(|d| d.len() <= limit);
+                    match frame.into_data() {
+                        // Taken, not cloned: the one `Bytes` every attempt replays.
+                        Ok(d) if whole => Ok(BufferedBody::new(d)),
+                        Ok(d) => Err(Some(Ok(Frame::data(d)))),
+                        Err(frame) => Err(Some(Ok(frame))),
                     }
                 }
             }
