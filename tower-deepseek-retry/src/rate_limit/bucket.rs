@@ -1,5 +1,7 @@
-//! A token bucket on one atomic (GCRA: the "theoretical arrival time" of the next token), that
-//! can take more than it admitted and give tokens back, which governor cannot.
+//! A token bucket on one atomic (GCRA: the "theoretical arrival time" of the next token). With
+//! one-request cells it is governor's GCRA (same admissions, same waits: tested against
+//! governor), kept in each key's state; for tokens it can also take more than it admitted and
+//! give tokens back, which governor cannot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

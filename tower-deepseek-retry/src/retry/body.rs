@@ -216,25 +216,31 @@ impl<B> fmt::Debug for ResponseBody<B> {
 }
 
 /// The frames the retry layer read while deciding, handed to the caller first, in order. A
-/// non-streaming answer usually arrives in one frame: that one is kept inline, without
-/// allocating a queue.
+/// non-streaming answer usually arrives in one data frame: that one is kept inline (as its
+/// `Bytes`, so the response body stays small), without allocating a queue.
 #[derive(Default)]
 pub(crate) struct Prefix {
-    first: Option<Frame<Bytes>>,
+    first: Option<Bytes>,
     rest: VecDeque<Frame<Bytes>>,
 }
 
 impl Prefix {
     pub(crate) fn push(&mut self, frame: Frame<Bytes>) {
         if self.first.is_none() && self.rest.is_empty() {
-            self.first = Some(frame);
+            match frame.into_data() {
+                Ok(data) => self.first = Some(data),
+                Err(frame) => self.rest.push_back(frame),
+            }
         } else {
             self.rest.push_back(frame);
         }
     }
 
     fn pop(&mut self) -> Option<Frame<Bytes>> {
-        self.first.take().or_else(|| self.rest.pop_front())
+        match self.first.take() {
+            Some(data) => Some(Frame::data(data)),
+            None => self.rest.pop_front(),
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -245,8 +251,18 @@ impl Prefix {
         usize::from(self.first.is_some()) + self.rest.len()
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Frame<Bytes>> {
-        self.first.iter().chain(self.rest.iter())
+    /// The bytes of the data frames, in order.
+    fn data_len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len)
+            + self
+                .rest
+                .iter()
+                .filter_map(|f| f.data_ref().map(Bytes::len))
+                .sum::<usize>()
+    }
+
+    fn all_data(&self) -> bool {
+        self.rest.iter().all(Frame::is_data)
     }
 }
 
@@ -336,16 +352,12 @@ where
             Some(b) if self.prefix.is_empty() && self.eos.is_none() => b.size_hint(),
             Some(_) => SizeHint::default(),
             None => {
-                let n: usize = self
-                    .prefix
-                    .iter()
-                    .filter_map(|f| f.data_ref().map(Bytes::len))
-                    .sum();
+                let n = self.prefix.data_len();
                 if self.pending_error.is_some() {
                     let mut h = SizeHint::new();
                     h.set_lower(n as u64);
                     h
-                } else if self.prefix.iter().all(Frame::is_data) {
+                } else if self.prefix.all_data() {
                     SizeHint::with_exact(n as u64)
                 } else {
                     SizeHint::default()
