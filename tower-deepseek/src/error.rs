@@ -64,6 +64,10 @@ pub struct ErrorMapping {
     pub retry_after: Option<Duration>,
 }
 
+#[cfg_attr(
+    not(any(feature = "redact", feature = "retry", feature = "auth")),
+    allow(dead_code)
+)]
 fn mapping(
     status: StatusCode,
     kind: &'static str,

@@ -66,6 +66,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Cost
+//!
+//! With every layer off, the stack adds about 0.1 µs per call to the service it wraps. With
+//! every layer on, it is about as fast as the same layers joined by boxing (within a few per
+//! cent either way in `cargo bench -p tower-deepseek --bench stack`): the allocations saved
+//! are most likely offset by the clones of the inner service that the cache, rate-limit, retry
+//! and redact layers make per call, which here clone the whole statically typed stack below
+//! them (a boxed stage clones in one reference count). The layers' own work (audit records,
+//! body buffering and parsing, classification) dominates.
+//!
 //! From a configuration file, [`StackConfig`] turns one table per layer into a builder, to
 //! which the program adds what a file cannot hold (the audit sink, the credential).
 //!
