@@ -282,3 +282,47 @@ fn config_tables_turn_layers_on_and_are_validated() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn oauth2_replaces_the_static_key_and_replays_after_a_401() {
+    use tower_deepseek::auth::{OAuth2Config, OAuth2Layer};
+    use tower_deepseek::core::body::BufferedBody;
+
+    let server = MockServer::builder()
+        .oauth_client("stack-client", "stack-secret-0001")
+        .require_auth(true)
+        .start()
+        .await;
+    let oauth = OAuth2Layer::new(
+        OAuth2Config::new(server.token_url(), "stack-client", "stack-secret-0001"),
+        upstream_client::<BufferedBody>(&ClientConfig::default()),
+    )
+    .unwrap();
+    let stack = RecommendedStack::builder()
+        .bearer_auth(BearerAuthLayer::new(KEY).unwrap())
+        .retry(RetryLayer::builder().build().unwrap())
+        .oauth2(oauth)
+        .build()
+        .unwrap();
+    assert_eq!(stack.layers(), ["retry", "oauth2"]);
+    let svc = ServiceBuilder::new()
+        .layer(stack)
+        .layer(BaseUrlLayer::new(&server.url()).unwrap())
+        .service(upstream_client::<StackRequestBody<Caller>>(
+            &ClientConfig::default(),
+        ));
+
+    let res = svc.clone().oneshot(chat("one", false)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(server.token_fetches(), 1);
+    // The token is revoked upstream: the next call gets a 401, fetches a new token and
+    // replays its (buffered) body once.
+    server.revoke_tokens();
+    let res = svc.oneshot(chat("two", false)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(server.token_fetches(), 2);
+    let chats = server.requests_to("/chat/completions");
+    assert_eq!(chats.len(), 3);
+    assert_eq!(chats[1].body, chats[2].body);
+    assert_ne!(chats[2].bearer(), Some(KEY));
+}
