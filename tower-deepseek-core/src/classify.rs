@@ -577,6 +577,317 @@ struct ChoiceProbe {
     finish_reason: Option<FinishReason>,
 }
 
+/// The common case of [`Probe`] without serde's typed walk: a well-formed answer whose keys and
+/// kept strings are plain ASCII (no escapes), whose fields have the types the probe expects,
+/// without duplicates. `None` for anything else, and then serde decides as always. The body
+/// must also pass serde_json's own syntax check (`IgnoredAny`, which reads every byte), so
+/// this never judges a body serde would refuse; it only finds the same fields faster. Proven
+/// against the serde probe by `tests/classify_props.rs`.
+fn fast_probe(body: &[u8]) -> Option<Probe<'_>> {
+    let mut s = Scan { b: body, i: 0 };
+    let mut probe = Probe {
+        error: None,
+        choices: None,
+        usage: None,
+        model: None,
+        system_fingerprint: None,
+    };
+    let mut seen = [false; 5];
+    s.object(|s, key| {
+        let slot = match key {
+            "error" => 0,
+            "choices" => 1,
+            "usage" => 2,
+            "model" => 3,
+            "system_fingerprint" => 4,
+            _ => return s.skip_value(),
+        };
+        if std::mem::replace(&mut seen[slot], true) {
+            return None; // serde refuses a duplicate field
+        }
+        match slot {
+            0 => {
+                if !s.null() {
+                    s.skip_value()?;
+                    probe.error = Some(IgnoredAny);
+                }
+            }
+            1 => probe.choices = s.choices()?,
+            2 => probe.usage = s.usage()?,
+            3 => probe.model = s.opt_plain_str()?.map(Cow::Borrowed),
+            _ => probe.system_fingerprint = s.opt_plain_str()?.map(Cow::Borrowed),
+        }
+        Some(())
+    })?;
+    s.ws();
+    if s.i != body.len() || serde_json::from_slice::<IgnoredAny>(body).is_err() {
+        return None;
+    }
+    Some(probe)
+}
+
+/// A cursor over a JSON text for [`fast_probe`]. It reads only the shapes the probe wants and
+/// skips the rest; it returns `None` on anything unexpected (serde then decides).
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn ws(&mut self) {
+        while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn null(&mut self) -> bool {
+        self.ws();
+        let null = self.b.get(self.i..).is_some_and(|r| r.starts_with(b"null"));
+        if null {
+            self.i += 4;
+        }
+        null
+    }
+
+    /// A string without escapes or non-ASCII bytes (serde reads those differently: fall back).
+    fn plain_str(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let rest = self.b.get(self.i..)?;
+        let end = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[end] != b'"' || !rest[..end].is_ascii() {
+            return None;
+        }
+        self.i += end + 1;
+        std::str::from_utf8(&rest[..end]).ok()
+    }
+
+    fn opt_plain_str(&mut self) -> Option<Option<&'a str>> {
+        if self.null() {
+            Some(None)
+        } else {
+            self.plain_str().map(Some)
+        }
+    }
+
+    /// Past a string (any content), the cursor on its opening quote.
+    fn skip_str(&mut self) -> Option<()> {
+        self.i += 1;
+        loop {
+            let k = memchr::memchr2(b'"', b'\\', self.b.get(self.i..)?)?;
+            if self.b[self.i + k] == b'"' {
+                self.i += k + 1;
+                return Some(());
+            }
+            self.i += k + 2;
+        }
+    }
+
+    /// Past any value (serde's syntax check of the whole body comes after).
+    fn skip_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.skip_str(),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match *self.b.get(self.i)? {
+                        b'"' => {
+                            self.skip_str()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.i += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.i += 1;
+                }
+            }
+            _ => {
+                let start = self.i;
+                while !matches!(
+                    self.b.get(self.i),
+                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                ) {
+                    self.i += 1;
+                }
+                (self.i > start).then_some(())
+            }
+        }
+    }
+
+    /// An object, calling `field` with each (plain) key, the cursor on its value.
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.plain_str()?;
+            self.eat(b':')?;
+            field(self, key)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// An unsigned integer as serde reads a `u64`: plain digits that fit.
+    fn u64(&mut self) -> Option<u64> {
+        self.ws();
+        let start = self.i;
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        if matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        std::str::from_utf8(&self.b[start..self.i])
+            .ok()?
+            .parse()
+            .ok()
+    }
+
+    fn opt_u64(&mut self) -> Option<Option<u64>> {
+        if self.null() {
+            Some(None)
+        } else {
+            self.u64().map(Some)
+        }
+    }
+
+    fn choices(&mut self) -> Option<Option<LastFinish>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.eat(b'[')?;
+        let mut last = None;
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(Some(LastFinish(None)));
+        }
+        loop {
+            if self.peek()? != b'{' {
+                return None;
+            }
+            let mut reason: Option<Option<&'a str>> = None;
+            self.object(|s, key| {
+                if key != "finish_reason" {
+                    return s.skip_value();
+                }
+                if reason.is_some() {
+                    return None;
+                }
+                reason = Some(s.opt_plain_str()?);
+                Some(())
+            })?;
+            if let Some(Some(r)) = reason {
+                let de =
+                    serde::de::value::BorrowedStrDeserializer::<serde::de::value::Error>::new(r);
+                last = Some(FinishReason::deserialize(de).ok()?);
+            }
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Some(Some(LastFinish(last)));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn usage(&mut self) -> Option<Option<UsageProbe>> {
+        if self.null() {
+            return Some(None);
+        }
+        let mut u = UsageProbe {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            prompt_cache_hit_tokens: None,
+            prompt_cache_miss_tokens: None,
+            prompt_tokens_details: None,
+            completion_tokens_details: None,
+        };
+        let mut seen = [false; 7];
+        self.object(|s, key| {
+            let slot = match key {
+                "prompt_tokens" => 0,
+                "completion_tokens" => 1,
+                "total_tokens" => 2,
+                "prompt_cache_hit_tokens" => 3,
+                "prompt_cache_miss_tokens" => 4,
+                "prompt_tokens_details" => 5,
+                "completion_tokens_details" => 6,
+                _ => return s.skip_value(),
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                return None;
+            }
+            match slot {
+                0 => u.prompt_tokens = s.u64()?,
+                1 => u.completion_tokens = s.u64()?,
+                2 => u.total_tokens = s.u64()?,
+                3 => u.prompt_cache_hit_tokens = s.opt_u64()?,
+                4 => u.prompt_cache_miss_tokens = s.opt_u64()?,
+                5 => u.prompt_tokens_details = s.details()?,
+                _ => u.completion_tokens_details = s.details()?,
+            }
+            Some(())
+        })?;
+        Some(Some(u))
+    }
+
+    fn details(&mut self) -> Option<Option<DetailsProbe>> {
+        if self.null() {
+            return Some(None);
+        }
+        let mut d = DetailsProbe {
+            cached_tokens: None,
+            reasoning_tokens: None,
+        };
+        let mut seen = [false; 2];
+        self.object(|s, key| {
+            let slot = match key {
+                "cached_tokens" => 0,
+                "reasoning_tokens" => 1,
+                _ => return s.skip_value(),
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                return None;
+            }
+            if slot == 0 {
+                d.cached_tokens = s.opt_u64()?;
+            } else {
+                d.reasoning_tokens = s.opt_u64()?;
+            }
+            Some(())
+        })?;
+        Some(Some(d))
+    }
+}
+
 static USAGE: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
 static ERROR: LazyLock<memmem::Finder<'static>> =
@@ -770,7 +1081,11 @@ impl EosClassifier {
                             &joined
                         }
                     };
-                    match serde_json::from_slice::<Probe<'_>>(bytes) {
+                    let parsed = match fast_probe(bytes) {
+                        Some(probe) => Ok(probe),
+                        None => serde_json::from_slice::<Probe<'_>>(bytes),
+                    };
+                    match parsed {
                         Ok(probe) => {
                             self.summary.absorb(probe, self.fill_summary);
                             if self.summary.in_band_error {
@@ -914,6 +1229,36 @@ mod tests {
     const SSE: &str = "text/event-stream";
     const JSON: &str = "application/json";
     const DONE_OK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn common_answers_take_the_fast_probe() {
+        let chat = br#"{"id":"1","object":"chat.completion","model":"deepseek-chat","system_fingerprint":"fp_1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\" {\"error\":1}"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10,"prompt_tokens_details":{"cached_tokens":0},"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":9}}"#;
+        let p = fast_probe(chat).expect("fast path");
+        assert!(p.error.is_none());
+        assert!(matches!(
+            p.choices,
+            Some(LastFinish(Some(FinishReason::Stop)))
+        ));
+        assert_eq!(p.usage.as_ref().map(|u| u.total_tokens), Some(10));
+        assert_eq!(p.model.as_deref(), Some("deepseek-chat"));
+        assert_eq!(p.system_fingerprint.as_deref(), Some("fp_1"));
+        let err = br#"{"error":{"message":"Server Error","type":"server_error"}}"#;
+        assert!(fast_probe(err).expect("fast path").error.is_some());
+        // left to serde: escaped keys, duplicates, wrong types, invalid JSON
+        for odd in [
+            &br#"{"\u0065rror":1}"#[..],
+            br#"{"model":"a","model":"b"}"#,
+            br#"{"usage":{"total_tokens":1.5}}"#,
+            br#"{"choices":[{"finish_reason":"stop"}]"#,
+            br#"[1,2]"#,
+        ] {
+            assert!(
+                fast_probe(odd).is_none(),
+                "{}",
+                String::from_utf8_lossy(odd)
+            );
+        }
+    }
 
     // --- one test per row of DESIGN.md's table ---
 
