@@ -52,6 +52,21 @@ fn no_content(_: Request<()>) -> std::future::Ready<Result<Response<Full<Bytes>>
     std::future::ready(Ok(r))
 }
 
+/// Stands in for hyper-util's `HttpInfo`, which every response of its client carries.
+#[derive(Clone, Copy)]
+struct ConnInfo(#[allow(dead_code)] [u8; 16]);
+
+/// Answers 204 at once, with one extension already set, as hyper-util's client responses are:
+/// the breaker's `BreakerStatus` goes into an existing map.
+fn no_content_with_extension(
+    _: Request<()>,
+) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r.extensions_mut().insert(ConnInfo([0; 16]));
+    std::future::ready(Ok(r))
+}
+
 /// Answers a complete JSON chat answer at once: the outcome waits for the body's end.
 fn json(_: Request<()>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
     let r = Response::builder()
@@ -165,6 +180,43 @@ fn closed_state(c: &mut Criterion) {
     }
 }
 
+/// The same, with an inner service whose responses already carry one extension (as hyper-util's
+/// client's do): inserting `BreakerStatus` then allocates the value only, not the map.
+fn closed_state_with_extension(c: &mut Criterion) {
+    for threads in [1usize, 2] {
+        let mut group = c.benchmark_group(format!("closed_ext_{threads}_thread"));
+        let bare = tower::service_fn(no_content_with_extension);
+        group.bench_function("bare", |b| {
+            b.iter_custom(|iters| run_threads(&bare, threads, iters, false))
+        });
+        let ours = CircuitBreakerLayer::builder()
+            .build()
+            .unwrap()
+            .layer(tower::service_fn(no_content_with_extension));
+        group.bench_function("deepseek_breaker", |b| {
+            b.iter_custom(|iters| run_threads(&ours, threads, iters, false))
+        });
+        let untimed = CircuitBreakerLayer::builder()
+            .slow_call_detection(false)
+            .build()
+            .unwrap()
+            .layer(tower::service_fn(no_content_with_extension));
+        group.bench_function("deepseek_breaker_no_slow_call_detection", |b| {
+            b.iter_custom(|iters| run_threads(&untimed, threads, iters, false))
+        });
+        let theirs = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+            .failure_rate_threshold(0.5)
+            .sliding_window_size(100)
+            .build()
+            .unwrap()
+            .layer(tower::service_fn(no_content_with_extension));
+        group.bench_function("tower_resilience", |b| {
+            b.iter_custom(|iters| run_threads(&theirs, threads, iters, false))
+        });
+        group.finish();
+    }
+}
+
 fn json_body(c: &mut Criterion) {
     let mut group = c.benchmark_group("json_body_read_1_thread");
     let bare = tower::service_fn(json);
@@ -181,5 +233,10 @@ fn json_body(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, closed_state, json_body);
+criterion_group!(
+    benches,
+    closed_state,
+    closed_state_with_extension,
+    json_body
+);
 criterion_main!(benches);

@@ -102,11 +102,9 @@ where
         Ok(mut resp) => match classifier.classify_head(resp.status(), resp.headers()) {
             ClassifiedResponse::Ready(outcome) => {
                 let now = permit.breaker().now();
-                let breaker = permit.breaker().clone();
-                permit.record(outcome.as_ref().map(|_| ()), now, now);
+                let state = permit.record_then_state(outcome.as_ref().map(|_| ()), now, now);
                 // Core's type, for outer layers (audit) that do not depend on this crate.
-                resp.extensions_mut()
-                    .insert(BreakerStatus(breaker.state().as_str()));
+                resp.extensions_mut().insert(BreakerStatus(state.as_str()));
                 Ok(resp.map(ResponseBody::plain))
             }
             ClassifiedResponse::RequiresEos(eos) => {

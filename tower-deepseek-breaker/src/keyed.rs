@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
-use crate::state::{Breaker, BreakerHandle, Spec};
+use crate::state::{Breaker, BreakerHandle, Spec, Stripe};
 
 /// The model a request is for, when a layer or the caller already knows it.
 ///
@@ -121,7 +121,8 @@ impl MakeKey for DefaultKey {
 
 pub(crate) struct Registry<K> {
     spec: Arc<Spec>,
-    breakers: moka::sync::Cache<K, Arc<Breaker>>,
+    /// One stripe per key: a permit holds the `Arc` the registry hands out.
+    breakers: moka::sync::Cache<K, Arc<Stripe>>,
 }
 
 impl<K> fmt::Debug for Registry<K> {
@@ -144,13 +145,13 @@ where
         }
     }
 
-    fn get(&self, key: &K) -> Arc<Breaker> {
+    fn get(&self, key: &K) -> Arc<Stripe> {
         if let Some(b) = self.breakers.get(key) {
             return b;
         }
         self.breakers.get_with_by_ref(key, || {
             let label: Arc<str> = format!("{}/{}", self.spec.config.name, key).into();
-            Breaker::new(self.spec.clone(), label)
+            Stripe::new(Breaker::new(self.spec.clone(), label))
         })
     }
 }
@@ -203,16 +204,15 @@ impl KeyedCircuitBreakerLayer<DefaultKey> {
 impl<M: MakeKey> KeyedCircuitBreakerLayer<M> {
     /// A handle on the breaker of `key`, if it exists.
     pub fn handle(&self, key: &M::Key) -> Option<BreakerHandle> {
-        self.registry
-            .breakers
-            .get(key)
-            .map(|breaker| BreakerHandle { breaker })
+        self.registry.breakers.get(key).map(|stripe| BreakerHandle {
+            breaker: stripe.breaker().clone(),
+        })
     }
 
     /// A handle on the breaker of `key`, creating it (closed) if needed.
     pub fn handle_or_create(&self, key: &M::Key) -> BreakerHandle {
         BreakerHandle {
-            breaker: self.registry.get(key),
+            breaker: self.registry.get(key).breaker().clone(),
         }
     }
 
@@ -221,7 +221,10 @@ impl<M: MakeKey> KeyedCircuitBreakerLayer<M> {
         self.registry
             .breakers
             .iter()
-            .map(|(k, breaker)| (k, BreakerHandle { breaker }))
+            .map(|(k, stripe)| {
+                let breaker = stripe.breaker().clone();
+                (k, BreakerHandle { breaker })
+            })
             .collect()
     }
 }
@@ -299,8 +302,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let key = self.layer.make_key.make_key(&RequestHead::of(&req));
-        let breaker = self.layer.registry.get(&key);
-        match breaker.try_acquire() {
+        match self.layer.registry.get(&key).try_acquire_owned() {
             Ok(permit) => ResponseFuture::called(self.inner.call(req), permit),
             Err(open) => ResponseFuture::rejected(open),
         }

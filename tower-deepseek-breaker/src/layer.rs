@@ -16,7 +16,7 @@ use crate::config::{CircuitBreakerConfig, ConfigError, SlidingWindowType};
 use crate::future::ResponseFuture;
 use crate::keyed::{DefaultKey, KeyedCircuitBreakerLayer, Registry};
 use crate::policy::{DefaultOutcomePolicy, OutcomePolicy};
-use crate::state::{Breaker, BreakerHandle, Spec};
+use crate::state::{Breaker, BreakerHandle, Spec, Striped};
 
 /// The default number of keys a keyed breaker keeps.
 pub const DEFAULT_MAX_KEYS: u64 = 1_000;
@@ -216,7 +216,7 @@ impl Builder {
         let (spec, _) = self.spec()?;
         let label: Arc<str> = spec.config.name.as_str().into();
         Ok(CircuitBreakerLayer {
-            breaker: Breaker::new(spec, label),
+            breaker: Arc::new(Striped::new(Breaker::new(spec, label))),
         })
     }
 
@@ -243,7 +243,7 @@ impl Builder {
 /// shares one breaker. See the [crate docs](crate).
 #[derive(Clone)]
 pub struct CircuitBreakerLayer {
-    breaker: Arc<Breaker>,
+    breaker: Arc<Striped>,
 }
 
 impl fmt::Debug for CircuitBreakerLayer {
@@ -279,7 +279,7 @@ impl CircuitBreakerLayer {
     /// A handle on the shared breaker.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {
-            breaker: self.breaker.clone(),
+            breaker: self.breaker.breaker().clone(),
         }
     }
 }
@@ -307,7 +307,7 @@ impl<S> Layer<S> for CircuitBreakerLayer {
 /// `call` fails at once with [`BreakerOpen`](crate::BreakerOpen) while the breaker rejects.
 pub struct CircuitBreaker<S> {
     inner: S,
-    breaker: Arc<Breaker>,
+    breaker: Arc<Striped>,
 }
 
 impl<S: Clone> Clone for CircuitBreaker<S> {
@@ -337,7 +337,7 @@ impl<S> CircuitBreaker<S> {
     /// A handle on the breaker.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {
-            breaker: self.breaker.clone(),
+            breaker: self.breaker.breaker().clone(),
         }
     }
 

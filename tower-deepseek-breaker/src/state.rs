@@ -1,13 +1,18 @@
 //! The state machine shared by every clone of a breaker, and the handle to inspect it.
 //!
-//! Admission in the closed state is one atomic load (state and generation share one word);
-//! recording an outcome takes a `std::sync::Mutex` for the few nanoseconds of a ring update.
-//! Every transition happens under that mutex, bumps the generation, and updates the gauges in
-//! the same critical section, so the exclusive state gauge is never seen with two states at 1.
+//! Admission in the closed state is one atomic load (state and generation share one word).
+//! With a count-based window, recording a closed-state outcome takes no lock either: one
+//! compare-and-swap claims the window's next slot, and only a slot that changes (a failure, a
+//! slow call, a success replacing a failure, a window not yet full) costs more (see
+//! [`CountWindow`]). Everything else (half-open probes, the time-based window, a failsafe trip
+//! rule) takes a `std::sync::Mutex`. Every transition happens under that mutex, bumps the
+//! generation, and updates the gauges in the same critical section, so the exclusive state
+//! gauge is never seen with two states at 1.
 
+use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
@@ -17,7 +22,7 @@ use tower_deepseek_core::error::BreakerOpen;
 
 use crate::config::{CircuitBreakerConfig, SlidingWindowType};
 use crate::policy::{Accrual, OutcomePolicy};
-use crate::window::{CountWindow, Sample, TimeWindow, Totals, Window};
+use crate::window::{CountWindow, Recorded, Sample, TimeWindow, Totals};
 
 /// How long a caller rejected because all half-open probes are taken is told to wait.
 const HALF_OPEN_BUSY_RETRY: Duration = Duration::from_secs(1);
@@ -153,13 +158,14 @@ struct HalfOpenCounts {
     totals: Totals,
 }
 
+/// What the mutex guards: the time-based window and everything outside the closed state's
+/// hot path.
 struct Inner {
-    window: Window,
+    /// The time-based window (a count-based breaker keeps its window in [`Hot`], lock-free).
+    time: Option<TimeWindow>,
     half_open: HalfOpenCounts,
     consecutive_opens: u32,
     state_since: Instant,
-    latency_ewma: Option<f64>,
-    latency_replace_next: bool,
     #[cfg(feature = "failsafe")]
     rule: Option<Box<dyn TripRule>>,
 }
@@ -173,10 +179,10 @@ struct Handles {
     gauges: [Gauge; 6],
 }
 
-/// Keeps a value on its own cache line, so that writes elsewhere (the `Arc` counts, the
-/// mutex) do not evict the state word that every admission reads.
+/// Keeps a value on cache lines of its own, so that writes to it do not evict the data next to
+/// it from other cores' caches (and the other way round).
 #[repr(align(64))]
-struct CacheLine<T>(T);
+pub(crate) struct CacheLine<T>(T);
 
 impl<T> std::ops::Deref for CacheLine<T> {
     type Target = T;
@@ -186,13 +192,45 @@ impl<T> std::ops::Deref for CacheLine<T> {
     }
 }
 
+/// What every call reads and (almost) nothing writes: the state word, written by transitions,
+/// and the settings the hot path needs, copied out of the [`Spec`] so that a call touches one
+/// line for them.
+struct Head {
+    /// State and generation.
+    word: AtomicU64,
+    /// The next latency sample replaces the average (set by a failover recovery probe).
+    replace_latency: AtomicBool,
+    /// Calls read the clock (slow-call detection or a time-based window).
+    timed: bool,
+    /// Slow-call detection is on.
+    detect: bool,
+    /// Closed-state outcomes are recorded without the mutex: a count-based window and no
+    /// failsafe trip rule.
+    lock_free: bool,
+    min_calls: u32,
+    failure_rate_threshold: f32,
+    slow_call_rate_threshold: f32,
+    slow_call_duration: Duration,
+    epoch: Instant,
+}
+
+/// What every recorded call writes: the count-based window's position and totals, and the
+/// latency average, together on one line (a call that records touches it once).
+struct Hot {
+    count: Option<CountWindow>,
+    /// The latency average in nanoseconds (`f64` bits), or [`NO_LATENCY`].
+    latency: AtomicU64,
+}
+
+/// [`Hot::latency`] before the first sample.
+const NO_LATENCY: u64 = u64::MAX;
+
 /// One breaker's shared state.
 pub(crate) struct Breaker {
-    /// State and generation; read on every admission, written only on transitions.
-    word: CacheLine<AtomicU64>,
+    head: CacheLine<Head>,
+    hot: CacheLine<Hot>,
     /// Nanoseconds since `epoch` at which the open state ends.
     open_until: AtomicU64,
-    epoch: Instant,
     spec: Arc<Spec>,
     label: Arc<str>,
     handles: Handles,
@@ -204,7 +242,7 @@ impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
             .field("label", &self.label)
-            .field("state", &unpack(self.word.load(Ordering::Relaxed)).0)
+            .field("state", &unpack(self.head.word.load(Ordering::Relaxed)).0)
             .finish_non_exhaustive()
     }
 }
@@ -212,16 +250,23 @@ impl fmt::Debug for Breaker {
 /// The latency EWMA weight of a new sample.
 const EWMA_ALPHA: f64 = 0.3;
 
+/// The tag of a generation in the count window (see [`CountWindow`]): its low 16 bits. A call
+/// is checked against the full generation first; the tag only guards the moment between that
+/// check and its write, during which 65,536 transitions cannot happen.
+#[inline]
+fn tag(generation: u64) -> u16 {
+    generation as u16
+}
+
 impl Breaker {
     pub(crate) fn new(spec: Arc<Spec>, label: Arc<str>) -> Arc<Self> {
         let now = Instant::now();
-        let window = match spec.config.sliding_window_type {
+        let c = &spec.config;
+        let (count, time) = match c.sliding_window_type {
             SlidingWindowType::CountBased => {
-                Window::Count(CountWindow::new(spec.config.sliding_window_size))
+                (Some(CountWindow::new(c.sliding_window_size, tag(0))), None)
             }
-            SlidingWindowType::TimeBased => {
-                Window::Time(TimeWindow::new(spec.config.sliding_window_size))
-            }
+            SlidingWindowType::TimeBased => (None, Some(TimeWindow::new(c.sliding_window_size))),
         };
         let l = || label.to_string();
         let calls = |outcome: &'static str| metrics::counter!("deepseek_breaker_calls_total", "breaker" => l(), "outcome" => outcome);
@@ -240,18 +285,34 @@ impl Breaker {
         }
         #[cfg(feature = "failsafe")]
         let rule = spec.trip_rule.as_ref().map(|f| f());
+        #[cfg(feature = "failsafe")]
+        let lock_free = count.is_some() && rule.is_none();
+        #[cfg(not(feature = "failsafe"))]
+        let lock_free = count.is_some();
         Arc::new(Breaker {
-            word: CacheLine(AtomicU64::new(pack(State::Closed, 0))),
+            head: CacheLine(Head {
+                word: AtomicU64::new(pack(State::Closed, 0)),
+                replace_latency: AtomicBool::new(false),
+                timed: spec.timed,
+                detect: c.slow_call_detection,
+                lock_free,
+                min_calls: spec.min_calls,
+                failure_rate_threshold: c.failure_rate_threshold,
+                slow_call_rate_threshold: c.slow_call_rate_threshold,
+                slow_call_duration: c.slow_call_duration_threshold,
+                epoch: now,
+            }),
+            hot: CacheLine(Hot {
+                count,
+                latency: AtomicU64::new(NO_LATENCY),
+            }),
             open_until: AtomicU64::new(0),
             not_permitted: CacheLine(AtomicU64::new(0)),
-            epoch: now,
             inner: CacheLine(Mutex::new(Inner {
-                window,
+                time,
                 half_open: HalfOpenCounts::default(),
                 consecutive_opens: 0,
                 state_since: now,
-                latency_ewma: None,
-                latency_replace_next: false,
                 #[cfg(feature = "failsafe")]
                 rule,
             })),
@@ -270,6 +331,11 @@ impl Breaker {
     }
 
     #[inline]
+    fn word(&self) -> (State, u64) {
+        unpack(self.head.word.load(Ordering::Acquire))
+    }
+
+    #[inline]
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the window inconsistent in a way that
         // matters more than losing the breaker: keep going.
@@ -279,52 +345,80 @@ impl Breaker {
     /// The clock, read only when calls are timed (else the epoch: count windows need no time).
     #[inline]
     pub(crate) fn now(&self) -> Instant {
-        if self.spec.timed {
+        if self.head.timed {
             Instant::now()
         } else {
-            self.epoch
-        }
-    }
-
-    /// The window's notion of time: only a time-based window needs it, and computing an
-    /// `Instant` difference is not free.
-    #[inline]
-    fn window_time(&self, now: Instant) -> Duration {
-        if self.spec.config.sliding_window_type == SlidingWindowType::TimeBased {
-            self.since_epoch(now)
-        } else {
-            Duration::ZERO
+            self.head.epoch
         }
     }
 
     fn since_epoch(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.epoch)
+        now.saturating_duration_since(self.head.epoch)
     }
 
     fn open_deadline(&self) -> Instant {
-        self.epoch + Duration::from_nanos(self.open_until.load(Ordering::Acquire))
+        self.head.epoch + Duration::from_nanos(self.open_until.load(Ordering::Acquire))
     }
 
-    /// Admits a call, or rejects it. The closed path is one atomic load and no lock.
+    /// The window's totals (the lock is held: a time-based window moves with the clock).
+    fn totals_locked(&self, inner: &mut Inner, now: Instant) -> Totals {
+        match (&self.hot.count, inner.time.as_mut()) {
+            (Some(w), _) => w.totals(),
+            (None, Some(w)) => w.totals(self.since_epoch(now)),
+            (None, None) => Totals::default(),
+        }
+    }
+
+    /// Publishes a new state word; empties the window first when `fresh`. The lock is held.
+    ///
+    /// A count-based window is gated meanwhile and handed to the new generation before the
+    /// word changes, so that no call admitted before can write into it afterwards.
+    fn publish(&self, inner: &mut Inner, word: u64, fresh: bool) {
+        match &self.hot.count {
+            Some(w) => {
+                let gate = w.gate(tag(unpack(word).1));
+                if fresh {
+                    gate.clear();
+                }
+                self.head.word.store(word, Ordering::Release);
+            }
+            None => {
+                if fresh {
+                    if let Some(w) = inner.time.as_mut() {
+                        w.reset();
+                    }
+                }
+                self.head.word.store(word, Ordering::Release);
+            }
+        }
+    }
+
+    /// Admits a call, or rejects it. The closed path is one atomic load and no lock; `owner`
+    /// gives the stripe the permit will hold.
     #[inline]
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Result<Permit, BreakerOpen> {
-        let word = self.word.load(Ordering::Acquire);
-        let (state, generation) = unpack(word);
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        owner: impl FnOnce() -> Arc<Stripe>,
+    ) -> Result<Permit, BreakerOpen> {
+        let (state, generation) = self.word();
         match state {
             State::Closed | State::MetricsOnly => {
-                Ok(Permit::new(self.clone(), generation, PermitKind::Window))
+                Ok(Permit::new(owner(), generation, PermitKind::Window))
             }
-            State::Disabled => Ok(Permit::new(self.clone(), generation, PermitKind::Untracked)),
-            _ => self.acquire_slow(),
+            State::Disabled => Ok(Permit::new(owner(), generation, PermitKind::Untracked)),
+            _ => self.acquire_slow(owner),
         }
     }
 
     #[cold]
-    fn acquire_slow(self: &Arc<Self>) -> Result<Permit, BreakerOpen> {
+    fn acquire_slow(
+        self: &Arc<Self>,
+        owner: impl FnOnce() -> Arc<Stripe>,
+    ) -> Result<Permit, BreakerOpen> {
         let now = Instant::now();
         let mut inner = self.lock();
         self.refresh_locked(&mut inner, now);
-        let (state, generation) = unpack(self.word.load(Ordering::Acquire));
+        let (state, generation) = self.word();
         let reject = |retry: Duration| {
             self.not_permitted.fetch_add(1, Ordering::Relaxed);
             self.handles.rejections.increment(1);
@@ -332,15 +426,15 @@ impl Breaker {
         };
         match state {
             State::Closed | State::MetricsOnly => {
-                Ok(Permit::new(self.clone(), generation, PermitKind::Window))
+                Ok(Permit::new(owner(), generation, PermitKind::Window))
             }
-            State::Disabled => Ok(Permit::new(self.clone(), generation, PermitKind::Untracked)),
+            State::Disabled => Ok(Permit::new(owner(), generation, PermitKind::Untracked)),
             State::Open => reject(self.open_deadline().saturating_duration_since(now)),
             State::ForcedOpen => reject(self.spec.config.wait_duration_in_open),
             State::HalfOpen => {
                 if inner.half_open.admitted < self.spec.config.permitted_calls_in_half_open {
                     inner.half_open.admitted += 1;
-                    Ok(Permit::new(self.clone(), generation, PermitKind::HalfOpen))
+                    Ok(Permit::new(owner(), generation, PermitKind::HalfOpen))
                 } else {
                     reject(HALF_OPEN_BUSY_RETRY)
                 }
@@ -351,7 +445,7 @@ impl Breaker {
     /// Performs the transitions that time alone causes (open → half-open, and a half-open that
     /// waited too long → open).
     fn refresh_locked(self: &Arc<Self>, inner: &mut Inner, now: Instant) {
-        let (state, _) = unpack(self.word.load(Ordering::Acquire));
+        let (state, _) = self.word();
         match state {
             State::Open if now >= self.open_deadline() => {
                 self.transition(inner, State::HalfOpen, now, None);
@@ -368,17 +462,21 @@ impl Breaker {
     }
 
     /// The current state, with time-driven transitions applied.
+    #[inline]
     pub(crate) fn state(self: &Arc<Self>) -> State {
-        let (state, _) = unpack(self.word.load(Ordering::Acquire));
+        let (state, _) = self.word();
         match state {
-            State::Open | State::HalfOpen => {
-                let now = Instant::now();
-                let mut inner = self.lock();
-                self.refresh_locked(&mut inner, now);
-                unpack(self.word.load(Ordering::Acquire)).0
-            }
+            State::Open | State::HalfOpen => self.state_slow(),
             s => s,
         }
+    }
+
+    #[cold]
+    fn state_slow(self: &Arc<Self>) -> State {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        self.refresh_locked(&mut inner, now);
+        self.word().0
     }
 
     /// Applies time-driven transitions (the timer task calls this).
@@ -386,12 +484,24 @@ impl Breaker {
         let _ = self.state();
     }
 
+    /// Whether closed-state totals call for opening. `failure_rule` is false when a failsafe
+    /// trip rule replaces the failure-rate rule.
     #[inline]
+    fn exceeded(&self, totals: Totals, failure_rule: bool) -> bool {
+        let h = &*self.head;
+        let failed = failure_rule
+            && totals
+                .failure_rate(h.min_calls)
+                .is_some_and(|r| r >= h.failure_rate_threshold);
+        let slow = totals
+            .slow_rate(h.min_calls)
+            .is_some_and(|r| r >= h.slow_call_rate_threshold);
+        failed || slow
+    }
+
     fn evaluate_closed(self: &Arc<Self>, inner: &mut Inner, now: Instant) {
-        let totals = inner.window.totals(self.window_time(now));
-        let c = &self.spec.config;
-        let min = self.spec.min_calls;
-        let failure_rule_active = {
+        let totals = self.totals_locked(inner, now);
+        let failure_rule = {
             #[cfg(feature = "failsafe")]
             {
                 inner.rule.is_none()
@@ -401,14 +511,7 @@ impl Breaker {
                 true
             }
         };
-        let failed = failure_rule_active
-            && totals
-                .failure_rate(min)
-                .is_some_and(|r| r >= c.failure_rate_threshold);
-        let slow = totals
-            .slow_rate(min)
-            .is_some_and(|r| r >= c.slow_call_rate_threshold);
-        if failed || slow {
+        if self.exceeded(totals, failure_rule) {
             self.transition(inner, State::Open, now, None);
         }
     }
@@ -434,6 +537,32 @@ impl Breaker {
         self.transition(inner, to, now, None);
     }
 
+    /// Folds one latency sample into the average.
+    ///
+    /// A load and a store, not a read-modify-write: when two calls finish at the same instant
+    /// one of their samples may be lost, which an exponential average over many calls does not
+    /// notice, and which keeps every call from paying for an atomic read-modify-write.
+    #[inline]
+    fn sample_latency(&self, latency: Duration) {
+        // Nanoseconds: no division per call (seconds are computed when the average is read).
+        let sample = latency
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(latency.subsec_nanos())) as f64;
+        let cell = &self.hot.latency;
+        let prev = cell.load(Ordering::Relaxed);
+        let flag = &self.head.replace_latency;
+        let replace = flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::Relaxed);
+        let next = if prev == NO_LATENCY || replace {
+            sample
+        } else {
+            EWMA_ALPHA * sample + (1.0 - EWMA_ALPHA) * f64::from_bits(prev)
+        };
+        if next.to_bits() != prev {
+            cell.store(next.to_bits(), Ordering::Relaxed);
+        }
+    }
+
     #[inline]
     fn on_outcome(
         self: &Arc<Self>,
@@ -451,20 +580,65 @@ impl Breaker {
         if kind == PermitKind::Untracked {
             return;
         }
-        let detect = self.spec.config.slow_call_detection;
-        let slow = detect && latency > self.spec.config.slow_call_duration_threshold;
-        let mut inner = self.lock();
-        if detect && matches!(accrual, Accrual::Success | Accrual::Failure) {
-            let sample = latency.as_secs_f64();
-            inner.latency_ewma = Some(match inner.latency_ewma {
-                Some(prev) if !inner.latency_replace_next => {
-                    EWMA_ALPHA * sample + (1.0 - EWMA_ALPHA) * prev
-                }
-                _ => sample,
-            });
-            inner.latency_replace_next = false;
+        let h = &*self.head;
+        let slow = h.detect && latency > h.slow_call_duration;
+        let decided = matches!(accrual, Accrual::Success | Accrual::Failure);
+        if h.detect && decided {
+            self.sample_latency(latency);
         }
-        let (state, current) = unpack(self.word.load(Ordering::Acquire));
+        if kind == PermitKind::Window && decided && h.lock_free {
+            self.record_lock_free(generation, accrual == Accrual::Failure, slow, now);
+        } else {
+            self.on_outcome_locked(kind, generation, accrual, slow, now);
+        }
+    }
+
+    /// Records a closed (or metrics-only) call's success or failure in the count window,
+    /// without the lock. Only a call that may raise a rate evaluates them: a failure, a slow
+    /// call, or a call that grows a window not yet full (it may reach the minimum number of
+    /// calls). A success replacing an outcome in a full window lowers or keeps both rates.
+    #[inline]
+    fn record_lock_free(self: &Arc<Self>, generation: u64, failed: bool, slow: bool, now: Instant) {
+        let (state, current) = self.word();
+        if current != generation {
+            // Admitted in an earlier state: counted in the metrics, not in this state's window.
+            return;
+        }
+        let Some(window) = &self.hot.count else {
+            return;
+        };
+        let may_open = match window.record(Sample { failed, slow }, tag(generation)) {
+            Recorded::Stale => false,
+            Recorded::Unchanged => failed || slow,
+            Recorded::Changed { grew } => failed || slow || grew,
+        };
+        if may_open && state == State::Closed && self.exceeded(window.totals(), true) {
+            self.open_from_closed(generation, now);
+        }
+    }
+
+    /// Opens a breaker whose window, as one call of `generation` recorded it, exceeded a
+    /// threshold; nothing if another transition came first.
+    #[cold]
+    fn open_from_closed(self: &Arc<Self>, generation: u64, now: Instant) {
+        let mut inner = self.lock();
+        if self.word() == (State::Closed, generation) {
+            self.transition(&mut inner, State::Open, now, None);
+        }
+    }
+
+    /// Records anything else: half-open probes, ignored outcomes, `OpenFor`, and every outcome
+    /// of a breaker with a time-based window or a failsafe trip rule.
+    fn on_outcome_locked(
+        self: &Arc<Self>,
+        kind: PermitKind,
+        generation: u64,
+        accrual: Accrual,
+        slow: bool,
+        now: Instant,
+    ) {
+        let mut inner = self.lock();
+        let (state, current) = self.word();
         if current != generation {
             // Admitted in an earlier state: counted in the metrics, not in this state's window.
             return;
@@ -489,8 +663,16 @@ impl Breaker {
             }
             (_, a) => {
                 let failed = a == Accrual::Failure;
-                let since = self.window_time(now);
-                inner.window.record(Sample { failed, slow }, since);
+                let sample = Sample { failed, slow };
+                match (&self.hot.count, inner.time.as_mut()) {
+                    // Under the lock no transition is under way and the generation is current:
+                    // the window records.
+                    (Some(w), _) => {
+                        let _ = w.record(sample, tag(generation));
+                    }
+                    (None, Some(w)) => w.record(sample, self.since_epoch(now)),
+                    (None, None) => {}
+                }
                 if state != State::Closed {
                     return;
                 }
@@ -518,7 +700,7 @@ impl Breaker {
             return;
         }
         let mut inner = self.lock();
-        let (state, current) = unpack(self.word.load(Ordering::Acquire));
+        let (state, current) = self.word();
         if current == generation && state == State::HalfOpen {
             inner.half_open.admitted = inner.half_open.admitted.saturating_sub(1);
         }
@@ -532,7 +714,7 @@ impl Breaker {
         now: Instant,
         open_for: Option<Duration>,
     ) {
-        let (from, generation) = unpack(self.word.load(Ordering::Acquire));
+        let (from, generation) = self.word();
         if from == to && to != State::Open {
             return;
         }
@@ -563,20 +745,22 @@ impl Breaker {
                 }
             }
             State::Closed => {
-                inner.window.reset();
                 inner.consecutive_opens = 0;
                 #[cfg(feature = "failsafe")]
                 if let Some(rule) = inner.rule.as_mut() {
                     rule.revived();
                 }
             }
-            State::Disabled | State::ForcedOpen | State::MetricsOnly => {
-                inner.window.reset();
-            }
+            State::Disabled | State::ForcedOpen | State::MetricsOnly => {}
         }
         inner.state_since = now;
-        self.word
-            .store(pack(to, generation.wrapping_add(1)), Ordering::Release);
+        // Every state that records starts with an empty window; open and half-open keep it (for
+        // the metrics) and record nothing in it.
+        let fresh = matches!(
+            to,
+            State::Closed | State::Disabled | State::ForcedOpen | State::MetricsOnly
+        );
+        self.publish(inner, pack(to, generation.wrapping_add(1)), fresh);
         if from != to {
             self.handles.gauges[from.index()].set(0.0);
             self.handles.gauges[to.index()].set(1.0);
@@ -588,7 +772,7 @@ impl Breaker {
             "to" => to.as_str()
         )
         .increment(1);
-        let totals = inner.window.totals(self.window_time(now));
+        let totals = self.totals_locked(inner, now);
         // Opening is worth a warning; every other move is information.
         macro_rules! transition_event {
             ($level:expr) => {
@@ -635,9 +819,10 @@ impl Breaker {
     pub(crate) fn reset(self: &Arc<Self>) {
         let now = Instant::now();
         let mut inner = self.lock();
-        let (from, _) = unpack(self.word.load(Ordering::Acquire));
+        let (from, generation) = self.word();
         if from == State::Closed {
-            inner.window.reset();
+            // Same generation: calls admitted before the reset record in the empty window.
+            self.publish(&mut inner, pack(from, generation), true);
             inner.consecutive_opens = 0;
         } else {
             self.transition(&mut inner, State::Closed, now, None);
@@ -649,16 +834,13 @@ impl Breaker {
         let now = Instant::now();
         let mut inner = self.lock();
         self.refresh_locked(&mut inner, now);
-        let (state, _) = unpack(self.word.load(Ordering::Acquire));
+        let (state, _) = self.word();
         let (totals, min) = match state {
             State::HalfOpen => (
                 inner.half_open.totals,
                 self.spec.config.permitted_calls_in_half_open,
             ),
-            _ => (
-                inner.window.totals(self.window_time(now)),
-                self.spec.min_calls,
-            ),
+            _ => (self.totals_locked(&mut inner, now), self.head.min_calls),
         };
         let retry_after = match state {
             State::Open => Some(self.open_deadline().saturating_duration_since(now)),
@@ -673,7 +855,7 @@ impl Breaker {
             failed_calls: totals.failures,
             slow_calls: totals.slow,
             not_permitted_calls: self.not_permitted.load(Ordering::Relaxed),
-            latency: inner.latency_ewma.map(Duration::from_secs_f64),
+            latency: self.latency_ewma().map(Duration::from_secs_f64),
             retry_after,
             half_open_in_flight: if state == State::HalfOpen {
                 inner.half_open.admitted
@@ -686,13 +868,16 @@ impl Breaker {
 
     /// The latency EWMA, in seconds.
     pub(crate) fn latency_ewma(&self) -> Option<f64> {
-        self.lock().latency_ewma
+        match self.hot.latency.load(Ordering::Relaxed) {
+            NO_LATENCY => None,
+            bits => Some(f64::from_bits(bits) / 1e9),
+        }
     }
 
     /// Lets the next latency sample replace the EWMA (a recovery probe), keeping the current
     /// value until then.
     pub(crate) fn replace_latency_on_next_sample(&self) {
-        self.lock().latency_replace_next = true;
+        self.head.replace_latency.store(true, Ordering::Relaxed);
     }
 
     /// When a rejected call may be tried again, if the breaker currently rejects.
@@ -708,50 +893,166 @@ impl Breaker {
     }
 }
 
+/// The number of reference-count stripes of a [`Striped`] breaker: enough that the threads of
+/// a runtime each get their own, computed once.
+fn stripe_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        (cores * 2).next_power_of_two().clamp(2, 64)
+    })
+}
+
+/// This thread's stripe number (threads are numbered in the order they first call).
+#[inline]
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX
+        .try_with(|i| match i.get() {
+            usize::MAX => {
+                let n = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+                i.set(n);
+                n
+            }
+            n => n,
+        })
+        .unwrap_or(0)
+}
+
+/// One stripe: a reference to the breaker, on lines of its own, whose reference count only
+/// the threads of this stripe touch. Every permit holds one.
+#[repr(align(64))]
+pub(crate) struct Stripe {
+    breaker: Arc<Breaker>,
+}
+
+impl Stripe {
+    /// A stripe of its own for `breaker` (a keyed breaker, which its registry hands out).
+    pub(crate) fn new(breaker: Arc<Breaker>) -> Arc<Self> {
+        Arc::new(Stripe { breaker })
+    }
+
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// Admits a call (see [`Breaker::admit`]); the permit holds this `Arc`.
+    #[inline]
+    pub(crate) fn try_acquire_owned(self: Arc<Self>) -> Result<Permit, BreakerOpen> {
+        let (state, generation) = self.breaker.word();
+        match state {
+            State::Closed | State::MetricsOnly => {
+                Ok(Permit::new(self, generation, PermitKind::Window))
+            }
+            State::Disabled => Ok(Permit::new(self, generation, PermitKind::Untracked)),
+            _ => self.breaker.acquire_slow(|| self.clone()),
+        }
+    }
+}
+
+/// A breaker shared by every service of a layer (or by a failover endpoint), with one
+/// reference count per stripe of threads: a call's permit clones its thread's stripe, so that
+/// threads calling at the same time do not take turns on one contended count (two atomic
+/// read-modify-writes per call).
+pub(crate) struct Striped {
+    breaker: Arc<Breaker>,
+    stripes: Box<[Arc<Stripe>]>,
+}
+
+impl fmt::Debug for Striped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.breaker.fmt(f)
+    }
+}
+
+impl Striped {
+    pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
+        let stripes = (0..stripe_count())
+            .map(|_| Stripe::new(breaker.clone()))
+            .collect();
+        Self { breaker, stripes }
+    }
+
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// Admits a call (see [`Breaker::admit`]).
+    #[inline]
+    pub(crate) fn try_acquire(&self) -> Result<Permit, BreakerOpen> {
+        self.breaker.admit(|| {
+            let i = stripe_index() & (self.stripes.len() - 1);
+            self.stripes[i].clone()
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PermitKind {
     /// Closed or metrics-only: recorded in the sliding window.
-    Window,
+    Window = 0,
     /// One of the half-open probes.
-    HalfOpen,
+    HalfOpen = 1,
     /// Disabled: nothing is recorded.
-    Untracked,
+    Untracked = 2,
 }
+
+/// [`Permit::meta`]: the outcome was recorded.
+const DONE: u64 = 1 << 2;
+const KIND_MASK: u64 = 0b11;
 
 /// The right to make one call. Recording an outcome consumes it; dropping it unrecorded (the
 /// caller went away) records nothing and gives a half-open probe slot back.
+///
+/// Kept small (it lives in every response future, and futures are moved): one pointer, the
+/// generation with the kind and the done flag in its low bits, and the start time.
 pub(crate) struct Permit {
-    breaker: Arc<Breaker>,
-    generation: u64,
-    kind: PermitKind,
+    stripe: Arc<Stripe>,
+    /// `generation << 3 | done << 2 | kind` (generations have 56 bits).
+    meta: u64,
     start: Instant,
-    done: bool,
 }
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("breaker", &self.breaker.label)
-            .field("kind", &self.kind)
+            .field("breaker", &self.breaker().label)
+            .field("kind", &self.kind())
             .finish_non_exhaustive()
     }
 }
 
 impl Permit {
     #[inline]
-    fn new(breaker: Arc<Breaker>, generation: u64, kind: PermitKind) -> Self {
-        let start = breaker.now();
+    fn new(stripe: Arc<Stripe>, generation: u64, kind: PermitKind) -> Self {
+        let start = stripe.breaker.now();
         Self {
-            breaker,
-            generation,
-            kind,
+            stripe,
+            meta: (generation << 3) | kind as u64,
             start,
-            done: false,
         }
     }
 
+    #[inline]
     pub(crate) fn breaker(&self) -> &Arc<Breaker> {
-        &self.breaker
+        &self.stripe.breaker
+    }
+
+    #[inline]
+    fn generation(&self) -> u64 {
+        self.meta >> 3
+    }
+
+    #[inline]
+    fn kind(&self) -> PermitKind {
+        match self.meta & KIND_MASK {
+            0 => PermitKind::Window,
+            1 => PermitKind::HalfOpen,
+            _ => PermitKind::Untracked,
+        }
     }
 
     /// Records the outcome. `first_content` is when the call's latency ends (its first content,
@@ -763,25 +1064,47 @@ impl Permit {
         first_content: Instant,
         now: Instant,
     ) {
-        self.done = true;
+        self.record_in_place(outcome, first_content, now);
+    }
+
+    /// Records the outcome (see [`Permit::record`]) and returns the breaker's state after it.
+    #[inline]
+    pub(crate) fn record_then_state(
+        mut self,
+        outcome: Result<(), &FailureClass>,
+        first_content: Instant,
+        now: Instant,
+    ) -> State {
+        self.record_in_place(outcome, first_content, now);
+        self.breaker().state()
+    }
+
+    #[inline]
+    fn record_in_place(
+        &mut self,
+        outcome: Result<(), &FailureClass>,
+        first_content: Instant,
+        now: Instant,
+    ) {
+        self.meta |= DONE;
+        let breaker = &self.stripe.breaker;
         let accrual = match outcome {
             Ok(()) => Accrual::Success,
-            Err(class) => self.breaker.spec.policy.accrue(class),
+            Err(class) => breaker.spec.policy.accrue(class),
         };
-        let latency = if self.breaker.spec.timed {
+        let latency = if breaker.head.timed {
             first_content.saturating_duration_since(self.start)
         } else {
             Duration::ZERO
         };
-        self.breaker
-            .on_outcome(self.kind, self.generation, accrual, latency, now);
+        breaker.on_outcome(self.kind(), self.generation(), accrual, latency, now);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.done {
-            self.breaker.on_cancel(self.kind, self.generation);
+        if self.meta & DONE == 0 {
+            self.breaker().on_cancel(self.kind(), self.generation());
         }
     }
 }

@@ -81,7 +81,7 @@ use tower_service::Service;
 use crate::body::ResponseBody;
 use crate::config::ConfigError;
 use crate::layer::Builder;
-use crate::state::{Breaker, BreakerHandle, Permit, Spec, State};
+use crate::state::{Breaker, BreakerHandle, Permit, Spec, State, Striped};
 
 /// The most endpoints one failover accepts.
 pub const MAX_ENDPOINTS: usize = 64;
@@ -347,7 +347,7 @@ impl FailoverBuilder {
                 authority: authority.clone(),
                 prefix,
                 weight: e.weight,
-                breaker: Breaker::new(spec.clone(), label),
+                breaker: Striped::new(Breaker::new(spec.clone(), label)),
                 base: e.base,
             });
         }
@@ -374,7 +374,7 @@ struct EndpointState {
     authority: Authority,
     prefix: String,
     weight: u32,
-    breaker: Arc<Breaker>,
+    breaker: Striped,
 }
 
 struct Balance {
@@ -427,14 +427,14 @@ impl Shared {
                     if *tried & (1 << i) != 0 {
                         continue;
                     }
-                    let state = e.breaker.state();
+                    let state = e.breaker.breaker().state();
                     if matches!(state, State::Open | State::ForcedOpen) {
                         *tried |= 1 << i;
-                        let r = e.breaker.retry_after().unwrap_or_default();
+                        let r = e.breaker.breaker().retry_after().unwrap_or_default();
                         *soonest = Some(soonest.map_or(r, |s| s.min(r)));
                         continue;
                     }
-                    let latency = e.breaker.latency_ewma().unwrap_or(0.0);
+                    let latency = e.breaker.breaker().latency_ewma().unwrap_or(0.0);
                     let slow = self.latency_threshold.is_some_and(|t| latency > t);
                     if slow {
                         // Seeing an endpoint slow for the first time starts its probe clock.
@@ -460,7 +460,10 @@ impl Shared {
                 }
                 if let Some(i) = probe {
                     bal.last_probe[i] = Some(now);
-                    self.endpoints[i].breaker.replace_latency_on_next_sample();
+                    self.endpoints[i]
+                        .breaker
+                        .breaker()
+                        .replace_latency_on_next_sample();
                     Some(i)
                 } else if any_weighted {
                     let total: i64 = weights.iter().sum();
@@ -559,7 +562,7 @@ impl FailoverLayer {
                 (
                     e.base.clone(),
                     BreakerHandle {
-                        breaker: e.breaker.clone(),
+                        breaker: e.breaker.breaker().clone(),
                     },
                 )
             })
@@ -710,8 +713,8 @@ where
         if let Some(p) = previous {
             tracing::debug!(
                 target: "tower_deepseek_breaker",
-                from = %shared.endpoints[p].breaker.label(),
-                to = %shared.endpoints[i].breaker.label(),
+                from = %shared.endpoints[p].breaker.breaker().label(),
+                to = %shared.endpoints[i].breaker.breaker().label(),
                 "failing over to the next endpoint"
             );
         }
@@ -733,7 +736,7 @@ where
             Some(class) if (shared.failover_on)(&class) => {
                 metrics::counter!(
                     "deepseek_breaker_failovers_total",
-                    "breaker" => shared.endpoints[i].breaker.label().to_string(),
+                    "breaker" => shared.endpoints[i].breaker.breaker().label().to_string(),
                     "class" => class.as_str()
                 )
                 .increment(1);
