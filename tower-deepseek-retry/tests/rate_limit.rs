@@ -465,3 +465,43 @@ async fn idle_keys_are_pruned_and_busy_ones_kept() {
     let err = svc.oneshot(r).await.unwrap_err();
     assert!(err.is::<RateLimited>(), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn request_only_quotas_are_pruned_and_a_recent_key_still_waits() {
+    // 60 requests per minute, burst 1: a key's state is fresh again 1 s after its last
+    // request. No token quota: only the request limiter holds state.
+    let layer = RateLimitLayer::builder()
+        .requests_per_minute(60)
+        .request_burst(1)
+        .key_by(KeyBy::Tenant)
+        .build()
+        .unwrap();
+    let up = Upstream::ok();
+    let svc = layer.layer(up.clone());
+    let as_tenant = |t: String| {
+        let mut r = chat("m", 1, "x");
+        r.extensions_mut().insert(TenantId::new(t));
+        r
+    };
+    // 3000 one-off tenants 1 ms apart (the map is pruned as it grows), and "busy" every
+    // 500 ms, last 500 ms before the end.
+    for i in 0..3000 {
+        if i % 500 == 0 {
+            svc.clone().oneshot(as_tenant("busy".into())).await.unwrap();
+        }
+        svc.clone()
+            .oneshot(as_tenant(format!("t{i}")))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    assert!(layer.tracked_keys() < 3000, "{}", layer.tracked_keys());
+    // Forgetting "busy" would admit it at once; its quota still needs ~500 ms.
+    let start = tokio::time::Instant::now();
+    svc.oneshot(as_tenant("busy".into())).await.unwrap();
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(450) && waited <= Duration::from_millis(550),
+        "{waited:?}"
+    );
+}

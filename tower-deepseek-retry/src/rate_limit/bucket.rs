@@ -1,7 +1,7 @@
-//! A token bucket on one atomic (GCRA: the "theoretical arrival time" of the next token). With
-//! one-request cells it is governor's GCRA (same admissions, same waits: tested against
-//! governor), kept in each key's state; for tokens it can also take more than it admitted and
-//! give tokens back, which governor cannot.
+//! The tokens-per-minute bucket: governor's GCRA arithmetic (the "theoretical arrival time" of
+//! the next token) on one atomic, tested against governor, plus what governor cannot do: take
+//! more than was admitted and give tokens back when a request is settled against its real
+//! `usage`. Requests per minute use governor itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,6 +40,7 @@ impl TokenBucket {
     /// Takes `n` tokens if they can be taken now, in one atomic step; otherwise how long to
     /// wait. With `n = 1` this is governor's GCRA check: admitted when the theoretical arrival
     /// time is at most `burst - 1` intervals ahead of `now`.
+    #[cfg(test)]
     pub(super) fn try_take(&self, n: u64, now: u64) -> Result<(), Duration> {
         let step = n.saturating_mul(self.interval);
         let mut wait = Duration::ZERO;

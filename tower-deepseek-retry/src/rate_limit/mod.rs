@@ -3,11 +3,10 @@
 //!
 //! [`RateLimitLayer`] paces what goes upstream:
 //!
-//! - **requests per minute** with the GCRA of [governor](https://docs.rs/governor) (the same
-//!   arithmetic: a request is admitted when the "theoretical arrival time" is at most
-//!   `burst - 1` periods ahead), kept on one atomic in each key's state, so that an admission is
-//!   one compare-and-swap and the key is looked up once; driven by tokio's clock so that
-//!   paused-time tests see it;
+//! - **requests per minute** on [governor](https://docs.rs/governor) (GCRA): one direct
+//!   (un-keyed) governor limiter in each key's state, so that the key is looked up once (in
+//!   the map that also holds the key's turnstile) and an admission is governor's one
+//!   compare-and-swap; driven by tokio's clock so that paused-time tests see it;
 //! - **tokens per minute** in a token bucket on the same GCRA arithmetic, because a token
 //!   budget must be *settled*: before sending, a request takes an
 //!   estimate (`request body bytes / 4 + max_tokens`, or `default_max_tokens` when the request
@@ -75,6 +74,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -82,6 +82,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -188,10 +193,53 @@ impl TokioClock {
     }
 }
 
+impl Clock for TokioClock {
+    type Instant = Nanos;
+    fn now(&self) -> Nanos {
+        Nanos::from(self.nanos())
+    }
+}
+
+/// One key's requests-per-minute limiter: governor's direct GCRA on tokio's clock.
+type Rpm = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+
+/// The requests-per-minute state of a key: governor's direct limiter.
+struct RequestQuota {
+    limiter: Rpm,
+    burst: NonZeroU32,
+}
+
+impl RequestQuota {
+    fn new(per_minute: u64, burst: u64, clock: TokioClock) -> Self {
+        let per_minute = NonZeroU32::new(u32::try_from(per_minute).unwrap_or(u32::MAX))
+            .expect("validated: more than 0");
+        let burst = NonZeroU32::new(u32::try_from(burst).unwrap_or(u32::MAX))
+            .expect("validated: more than 0");
+        let quota = Quota::per_minute(per_minute).allow_burst(burst);
+        Self {
+            limiter: RateLimiter::direct_with_clock(quota, clock),
+            burst,
+        }
+    }
+
+    /// Takes one request now (governor reads the clock), or says how long to wait.
+    fn try_take(&self, clock: &TokioClock) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(clock.now()))
+    }
+
+    /// For pruning: takes the whole burst if the quota has refilled completely (its state is
+    /// then the same as a fresh one, and the key is about to be forgotten); takes nothing
+    /// otherwise (governor consumes nothing from a refused check).
+    fn take_all_if_full(&self) -> bool {
+        matches!(self.limiter.check_n(self.burst), Ok(Ok(())))
+    }
+}
+
 struct KeyState {
     turnstile: Semaphore,
-    /// Requests per minute: a bucket of one-request cells.
-    rpm: Option<TokenBucket>,
+    rpm: Option<RequestQuota>,
     tokens: Option<TokenBucket>,
 }
 
@@ -496,7 +544,7 @@ impl Shared {
                     turnstile: Semaphore::new(1),
                     rpm: self
                         .rpm_quota
-                        .map(|(per_min, burst)| TokenBucket::new(per_min, burst)),
+                        .map(|(per_min, burst)| RequestQuota::new(per_min, burst, self.clock)),
                     tokens: self
                         .token_quota
                         .map(|(per_min, burst)| TokenBucket::new(per_min, burst)),
@@ -512,10 +560,12 @@ impl Shared {
     fn prune(&self, map: &mut HashMap<u64, Arc<KeyState>, BuildHasherDefault<KeyHasher>>) {
         let now = self.clock.nanos();
         map.retain(|_, state| {
+            // The request quota last: checking it spends it when it is full, which is only
+            // right for a key that is being forgotten.
             Arc::strong_count(state) > 1
                 || state.turnstile.available_permits() == 0
                 || state.tokens.as_ref().is_some_and(|b| !b.is_full(now))
-                || state.rpm.as_ref().is_some_and(|b| !b.is_full(now))
+                || state.rpm.as_ref().is_some_and(|q| !q.take_all_if_full())
         });
         self.prune_at
             .store((map.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
@@ -526,18 +576,21 @@ impl Shared {
     /// quota) saw it free: the request cell is taken by one compare-and-swap either way.
     fn try_now(&self, state: &KeyState, tokens: u64) -> Result<(), Duration> {
         let paused_until = self.pause.until.load(Ordering::Acquire);
-        let now = self.clock.nanos();
-        let mut wait = Duration::from_nanos(paused_until.saturating_sub(now));
-        if let Some(b) = &state.tokens {
-            wait = wait.max(b.wait(tokens, now));
-        }
-        if !wait.is_zero() {
-            return Err(wait);
+        // Requests only and never paused: governor's check reads the clock itself.
+        let now = (paused_until != 0 || state.tokens.is_some()).then(|| self.clock.nanos());
+        if let Some(now) = now {
+            let mut wait = Duration::from_nanos(paused_until.saturating_sub(now));
+            if let Some(b) = &state.tokens {
+                wait = wait.max(b.wait(tokens, now));
+            }
+            if !wait.is_zero() {
+                return Err(wait);
+            }
         }
         if let Some(r) = &state.rpm {
-            r.try_take(1, now)?;
+            r.try_take(&self.clock)?;
         }
-        if let Some(b) = &state.tokens {
+        if let (Some(b), Some(now)) = (&state.tokens, now) {
             b.take(tokens, now);
         }
         Ok(())
@@ -874,6 +927,42 @@ where
                 Poll::Ready(shared.finish(admitted, result))
             }
             KindProj::Slow { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pruning may only forget a key whose request quota is as fresh: `take_all_if_full` takes
+    /// nothing before the quota has refilled, and then exactly a whole burst.
+    #[tokio::test(start_paused = true)]
+    async fn request_quota_is_forgotten_only_when_it_is_as_fresh() {
+        let clock = TokioClock {
+            origin: tokio::time::Instant::now(),
+        };
+        for (per_minute, burst, spent) in [(60, 1, 1), (60, 5, 3), (600, 10, 10), (7, 2, 1)] {
+            let q = RequestQuota::new(per_minute, burst, clock);
+            for _ in 0..spent {
+                q.try_take(&clock).unwrap();
+            }
+            let interval = Duration::from_nanos(60_000_000_000 / per_minute);
+            let start = tokio::time::Instant::now();
+            while start.elapsed() + Duration::from_millis(1) < interval * spent as u32 {
+                assert!(!q.take_all_if_full(), "full too early");
+                tokio::time::advance(Duration::from_millis(1)).await;
+            }
+            // A refused check took nothing: what was left of the burst is still there.
+            if burst > spent {
+                for _ in 0..burst - spent {
+                    q.try_take(&clock).unwrap();
+                }
+                tokio::time::advance(interval * (burst - spent) as u32).await;
+            }
+            tokio::time::advance(Duration::from_millis(2)).await;
+            assert!(q.take_all_if_full(), "full once refilled");
+            assert!(q.try_take(&clock).is_err(), "the whole burst was taken");
         }
     }
 }
