@@ -770,6 +770,18 @@ impl EosClassifier {
                             &joined
                         }
                     };
+                    let object = bytes
+                        .iter()
+                        .find(|b| !b.is_ascii_whitespace())
+                        .is_some_and(|b| *b == b'{');
+                    if !object {
+                        // Not an object (an array, a string): not an answer of ours to judge,
+                        // only whether it arrived whole. (Probing it would read an array's
+                        // elements as the probe's fields in order.)
+                        let r = complete_json(bytes);
+                        self.ended = Some(r.clone());
+                        return r;
+                    }
                     match serde_json::from_slice::<Probe<'_>>(bytes) {
                         Ok(probe) => {
                             self.summary.absorb(probe, self.fill_summary);
@@ -783,9 +795,11 @@ impl EosClassifier {
                                 Ok(())
                             }
                         }
+                        // A field of another type: an object of another shape, not ours to
+                        // judge; but serde stopped at that field, so whether the rest arrived
+                        // whole is still to be checked.
                         Err(e) if e.classify() == serde_json::error::Category::Data => {
-                            // Valid JSON of another shape (an array, a string): not ours to judge.
-                            Ok(())
+                            complete_json(bytes)
                         }
                         Err(_) => Err(FailureClass::Incomplete),
                     }
@@ -810,6 +824,14 @@ impl EosClassifier {
         self.ended = Some(Err(class.clone()));
         class
     }
+}
+
+/// Whether `bytes` is one whole JSON document: `Ok`, or [`FailureClass::Incomplete`] when it is
+/// cut or malformed.
+fn complete_json(bytes: &[u8]) -> Result<(), FailureClass> {
+    serde_json::from_slice::<IgnoredAny>(bytes)
+        .map(|_| ())
+        .map_err(|_| FailureClass::Incomplete)
 }
 
 /// How an observed response body ended, for [`OnEos`] callbacks.
@@ -1117,6 +1139,18 @@ mod tests {
         assert_eq!(body(JSON, &["{not json}"]), Err(FailureClass::Incomplete));
         // valid JSON of another shape is not judged
         assert_eq!(body(JSON, &["[1,2,3]"]), Ok(()));
+        // ... even an array as long as the probe's field list (not read as its fields)
+        assert_eq!(
+            body(JSON, &[r#"[{"message":"x"},null,null,null,null]"#]),
+            Ok(())
+        );
+        assert_eq!(body(JSON, &["[1,2"]), Err(FailureClass::Incomplete));
+        // a field of another type does not hide a cut further on
+        assert_eq!(body(JSON, &[r#"{"choices":5,"id":"x"}"#]), Ok(()));
+        assert_eq!(
+            body(JSON, &[r#"{"choices":5,"id":"x","usage":{"prompt_tok"#]),
+            Err(FailureClass::Incomplete)
+        );
     }
 
     #[test]

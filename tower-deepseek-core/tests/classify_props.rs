@@ -128,12 +128,23 @@ fn reference_json(body: &[u8]) -> (Result<(), FailureClass>, Facts) {
     if body.iter().all(u8::is_ascii_whitespace) {
         return (Err(FailureClass::EmptyBody), facts);
     }
+    // Two fixes over the former probe: only an object is probed (serde reads an array's
+    // elements as a struct's fields in order), and a field of another type does not hide a
+    // cut: the whole document must still parse.
+    let whole = || match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(FailureClass::Incomplete),
+    };
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return (whole(), facts);
+    }
     match serde_json::from_slice::<RefProbe>(body) {
         Ok(p) => {
             facts.absorb(p);
             (facts.verdict(), facts)
         }
-        Err(e) if e.classify() == serde_json::error::Category::Data => (Ok(()), facts),
+        Err(e) if e.classify() == serde_json::error::Category::Data => (whole(), facts),
         Err(_) => (Err(FailureClass::Incomplete), facts),
     }
 }
