@@ -512,3 +512,56 @@ async fn responses_carry_the_breaker_state_for_outer_layers() {
         Some(&BreakerStatus("open"))
     );
 }
+
+/// The lock-free closed-state path, used by several threads through clones of one service:
+/// the window holds exactly its size in calls, and failures from every thread open it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_several_threads_share_one_exact_window() {
+    const TASKS: usize = 4;
+    let layer = CircuitBreakerLayer::builder()
+        .count_based_window(50)
+        .build()
+        .unwrap();
+    let h = layer.handle();
+    let svc = layer.layer(scripted());
+    let run = |answer_with: Answer, calls: usize| {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let mut svc = svc.clone();
+                tokio::spawn(async move {
+                    let mut rejected = 0;
+                    for _ in 0..calls {
+                        match answer(&mut svc, answer_with).await {
+                            Ok(_) => {}
+                            Err(e) if is_breaker_open(&e) => rejected += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    rejected
+                })
+            })
+            .collect();
+        async move {
+            let mut rejected = 0;
+            for t in tasks {
+                rejected += t.await.unwrap();
+            }
+            rejected
+        }
+    };
+    assert_eq!(run(Answer::Ok, 250).await, 0);
+    let m = h.metrics();
+    assert_eq!(
+        (m.state, m.buffered_calls, m.failed_calls),
+        (State::Closed, 50, 0)
+    );
+    // 25 failures in a full window of 50 reach the 50 % threshold: with 4 × 25 failures sent,
+    // the breaker opens and rejects the rest.
+    let rejected = run(Answer::Status(500), 25).await;
+    let m = h.metrics();
+    assert_eq!(m.state, State::Open);
+    assert_eq!(m.buffered_calls, 50);
+    assert!((25..=50).contains(&m.failed_calls), "{m:?}");
+    assert!(rejected > 0 && rejected <= 75, "{rejected}");
+    assert_eq!(m.not_permitted_calls, rejected as u64);
+}
