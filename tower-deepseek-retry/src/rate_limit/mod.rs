@@ -606,17 +606,30 @@ impl Shared {
             });
         }
         debug_assert!(self.token_quota.is_none(), "the fast path takes no tokens");
-        let state = self.state(key);
-        // A request waiting for this key holds its turnstile: queue behind it. Not taking the
-        // turnstile here saves its lock; without tokens, the admission itself is one atomic.
-        if state.turnstile.available_permits() == 0 {
-            return None;
+        // Without tokens nothing is settled afterwards, so the admission keeps no handle on
+        // the key's state: a known key is admitted under the map's read lock, with no
+        // reference count taken.
+        let admit = |state: &KeyState| {
+            // A request waiting for this key holds its turnstile: queue behind it. Not taking
+            // the turnstile here saves its lock; the admission itself is governor's one atomic.
+            if state.turnstile.available_permits() == 0 {
+                return None;
+            }
+            self.try_now(state, 0).ok()?;
+            Some(Admitted {
+                key: None,
+                estimate: 0,
+            })
+        };
+        if let Some(state) = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return admit(state);
         }
-        self.try_now(&state, 0).ok()?;
-        Some(Admitted {
-            key: Some(state),
-            estimate: 0,
-        })
+        admit(&self.state(key))
     }
 
     fn finish<B, E: Into<BoxError>>(
