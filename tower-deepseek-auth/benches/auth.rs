@@ -38,7 +38,9 @@ fn request() -> Request<Full<Bytes>> {
 /// its own vector, and the first clone of each then allocates).
 fn request_parsed() -> Request<Full<Bytes>> {
     const HEAD: &[u8] = b"https://api.deepseek.com/chat/completionsapplication/json";
-    let mut buf = bytes::BytesMut::with_capacity(4096);
+    // Sized to the head: 1,000 prepared requests with a 4 KiB buffer each would spread over
+    // 4 MiB and measure cache misses instead of the layers.
+    let mut buf = bytes::BytesMut::with_capacity(HEAD.len());
     buf.extend_from_slice(HEAD);
     // Splitting makes the buffer shared (reference counted), as hyper's read buffer is.
     let head = buf.split_to(HEAD.len()).freeze();
