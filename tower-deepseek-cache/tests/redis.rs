@@ -36,14 +36,6 @@ async fn redis() -> Option<redis::aio::MultiplexedConnection> {
     }
 }
 
-fn unique_prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("tdc-test:{test}:{}:{nanos}", std::process::id())
-}
-
 fn layer(prefix: &str) -> CacheLayer {
     CacheLayer::builder()
         .redis_url(redis_url())
@@ -59,22 +51,6 @@ fn redis_key(prefix: &str, body: &Value, tenant: Option<&str>) -> String {
         req.extensions_mut().insert(TenantId::new(t));
     }
     format!("{prefix}:v1:{}", CacheKey::for_request(&req, body).to_hex())
-}
-
-/// The L2 write is in the background: wait (bounded) until it lands.
-async fn wait_for_key(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
-    let start = Instant::now();
-    loop {
-        let exists: bool = conn.exists(key).await.unwrap();
-        if exists {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "L2 write never landed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

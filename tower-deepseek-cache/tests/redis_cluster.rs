@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use redis::AsyncCommands;
@@ -49,14 +49,6 @@ async fn cluster() -> Option<ClusterConnection> {
     }
 }
 
-fn unique_prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("tdc-cluster-test:{test}:{}:{nanos}", std::process::id())
-}
-
 fn layer(prefix: &str) -> CacheLayer {
     CacheLayer::builder()
         .redis_cluster(cluster_urls())
@@ -73,29 +65,13 @@ fn redis_key(prefix: &str, body: &Value) -> String {
     )
 }
 
-/// The L2 write is in the background: wait (bounded) until it lands.
-async fn wait_for_key(conn: &mut ClusterConnection, key: &str) {
-    let start = Instant::now();
-    loop {
-        let exists: bool = conn.exists(key).await.unwrap();
-        if exists {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "L2 write never landed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test]
 async fn answers_spread_over_the_cluster_are_shared_by_instances() {
     let Some(mut conn) = cluster().await else {
         return;
     };
     let server = MockServer::start().await;
-    let prefix = unique_prefix("shared");
+    let prefix = unique_prefix("cluster-shared");
     // Enough distinct keys that they land in slots of every master.
     let bodies: Vec<Value> = (0..24)
         .map(|i| chat_body(&format!("cluster prompt {i}"), json!({})))
@@ -150,7 +126,7 @@ async fn a_cut_stream_is_never_stored_in_the_cluster() {
     };
     let server = MockServer::start().await;
     server.enqueue(tower_deepseek_testkit::Fault::cut_without_done(2));
-    let prefix = unique_prefix("cut");
+    let prefix = unique_prefix("cluster-cut");
     let body = chat_body(
         "cut me",
         json!({"stream": true, "stream_options": {"include_usage": true}}),

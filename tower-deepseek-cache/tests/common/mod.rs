@@ -188,3 +188,33 @@ where
     let bytes = read_all(resp.into_body()).await.unwrap();
     (xc, bytes)
 }
+
+/// A Redis key prefix of its own for one test run.
+pub fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("tdc-test:{test}:{}:{nanos}", std::process::id())
+}
+
+/// The L2 write is in the background: wait (bounded) until `key` exists, on one node or a
+/// cluster.
+pub async fn wait_for_key<C>(conn: &mut C, key: &str)
+where
+    C: redis::aio::ConnectionLike + Send + Sync,
+{
+    use redis::AsyncCommands;
+    let start = std::time::Instant::now();
+    loop {
+        let exists: bool = conn.exists(key).await.unwrap();
+        if exists {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "L2 write never landed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
