@@ -386,6 +386,14 @@ pub struct AuditRecord {
     pub hash: Option<String>,
 }
 
+/// A record as one JSON line's bytes, written into a buffer sized for a typical record (a
+/// growing `Vec` would reallocate several times per record).
+fn to_json(record: &AuditRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(640);
+    serde_json::to_writer(&mut out, record).expect("a record serializes");
+    out
+}
+
 /// Lower-case hex, without the per-char iterator of `hex::encode`.
 fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -528,12 +536,12 @@ impl AuditShared {
         hex_lower(&m.finalize().into_bytes()[..8])
     }
 
-    fn write(&self, mut record: AuditRecord) {
+    fn write(&self, record: &mut AuditRecord) {
         let mut prev = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let line = if self.chain {
             record.prev_hash = Some(hex_lower(&*prev));
             record.hash = None;
-            let mut canonical = serde_json::to_vec(&record).expect("a record serializes");
+            let mut canonical = to_json(record);
             let h: [u8; 32] = Sha256::digest(&canonical).into();
             *prev = h;
             canonical.pop();
@@ -542,7 +550,7 @@ impl AuditShared {
             canonical.extend_from_slice(b"\"}");
             canonical
         } else {
-            serde_json::to_vec(&record).expect("a record serializes")
+            to_json(record)
         };
         let mut ok = true;
         for s in &self.sinks {
@@ -846,7 +854,7 @@ impl Pending {
         if let Some(p) = pii {
             r.pii = p.iter().map(|(k, v)| (k.to_string(), v)).collect();
         }
-        shared.write(std::mem::take(&mut self.record));
+        shared.write(&mut self.record);
     }
 }
 
