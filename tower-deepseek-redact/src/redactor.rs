@@ -340,6 +340,7 @@ impl Redactor {
         let mut out: Option<String> = None;
         let mut last = 0;
         let mut blocked: Option<EntityType> = None;
+        let mut kept_some = false;
         self.inner.detectors.detect_each(text, |range, entity| {
             if blocked.is_some() {
                 return;
@@ -349,6 +350,7 @@ impl Redactor {
                 blocked = Some(entity.clone());
                 return;
             }
+            kept_some |= mode == Mode::Partial && !entity.is_secret();
             ctx.counts.add(entity);
             let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 16));
             o.push_str(&text[last..range.start]);
@@ -361,8 +363,35 @@ impl Redactor {
         }
         Ok(out.map(|mut o| {
             o.push_str(&text[last..]);
+            if kept_some {
+                o = self.mask_new_matches(o);
+            }
             o
         }))
+    }
+
+    /// A partial mask keeps a few characters (`110***********002X`); next to digits of the
+    /// surrounding text they can form a new match (`3518019441 110…` is a Luhn-valid card
+    /// number). Such spans are masked in full, until the output holds no match. Each round
+    /// removes digits or letters, so it ends; it is not counted as PII found.
+    fn mask_new_matches(&self, mut text: String) -> String {
+        loop {
+            let mut masked: Option<String> = None;
+            let mut last = 0;
+            self.inner.detectors.detect_each(&text, |range, _| {
+                let o = masked.get_or_insert_with(|| String::with_capacity(text.len()));
+                o.push_str(&text[last..range.start]);
+                o.push_str("***");
+                last = range.end;
+            });
+            match masked {
+                None => return text,
+                Some(mut o) => {
+                    o.push_str(&text[last..]);
+                    text = o;
+                }
+            }
+        }
     }
 
     fn replace(
