@@ -138,17 +138,22 @@ where
     })
 }
 
-fn closed_state(c: &mut Criterion) {
+/// An inner service that answers at once.
+type Answer = fn(Request<()>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+/// The closed-state groups `{prefix}_{1,2}_thread` around `answer`: bare, ours (default, without
+/// slow-call detection, optionally keyed) and tower-resilience's.
+fn closed_groups(c: &mut Criterion, prefix: &str, answer: Answer, keyed: bool) {
     for threads in [1usize, 2] {
-        let mut group = c.benchmark_group(format!("closed_{threads}_thread"));
-        let bare = tower::service_fn(no_content);
+        let mut group = c.benchmark_group(format!("{prefix}_{threads}_thread"));
+        let bare = tower::service_fn(answer);
         group.bench_function("bare", |b| {
             b.iter_custom(|iters| run_threads(&bare, threads, iters, false))
         });
         let ours = CircuitBreakerLayer::builder()
             .build()
             .unwrap()
-            .layer(tower::service_fn(no_content));
+            .layer(tower::service_fn(answer));
         group.bench_function("deepseek_breaker", |b| {
             b.iter_custom(|iters| run_threads(&ours, threads, iters, false))
         });
@@ -156,23 +161,25 @@ fn closed_state(c: &mut Criterion) {
             .slow_call_detection(false)
             .build()
             .unwrap()
-            .layer(tower::service_fn(no_content));
+            .layer(tower::service_fn(answer));
         group.bench_function("deepseek_breaker_no_slow_call_detection", |b| {
             b.iter_custom(|iters| run_threads(&untimed, threads, iters, false))
         });
-        let keyed = CircuitBreakerLayer::builder()
-            .build_keyed()
-            .unwrap()
-            .layer(tower::service_fn(no_content));
-        group.bench_function("deepseek_breaker_keyed", |b| {
-            b.iter_custom(|iters| run_threads(&keyed, threads, iters, false))
-        });
+        if keyed {
+            let keyed = CircuitBreakerLayer::builder()
+                .build_keyed()
+                .unwrap()
+                .layer(tower::service_fn(answer));
+            group.bench_function("deepseek_breaker_keyed", |b| {
+                b.iter_custom(|iters| run_threads(&keyed, threads, iters, false))
+            });
+        }
         let theirs = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
             .failure_rate_threshold(0.5)
             .sliding_window_size(100)
             .build()
             .unwrap()
-            .layer(tower::service_fn(no_content));
+            .layer(tower::service_fn(answer));
         group.bench_function("tower_resilience", |b| {
             b.iter_custom(|iters| run_threads(&theirs, threads, iters, false))
         });
@@ -180,41 +187,14 @@ fn closed_state(c: &mut Criterion) {
     }
 }
 
+fn closed_state(c: &mut Criterion) {
+    closed_groups(c, "closed", no_content, true);
+}
+
 /// The same, with an inner service whose responses already carry one extension (as hyper-util's
 /// client's do): inserting `BreakerStatus` then allocates the value only, not the map.
 fn closed_state_with_extension(c: &mut Criterion) {
-    for threads in [1usize, 2] {
-        let mut group = c.benchmark_group(format!("closed_ext_{threads}_thread"));
-        let bare = tower::service_fn(no_content_with_extension);
-        group.bench_function("bare", |b| {
-            b.iter_custom(|iters| run_threads(&bare, threads, iters, false))
-        });
-        let ours = CircuitBreakerLayer::builder()
-            .build()
-            .unwrap()
-            .layer(tower::service_fn(no_content_with_extension));
-        group.bench_function("deepseek_breaker", |b| {
-            b.iter_custom(|iters| run_threads(&ours, threads, iters, false))
-        });
-        let untimed = CircuitBreakerLayer::builder()
-            .slow_call_detection(false)
-            .build()
-            .unwrap()
-            .layer(tower::service_fn(no_content_with_extension));
-        group.bench_function("deepseek_breaker_no_slow_call_detection", |b| {
-            b.iter_custom(|iters| run_threads(&untimed, threads, iters, false))
-        });
-        let theirs = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
-            .failure_rate_threshold(0.5)
-            .sliding_window_size(100)
-            .build()
-            .unwrap()
-            .layer(tower::service_fn(no_content_with_extension));
-        group.bench_function("tower_resilience", |b| {
-            b.iter_custom(|iters| run_threads(&theirs, threads, iters, false))
-        });
-        group.finish();
-    }
+    closed_groups(c, "closed_ext", no_content_with_extension, false);
 }
 
 fn json_body(c: &mut Criterion) {

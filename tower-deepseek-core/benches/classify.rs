@@ -1,16 +1,15 @@
 //! The shared classifier's end-of-body verdict on a complete JSON 2xx answer, as retry, breaker,
 //! audit and the rate limiter pay it on every non-streaming answer. Baselines of the same run:
 //! serde_json skipping the whole body (`IgnoredAny`: the least any full validation costs), and
-//! the classifier's former probe (a `Vec` of choices and owned strings), kept here verbatim.
+//! the classifier's former probe (a `Vec` of choices and owned strings), shared with the property
+//! test as its reference.
 
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde::Deserialize;
 use serde::de::IgnoredAny;
-use tower_deepseek_core::chat::FinishReason;
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier};
 
 const CHAT: &[u8] = br#"{"id":"1","object":"chat.completion","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}"#;
@@ -18,46 +17,9 @@ const CHAT: &[u8] = br#"{"id":"1","object":"chat.completion","model":"deepseek-c
 /// A longer answer: a paragraph of content, reasoning, fingerprint, cache usage fields.
 const LONG: &[u8] = br#"{"id":"930c60df-bf64-41c9-a88e-3ec75f81e00e","object":"chat.completion","created":1705651092,"model":"deepseek-reasoner","system_fingerprint":"fp_a49d71b8a1","choices":[{"index":0,"message":{"role":"assistant","content":"Tower middleware composes: each layer wraps a service and returns a service, so retries, timeouts and rate limits stack in the order you list them. Put the rate limiter outside the retry layer so that a retry does not take a second slot.","reasoning_content":"The user asks about ordering of layers. Explain briefly."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":16,"completion_tokens":70,"total_tokens":86,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":12},"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":16}}"#;
 
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct OldProbe {
-    #[serde(default)]
-    error: Option<IgnoredAny>,
-    #[serde(default)]
-    choices: Option<Vec<OldChoice>>,
-    #[serde(default)]
-    usage: Option<OldUsage>,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    system_fingerprint: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct OldChoice {
-    #[serde(default)]
-    finish_reason: Option<FinishReason>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct OldUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    total_tokens: u64,
-    #[serde(default)]
-    prompt_cache_hit_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_cache_miss_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<IgnoredAny>,
-    #[serde(default)]
-    completion_tokens_details: Option<IgnoredAny>,
-}
+#[path = "../tests/common/former_probe.rs"]
+mod former_probe;
+use former_probe::RefProbe as OldProbe;
 
 fn bench(c: &mut Criterion) {
     let classifier = Classifier::new();

@@ -9,58 +9,12 @@
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use proptest::prelude::*;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use tower_deepseek_core::chat::FinishReason;
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, FailureClass};
 
-// --- the reference: the classifier's former serde probe, verbatim in behaviour ---
-
-#[derive(Deserialize)]
-struct RefProbe {
-    #[serde(default)]
-    error: Option<IgnoredAny>,
-    #[serde(default)]
-    choices: Option<Vec<RefChoice>>,
-    #[serde(default)]
-    usage: Option<RefUsage>,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    system_fingerprint: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RefChoice {
-    #[serde(default)]
-    finish_reason: Option<FinishReason>,
-}
-
-#[derive(Deserialize)]
-struct RefUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    total_tokens: u64,
-    #[serde(default)]
-    prompt_cache_hit_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_cache_miss_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<RefDetails>,
-    #[serde(default)]
-    completion_tokens_details: Option<RefDetails>,
-}
-
-#[derive(Deserialize)]
-struct RefDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-    #[serde(default)]
-    reasoning_tokens: Option<u64>,
-}
+#[path = "common/former_probe.rs"]
+mod former_probe;
+use former_probe::RefProbe;
 
 /// What the tests compare: the verdict and every summary field the probe fills.
 type UsageFacts = (
