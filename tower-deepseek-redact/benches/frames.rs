@@ -1,0 +1,254 @@
+//! Fixed-work driver for instruction counts under callgrind, which stay comparable while the
+//! machine is loaded (criterion's times do not). The same fixtures as `benches/redact.rs`.
+//!
+//! ```text
+//! cargo bench -p tower-deepseek-redact --bench frames --no-run
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*frames*drain*' \
+//!     target/release/deps/frames-<hash> body <case> 1000
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*frames*one_call*' \
+//!     target/release/deps/frames-<hash> audit <case> 1000
+//! ```
+//!
+//! Body cases (the response body only, polled frame by frame, 401 frames per iteration):
+//! `bare`, `floor` (bare + one `memchr` per frame), `no_pii`, `vault`, `restore5`. Audit cases
+//! (one whole call, request to the end of the response body): `bare`, `audit`, `chain`.
+//! Divide the collected instructions by the iterations (and by 401 for frames). Run without
+//! arguments (as `cargo bench` does), it does one iteration of everything as a smoke test.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceExt, service_fn};
+use tower_deepseek_core::body::BufferedBody;
+use tower_deepseek_redact::RedactLayer;
+use tower_deepseek_redact::audit::{AuditLayer, AuditRequestBody, WriterSink};
+use tower_layer::Layer;
+
+/// Polls a future that never waits to its end.
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+struct Chunks {
+    frames: Arc<[Bytes]>,
+    next: usize,
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    #[inline]
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let i = self.next;
+        self.next += 1;
+        Poll::Ready(self.frames.get(i).map(|b| Ok(Frame::data(b.clone()))))
+    }
+}
+
+struct Scanned(Chunks);
+
+impl Body for Scanned {
+    type Data = Bytes;
+    type Error = Infallible;
+    #[inline]
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let p = Pin::new(&mut self.0).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &p {
+            if let Some(d) = f.data_ref() {
+                black_box(memchr::memchr(b'<', d));
+            }
+        }
+        p
+    }
+}
+
+fn stream(with: bool) -> Arc<[Bytes]> {
+    (0..400)
+        .map(|i| {
+            let piece = if with && i % 20 == 0 { " <CN_MOBILE_1>" } else { " token" };
+            let frame: &'static str = Box::leak(format!(
+                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"deepseek-chat\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{piece}\"}},\"finish_reason\":null}}]}}\n\n"
+            ).into_boxed_str());
+            Bytes::from_static(frame.as_bytes())
+        })
+        .chain(std::iter::once(Bytes::from_static(b"data: [DONE]\n\n")))
+        .collect()
+}
+
+fn chat_req(content: &str) -> Request<Full<Bytes>> {
+    let body = format!(
+        r#"{{"model":"deepseek-chat","stream":true,"messages":[{{"role":"user","content":"{content}"}}]}}"#
+    );
+    Request::post("/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+fn sse_response<B>(body: B) -> Response<B> {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap()
+}
+
+/// The measured part of a body case: every frame, as the criterion harness polls them.
+#[inline(never)]
+fn drain<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> usize
+where
+    B::Error: std::fmt::Debug,
+{
+    block_on(async {
+        let mut n = 0;
+        while let Some(f) = body.frame().await {
+            black_box(f.unwrap());
+            n += 1;
+        }
+        n
+    })
+}
+
+fn run_body<S, B>(svc: &S, content: &str, iters: u64) -> usize
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut frames = 0;
+    for _ in 0..iters {
+        let res = block_on(svc.clone().oneshot(chat_req(content))).unwrap();
+        let mut body = res.into_body();
+        frames += drain(&mut body);
+    }
+    frames
+}
+
+fn body_case(case: &str, iters: u64) {
+    let plain = stream(false);
+    let with = stream(true);
+    let layered = |frames: Arc<[Bytes]>| {
+        RedactLayer::new().layer(service_fn(move |_req: Request<BufferedBody>| {
+            let f = frames.clone();
+            async move { Ok::<_, Infallible>(sse_response(Chunks { frames: f, next: 0 })) }
+        }))
+    };
+    let n = match case {
+        "bare" => {
+            let f = plain.clone();
+            let svc = service_fn(move |_req: Request<Full<Bytes>>| {
+                let f = f.clone();
+                async move { Ok::<_, Infallible>(sse_response(Chunks { frames: f, next: 0 })) }
+            });
+            run_body(&svc, "hello 13800138000", iters)
+        }
+        "floor" => {
+            let f = plain.clone();
+            let svc = service_fn(move |_req: Request<Full<Bytes>>| {
+                let f = f.clone();
+                async move { Ok::<_, Infallible>(sse_response(Scanned(Chunks { frames: f, next: 0 }))) }
+            });
+            run_body(&svc, "hello 13800138000", iters)
+        }
+        "no_pii" => run_body(&layered(plain), "hello there", iters),
+        "vault" => run_body(&layered(plain), "hello 13800138000", iters),
+        "restore5" => run_body(&layered(with), "hello 13800138000", iters),
+        other => panic!("unknown body case {other}"),
+    };
+    assert_eq!(n as u64, 401 * iters);
+}
+
+const ANSWER: &[u8] = br#"{"id":"x","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}"#;
+
+fn answer() -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(ANSWER)))
+        .unwrap()
+}
+
+/// The measured part of an audit case: one whole call.
+#[inline(never)]
+fn one_call<S, B>(svc: &S) -> usize
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    block_on(async {
+        let res = svc.clone().oneshot(chat_req("hello")).await.unwrap();
+        res.into_body().collect().await.unwrap().to_bytes().len()
+    })
+}
+
+fn audit_case(case: &str, iters: u64) {
+    let run = |svc: &dyn Fn() -> usize| {
+        for _ in 0..iters {
+            black_box(svc());
+        }
+    };
+    match case {
+        "bare" => {
+            let svc = service_fn(|req: Request<Full<Bytes>>| async move {
+                black_box(req.into_body().collect().await.unwrap());
+                Ok::<_, Infallible>(answer())
+            });
+            run(&|| one_call(&svc));
+        }
+        "audit" | "chain" => {
+            let layer = AuditLayer::builder()
+                .hmac_key(b"bench-key-0123456789".to_vec())
+                .sink(WriterSink::new(std::io::sink()))
+                .hash_chain(case == "chain")
+                .build()
+                .unwrap();
+            let svc = layer.layer(service_fn(
+                |req: Request<AuditRequestBody<Full<Bytes>>>| async move {
+                    black_box(req.into_body().collect().await.unwrap());
+                    Ok::<_, Infallible>(answer())
+                },
+            ));
+            run(&|| one_call(&svc));
+        }
+        other => panic!("unknown audit case {other}"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["body", case, iters] => body_case(case, iters.parse().expect("iterations")),
+        ["audit", case, iters] => audit_case(case, iters.parse().expect("iterations")),
+        // `cargo bench` passes `--bench`: one iteration of everything.
+        _ => {
+            for case in ["bare", "floor", "no_pii", "vault", "restore5"] {
+                body_case(case, 1);
+            }
+            for case in ["bare", "audit", "chain"] {
+                audit_case(case, 1);
+            }
+        }
+    }
+}
