@@ -93,6 +93,8 @@ struct Upstream {
     /// Requests with body `hold` and token `tok-1` wait for a permit before answering.
     hold: Arc<Semaphore>,
     held: Arc<AtomicUsize>,
+    /// Per call: whether the layer handed on a buffered (kept for replay) body.
+    buffered: Arc<Mutex<Vec<bool>>>,
 }
 
 impl Default for Upstream {
@@ -102,6 +104,7 @@ impl Default for Upstream {
             refused: Arc::default(),
             hold: Arc::new(Semaphore::new(0)),
             held: Arc::default(),
+            buffered: Arc::default(),
         }
     }
 }
@@ -123,6 +126,7 @@ impl Upstream {
             async move {
                 let auth = req.headers()["authorization"].clone();
                 assert!(auth.is_sensitive());
+                me.buffered.lock().unwrap().push(req.body().is_buffered());
                 let token = auth
                     .to_str()
                     .unwrap()
@@ -528,4 +532,103 @@ async fn metrics_count_fetches_refreshes_replays_and_store_errors() {
         3,
         "every fetch tried the store and failed open: {counters:?}"
     );
+}
+
+// ---- the replay after a 401 offered by a layer above (the retry layer) ----
+
+use tower_deepseek_core::meta::{CredentialRefreshed, ReplayOn401};
+
+async fn call_marked<S>(svc: &S, body: &'static str, mark: ReplayOn401) -> Response<Full<Bytes>>
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<Full<Bytes>>,
+            Error = tower_deepseek_core::BoxError,
+        > + Clone,
+{
+    let mut req = Request::new(Full::new(Bytes::from_static(body.as_bytes())));
+    req.extensions_mut().insert(mark);
+    svc.clone().oneshot(req).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_offered_replay_keeps_no_copy_and_marks_the_401_after_a_new_token() {
+    let endpoint = Endpoint::new(|n| ok_token(n, Some(3600)));
+    let upstream = Upstream::default();
+    let svc = OAuth2Layer::new(config(), endpoint.service())
+        .unwrap()
+        .layer(upstream.service());
+    let resp = call_marked(&svc, "a", ReplayOn401::Offered).await;
+    assert_eq!(token_of(resp).await, "tok-1");
+    upstream.refused.lock().unwrap().push("tok-1".into());
+    let resp = call_marked(&svc, "b", ReplayOn401::Offered).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.extensions().get::<CredentialRefreshed>().is_some());
+    assert_eq!(upstream.calls(), 2, "the layer above replays, not this one");
+    assert_eq!(
+        endpoint.fetches(),
+        2,
+        "the new token was obtained before answering"
+    );
+    // The replay from above carries the new token.
+    let resp = call_marked(&svc, "b", ReplayOn401::Replaying).await;
+    assert_eq!(token_of(resp).await, "tok-2");
+    assert_eq!(endpoint.fetches(), 2);
+    assert_eq!(
+        *upstream.buffered.lock().unwrap(),
+        [false, false, false],
+        "no body kept for a replay of its own"
+    );
+    // Without the offer, the layer keeps its own copy again.
+    call(&svc, "c").await;
+    assert_eq!(upstream.buffered.lock().unwrap()[3], true);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_to_the_replay_from_above_is_final() {
+    let endpoint = Endpoint::new(|n| ok_token(n, Some(3600)));
+    let upstream = Upstream::default();
+    let svc = OAuth2Layer::new(config(), endpoint.service())
+        .unwrap()
+        .layer(upstream.service());
+    upstream.refused.lock().unwrap().push("tok-1".into());
+    let resp = call_marked(&svc, "a", ReplayOn401::Replaying).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.extensions().get::<CredentialRefreshed>().is_none());
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(endpoint.fetches(), 1, "no refresh for the replay's 401");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_new_token_the_offered_401_goes_back_unmarked() {
+    let endpoint = Endpoint::new(|n| {
+        if n == 1 {
+            ok_token(n, Some(3600))
+        } else {
+            (401, r#"{"error":"invalid_client"}"#.to_owned())
+        }
+    });
+    let upstream = Upstream::default();
+    let svc = OAuth2Layer::new(config(), endpoint.service())
+        .unwrap()
+        .layer(upstream.service());
+    upstream.refused.lock().unwrap().push("tok-1".into());
+    let resp = call_marked(&svc, "a", ReplayOn401::Offered).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.extensions().get::<CredentialRefreshed>().is_none());
+    assert_eq!(endpoint.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_replay_off_an_offer_is_ignored() {
+    let endpoint = Endpoint::new(|n| ok_token(n, Some(3600)));
+    let upstream = Upstream::default();
+    let svc = OAuth2Layer::new(config().replay_on_401(false), endpoint.service())
+        .unwrap()
+        .layer(upstream.service());
+    upstream.refused.lock().unwrap().push("tok-1".into());
+    let resp = call_marked(&svc, "a", ReplayOn401::Offered).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.extensions().get::<CredentialRefreshed>().is_none());
+    assert_eq!(endpoint.fetches(), 1, "invalidated, not refreshed");
 }

@@ -31,7 +31,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Rejected { error: Option<BreakerOpen> },
-        Called { #[pin] future: F, permit: Option<Permit> },
+        Called { #[pin] future: F, permit: Option<Permit>, facts: bool },
     }
 }
 
@@ -42,11 +42,14 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn called(future: F, permit: Permit) -> Self {
+    /// `facts`: whether the request asked for [`BreakerStatus`] on the response
+    /// ([`CollectCallFacts`](tower_deepseek_core::meta::CollectCallFacts)).
+    pub(crate) fn called(future: F, permit: Permit, facts: bool) -> Self {
         Self {
             kind: Kind::Called {
                 future,
                 permit: Some(permit),
+                facts,
             },
         }
     }
@@ -76,23 +79,28 @@ where
                     .expect("ResponseFuture polled after completion");
                 Poll::Ready(Err(Box::new(e)))
             }
-            KindProj::Called { future, permit } => {
+            KindProj::Called {
+                future,
+                permit,
+                facts,
+            } => {
                 let result = ready!(future.poll(cx));
                 let permit = permit
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(complete(result, permit))
+                Poll::Ready(complete(result, permit, *facts))
             }
         }
     }
 }
 
 /// Classifies the head (or the error) and records the outcome now, or wraps the body to record
-/// it at its end.
+/// it at its end. With `facts`, the response gets a [`BreakerStatus`].
 #[inline]
 pub(crate) fn complete<B, E>(
     result: Result<Response<B>, E>,
     permit: Permit,
+    facts: bool,
 ) -> Result<Response<ResponseBody<B>>, BoxError>
 where
     E: Into<BoxError>,
@@ -102,14 +110,21 @@ where
         Ok(mut resp) => match classifier.classify_head(resp.status(), resp.headers()) {
             ClassifiedResponse::Ready(outcome) => {
                 let now = permit.breaker().now();
-                let state = permit.record_then_state(outcome.as_ref().map(|_| ()), now, now);
-                // Core's type, for outer layers (audit) that do not depend on this crate.
-                resp.extensions_mut().insert(BreakerStatus(state.as_str()));
+                let outcome = outcome.as_ref().map(|_| ());
+                if facts {
+                    let state = permit.record_then_state(outcome, now, now);
+                    // Core's type, for outer layers (audit) that do not depend on this crate.
+                    resp.extensions_mut().insert(BreakerStatus(state.as_str()));
+                } else {
+                    permit.record(outcome, now, now);
+                }
                 Ok(resp.map(ResponseBody::plain))
             }
             ClassifiedResponse::RequiresEos(eos) => {
-                resp.extensions_mut()
-                    .insert(BreakerStatus(permit.breaker().state().as_str()));
+                if facts {
+                    resp.extensions_mut()
+                        .insert(BreakerStatus(permit.breaker().state().as_str()));
+                }
                 let observer = EndObserver::new(eos, permit);
                 Ok(resp.map(|b| ResponseBody::observed(b, observer)))
             }

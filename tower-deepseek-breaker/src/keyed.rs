@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
 use tower_deepseek_core::BoxError;
+use tower_deepseek_core::meta::CollectCallFacts;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -303,7 +304,10 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let key = self.layer.make_key.make_key(&RequestHead::of(&req));
         match self.layer.registry.get(&key).try_acquire_owned() {
-            Ok(permit) => ResponseFuture::called(self.inner.call(req), permit),
+            Ok(permit) => {
+                let facts = req.extensions().get::<CollectCallFacts>().is_some();
+                ResponseFuture::called(self.inner.call(req), permit, facts)
+            }
             Err(open) => ResponseFuture::rejected(open),
         }
     }

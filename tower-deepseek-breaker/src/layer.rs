@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use tower_deepseek_core::BoxError;
+use tower_deepseek_core::meta::CollectCallFacts;
 use tower_deepseek_core::classify::Classifier;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -372,7 +373,10 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         match self.breaker.try_acquire() {
-            Ok(permit) => ResponseFuture::called(self.inner.call(req), permit),
+            Ok(permit) => {
+                let facts = req.extensions().get::<CollectCallFacts>().is_some();
+                ResponseFuture::called(self.inner.call(req), permit, facts)
+            }
             Err(open) => ResponseFuture::rejected(open),
         }
     }

@@ -478,21 +478,35 @@ async fn an_ignored_probe_outcome_gives_the_slot_back() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn responses_carry_the_breaker_state_for_outer_layers() {
+async fn responses_carry_the_breaker_state_for_outer_layers_that_ask() {
     use tower::ServiceExt;
-    use tower_deepseek_core::meta::BreakerStatus;
+    use tower_deepseek_core::meta::{BreakerStatus, CollectCallFacts};
 
     let layer = CircuitBreakerLayer::builder()
-        .count_based_window(2)
-        .minimum_number_of_calls(2)
+        .count_based_window(3)
+        .minimum_number_of_calls(3)
         .build()
         .unwrap();
     let mut svc = layer.layer(scripted());
+    let asking = |answer| {
+        let mut req = support::request(answer);
+        req.extensions_mut().insert(CollectCallFacts);
+        req
+    };
+    // Not asked: no extension (no allocation for a stack without audit).
     let res = svc
         .ready()
         .await
         .unwrap()
         .call(support::request(Answer::Status(500)))
+        .await
+        .unwrap();
+    assert_eq!(res.extensions().get::<BreakerStatus>(), None);
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(asking(Answer::Status(500)))
         .await
         .unwrap();
     assert_eq!(
@@ -503,7 +517,7 @@ async fn responses_carry_the_breaker_state_for_outer_layers() {
         .ready()
         .await
         .unwrap()
-        .call(support::request(Answer::Status(500)))
+        .call(asking(Answer::Status(500)))
         .await
         .unwrap();
     // The failure that tripped it: the state after recording it.

@@ -113,19 +113,54 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// A request extension by which an outer layer (audit) asks the layers below for the facts
+/// they can put on the response for it ([`UpstreamAttempts`], [`BreakerStatus`]).
+///
+/// Without it, those layers skip that work: inserting a response extension costs an
+/// allocation per call (tens of nanoseconds), which a stack without an audit layer should not
+/// pay. `AuditLayer` inserts it; insert it yourself to read those facts in your own layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CollectCallFacts;
+
 /// How many times an inner layer sent the request upstream (1 when it was not retried).
 ///
-/// Set on the response by the retry layer; read by outer layers (audit) that cannot depend on
-/// the retry crate. Facts about a call travel in response extensions, never in headers that
-/// would leak to the caller.
+/// Set on the response by the retry layer when the request carries [`CollectCallFacts`]; read
+/// by outer layers (audit) that cannot depend on the retry crate. Facts about a call travel in
+/// response extensions, never in headers that would leak to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UpstreamAttempts(pub u32);
 
 /// The state of the circuit breaker that let the call through (`closed`, `half_open`, ...).
 ///
-/// Set on the response by the breaker layer; read by outer layers (audit).
+/// Set on the response by the breaker layer when the request carries [`CollectCallFacts`];
+/// read by outer layers (audit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BreakerStatus(pub &'static str);
+
+/// A request extension by which a layer above offers to send the request again after a 401
+/// that a credential layer below answered with [`CredentialRefreshed`].
+///
+/// The retry layer sets it on each attempt whose body it keeps; `OAuth2Layer` then keeps no
+/// copy of its own: after a 401 it obtains a new token, marks the 401 [`CredentialRefreshed`]
+/// and lets the retry layer replay the request (once, at once, outside its budget). In the
+/// recommended stack the request head is thus copied once per attempt, not twice. Layers that
+/// see neither extension behave on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReplayOn401 {
+    /// The layer above will replay this request once if its 401 is marked
+    /// [`CredentialRefreshed`].
+    Offered,
+    /// This request is that replay: a 401 to it is final (nothing to invalidate, nothing to
+    /// mark).
+    Replaying,
+}
+
+/// A response extension on a 401: the credential layer below has replaced the credential the
+/// upstream refused, so sending the request again would use a new one. Set only on a request
+/// that carried [`ReplayOn401::Offered`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CredentialRefreshed;
 
 /// How to fill in request metadata. See the [module docs](self).
 #[derive(Debug, Clone)]

@@ -119,7 +119,8 @@ use tower_deepseek_core::classify::{
     ClassifiedResponse, Classifier, EosClassifier, FailureClass, ResponseSummary,
 };
 use tower_deepseek_core::meta::{
-    BreakerStatus, ClientIp, PeerAddr, RequestId, TenantId, UpstreamAttempts, X_REQUEST_ID,
+    BreakerStatus, ClientIp, CollectCallFacts, PeerAddr, RequestId, TenantId, UpstreamAttempts,
+    X_REQUEST_ID,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -949,6 +950,8 @@ where
         };
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(recorder.clone());
+        // Ask the retry and breaker layers below for their facts (attempts, breaker state).
+        parts.extensions.insert(CollectCallFacts);
         let body = ObservedBody::new(body, RequestTap { recorder });
         let fut = self.inner.call(Request::from_parts(parts, body));
         ResponseFuture {

@@ -62,12 +62,6 @@ async fn rate_limited_exact_exponential_schedule_with_full_jitter() {
     assert_eq!(resp.status(), 200);
     let a = attempts(&resp);
     assert_eq!(a.count(), 7);
-    assert_eq!(
-        resp.extensions()
-            .get::<tower_deepseek_core::meta::UpstreamAttempts>(),
-        Some(&tower_deepseek_core::meta::UpstreamAttempts(7)),
-        "core's extension for outer layers"
-    );
     assert_eq!(a.failures().len(), 6);
     assert_eq!(a.stop_reason(), StopReason::Success);
     let b = Schedules::default().rate_limited.backoff;
@@ -669,4 +663,91 @@ async fn retry_after_http_date_in_the_past_keeps_the_backoff() {
     let l = layer().on_rate_limited(Schedule::new(b)).build().unwrap();
     run(l, &script).await.unwrap();
     assert_gaps(&script.gaps(), &[Duration::from_secs(1)]);
+}
+
+// ---- the credential replay offered to the auth layer below ----
+
+use tower_deepseek_core::meta::ReplayOn401;
+
+#[tokio::test(start_paused = true)]
+async fn a_401_with_a_refreshed_credential_is_replayed_once_at_once() {
+    let script = Script::new([unauthorized_refreshed(), ok()]);
+    let resp = run(layer().build().unwrap(), &script).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let calls = script.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.offer).collect::<Vec<_>>(),
+        [Some(ReplayOn401::Offered), Some(ReplayOn401::Replaying)]
+    );
+    assert_eq!(calls[0].body, calls[1].body, "the same bytes replayed");
+    assert_gaps(&script.gaps(), &[Duration::ZERO]);
+    let a = attempts(&resp);
+    assert_eq!(a.count(), 2);
+    assert_eq!(a.failures().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_refreshed_401_goes_back_to_the_caller() {
+    let script = Script::new([unauthorized_refreshed(), unauthorized_refreshed()]);
+    let resp = run(layer().build().unwrap(), &script).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(script.calls().len(), 2, "one replay, no loop");
+    assert_eq!(attempts(&resp).stop_reason(), StopReason::NotRetryable);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_401_is_never_replayed() {
+    let script = Script::new([status(401)]);
+    let resp = run(layer().build().unwrap(), &script).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(script.calls().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_credential_replay_is_outside_max_attempts() {
+    // max 2 attempts: the 502 after the credential replay is still retried once.
+    let script = Script::new([unauthorized_refreshed(), status(502), ok()]);
+    let resp = run(layer().max_attempts(2).build().unwrap(), &script)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(attempts(&resp).count(), 3);
+    assert_eq!(
+        script.calls().iter().map(|c| c.offer).collect::<Vec<_>>(),
+        [
+            Some(ReplayOn401::Offered),
+            Some(ReplayOn401::Replaying),
+            Some(ReplayOn401::Replaying)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn credential_replay_off_offers_nothing_and_replays_nothing() {
+    let script = Script::new([unauthorized_refreshed()]);
+    let resp = run(layer().credential_replay(false).build().unwrap(), &script)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let calls = script.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].offer, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn core_upstream_attempts_only_for_outer_layers_that_ask() {
+    use tower_deepseek_core::meta::{CollectCallFacts, UpstreamAttempts};
+    let script = Script::new([status(502), ok(), ok()]);
+    let mut svc = layer().build().unwrap().layer(script.clone());
+    let mut asking = req(r#"{"model":"m","messages":[]}"#);
+    asking.extensions_mut().insert(CollectCallFacts);
+    let resp = svc.ready().await.unwrap().call(asking).await.unwrap();
+    assert_eq!(
+        resp.extensions().get::<UpstreamAttempts>(),
+        Some(&UpstreamAttempts(2)),
+        "core's extension for outer layers"
+    );
+    let resp = run(layer().build().unwrap(), &script).await.unwrap();
+    assert_eq!(resp.extensions().get::<UpstreamAttempts>(), None);
+    assert_eq!(attempts(&resp).count(), 1, "retry's own extension always");
 }

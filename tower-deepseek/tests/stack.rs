@@ -136,6 +136,10 @@ async fn every_layer_on() {
     let records = log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
     assert_eq!(records.lines().count(), 2, "{records}");
     assert!(!records.contains(EMAIL));
+    // The facts audit asked the layers below for: one retry, the breaker's state.
+    let first: serde_json::Value = serde_json::from_str(records.lines().next().unwrap()).unwrap();
+    assert_eq!(first["retries"], 1, "{first}");
+    assert_eq!(first["breaker"], "closed", "{first}");
 }
 
 #[tokio::test]
@@ -318,11 +322,21 @@ async fn oauth2_replaces_the_static_key_and_replays_after_a_401() {
     // The token is revoked upstream: the next call gets a 401, fetches a new token and
     // replays its (buffered) body once.
     server.revoke_tokens();
-    let res = svc.oneshot(chat("two", false)).await.unwrap();
+    let res = svc.clone().oneshot(chat("two", false)).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(server.token_fetches(), 2);
     let chats = server.requests_to("/chat/completions");
     assert_eq!(chats.len(), 3);
     assert_eq!(chats[1].body, chats[2].body);
     assert_ne!(chats[2].bearer(), Some(KEY));
+    // The retry layer above made the replay (OAuth2 kept no copy of its own): two attempts.
+    assert_eq!(res.extensions().get::<Attempts>().unwrap().count(), 2);
+
+    // Two 401s in a row: the caller gets the second, after one refresh and one replay.
+    server.enqueue_when(Match::chat(), Fault::status(401));
+    server.enqueue_when(Match::chat(), Fault::status(401));
+    let res = svc.oneshot(chat("three", false)).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(server.token_fetches(), 3);
+    assert_eq!(server.requests_to("/chat/completions").len(), 5);
 }

@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferFuture, Buffered, BufferedBody, buffer};
+use tower_deepseek_core::meta::{CredentialRefreshed, ReplayOn401};
 use tower_service::Service;
 
 use super::body::ReplayBody;
@@ -28,10 +29,10 @@ pin_project! {
     /// The response future of [`OAuth2`](super::OAuth2).
     ///
     /// A state machine: obtain a token (only when none is fresh), buffer the body, call the
-    /// inner service, and after a 401 refresh and replay once. On the hot path the only
-    /// allocation is the small future of [`tower_deepseek_core::body::buffer`] (it cannot be
-    /// named); the slow paths (token fetch, replay) are boxed so that they do not make every
-    /// request's future larger.
+    /// inner service, and after a 401 refresh and replay once. The hot path allocates only to
+    /// copy the request head for that replay (none when a retry layer above offers it); the
+    /// slow paths (token fetch, replay) are boxed so that they do not make every request's
+    /// future larger.
     pub struct ResponseFuture<S, B, T>
     where
         S: Service<Request<ReplayBody<B>>>,
@@ -57,6 +58,39 @@ struct Replay {
     header: HeaderValue,
 }
 
+/// What a 401 to the first call leads to.
+enum On401 {
+    /// Invalidate the token; replay with this copy (none: the body was too large to keep, or
+    /// replays are off).
+    Own(Option<Replay>),
+    /// A layer above offered the replay ([`ReplayOn401::Offered`]): invalidate, obtain a new
+    /// token and mark the 401 [`CredentialRefreshed`]. Holds the header that was refused.
+    Delegate(HeaderValue),
+    /// This request is a layer above's replay ([`ReplayOn401::Replaying`]): the 401 is final.
+    Final,
+}
+
+/// How this layer handles a 401 to a request with these extensions: on its own (keeping a
+/// copy to replay), or as the layer above offered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Own,
+    Delegate,
+    Final,
+}
+
+#[inline]
+fn plan(extensions: &Extensions, replay: bool) -> Plan {
+    if !replay {
+        return Plan::Own;
+    }
+    match extensions.get::<ReplayOn401>() {
+        Some(ReplayOn401::Offered) => Plan::Delegate,
+        Some(ReplayOn401::Replaying) => Plan::Final,
+        _ => Plan::Own,
+    }
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<S, B, T>
@@ -79,7 +113,7 @@ pin_project! {
         First {
             #[pin]
             fut: S::Future,
-            replay: Option<Replay>,
+            on_401: On401,
             generation: u64,
             ctx: Option<Ctx<S, T>>,
         },
@@ -131,29 +165,20 @@ where
         fresh: Option<(HeaderValue, u64)>,
     ) -> Self {
         let state = match fresh {
-            Some((header, generation)) if !shared.tuning.replay => {
-                let (mut parts, body) = req.into_parts();
-                let mut inner = inner;
-                parts.headers.insert(AUTHORIZATION, header);
-                let fut = inner.call(Request::from_parts(parts, ReplayBody::passthrough(body)));
-                State::First {
-                    fut,
-                    replay: None,
-                    generation,
-                    ctx: Some(Ctx { shared, inner }),
+            Some((header, generation)) => match plan(req.extensions(), shared.tuning.replay) {
+                Plan::Own if shared.tuning.replay => {
+                    let (parts, body) = req.into_parts();
+                    let limit = shared.tuning.body_limit;
+                    State::Buffer {
+                        fut: buffer(body, limit),
+                        parts: Some(parts),
+                        header: Some(header),
+                        generation,
+                        ctx: Some(Ctx { shared, inner }),
+                    }
                 }
-            }
-            Some((header, generation)) => {
-                let (parts, body) = req.into_parts();
-                let limit = shared.tuning.body_limit;
-                State::Buffer {
-                    fut: buffer(body, limit),
-                    parts: Some(parts),
-                    header: Some(header),
-                    generation,
-                    ctx: Some(Ctx { shared, inner }),
-                }
-            }
+                plan => send_once(Ctx { shared, inner }, req, header, generation, plan),
+            },
             None => {
                 let obtaining = Arc::clone(&shared);
                 State::Obtain {
@@ -198,21 +223,15 @@ where
                             return Poll::Ready(Err(err.into()));
                         }
                     };
-                    let (mut parts, body) = req.take().expect("request").into_parts();
+                    let req = req.take().expect("request");
                     let ctx = ctx.take().expect("context");
-                    if !ctx.shared.tuning.replay {
-                        let Ctx { shared, mut inner } = ctx;
-                        parts.headers.insert(AUTHORIZATION, header);
-                        let fut =
-                            inner.call(Request::from_parts(parts, ReplayBody::passthrough(body)));
-                        this.state.set(State::First {
-                            fut,
-                            replay: None,
-                            generation,
-                            ctx: Some(Ctx { shared, inner }),
-                        });
+                    let plan = plan(req.extensions(), ctx.shared.tuning.replay);
+                    if plan != Plan::Own || !ctx.shared.tuning.replay {
+                        this.state
+                            .set(send_once(ctx, req, header, generation, plan));
                         continue;
                     }
+                    let (parts, body) = req.into_parts();
                     let limit = ctx.shared.tuning.body_limit;
                     this.state.set(State::Buffer {
                         fut: buffer(body, limit),
@@ -260,14 +279,14 @@ where
                     let fut = inner.call(Request::from_parts(parts, body));
                     this.state.set(State::First {
                         fut,
-                        replay,
+                        on_401: On401::Own(replay),
                         generation,
                         ctx: Some(Ctx { shared, inner }),
                     });
                 }
                 StateProj::First {
                     fut,
-                    replay,
+                    on_401,
                     generation,
                     ctx,
                 } => {
@@ -284,14 +303,31 @@ where
                     }
                     let generation = *generation;
                     let Ctx { shared, inner } = ctx.take().expect("context");
-                    shared.invalidate(generation);
-                    let Some(replay) = replay.take() else {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Ok(response));
-                    };
-                    this.state.set(State::Retry {
-                        fut: Box::pin(retry(shared, inner, replay, generation, response)),
-                    });
+                    match std::mem::replace(on_401, On401::Final) {
+                        On401::Final => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(response));
+                        }
+                        On401::Delegate(refused) => {
+                            shared.invalidate(generation);
+                            this.state.set(State::Retry {
+                                fut: Box::pin(refresh_for_replay(
+                                    shared, refused, generation, response,
+                                )),
+                            });
+                        }
+                        On401::Own(None) => {
+                            shared.invalidate(generation);
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(response));
+                        }
+                        On401::Own(Some(replay)) => {
+                            shared.invalidate(generation);
+                            this.state.set(State::Retry {
+                                fut: Box::pin(retry(shared, inner, replay, generation, response)),
+                            });
+                        }
+                    }
                 }
                 StateProj::Retry { fut } => {
                     let out = ready!(fut.as_mut().poll(cx));
@@ -302,6 +338,63 @@ where
             }
         }
     }
+}
+
+/// Sends the request at once, its body streamed through: replays are off, or the layer above
+/// replays ([`Plan::Delegate`], [`Plan::Final`]), so no copy is kept here.
+fn send_once<S, B, T>(
+    ctx: Ctx<S, T>,
+    req: Request<B>,
+    header: HeaderValue,
+    generation: u64,
+    plan: Plan,
+) -> State<S, B, T>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    let Ctx { shared, mut inner } = ctx;
+    let (mut parts, body) = req.into_parts();
+    let on_401 = match plan {
+        Plan::Delegate => On401::Delegate(header.clone()),
+        Plan::Final => On401::Final,
+        Plan::Own => On401::Own(None),
+    };
+    parts.headers.insert(AUTHORIZATION, header);
+    let fut = inner.call(Request::from_parts(parts, ReplayBody::passthrough(body)));
+    State::First {
+        fut,
+        on_401,
+        generation,
+        ctx: Some(Ctx { shared, inner }),
+    }
+}
+
+/// After a 401 to a request whose replay the layer above offered: a new token (single
+/// flight), then the 401 goes up marked [`CredentialRefreshed`] for that layer to replay.
+/// Without a new token it goes up unmarked, as it was.
+async fn refresh_for_replay<T, ResBody, RB>(
+    shared: Arc<Shared<T>>,
+    refused: HeaderValue,
+    generation: u64,
+    mut response: Response<ResBody>,
+) -> Result<Response<ResBody>, BoxError>
+where
+    T: Service<Request<BufferedBody>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    T::Error: Into<BoxError>,
+    T::Future: Send,
+    RB: Body + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    if shared.obtain(Some((generation, &refused))).await.is_ok() {
+        metrics::counter!("deepseek_auth_401_replays_total").increment(1);
+        tracing::debug!(
+            target: "tower_deepseek_auth",
+            "401 from the upstream: new token obtained; the layer above replays the request"
+        );
+        response.extensions_mut().insert(CredentialRefreshed);
+    }
+    Ok(response)
 }
 
 /// After a 401: a new token (single flight), then one replay. Without a new token, the

@@ -84,6 +84,16 @@
 //!   used (a generation number; a token refreshed meanwhile is kept), a new one is obtained
 //!   (single flight again), the first 401's body is drained, and the request is sent once more.
 //!   A second 401 goes back to the caller. If no token can be obtained, the first 401 goes back.
+//! - **401 under a retry layer:** the retry layer above already keeps every attempt's request
+//!   to send it again, and offers that replay
+//!   ([`ReplayOn401::Offered`](tower_deepseek_core::meta::ReplayOn401) in the request's
+//!   extensions). This layer then keeps no copy (no body buffering, no head clone: the fresh
+//!   token path costs what it costs with `replay_on_401(false)`). After a 401 it invalidates
+//!   the token, obtains a new one and returns the 401 marked
+//!   [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed); the retry layer
+//!   sends the request again at once, marked
+//!   [`ReplayOn401::Replaying`](tower_deepseek_core::meta::ReplayOn401), and a 401 to that is
+//!   final. One refresh and one replay per call, as on its own.
 //!
 //! # Request bodies
 //!
@@ -115,9 +125,9 @@
 //! # Order
 //!
 //! Put it below retry and the circuit breaker, right above the HTTP client: every attempt then
-//! gets the current token, and a 401 replay counts as part of one attempt. A retry layer above
-//! should not retry 401s itself (the shared classifier does not). Audit or trace layers above it
-//! never see the token.
+//! gets the current token, and the retry layer makes the replay after a 401 (see above). Any
+//! other retry layer above should not retry 401s itself (the shared classifier does not); the
+//! layer then replays on its own. Audit or trace layers above it never see the token.
 //!
 //! # Clone
 //!

@@ -72,6 +72,7 @@ use http::{Request, Response, Uri, header};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_deepseek_core::BoxError;
+use tower_deepseek_core::meta::CollectCallFacts;
 use tower_deepseek_core::body::{BufferedBody, DEFAULT_BODY_LIMIT, buffer};
 use tower_deepseek_core::classify::{ClassifiedResponse, FailureClass};
 use tower_deepseek_core::error::BreakerOpen;
@@ -723,7 +724,8 @@ where
         // A permit dropped here (readiness failed) records nothing.
         ready(&mut inner).await?;
         let classifier = *permit.breaker().classifier();
-        let result = crate::future::complete(inner.call(request).await, permit);
+        let facts = request.extensions().get::<CollectCallFacts>().is_some();
+        let result = crate::future::complete(inner.call(request).await, permit, facts);
         let class = match &result {
             Ok(resp) if resp.status().is_success() => None,
             Ok(resp) => match classifier.classify_head(resp.status(), resp.headers()) {

@@ -14,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{Buffered, BufferedBody, Overflow};
 use tower_deepseek_core::classify::{ClassifiedResponse, EosClassifier, FailureClass};
+use tower_deepseek_core::meta::{CollectCallFacts, CredentialRefreshed, ReplayOn401};
 use tower_service::Service;
 
 use super::Attempts;
@@ -81,6 +82,10 @@ pin_project! {
         classes: Vec<FailureClass>,
         start: Instant,
         scale: f64,
+        // Whether the one replay after a credential refresh below was made.
+        credential_replayed: bool,
+        // Whether an outer layer asked for `UpstreamAttempts` (core's `CollectCallFacts`).
+        facts: bool,
     }
 }
 
@@ -146,10 +151,12 @@ where
         if let Some(b) = &shared.budget {
             b.deposit_at(start);
         }
+        let facts = parts.extensions.get::<CollectCallFacts>().is_some();
         Self {
             state,
             service,
             shared,
+            facts,
             template: Template {
                 method: parts.method,
                 uri: parts.uri,
@@ -163,6 +170,7 @@ where
             classes: Vec::new(),
             start,
             scale: 1.0,
+            credential_replayed: false,
         }
     }
 }
@@ -304,6 +312,7 @@ where
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
+                    let offer = this.shared.cfg.credential_replay;
                     let body = match this.replay {
                         Replay::Buffered(b) => RetryBody::buffered(b.replay()),
                         Replay::Overflow(o) => {
@@ -320,6 +329,13 @@ where
                     *req.extensions_mut() = t.extensions.clone();
                     if *this.scale != 1.0 {
                         req.extensions_mut().insert(TimeoutScale(*this.scale));
+                    }
+                    if offer && req.body().is_replayable() {
+                        req.extensions_mut().insert(if *this.credential_replayed {
+                            ReplayOn401::Replaying
+                        } else {
+                            ReplayOn401::Offered
+                        });
                     }
                     *this.attempt += 1;
                     let fut = this.service.call(req);
@@ -344,6 +360,7 @@ where
                                     *this.attempt,
                                     std::mem::take(this.classes),
                                     StopReason::Success,
+                                    *this.facts,
                                 )));
                             }
                             ClassifiedResponse::Ready(Err(class)) => {
@@ -404,6 +421,7 @@ where
                                         *this.attempt,
                                         std::mem::take(this.classes),
                                         StopReason::Success,
+                                        *this.facts,
                                     )));
                                 }
                                 Err(class) => {
@@ -430,6 +448,7 @@ where
                                 *this.attempt,
                                 std::mem::take(this.classes),
                                 StopReason::Success,
+                                *this.facts,
                             )));
                         }
                         Some(Err(class)) => {
@@ -460,6 +479,32 @@ where
                 }
             };
 
+            // A 401 for which the credential layer below obtained a new credential, as this
+            // layer offered it: sent again at once, once per call, outside the budget.
+            if let Outcome::Response(resp) = &outcome
+                && this.shared.cfg.credential_replay
+                && !*this.credential_replayed
+                && matches!(this.replay, Replay::Buffered(_))
+                && resp.status() == http::StatusCode::UNAUTHORIZED
+                && resp.extensions().get::<CredentialRefreshed>().is_some()
+            {
+                *this.credential_replayed = true;
+                tracing::info!(
+                    target: "tower_deepseek_retry",
+                    attempt = *this.attempt,
+                    next_attempt = *this.attempt + 1,
+                    delay_ms = 0u64,
+                    reason = "credential_refreshed",
+                    "retrying request"
+                );
+                metrics::counter!("deepseek_retry_attempts_total", "reason" => "credential_refreshed")
+                    .increment(1);
+                this.classes.push(class);
+                drop(outcome);
+                this.state.set(State::Ready);
+                continue;
+            }
+
             // A failed attempt: retry or stop.
             if let (
                 FailureClass::RateLimited {
@@ -473,9 +518,11 @@ where
             let replayable = matches!(this.replay, Replay::Buffered(_));
             let elapsed = this.start.elapsed();
             let attempt = *this.attempt;
+            // The credential replay does not count against `max_attempts`.
+            let counted = attempt - u32::from(*this.credential_replayed);
             match this
                 .shared
-                .decide(&class, attempt, this.counts, replayable, elapsed)
+                .decide(&class, counted, this.counts, replayable, elapsed)
             {
                 Ok(delay) => {
                     tracing::info!(
@@ -514,7 +561,9 @@ where
                     this.classes.push(class.clone());
                     let classes = std::mem::take(this.classes);
                     return Poll::Ready(match outcome {
-                        Outcome::Response(resp) => Ok(finish(resp, attempt, classes, reason)),
+                        Outcome::Response(resp) => {
+                            Ok(finish(resp, attempt, classes, reason, *this.facts))
+                        }
                         Outcome::Error(e) => {
                             if attempt == 1 && reason == StopReason::NotRetryable {
                                 Err(e)
@@ -535,10 +584,13 @@ fn finish<B>(
     attempts: u32,
     classes: Vec<FailureClass>,
     stop: StopReason,
+    facts: bool,
 ) -> Response<B> {
-    // Core's type too, for outer layers (audit) that do not depend on this crate.
-    resp.extensions_mut()
-        .insert(tower_deepseek_core::meta::UpstreamAttempts(attempts));
+    // Core's type too, for outer layers (audit) that do not depend on this crate, when asked.
+    if facts {
+        resp.extensions_mut()
+            .insert(tower_deepseek_core::meta::UpstreamAttempts(attempts));
+    }
     resp.extensions_mut().insert(Attempts {
         count: attempts,
         classes,

@@ -76,6 +76,12 @@ pub struct RetryConfig {
     pub schedules: Schedules,
     /// Seed of the jitter's random generator (tests); random when `None`.
     pub rng_seed: Option<u64>,
+    /// Offer the credential layer below (`OAuth2Layer`) to replay a request after a 401 for
+    /// it, so that it keeps no copy of its own: each attempt whose body is kept carries
+    /// [`ReplayOn401`](tower_deepseek_core::meta::ReplayOn401), and a 401 marked
+    /// [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) is sent again
+    /// once, at once, outside the budget and `max_attempts`. Default `true`.
+    pub credential_replay: bool,
 }
 
 impl Default for RetryConfig {
@@ -91,6 +97,7 @@ impl Default for RetryConfig {
             budget: BudgetConfig::default(),
             schedules: Schedules::default(),
             rng_seed: None,
+            credential_replay: true,
         }
     }
 }
@@ -297,6 +304,13 @@ impl RetryLayerBuilder {
     /// No retry budget (only `max_attempts` and the deadline bound retries).
     pub fn no_budget(mut self) -> Self {
         self.cfg.budget.enabled = false;
+        self
+    }
+
+    /// Whether to offer the credential layer below the replay after a 401 (default `true`;
+    /// see [`RetryConfig::credential_replay`]).
+    pub fn credential_replay(mut self, yes: bool) -> Self {
+        self.cfg.credential_replay = yes;
         self
     }
 

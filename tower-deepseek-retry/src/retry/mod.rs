@@ -15,6 +15,7 @@
 //! | connect error (not sent) | at once, then exponential 500 ms to 8 s |
 //! | reset or read error after sending | never, unless `retry_after_send(true)` (it may bill twice) |
 //! | 400, 401, 402, 403, 404, 422, local rejections | never |
+//! | 401 marked [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) by the auth layer below | once, at once, outside the budget and `max_attempts` (see below) |
 //! | breaker open | after its wait, if that fits `max_retry_after` and the total deadline |
 //!
 //! All retries are bounded by `max_attempts` (7 in total), a total deadline (2 min: no attempt
@@ -59,6 +60,15 @@
 //! body is streamed through once and never retried ([`StopReason::BodyNotReplayable`]). The
 //! inner service therefore receives a [`RetryBody<B>`]. Request and response bodies must be
 //! `Unpin`, as every hyper and http-body-util body is (box others).
+//!
+//! # Replays after a 401 for the auth layer
+//!
+//! Each attempt whose body is kept carries
+//! [`ReplayOn401::Offered`](tower_deepseek_core::meta::ReplayOn401) (then `Replaying` once the
+//! offer is used): an `OAuth2Layer` below then keeps no copy of the request for its own 401
+//! replay, since this layer has one already. It answers a 401 for which it obtained a new token
+//! with the [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) mark, and
+//! this layer sends the request again, once per call. `credential_replay(false)` turns this off.
 //!
 //! # Order
 //!

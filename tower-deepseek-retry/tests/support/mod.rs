@@ -91,6 +91,16 @@ pub fn status_with(code: u16, k: &str, v: &str) -> Step {
 pub const JSON_OK: &str = r#"{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}]}"#;
 pub const SSE_OK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
 
+/// A 401 as a credential layer below marks it when it obtained a new credential.
+pub fn unauthorized_refreshed() -> Step {
+    let Step::Resp(mut r) = status(401) else {
+        unreachable!()
+    };
+    r.extensions_mut()
+        .insert(tower_deepseek_core::meta::CredentialRefreshed);
+    Step::Resp(r)
+}
+
 pub fn ok() -> Step {
     json(TestBody::chunks([JSON_OK]))
 }
@@ -120,6 +130,7 @@ pub struct Call {
     pub replayable: bool,
     pub scale: Option<f64>,
     pub len: usize,
+    pub offer: Option<tower_deepseek_core::meta::ReplayOn401>,
 }
 
 /// A scripted inner service that records when and with what it was called.
@@ -163,6 +174,10 @@ impl tower::Service<Request<tower_deepseek_retry::retry::RetryBody<B>>> for Scri
             .extensions()
             .get::<tower_deepseek_retry::timeout::TimeoutScale>()
             .map(|s| s.0);
+        let offer = req
+            .extensions()
+            .get::<tower_deepseek_core::meta::ReplayOn401>()
+            .copied();
         let body_bytes = req.body().as_bytes().cloned();
         let replayable = req.body().is_replayable();
         let step = self
@@ -186,6 +201,7 @@ impl tower::Service<Request<tower_deepseek_retry::retry::RetryBody<B>>> for Scri
                 replayable,
                 scale,
                 len,
+                offer,
             });
             match step {
                 Step::Resp(r) => Ok(r),
