@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::meta::CollectCallFacts;
 use tower_deepseek_core::classify::Classifier;
+use tower_deepseek_core::meta::CollectCallFacts;
 use tower_layer::Layer;
 use tower_service::Service;
 

@@ -72,10 +72,10 @@ use http::{Request, Response, Uri, header};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::meta::CollectCallFacts;
 use tower_deepseek_core::body::{BufferedBody, DEFAULT_BODY_LIMIT, buffer};
 use tower_deepseek_core::classify::{ClassifiedResponse, FailureClass};
 use tower_deepseek_core::error::BreakerOpen;
+use tower_deepseek_core::meta::CollectCallFacts;
 use tower_layer::Layer;
 use tower_service::Service;
 
