@@ -266,16 +266,24 @@ impl TextRestorer {
     }
 }
 
+impl TextRestorer {
+    /// Whether `chunk` goes out unchanged: nothing held and no `<` (or `\`, in JSON). Inlined
+    /// into the body's poll, which then forwards the very same frame.
+    #[inline(always)]
+    pub(crate) fn passes(&self, chunk: &[u8]) -> bool {
+        self.held.is_empty()
+            && if self.json {
+                memchr::memchr2(b'<', b'\\', chunk).is_none()
+            } else {
+                memchr::memchr(b'<', chunk).is_none()
+            }
+    }
+}
+
 impl ChunkTransform for TextRestorer {
-    // Inlined into the body's poll: a chunk without `<` (or `\`, in JSON) is the same bytes.
     #[inline]
     fn transform(&mut self, chunk: Bytes) -> Bytes {
-        let clean = if self.json {
-            memchr::memchr2(b'<', b'\\', &chunk).is_none()
-        } else {
-            memchr::memchr(b'<', &chunk).is_none()
-        };
-        if clean && self.held.is_empty() {
+        if self.passes(&chunk) {
             return chunk;
         }
         self.restore(chunk)
@@ -287,6 +295,11 @@ impl ChunkTransform for TextRestorer {
 }
 
 impl TextRestorer {
+    /// [`ChunkTransform::transform`] of a chunk that did not [`pass`](Self::passes).
+    pub(crate) fn transform_failed(&mut self, chunk: Bytes) -> Bytes {
+        self.restore(chunk)
+    }
+
     #[inline(never)]
     fn restore(&mut self, chunk: Bytes) -> Bytes {
         let data = if self.held.is_empty() {
@@ -582,20 +595,26 @@ fn ends_events(chunk: &[u8]) -> bool {
     chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n")
 }
 
+impl SseRestorer {
+    /// Whether `chunk` goes out unchanged: whole events, nothing held or carried, no `<` and
+    /// no escape. Inlined into the body's poll: a few comparisons and one `memchr2`, and the
+    /// very same frame is forwarded.
+    #[inline(always)]
+    pub(crate) fn passes(&self, chunk: &[u8]) -> bool {
+        self.partial.is_empty()
+            && self.carry.is_empty()
+            && ends_events(chunk)
+            && memchr::memchr2(b'<', b'\\', chunk).is_none()
+    }
+}
+
 impl ChunkTransform for SseRestorer {
-    // Inlined into the body's poll: the common frame (whole events, nothing held or carried,
-    // no `<` and no escape) costs a few comparisons and one `memchr2`, and is the very same
-    // `Bytes`.
     #[inline]
     fn transform(&mut self, chunk: Bytes) -> Bytes {
-        if self.partial.is_empty() && self.carry.is_empty() && ends_events(&chunk) {
-            match memchr::memchr2(b'<', b'\\', &chunk) {
-                None => chunk,
-                Some(_) => self.whole_events(chunk),
-            }
-        } else {
-            self.general(chunk)
+        if self.passes(&chunk) {
+            return chunk;
         }
+        self.transform_failed(chunk)
     }
 
     fn finish(&mut self) -> Bytes {
@@ -607,6 +626,16 @@ impl ChunkTransform for SseRestorer {
 }
 
 impl SseRestorer {
+    /// [`ChunkTransform::transform`] of a chunk that did not [`pass`](Self::passes): its
+    /// `memchr2` is not repeated.
+    pub(crate) fn transform_failed(&mut self, chunk: Bytes) -> Bytes {
+        if self.partial.is_empty() && self.carry.is_empty() && ends_events(&chunk) {
+            self.whole_events(chunk)
+        } else {
+            self.general(chunk)
+        }
+    }
+
     /// Whole events, nothing held or carried, something that may be a placeholder: restored
     /// in place when possible (the same bytes when nothing changes).
     #[inline(never)]

@@ -555,3 +555,123 @@ async fn the_first_bytes_are_never_held_for_later_frames() {
         );
     }
 }
+
+/// Yields the given frames (data, trailers or errors), then ends.
+struct Script(VecDeque<Result<Frame<Bytes>, BoxError>>);
+
+impl Body for Script {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.pop_front())
+    }
+}
+
+fn data(s: &str) -> Result<Frame<Bytes>, BoxError> {
+    Ok(Frame::data(Bytes::copy_from_slice(s.as_bytes())))
+}
+
+fn trailers() -> Result<Frame<Bytes>, BoxError> {
+    let mut t = http::HeaderMap::new();
+    t.insert("x-done", "1".parse().unwrap());
+    Ok(Frame::trailers(t))
+}
+
+/// What came out of a response body: data as text, `T` for trailers, `E` for an error; and
+/// whether it then reports its end.
+async fn script_through(
+    content: &str,
+    ctype: &'static str,
+    script: Vec<Result<Frame<Bytes>, BoxError>>,
+) -> (Vec<String>, bool) {
+    let script = std::sync::Arc::new(std::sync::Mutex::new(Some(script)));
+    let svc = RedactLayer::new().layer(service_fn(move |_req: Request<BufferedBody>| {
+        let frames = script.lock().unwrap().take().unwrap();
+        async move {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .header("content-type", ctype)
+                    .body(Script(frames.into()))
+                    .unwrap(),
+            )
+        }
+    }));
+    let res = svc.oneshot(post(content)).await.unwrap();
+    let mut body = res.into_body();
+    let mut out = Vec::new();
+    while let Some(f) = body.frame().await {
+        out.push(match f {
+            Ok(f) if f.is_data() => {
+                let d = f.into_data().unwrap();
+                String::from_utf8(d.to_vec()).unwrap()
+            }
+            Ok(f) => {
+                assert_eq!(f.into_trailers().unwrap()["x-done"], "1");
+                "T".to_owned()
+            }
+            Err(_) => "E".to_owned(),
+        });
+    }
+    (out, body.is_end_stream())
+}
+
+#[tokio::test]
+async fn restoring_body_skips_empty_frames_keeps_trailers_last_and_ends_on_errors() {
+    let ev = |c: &str| {
+        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{c}\"}}}}]}}\n\n")
+    };
+    let restored = ev("13800138000");
+    let masked = ev("<CN_MOBILE_1>");
+    let (head, tail) = masked.split_at(masked.find("BILE").unwrap());
+    // With a vault (SSE): an empty frame and a frame that is only held back give no frame; the
+    // trailers wait for the end, after the held-back bytes of an unterminated event.
+    let (out, end) = script_through(
+        "call 13800138000",
+        "text/event-stream",
+        vec![
+            data(""),
+            data(head),
+            data(""),
+            data(tail),
+            trailers(),
+            data("data: {\"choices\":[]}"),
+        ],
+    )
+    .await;
+    assert_eq!(out, [restored.as_str(), "data: {\"choices\":[]}", "T"]);
+    assert!(end);
+    // An error ends the stream: nothing after it, not even the held-back bytes.
+    let (out, end) = script_through(
+        "call 13800138000",
+        "text/event-stream",
+        vec![data(&masked), data(head), Err("reset".into()), data(tail)],
+    )
+    .await;
+    assert_eq!(out, [restored.as_str(), "E"]);
+    assert!(end);
+    // JSON (not SSE): the same, through the text restorer.
+    let (out, end) = script_through(
+        "call 13800138000",
+        "application/json",
+        vec![
+            data("{\"c\":\"<CN_MO"),
+            data(""),
+            trailers(),
+            data("BILE_1>\"}"),
+        ],
+    )
+    .await;
+    assert_eq!(out, ["{\"c\":\"", "13800138000\"}", "T"]);
+    assert!(end);
+    // Without a vault the inner body's frames pass as they are, empty ones and errors included.
+    let (out, _) = script_through(
+        "hello",
+        "text/event-stream",
+        vec![data(head), data(""), trailers(), Err("reset".into())],
+    )
+    .await;
+    assert_eq!(out, [head, "", "T", "E"]);
+}
