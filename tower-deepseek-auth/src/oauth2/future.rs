@@ -64,8 +64,9 @@ enum On401 {
     /// replays are off).
     Own(Option<Replay>),
     /// A layer above offered the replay ([`ReplayOn401::Offered`]): invalidate, obtain a new
-    /// token and mark the 401 [`CredentialRefreshed`]. Holds the header that was refused.
-    Delegate(HeaderValue),
+    /// token and mark the 401 [`CredentialRefreshed`]. (The refused header is not kept: the
+    /// invalidation records it, which is what keeps the store from handing it back.)
+    Delegate,
     /// This request is a layer above's replay ([`ReplayOn401::Replaying`]): the 401 is final.
     Final,
 }
@@ -308,12 +309,10 @@ where
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(response));
                         }
-                        On401::Delegate(refused) => {
+                        On401::Delegate => {
                             shared.invalidate(generation);
                             this.state.set(State::Retry {
-                                fut: Box::pin(refresh_for_replay(
-                                    shared, refused, generation, response,
-                                )),
+                                fut: Box::pin(refresh_for_replay(shared, generation, response)),
                             });
                         }
                         On401::Own(None) => {
@@ -355,7 +354,7 @@ where
     let Ctx { shared, mut inner } = ctx;
     let (mut parts, body) = req.into_parts();
     let on_401 = match plan {
-        Plan::Delegate => On401::Delegate(header.clone()),
+        Plan::Delegate => On401::Delegate,
         Plan::Final => On401::Final,
         Plan::Own => On401::Own(None),
     };
@@ -374,7 +373,6 @@ where
 /// Without a new token it goes up unmarked, as it was.
 async fn refresh_for_replay<T, ResBody, RB>(
     shared: Arc<Shared<T>>,
-    refused: HeaderValue,
     generation: u64,
     mut response: Response<ResBody>,
 ) -> Result<Response<ResBody>, BoxError>
@@ -386,7 +384,7 @@ where
     RB::Data: Send,
     RB::Error: Into<BoxError>,
 {
-    if shared.obtain(Some((generation, &refused))).await.is_ok() {
+    if shared.obtain(Some((generation, None))).await.is_ok() {
         metrics::counter!("deepseek_auth_401_replays_total").increment(1);
         tracing::debug!(
             target: "tower_deepseek_auth",
@@ -421,7 +419,10 @@ where
     RB::Data: Send,
     RB::Error: Into<BoxError>,
 {
-    let header = match shared.obtain(Some((generation, &replay.header))).await {
+    let header = match shared
+        .obtain(Some((generation, Some(&replay.header))))
+        .await
+    {
         Ok((header, _)) => header,
         Err(_) => return Ok(response),
     };

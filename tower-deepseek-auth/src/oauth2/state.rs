@@ -211,12 +211,13 @@ where
     }
 
     /// The slow path: waits for (or makes) the one fetch. With `rejected`, a token of that
-    /// generation or older is not accepted (it was refused with a 401).
+    /// generation or older is not accepted (it was refused with a 401), nor the refused header
+    /// when given (the last invalidated one is never adopted from the store either way).
     pub(crate) async fn obtain(
         &self,
-        rejected: Option<(u64, &HeaderValue)>,
+        rejected: Option<(u64, Option<&HeaderValue>)>,
     ) -> Result<(HeaderValue, u64), TokenFetchFailed> {
-        let rejected_header = rejected.map(|(_, h)| h);
+        let rejected_header = rejected.and_then(|(_, h)| h);
         let rejected = rejected.map(|(g, _)| g);
         let epoch = self.epoch.load(Ordering::Acquire);
         let _guard = self.fetch_lock.lock().await;
