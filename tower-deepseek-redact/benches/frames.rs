@@ -14,7 +14,8 @@
 //! (one whole call, request to the end of the response body): `bare`, `audit`, `chain`.
 //! Divide the collected instructions by the iterations (and by 401 for frames). Run without
 //! arguments (as `cargo bench` does), it does one iteration of everything as a smoke test.
-//! `frames time body <rounds>` prints the best-of-rounds time per frame of each body case.
+//! `frames time body <rounds>` (or `time audit <rounds>`) prints the best-of-rounds time per
+//! frame (per call) of each case.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -230,10 +231,17 @@ where
 }
 
 fn audit_case(case: &str, iters: u64) {
+    audit_case_timed(case, iters);
+}
+
+/// Runs an audit case; returns the time of the calls.
+fn audit_case_timed(case: &str, iters: u64) -> Duration {
     let run = |svc: &dyn Fn() -> usize| {
+        let start = Instant::now();
         for _ in 0..iters {
             black_box(svc());
         }
+        start.elapsed()
     };
     match case {
         "bare" => {
@@ -241,7 +249,7 @@ fn audit_case(case: &str, iters: u64) {
                 black_box(req.into_body().collect().await.unwrap());
                 Ok::<_, Infallible>(answer())
             });
-            run(&|| one_call(&svc));
+            run(&|| one_call(&svc))
         }
         "audit" | "chain" => {
             let layer = AuditLayer::builder()
@@ -256,9 +264,27 @@ fn audit_case(case: &str, iters: u64) {
                     Ok::<_, Infallible>(answer())
                 },
             ));
-            run(&|| one_call(&svc));
+            run(&|| one_call(&svc))
         }
         other => panic!("unknown audit case {other}"),
+    }
+}
+
+/// Best-of timing per call, interleaved as in [`time_body`].
+fn time_audit(rounds: u32) {
+    let cases = ["bare", "audit", "chain"];
+    let mut best = [f64::MAX; 3];
+    for _ in 0..rounds {
+        for (i, case) in cases.iter().enumerate() {
+            let ns = audit_case_timed(case, 200).as_nanos() as f64 / 200.0;
+            best[i] = best[i].min(ns);
+        }
+    }
+    for (case, ns) in cases.iter().zip(best) {
+        println!(
+            "{case:>9}: {ns:7.0} ns/call  +{:.0} ns over bare",
+            ns - best[0]
+        );
     }
 }
 
@@ -269,6 +295,7 @@ fn main() {
         ["body", case, iters] => body_case(case, iters.parse().expect("iterations")),
         ["audit", case, iters] => audit_case(case, iters.parse().expect("iterations")),
         ["time", "body", rounds] => time_body(rounds.parse().expect("rounds")),
+        ["time", "audit", rounds] => time_audit(rounds.parse().expect("rounds")),
         // `cargo bench` passes `--bench`: one iteration of everything.
         _ => {
             for case in ["bare", "floor", "no_pii", "vault", "restore5"] {

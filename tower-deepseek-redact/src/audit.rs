@@ -108,7 +108,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, Mac};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use secrecy::{ExposeSecret, SecretSlice};
@@ -387,21 +387,168 @@ pub struct AuditRecord {
     pub hash: Option<String>,
 }
 
-/// A record as one JSON line's bytes, written into a buffer sized for a typical record (a
-/// growing `Vec` would reallocate several times per record).
+/// A record as one JSON line's bytes: exactly what `serde_json::to_vec` gives for it (a test
+/// checks this on arbitrary records), written by hand into a buffer sized for a typical
+/// record. Member names are literals here, not escaped at run time, and values are escaped only
+/// when they hold a byte that needs it; serde's generic path cost about three times as much.
 fn to_json(record: &AuditRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(640);
-    serde_json::to_writer(&mut out, record).expect("a record serializes");
+    let r = record;
+    out.extend_from_slice(b"{\"timestamp\":");
+    json_str(&mut out, &r.timestamp);
+    out.extend_from_slice(b",\"request_id\":");
+    json_opt_str(&mut out, r.request_id.as_deref());
+    out.extend_from_slice(b",\"client_ip\":");
+    json_opt_str(&mut out, r.client_ip.as_deref());
+    out.extend_from_slice(b",\"tenant\":");
+    json_opt_str(&mut out, r.tenant.as_deref());
+    out.extend_from_slice(b",\"key_id\":");
+    json_opt_str(&mut out, r.key_id.as_deref());
+    out.extend_from_slice(b",\"method\":");
+    json_str(&mut out, &r.method);
+    out.extend_from_slice(b",\"endpoint\":");
+    json_str(&mut out, &r.endpoint);
+    out.extend_from_slice(b",\"model\":");
+    json_opt_str(&mut out, r.model.as_deref());
+    out.extend_from_slice(b",\"prompt_hash\":");
+    json_opt_str(&mut out, r.prompt_hash.as_deref());
+    out.extend_from_slice(b",\"status\":");
+    json_opt_u64(&mut out, r.status.map(u64::from));
+    out.extend_from_slice(b",\"outcome\":");
+    json_str(&mut out, &r.outcome);
+    out.extend_from_slice(b",\"latency_ms\":");
+    json_u64(&mut out, r.latency_ms);
+    out.extend_from_slice(b",\"prompt_tokens\":");
+    json_opt_u64(&mut out, r.prompt_tokens);
+    out.extend_from_slice(b",\"completion_tokens\":");
+    json_opt_u64(&mut out, r.completion_tokens);
+    out.extend_from_slice(b",\"cache_hit_tokens\":");
+    json_opt_u64(&mut out, r.cache_hit_tokens);
+    out.extend_from_slice(b",\"pii\":{");
+    for (i, (k, v)) in r.pii.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(&mut out, k);
+        out.push(b':');
+        json_u64(&mut out, u64::from(*v));
+    }
+    out.extend_from_slice(b"},\"cache\":");
+    json_opt_str(&mut out, r.cache.as_deref());
+    out.extend_from_slice(b",\"retries\":");
+    json_opt_u64(&mut out, r.retries.map(u64::from));
+    out.extend_from_slice(b",\"breaker\":");
+    json_opt_str(&mut out, r.breaker.as_deref());
+    if let Some(p) = &r.prev_hash {
+        out.extend_from_slice(b",\"prev_hash\":");
+        json_str(&mut out, p);
+    }
+    if let Some(h) = &r.hash {
+        out.extend_from_slice(b",\"hash\":");
+        json_str(&mut out, h);
+    }
+    out.push(b'}');
     out
 }
 
-/// Lower-case hex, without the per-char iterator of `hex::encode`.
+/// A JSON string, escaped as `serde_json` escapes it (`\"`, `\\`, `\b\f\n\r\t`, other control
+/// characters as `\u00xx`; everything else, non-ASCII included, as it is).
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+    } else {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut last = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let esc: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..0x20 => {
+                    out.extend_from_slice(&bytes[last..i]);
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 15)]);
+                    last = i + 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[last..i]);
+            out.extend_from_slice(esc);
+            last = i + 1;
+        }
+        out.extend_from_slice(&bytes[last..]);
+    }
+    out.push(b'"');
+}
+
+/// Whether `bytes` holds a control character, `"` or `\\`: eight bytes at a time (the
+/// classic "has a zero byte" / "has a byte less than n" word tests, exact for this question).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let v = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+        // Below 0x20: `v - 0x20..20` borrows into a byte's high bit only for such a byte
+        // (bytes of 0x80 and above are excluded by `!v`).
+        let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH != 0;
+        if control
+            || has_zero(v ^ (ONES * u64::from(b'"')))
+            || has_zero(v ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn json_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn json_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => json_u64(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Lower-case hex, written in place (no per-char push, no iterator).
 fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize]);
-        out.push(DIGITS[(b & 15) as usize]);
+    let mut out = vec![0u8; bytes.len() * 2];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
     String::from_utf8(out).expect("ASCII")
 }
@@ -458,7 +605,10 @@ pub struct PromptRecorder {
 struct Recorded {
     upstream: Option<Bytes>,
     pii: Option<PiiCounts>,
-    seen: Vec<Bytes>,
+    /// The body as this layer's inner service read it: its first chunk (most bodies are
+    /// one), then the others; kept as shared handles, never copied.
+    seen_first: Option<Bytes>,
+    seen_more: Vec<Bytes>,
     seen_len: usize,
     overflow: bool,
 }
@@ -502,9 +652,12 @@ impl BodyObserver for RequestTap {
         g.seen_len += chunk.len();
         if g.seen_len > MAX_SEEN {
             g.overflow = true;
-            g.seen.clear();
+            g.seen_first = None;
+            g.seen_more = Vec::new();
+        } else if g.seen_first.is_none() {
+            g.seen_first = Some(chunk.clone());
         } else {
-            g.seen.push(chunk.clone());
+            g.seen_more.push(chunk.clone());
         }
     }
 
@@ -775,7 +928,13 @@ impl<S> Audit<S> {
     }
 }
 
-fn token_header(h: &HeaderMap, name: &str) -> Option<String> {
+static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+static X_RETRY_ATTEMPTS: HeaderName = HeaderName::from_static("x-retry-attempts");
+static X_BREAKER_STATE: HeaderName = HeaderName::from_static("x-breaker-state");
+
+/// A short `[A-Za-z0-9_-]` token header, lower-cased. `name` is a `HeaderName` (not a `&str`,
+/// which `HeaderMap::get` would parse again on every call).
+fn token_header(h: &HeaderMap, name: &HeaderName) -> Option<String> {
     let v = h.get(name)?.to_str().ok()?;
     (v.len() <= 32
         && !v.is_empty()
@@ -794,19 +953,24 @@ struct Pending {
 
 impl Pending {
     fn finish(
-        mut self: Box<Self>,
+        self: Box<Self>,
         status: Option<u16>,
         outcome: &str,
-        summary: Option<&ResponseSummary>,
+        summary: Option<ResponseSummary>,
     ) {
-        let shared = self.shared.clone();
-        let r = &mut self.record;
+        let Pending {
+            shared,
+            mut record,
+            started,
+            recorder,
+        } = *self;
+        let r = &mut record;
         r.status = status;
         r.outcome = outcome.to_owned();
-        r.latency_ms = self.started.elapsed().as_millis() as u64;
+        r.latency_ms = started.elapsed().as_millis() as u64;
         if let Some(s) = summary {
-            if let Some(m) = &s.model {
-                r.model = Some(m.clone());
+            if s.model.is_some() {
+                r.model = s.model;
             }
             if let Some(u) = &s.usage {
                 r.prompt_tokens = Some(u.prompt_tokens);
@@ -818,35 +982,46 @@ impl Pending {
                 });
             }
         }
-        let (body, pii) = {
-            let mut g = self.recorder.lock();
-            let body = match g.upstream.take() {
-                Some(b) => Some(b),
-                None if !g.overflow && !g.seen.is_empty() => {
-                    if g.seen.len() == 1 {
-                        Some(g.seen[0].clone())
-                    } else {
-                        let mut all = BytesMut::with_capacity(g.seen_len);
-                        for c in &g.seen {
-                            all.extend_from_slice(c);
-                        }
-                        Some(all.freeze())
-                    }
-                }
-                None => None,
+        let (upstream, seen, pii) = {
+            let mut g = recorder.lock();
+            let upstream = g.upstream.take();
+            let seen = match (&upstream, g.overflow) {
+                (None, false) => g
+                    .seen_first
+                    .take()
+                    .map(|first| (first, std::mem::take(&mut g.seen_more))),
+                _ => None,
             };
-            (body, g.pii.take())
+            (upstream, seen, g.pii.take())
         };
-        if let Some(b) = body {
+        // The body sent upstream (recorded by the redact layer), else the chunks this layer's
+        // inner service read: hashed chunk by chunk, joined only for the model fallback.
+        let body: Option<(Bytes, Vec<Bytes>)> = upstream.map(|b| (b, Vec::new())).or(seen);
+        if let Some((first, more)) = body {
             let mut m = shared.mac();
-            m.update(&b);
+            m.update(&first);
+            for c in &more {
+                m.update(c);
+            }
             r.prompt_hash = Some(hex_lower(&m.finalize().into_bytes()));
             if r.model.is_none() {
                 #[derive(serde::Deserialize)]
                 struct ModelProbe {
                     model: Option<String>,
                 }
-                r.model = serde_json::from_slice::<ModelProbe>(&b)
+                let joined = if more.is_empty() {
+                    first
+                } else {
+                    let mut all = BytesMut::with_capacity(
+                        first.len() + more.iter().map(Bytes::len).sum::<usize>(),
+                    );
+                    all.extend_from_slice(&first);
+                    for c in &more {
+                        all.extend_from_slice(c);
+                    }
+                    all.freeze()
+                };
+                r.model = serde_json::from_slice::<ModelProbe>(&joined)
                     .ok()
                     .and_then(|p| p.model)
                     .filter(|m| m.len() <= 128);
@@ -855,7 +1030,7 @@ impl Pending {
         if let Some(p) = pii {
             r.pii = p.iter().map(|(k, v)| (k.to_string(), v)).collect();
         }
-        shared.write(&mut self.record);
+        shared.write(&mut record);
     }
 }
 
@@ -1004,7 +1179,7 @@ where
             Ok(mut res) => {
                 let mut pending = this.guard.0.take().expect("polled after completion");
                 let h = res.headers();
-                pending.record.cache = token_header(h, "x-cache");
+                pending.record.cache = token_header(h, &X_CACHE);
                 // Facts from the layers below: core's response extensions first (set by the
                 // retry and breaker layers), then headers (an upstream gateway's).
                 let ext = res.extensions();
@@ -1012,14 +1187,14 @@ where
                     .get::<UpstreamAttempts>()
                     .map(|a| a.0.saturating_sub(1))
                     .or_else(|| {
-                        h.get("x-retry-attempts")
+                        h.get(&X_RETRY_ATTEMPTS)
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse().ok())
                     });
                 pending.record.breaker = ext
                     .get::<BreakerStatus>()
                     .map(|b| b.0.to_owned())
-                    .or_else(|| token_header(h, "x-breaker-state"));
+                    .or_else(|| token_header(h, &X_BREAKER_STATE));
                 if let Some(c) = res.extensions_mut().get::<PiiCounts>() {
                     pending.recorder.record_pii(c);
                 }
@@ -1072,13 +1247,10 @@ impl BodyObserver for AuditObserver {
         };
         let status = Some(self.status);
         match (&mut self.eos, end) {
-            (_, BodyEnd::Dropped) => {
-                let summary = match &self.eos {
-                    Eos::Body(c) => Some(c.summary()),
-                    Eos::Ready(_) => None,
-                };
-                p.finish(status, "cancelled", summary)
+            (Eos::Body(c), BodyEnd::Dropped) => {
+                p.finish(status, "cancelled", Some(c.take_summary()))
             }
+            (Eos::Ready(_), BodyEnd::Dropped) => p.finish(status, "cancelled", None),
             (Eos::Ready(r), BodyEnd::Complete) => p.finish(status, outcome_of(r), None),
             (Eos::Ready(_), BodyEnd::Error(e)) => {
                 let c = Classifier::new().classify_error(e);
@@ -1086,11 +1258,11 @@ impl BodyObserver for AuditObserver {
             }
             (Eos::Body(c), BodyEnd::Complete) => {
                 let r = c.finish();
-                p.finish(status, outcome_of(&r), Some(c.summary()))
+                p.finish(status, outcome_of(&r), Some(c.take_summary()))
             }
             (Eos::Body(c), BodyEnd::Error(e)) => {
                 let class = c.fail(e);
-                p.finish(status, class.as_str(), Some(c.summary()))
+                p.finish(status, class.as_str(), Some(c.take_summary()))
             }
             (_, _) => p.finish(status, "unknown", None),
         }
@@ -1214,6 +1386,94 @@ pub fn verify_chain(reader: impl BufRead) -> Result<usize, ChainError> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn any_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<String>(),
+            "[ -~]{0,12}",
+            proptest::collection::vec(
+                prop_oneof![
+                    (0u8..0x20).prop_map(char::from),
+                    Just('"'),
+                    Just('\\'),
+                    Just('\u{7f}'),
+                    Just('é'),
+                    Just('字'),
+                    Just('a')
+                ],
+                0..12
+            )
+            .prop_map(|v| v.into_iter().collect()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The hand-written serializer gives exactly serde_json's bytes, escapes included.
+        #[test]
+        fn to_json_is_serde_json(
+            texts in proptest::collection::vec(any_text(), 12),
+            some in proptest::collection::vec(proptest::prelude::any::<bool>(), 14),
+            nums in proptest::collection::vec(proptest::prelude::any::<u64>(), 6),
+            pii in proptest::collection::btree_map(any_text(), proptest::prelude::any::<u32>(), 0..4),
+        ) {
+            let opt = |i: usize, v: &String| some[i].then(|| v.clone());
+            let record = AuditRecord {
+                timestamp: texts[0].clone(),
+                request_id: opt(0, &texts[1]),
+                client_ip: opt(1, &texts[2]),
+                tenant: opt(2, &texts[3]),
+                key_id: opt(3, &texts[4]),
+                method: texts[5].clone(),
+                endpoint: texts[6].clone(),
+                model: opt(4, &texts[7]),
+                prompt_hash: opt(5, &texts[8]),
+                status: some[6].then_some(nums[0] as u16),
+                outcome: texts[9].clone(),
+                latency_ms: nums[1],
+                prompt_tokens: some[7].then_some(nums[2]),
+                completion_tokens: some[8].then_some(nums[3]),
+                cache_hit_tokens: some[9].then_some(0),
+                pii,
+                cache: opt(10, &texts[10]),
+                retries: some[11].then_some(nums[4] as u32),
+                breaker: opt(12, &texts[11]),
+                prev_hash: opt(13, &texts[1]),
+                hash: some[12].then(|| texts[2].clone()),
+            };
+            let ours = to_json(&record);
+            proptest::prop_assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&record).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn needs_escape_finds_every_such_byte_at_every_offset() {
+        for len in 0..24 {
+            for at in 0..len {
+                for b in 0u8..=255 {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    let want = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(needs_escape(&v), want, "byte {b:#x} at {at} of {len}");
+                    // Neighbours that are high or just above the control range change nothing.
+                    for n in [0x20u8, 0x21, 0x7f, 0x80, 0xff] {
+                        let mut w = vec![n; len];
+                        w[at] = b;
+                        assert_eq!(needs_escape(&w), want, "byte {b:#x} among {n:#x}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex_lower(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
+        assert_eq!(hex_lower(&[]), "");
+    }
 
     #[test]
     fn rfc3339_dates() {

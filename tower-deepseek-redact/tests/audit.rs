@@ -499,3 +499,61 @@ fn refusals_classify_as_local_rejections() {
         FailureClass::Rejected
     );
 }
+
+#[tokio::test]
+async fn a_request_body_read_in_several_chunks_is_hashed_whole() {
+    // Without RedactLayer below, the chunks the inner service read are hashed in order (no
+    // copy), and the model fallback reads them joined: the `model` member is cut across chunks.
+    let body = br#"{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"hi"}]}"#;
+    let cuts = [0usize, 5, 14, 15, 40, body.len()];
+    let log = WriterSink::new(Vec::new());
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(log.clone())
+        .build()
+        .unwrap();
+    let svc = audit.layer(service_fn(
+        |req: Request<tower_deepseek_redact::audit::AuditRequestBody<_>>| async {
+            req.into_body().collect().await.unwrap();
+            // A JSON answer without `model`, so that the model comes from the request.
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+        },
+    ));
+    let chunks: std::collections::VecDeque<Bytes> = cuts
+        .windows(2)
+        .map(|w| Bytes::copy_from_slice(&body[w[0]..w[1]]))
+        .collect();
+    let req = Request::post("/chat/completions")
+        .header("content-type", "application/json")
+        .body(Chunks(chunks))
+        .unwrap();
+    svc.oneshot(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    let rec: AuditRecord = serde_json::from_str(&records(&log)[0]).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
+    mac.update(body);
+    assert_eq!(
+        rec.prompt_hash.as_deref(),
+        Some(hex::encode(mac.finalize().into_bytes()).as_str())
+    );
+    assert_eq!(rec.model.as_deref(), Some("deepseek-v4-flash"));
+}
+
+/// A request body in the given chunks.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
