@@ -581,19 +581,30 @@ async fn an_offered_replay_keeps_no_copy_and_marks_the_401_after_a_new_token() {
     );
     // Without the offer, the layer keeps its own copy again.
     call(&svc, "c").await;
-    assert_eq!(upstream.buffered.lock().unwrap()[3], true);
+    assert!(upstream.buffered.lock().unwrap()[3]);
+}
+
+/// One call marked `mark` through an OAuth2 layer (`config`, `endpoint`) to an upstream that
+/// refuses `tok-1`: the first token. It must answer a 401.
+async fn refused_once(
+    config: OAuth2Config,
+    endpoint: &Endpoint,
+    mark: ReplayOn401,
+) -> (Upstream, Response<Full<Bytes>>) {
+    let upstream = Upstream::default();
+    let svc = OAuth2Layer::new(config, endpoint.service())
+        .unwrap()
+        .layer(upstream.service());
+    upstream.refused.lock().unwrap().push("tok-1".into());
+    let resp = call_marked(&svc, "a", mark).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    (upstream, resp)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_401_to_the_replay_from_above_is_final() {
     let endpoint = Endpoint::new(|n| ok_token(n, Some(3600)));
-    let upstream = Upstream::default();
-    let svc = OAuth2Layer::new(config(), endpoint.service())
-        .unwrap()
-        .layer(upstream.service());
-    upstream.refused.lock().unwrap().push("tok-1".into());
-    let resp = call_marked(&svc, "a", ReplayOn401::Replaying).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (upstream, resp) = refused_once(config(), &endpoint, ReplayOn401::Replaying).await;
     assert!(resp.extensions().get::<CredentialRefreshed>().is_none());
     assert_eq!(upstream.calls(), 1);
     assert_eq!(endpoint.fetches(), 1, "no refresh for the replay's 401");
@@ -608,13 +619,7 @@ async fn without_a_new_token_the_offered_401_goes_back_unmarked() {
             (401, r#"{"error":"invalid_client"}"#.to_owned())
         }
     });
-    let upstream = Upstream::default();
-    let svc = OAuth2Layer::new(config(), endpoint.service())
-        .unwrap()
-        .layer(upstream.service());
-    upstream.refused.lock().unwrap().push("tok-1".into());
-    let resp = call_marked(&svc, "a", ReplayOn401::Offered).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (_, resp) = refused_once(config(), &endpoint, ReplayOn401::Offered).await;
     assert!(resp.extensions().get::<CredentialRefreshed>().is_none());
     assert_eq!(endpoint.fetches(), 2);
 }
@@ -622,13 +627,12 @@ async fn without_a_new_token_the_offered_401_goes_back_unmarked() {
 #[tokio::test(start_paused = true)]
 async fn with_replay_off_an_offer_is_ignored() {
     let endpoint = Endpoint::new(|n| ok_token(n, Some(3600)));
-    let upstream = Upstream::default();
-    let svc = OAuth2Layer::new(config().replay_on_401(false), endpoint.service())
-        .unwrap()
-        .layer(upstream.service());
-    upstream.refused.lock().unwrap().push("tok-1".into());
-    let resp = call_marked(&svc, "a", ReplayOn401::Offered).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (_, resp) = refused_once(
+        config().replay_on_401(false),
+        &endpoint,
+        ReplayOn401::Offered,
+    )
+    .await;
     assert!(resp.extensions().get::<CredentialRefreshed>().is_none());
     assert_eq!(endpoint.fetches(), 1, "invalidated, not refreshed");
 }
