@@ -94,11 +94,13 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{self, BufRead, BufWriter, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -337,7 +339,9 @@ impl std::error::Error for AuditUnavailable {
     }
 }
 
-/// One audit record. See the [module docs](self) for where each field comes from.
+/// One audit record: the schema of the JSON lines the layer writes (it writes them directly,
+/// byte for byte what serde writes for this type), and the type to read them back into. See the
+/// [module docs](self) for where each field comes from.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct AuditRecord {
@@ -387,68 +391,112 @@ pub struct AuditRecord {
     pub hash: Option<String>,
 }
 
-/// A record as one JSON line's bytes: exactly what `serde_json::to_vec` gives for it (a test
-/// checks this on arbitrary records), written by hand into a buffer sized for a typical
-/// record. Member names are literals here, not escaped at run time, and values are escaped only
-/// when they hold a byte that needs it; serde's generic path cost about three times as much.
-fn to_json(record: &AuditRecord) -> Vec<u8> {
+/// A record as it is gathered during the call, in the forms the call has its facts (the
+/// request id shared, the method, the time and the hashes as bytes, the outcome as a static
+/// label): no owned copy of each value per call. [`to_json`] writes it once as the JSON line of
+/// the equivalent [`AuditRecord`].
+struct Facts {
+    timestamp: [u8; 24],
+    request_id: Option<RequestId>,
+    client_ip: Option<IpAddr>,
+    tenant: Option<[u8; 8]>,
+    key_id: Option<[u8; 8]>,
+    method: http::Method,
+    endpoint: String,
+    model: Option<String>,
+    prompt_hash: Option<[u8; 32]>,
+    status: Option<u16>,
+    outcome: &'static str,
+    latency_ms: u64,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    cache_hit_tokens: Option<u64>,
+    pii: Option<PiiCounts>,
+    cache: Option<String>,
+    retries: Option<u32>,
+    breaker: Option<Cow<'static, str>>,
+}
+
+/// A record as one JSON line's bytes: exactly what `serde_json::to_vec` gives for the
+/// equivalent [`AuditRecord`] (a test checks this on arbitrary records), written by hand into a
+/// buffer sized for a typical record. Member names are literals here, not escaped at run time,
+/// and values are escaped only when they hold a byte that needs it; serde's generic path over
+/// an [`AuditRecord`] of owned strings cost several times as much. With `prev`, the record
+/// carries `prev_hash` (the hash chain), without its own `hash`.
+fn to_json(f: &Facts, prev: Option<&[u8; 32]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(640);
-    let r = record;
-    out.extend_from_slice(b"{\"timestamp\":");
-    json_str(&mut out, &r.timestamp);
-    out.extend_from_slice(b",\"request_id\":");
-    json_opt_str(&mut out, r.request_id.as_deref());
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    out.extend_from_slice(&f.timestamp);
+    out.extend_from_slice(b"\",\"request_id\":");
+    json_opt_str(&mut out, f.request_id.as_ref().map(RequestId::as_str));
     out.extend_from_slice(b",\"client_ip\":");
-    json_opt_str(&mut out, r.client_ip.as_deref());
+    match f.client_ip {
+        Some(ip) => {
+            use std::io::Write as _;
+            out.push(b'"');
+            write!(out, "{ip}").expect("writing to a Vec");
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b",\"tenant\":");
-    json_opt_str(&mut out, r.tenant.as_deref());
+    json_opt_hex(&mut out, f.tenant.as_ref().map(|h| &h[..]));
     out.extend_from_slice(b",\"key_id\":");
-    json_opt_str(&mut out, r.key_id.as_deref());
+    json_opt_hex(&mut out, f.key_id.as_ref().map(|h| &h[..]));
     out.extend_from_slice(b",\"method\":");
-    json_str(&mut out, &r.method);
+    json_str(&mut out, f.method.as_str());
     out.extend_from_slice(b",\"endpoint\":");
-    json_str(&mut out, &r.endpoint);
+    json_str(&mut out, &f.endpoint);
     out.extend_from_slice(b",\"model\":");
-    json_opt_str(&mut out, r.model.as_deref());
+    json_opt_str(&mut out, f.model.as_deref());
     out.extend_from_slice(b",\"prompt_hash\":");
-    json_opt_str(&mut out, r.prompt_hash.as_deref());
+    json_opt_hex(&mut out, f.prompt_hash.as_ref().map(|h| &h[..]));
     out.extend_from_slice(b",\"status\":");
-    json_opt_u64(&mut out, r.status.map(u64::from));
+    json_opt_u64(&mut out, f.status.map(u64::from));
     out.extend_from_slice(b",\"outcome\":");
-    json_str(&mut out, &r.outcome);
+    json_str(&mut out, f.outcome);
     out.extend_from_slice(b",\"latency_ms\":");
-    json_u64(&mut out, r.latency_ms);
+    json_u64(&mut out, f.latency_ms);
     out.extend_from_slice(b",\"prompt_tokens\":");
-    json_opt_u64(&mut out, r.prompt_tokens);
+    json_opt_u64(&mut out, f.prompt_tokens);
     out.extend_from_slice(b",\"completion_tokens\":");
-    json_opt_u64(&mut out, r.completion_tokens);
+    json_opt_u64(&mut out, f.completion_tokens);
     out.extend_from_slice(b",\"cache_hit_tokens\":");
-    json_opt_u64(&mut out, r.cache_hit_tokens);
+    json_opt_u64(&mut out, f.cache_hit_tokens);
     out.extend_from_slice(b",\"pii\":{");
-    for (i, (k, v)) in r.pii.iter().enumerate() {
+    // In the order of the record's `BTreeMap<String, u32>`: entity types order by their names.
+    for (i, (k, v)) in f.pii.iter().flat_map(PiiCounts::iter).enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        json_str(&mut out, k);
+        json_str(&mut out, k.as_str());
         out.push(b':');
-        json_u64(&mut out, u64::from(*v));
+        json_u64(&mut out, u64::from(v));
     }
     out.extend_from_slice(b"},\"cache\":");
-    json_opt_str(&mut out, r.cache.as_deref());
+    json_opt_str(&mut out, f.cache.as_deref());
     out.extend_from_slice(b",\"retries\":");
-    json_opt_u64(&mut out, r.retries.map(u64::from));
+    json_opt_u64(&mut out, f.retries.map(u64::from));
     out.extend_from_slice(b",\"breaker\":");
-    json_opt_str(&mut out, r.breaker.as_deref());
-    if let Some(p) = &r.prev_hash {
+    json_opt_str(&mut out, f.breaker.as_deref());
+    if let Some(p) = prev {
         out.extend_from_slice(b",\"prev_hash\":");
-        json_str(&mut out, p);
-    }
-    if let Some(h) = &r.hash {
-        out.extend_from_slice(b",\"hash\":");
-        json_str(&mut out, h);
+        json_opt_hex(&mut out, Some(p));
     }
     out.push(b'}');
     out
+}
+
+/// Lower-case hex in a JSON string, or `null`.
+fn json_opt_hex(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(b) => {
+            out.push(b'"');
+            hex_into(out, b);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// A JSON string, escaped as `serde_json` escapes it (`\"`, `\\`, `\b\f\n\r\t`, other control
@@ -542,19 +590,28 @@ fn json_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
     }
 }
 
-/// Lower-case hex, written in place (no per-char push, no iterator).
-fn hex_lower(bytes: &[u8]) -> String {
+/// Appends lower-case hex.
+fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = vec![0u8; bytes.len() * 2];
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 15)];
+    for b in bytes {
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
     }
+}
+
+/// Lower-case hex.
+fn hex_lower(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    hex_into(&mut out, bytes);
     String::from_utf8(out).expect("ASCII")
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds (`2026-11-26T11:28:08.123Z`).
 pub fn rfc3339(t: SystemTime) -> String {
+    String::from_utf8(rfc3339_bytes(t).to_vec()).expect("ASCII")
+}
+
+/// [`rfc3339`] as its 24 bytes.
+fn rfc3339_bytes(t: SystemTime) -> [u8; 24] {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let days = (secs / 86_400) as i64;
@@ -591,7 +648,7 @@ pub fn rfc3339(t: SystemTime) -> String {
     out[16] = b':';
     out[19] = b'.';
     out[23] = b'Z';
-    String::from_utf8(out.to_vec()).expect("ASCII")
+    out
 }
 
 /// A slot in the request's extensions through which [`crate::RedactLayer`] hands the body it
@@ -683,28 +740,29 @@ impl AuditShared {
         self.mac.clone()
     }
 
-    fn short_hash(&self, domain: &[u8], value: &[u8]) -> String {
+    /// A keyed hash's first 8 bytes (16 hex digits in the record).
+    fn short_hash(&self, domain: &[u8], value: &[u8]) -> [u8; 8] {
         let mut m = self.mac();
         m.update(domain);
         m.update(value);
-        hex_lower(&m.finalize().into_bytes()[..8])
+        let mut h = [0; 8];
+        h.copy_from_slice(&m.finalize().into_bytes()[..8]);
+        h
     }
 
-    fn write(&self, record: &mut AuditRecord) {
+    fn write(&self, facts: &Facts) {
         let mut prev = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let line = if self.chain {
-            record.prev_hash = Some(hex_lower(&*prev));
-            record.hash = None;
-            let mut canonical = to_json(record);
+            let mut canonical = to_json(facts, Some(&prev));
             let h: [u8; 32] = Sha256::digest(&canonical).into();
             *prev = h;
             canonical.pop();
             canonical.extend_from_slice(b",\"hash\":\"");
-            canonical.extend_from_slice(hex_lower(&h).as_bytes());
+            hex_into(&mut canonical, &h);
             canonical.extend_from_slice(b"\"}");
             canonical
         } else {
-            to_json(record)
+            to_json(facts, None)
         };
         let mut ok = true;
         for s in &self.sinks {
@@ -946,27 +1004,28 @@ fn token_header(h: &HeaderMap, name: &HeaderName) -> Option<String> {
 /// What is known when the call starts.
 struct Pending {
     shared: Arc<AuditShared>,
-    record: AuditRecord,
+    record: Facts,
     started: Instant,
     recorder: PromptRecorder,
 }
 
 impl Pending {
     fn finish(
-        self: Box<Self>,
+        mut self: Box<Self>,
         status: Option<u16>,
-        outcome: &str,
+        outcome: &'static str,
         summary: Option<ResponseSummary>,
     ) {
+        // Borrowed in place: moving the record out of the box would copy it.
         let Pending {
             shared,
-            mut record,
+            record,
             started,
             recorder,
-        } = *self;
-        let r = &mut record;
+        } = &mut *self;
+        let r = &mut *record;
         r.status = status;
-        r.outcome = outcome.to_owned();
+        r.outcome = outcome;
         r.latency_ms = started.elapsed().as_millis() as u64;
         if let Some(s) = summary {
             if s.model.is_some() {
@@ -1003,7 +1062,7 @@ impl Pending {
             for c in &more {
                 m.update(c);
             }
-            r.prompt_hash = Some(hex_lower(&m.finalize().into_bytes()));
+            r.prompt_hash = Some(m.finalize().into_bytes().into());
             if r.model.is_none() {
                 #[derive(serde::Deserialize)]
                 struct ModelProbe {
@@ -1027,10 +1086,8 @@ impl Pending {
                     .filter(|m| m.len() <= 128);
             }
         }
-        if let Some(p) = pii {
-            r.pii = p.iter().map(|(k, v)| (k.to_string(), v)).collect();
-        }
-        shared.write(&mut record);
+        r.pii = pii;
+        shared.write(record);
     }
 }
 
@@ -1094,12 +1151,11 @@ where
         }
         let ext = req.extensions();
         let h = req.headers();
-        let request_id = ext.get::<RequestId>().map(|r| r.as_str().to_owned());
+        let request_id = ext.get::<RequestId>().cloned();
         let client_ip = ext
             .get::<ClientIp>()
             .map(|c| c.0)
-            .or_else(|| ext.get::<PeerAddr>().map(|p| p.0.ip()))
-            .map(|ip| ip.to_string());
+            .or_else(|| ext.get::<PeerAddr>().map(|p| p.0.ip()));
         let tenant = ext
             .get::<TenantId>()
             .map(|t| shared.short_hash(b"tenant:", t.as_str().as_bytes()));
@@ -1107,15 +1163,26 @@ where
             .get(http::header::AUTHORIZATION)
             .map(|v| shared.short_hash(b"key:", v.as_bytes()));
         let recorder = PromptRecorder::default();
-        let record = AuditRecord {
-            timestamp: rfc3339(SystemTime::now()),
+        let record = Facts {
+            timestamp: rfc3339_bytes(SystemTime::now()),
             request_id,
             client_ip,
             tenant,
             key_id,
-            method: req.method().as_str().to_owned(),
+            method: req.method().clone(),
             endpoint: req.uri().path().to_owned(),
-            ..AuditRecord::default()
+            model: None,
+            prompt_hash: None,
+            status: None,
+            outcome: "",
+            latency_ms: 0,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cache_hit_tokens: None,
+            pii: None,
+            cache: None,
+            retries: None,
+            breaker: None,
         };
         let pending = Pending {
             shared: shared.clone(),
@@ -1193,8 +1260,8 @@ where
                     });
                 pending.record.breaker = ext
                     .get::<BreakerStatus>()
-                    .map(|b| b.0.to_owned())
-                    .or_else(|| token_header(h, &X_BREAKER_STATE));
+                    .map(|b| Cow::Borrowed(b.0))
+                    .or_else(|| token_header(h, &X_BREAKER_STATE).map(Cow::Owned));
                 if let Some(c) = res.extensions_mut().get::<PiiCounts>() {
                     pending.recorder.record_pii(c);
                 }
@@ -1408,43 +1475,83 @@ mod tests {
         ]
     }
 
+    /// The record that `facts` stand for, as serde would write it.
+    fn to_record(f: &Facts, prev: Option<&[u8; 32]>) -> AuditRecord {
+        AuditRecord {
+            timestamp: String::from_utf8(f.timestamp.to_vec()).unwrap(),
+            request_id: f.request_id.as_ref().map(|r| r.as_str().to_owned()),
+            client_ip: f.client_ip.map(|ip| ip.to_string()),
+            tenant: f.tenant.map(hex::encode),
+            key_id: f.key_id.map(hex::encode),
+            method: f.method.as_str().to_owned(),
+            endpoint: f.endpoint.clone(),
+            model: f.model.clone(),
+            prompt_hash: f.prompt_hash.map(hex::encode),
+            status: f.status,
+            outcome: f.outcome.to_owned(),
+            latency_ms: f.latency_ms,
+            prompt_tokens: f.prompt_tokens,
+            completion_tokens: f.completion_tokens,
+            cache_hit_tokens: f.cache_hit_tokens,
+            pii: f
+                .pii
+                .iter()
+                .flat_map(PiiCounts::iter)
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            cache: f.cache.clone(),
+            retries: f.retries,
+            breaker: f.breaker.as_deref().map(str::to_owned),
+            prev_hash: prev.map(hex::encode),
+            hash: None,
+        }
+    }
+
     proptest::proptest! {
-        /// The hand-written serializer gives exactly serde_json's bytes, escapes included.
+        /// The hand-written serializer gives exactly serde_json's bytes for the equivalent
+        /// record, escapes included.
         #[test]
-        fn to_json_is_serde_json(
-            texts in proptest::collection::vec(any_text(), 12),
-            some in proptest::collection::vec(proptest::prelude::any::<bool>(), 14),
+        fn to_json_is_serde_json_of_the_record(
+            texts in proptest::collection::vec(any_text(), 5),
+            id in "[!-~]{1,40}",
+            some in proptest::collection::vec(proptest::prelude::any::<bool>(), 16),
             nums in proptest::collection::vec(proptest::prelude::any::<u64>(), 6),
-            pii in proptest::collection::btree_map(any_text(), proptest::prelude::any::<u32>(), 0..4),
+            bytes in proptest::prelude::any::<[u8; 32]>(),
+            ip in proptest::prelude::any::<std::net::IpAddr>(),
+            pii in proptest::collection::vec(0usize..13, 0..6),
+            method in proptest::sample::select(vec!["GET", "POST", "PATCH", "X-CUSTOM"]),
+            secs in 0u64..=253_402_300_799,
         ) {
-            let opt = |i: usize, v: &String| some[i].then(|| v.clone());
-            let record = AuditRecord {
-                timestamp: texts[0].clone(),
-                request_id: opt(0, &texts[1]),
-                client_ip: opt(1, &texts[2]),
-                tenant: opt(2, &texts[3]),
-                key_id: opt(3, &texts[4]),
-                method: texts[5].clone(),
-                endpoint: texts[6].clone(),
-                model: opt(4, &texts[7]),
-                prompt_hash: opt(5, &texts[8]),
+            let short: [u8; 8] = bytes[..8].try_into().unwrap();
+            let mut counts = PiiCounts::default();
+            for i in &pii {
+                counts.add(&crate::EntityType::builtin()[*i]);
+            }
+            let facts = Facts {
+                timestamp: rfc3339_bytes(UNIX_EPOCH + std::time::Duration::from_millis(secs * 1000 + nums[5] % 1000)),
+                request_id: some[0].then(|| RequestId::parse(&id).unwrap()),
+                client_ip: some[1].then_some(ip),
+                tenant: some[2].then_some(short),
+                key_id: some[3].then_some(short),
+                method: http::Method::from_bytes(method.as_bytes()).unwrap(),
+                endpoint: texts[0].clone(),
+                model: some[4].then(|| texts[1].clone()),
+                prompt_hash: some[5].then_some(bytes),
                 status: some[6].then_some(nums[0] as u16),
-                outcome: texts[9].clone(),
+                outcome: if some[7] { "ok" } else { "rate_limited" },
                 latency_ms: nums[1],
-                prompt_tokens: some[7].then_some(nums[2]),
-                completion_tokens: some[8].then_some(nums[3]),
-                cache_hit_tokens: some[9].then_some(0),
-                pii,
-                cache: opt(10, &texts[10]),
-                retries: some[11].then_some(nums[4] as u32),
-                breaker: opt(12, &texts[11]),
-                prev_hash: opt(13, &texts[1]),
-                hash: some[12].then(|| texts[2].clone()),
+                prompt_tokens: some[8].then_some(nums[2]),
+                completion_tokens: some[9].then_some(nums[3]),
+                cache_hit_tokens: some[10].then_some(0),
+                pii: some[11].then_some(counts),
+                cache: some[12].then(|| texts[2].clone()),
+                retries: some[13].then_some(nums[4] as u32),
+                breaker: some[14].then(|| Cow::Owned(texts[3].clone())),
             };
-            let ours = to_json(&record);
+            let prev = some[15].then_some(&bytes);
             proptest::prop_assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                serde_json::to_string(&record).unwrap()
+                String::from_utf8(to_json(&facts, prev)).unwrap(),
+                serde_json::to_string(&to_record(&facts, prev)).unwrap()
             );
         }
     }
