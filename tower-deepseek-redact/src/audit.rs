@@ -590,11 +590,17 @@ fn json_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
     }
 }
 
-/// Appends lower-case hex.
+/// Appends lower-case hex (formatted on the stack, appended at once: the hashes here are at
+/// most 32 bytes).
 fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
+    let mut buf = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        for (pair, b) in buf.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 15)];
+        }
+        out.extend_from_slice(&buf[..chunk.len() * 2]);
     }
 }
 
@@ -1580,6 +1586,8 @@ mod tests {
     fn hex_is_lower_case() {
         assert_eq!(hex_lower(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
         assert_eq!(hex_lower(&[]), "");
+        let long: Vec<u8> = (0..=255).collect();
+        assert_eq!(hex_lower(&long), hex::encode(&long));
     }
 
     #[test]
