@@ -162,6 +162,7 @@ where
     RB::Data: Send,
     RB::Error: Into<BoxError>,
 {
+    #[inline]
     pub(crate) fn start(
         shared: Arc<Shared<T>>,
         inner: S,
@@ -344,6 +345,7 @@ where
 
 /// Sends the request at once, its body streamed through: replays are off, or the layer above
 /// replays ([`Plan::Delegate`], [`Plan::Final`]), so no copy is kept here.
+#[inline]
 fn send_once<S, B, T>(
     ctx: Ctx<S, T>,
     req: Request<B>,

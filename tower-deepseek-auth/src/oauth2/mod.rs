@@ -388,6 +388,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let fresh = self.shared.fresh();
         let clone = self.inner.clone();
