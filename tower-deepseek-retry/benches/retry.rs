@@ -188,6 +188,15 @@ fn benches(c: &mut Criterion) {
     g.bench_function("deepseek_retry_non_chat", |b| {
         b.iter_custom(|iters| rt.block_on(timed(iters, &mut ours_plain)))
     });
+    // Without the replay offered to an OAuth2 layer below (one request extension per attempt).
+    let mut ours_plain_no_offer = RetryLayer::builder()
+        .credential_replay(false)
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>));
+    g.bench_function("deepseek_retry_non_chat_no_credential_replay", |b| {
+        b.iter_custom(|iters| rt.block_on(timed(iters, &mut ours_plain_no_offer)))
+    });
     // What the shared classifier alone costs on that 2xx chat JSON (part of both lines above).
     let classifier = tower_deepseek_core::classify::Classifier::new();
     let resp = response("application/json");
@@ -308,6 +317,14 @@ fn interleaved(_c: &mut Criterion) {
             "deepseek_retry_non_chat_no_budget",
             RetryLayer::builder()
                 .no_budget()
+                .build()
+                .unwrap()
+                .layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>))
+        ),
+        run!(
+            "deepseek_retry_non_chat_no_credential_replay",
+            RetryLayer::builder()
+                .credential_replay(false)
                 .build()
                 .unwrap()
                 .layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>))
