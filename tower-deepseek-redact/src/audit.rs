@@ -25,7 +25,8 @@
 //!   [`UpstreamAttempts`] response extension, set
 //!   by the retry layer; breaker state: core's
 //!   [`BreakerStatus`] extension, set by the breaker
-//!   layer. Without them, the `x-retry-attempts` and `x-breaker-state` response headers of an
+//!   layer. This layer asks for both by inserting core's [`CollectCallFacts`] into the request
+//!   (without it those layers skip the work). Without them, the `x-retry-attempts` and `x-breaker-state` response headers of an
 //!   upstream gateway are read (values are kept only if they are short tokens of
 //!   `[A-Za-z0-9_-]`).
 //!
