@@ -20,14 +20,14 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceExt, service_fn};
 use tower_deepseek_core::body::BufferedBody;
@@ -46,74 +46,8 @@ fn block_on<F: Future>(f: F) -> F::Output {
     }
 }
 
-struct Chunks {
-    frames: Arc<[Bytes]>,
-    next: usize,
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-    #[inline]
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let i = self.next;
-        self.next += 1;
-        Poll::Ready(self.frames.get(i).map(|b| Ok(Frame::data(b.clone()))))
-    }
-}
-
-struct Scanned(Chunks);
-
-impl Body for Scanned {
-    type Data = Bytes;
-    type Error = Infallible;
-    #[inline]
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let p = Pin::new(&mut self.0).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &p {
-            if let Some(d) = f.data_ref() {
-                black_box(memchr::memchr(b'<', d));
-            }
-        }
-        p
-    }
-}
-
-fn stream(with: bool) -> Arc<[Bytes]> {
-    (0..400)
-        .map(|i| {
-            let piece = if with && i % 20 == 0 { " <CN_MOBILE_1>" } else { " token" };
-            let frame: &'static str = Box::leak(format!(
-                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"deepseek-chat\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{piece}\"}},\"finish_reason\":null}}]}}\n\n"
-            ).into_boxed_str());
-            Bytes::from_static(frame.as_bytes())
-        })
-        .chain(std::iter::once(Bytes::from_static(b"data: [DONE]\n\n")))
-        .collect()
-}
-
-fn chat_req(content: &str) -> Request<Full<Bytes>> {
-    let body = format!(
-        r#"{{"model":"deepseek-chat","stream":true,"messages":[{{"role":"user","content":"{content}"}}]}}"#
-    );
-    Request::post("/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap()
-}
-
-fn sse_response<B>(body: B) -> Response<B> {
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(body)
-        .unwrap()
-}
+mod fixture;
+use fixture::{Chunks, Scanned, chat_req, sse_response, stream};
 
 /// The measured part of a body case: every frame, as the criterion harness polls them.
 #[inline(never)]
@@ -161,7 +95,7 @@ fn body_case_timed(case: &str, iters: u64) -> Duration {
     let layered = |frames: Arc<[Bytes]>| {
         RedactLayer::new().layer(service_fn(move |_req: Request<BufferedBody>| {
             let f = frames.clone();
-            async move { Ok::<_, Infallible>(sse_response(Chunks { frames: f, next: 0 })) }
+            async move { Ok::<_, Infallible>(sse_response(Chunks::new(f))) }
         }))
     };
     let n = match case {
@@ -169,7 +103,7 @@ fn body_case_timed(case: &str, iters: u64) -> Duration {
             let f = plain.clone();
             let svc = service_fn(move |_req: Request<Full<Bytes>>| {
                 let f = f.clone();
-                async move { Ok::<_, Infallible>(sse_response(Chunks { frames: f, next: 0 })) }
+                async move { Ok::<_, Infallible>(sse_response(Chunks::new(f))) }
             });
             run_body(&svc, "hello 13800138000", iters)
         }
@@ -177,7 +111,7 @@ fn body_case_timed(case: &str, iters: u64) -> Duration {
             let f = plain.clone();
             let svc = service_fn(move |_req: Request<Full<Bytes>>| {
                 let f = f.clone();
-                async move { Ok::<_, Infallible>(sse_response(Scanned(Chunks { frames: f, next: 0 }))) }
+                async move { Ok::<_, Infallible>(sse_response(Scanned(Chunks::new(f)))) }
             });
             run_body(&svc, "hello 13800138000", iters)
         }

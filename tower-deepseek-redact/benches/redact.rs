@@ -2,15 +2,13 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{Request, Response};
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceExt, service_fn};
 use tower_deepseek_core::body::BufferedBody;
@@ -101,90 +99,8 @@ fn bench_detect(c: &mut Criterion) {
     g.finish();
 }
 
-/// A body that yields the frames of a shared, static stream one by one. Cloning the service
-/// that owns the stream is one reference count, as with a real client, so neither the bare
-/// service nor the layer (which clones its inner service per call, the usual tower pattern)
-/// pays for copying the fixture.
-struct Chunks {
-    frames: Arc<[Bytes]>,
-    next: usize,
-}
-
-impl Chunks {
-    fn new(frames: Arc<[Bytes]>) -> Self {
-        Self { frames, next: 0 }
-    }
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-    // Inlined like the layer's own body, so that the baseline is as lean as it can be.
-    #[inline]
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let i = self.next;
-        self.next += 1;
-        Poll::Ready(self.frames.get(i).map(|b| Ok(Frame::data(b.clone()))))
-    }
-}
-
-/// The bare stream plus a `memchr` for `<` over every frame: the floor of any restore that
-/// looks at every byte.
-struct Scanned(Chunks);
-
-impl Body for Scanned {
-    type Data = Bytes;
-    type Error = Infallible;
-    #[inline]
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let p = Pin::new(&mut self.0).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &p {
-            if let Some(d) = f.data_ref() {
-                black_box(memchr::memchr(b'<', d));
-            }
-        }
-        p
-    }
-}
-
-/// 400 SSE events, one frame each; every 20th carries a placeholder (if `with`).
-fn stream(with: bool) -> Arc<[Bytes]> {
-    (0..400)
-        .map(|i| {
-            let piece = if with && i % 20 == 0 { " <CN_MOBILE_1>" } else { " token" };
-            // Static frames: cloning them costs nothing, so the harness does not drown the
-            // layer's own cost in reference counting.
-            let frame: &'static str = Box::leak(format!(
-                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"deepseek-chat\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{piece}\"}},\"finish_reason\":null}}]}}\n\n"
-            ).into_boxed_str());
-            Bytes::from_static(frame.as_bytes())
-        })
-        .chain(std::iter::once(Bytes::from_static(b"data: [DONE]\n\n")))
-        .collect()
-}
-
-fn chat_req(content: &str) -> Request<Full<Bytes>> {
-    let body = format!(
-        r#"{{"model":"deepseek-chat","stream":true,"messages":[{{"role":"user","content":"{content}"}}]}}"#
-    );
-    Request::post("/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap()
-}
-
-fn sse_response<B>(body: B) -> Response<B> {
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(body)
-        .unwrap()
-}
+mod fixture;
+use fixture::{Chunks, Scanned, chat_req, sse_response, stream};
 
 /// Times only the response body (the streaming part), not the request: its frames are
 /// polled one by one and dropped, so that the harness adds as little as possible per frame.
