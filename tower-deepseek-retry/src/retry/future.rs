@@ -480,7 +480,8 @@ where
             };
 
             // A 401 for which the credential layer below obtained a new credential, as this
-            // layer offered it: sent again at once, once per call, outside the budget.
+            // layer offered it: sent again at once, once per call, outside the budget, the
+            // attempt limit and the deadline (the auth layer alone would replay it the same way).
             if let Outcome::Response(resp) = &outcome
                 && this.shared.cfg.credential_replay
                 && !*this.credential_replayed

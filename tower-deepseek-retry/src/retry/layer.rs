@@ -80,7 +80,7 @@ pub struct RetryConfig {
     /// it, so that it keeps no copy of its own: each attempt whose body is kept carries
     /// [`ReplayOn401`](tower_deepseek_core::meta::ReplayOn401), and a 401 marked
     /// [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) is sent again
-    /// once, at once, outside the budget and `max_attempts`. Default `true`.
+    /// once, at once, outside the budget, `max_attempts` and the total deadline. Default `true`.
     pub credential_replay: bool,
 }
 

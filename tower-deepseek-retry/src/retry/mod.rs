@@ -15,7 +15,7 @@
 //! | connect error (not sent) | at once, then exponential 500 ms to 8 s |
 //! | reset or read error after sending | never, unless `retry_after_send(true)` (it may bill twice) |
 //! | 400, 401, 402, 403, 404, 422, local rejections | never |
-//! | 401 marked [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) by the auth layer below | once, at once, outside the budget and `max_attempts` (see below) |
+//! | 401 marked [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) by the auth layer below | once, at once, outside the budget, `max_attempts` and the deadline (see below) |
 //! | breaker open | after its wait, if that fits `max_retry_after` and the total deadline |
 //!
 //! All retries are bounded by `max_attempts` (7 in total), a total deadline (2 min: no attempt
