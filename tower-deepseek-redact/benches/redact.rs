@@ -1,15 +1,22 @@
-//! Redaction throughput, streaming restore against passthrough, audit record cost.
+//! Redaction throughput, streaming restore against passthrough (in memory and over a loopback
+//! HTTP/1.1 connection), audit record cost.
 
 use std::convert::Infallible;
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::{ServiceExt, service_fn};
 use tower_deepseek_core::body::BufferedBody;
 use tower_deepseek_redact::audit::{AuditLayer, WriterSink};
@@ -274,5 +281,229 @@ fn bench_audit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_detect, bench_restore, bench_audit);
+/// Request header that makes the loopback upstream serve the stream with placeholders.
+const RESTORE_STREAM: &str = "x-bench-stream-with-placeholders";
+
+/// A minimal HTTP/1.1 upstream on 127.0.0.1, spawned on the current runtime: it reads the
+/// request body and answers with the 400-event fixture as a streaming (chunked) body, one
+/// event per frame, the placeholder variant if the request has [`RESTORE_STREAM`]. Counts
+/// the connections it accepts, to check that the client's pool keeps one alive.
+async fn loopback_upstream(
+    plain: Arc<[Bytes]>,
+    with: Arc<[Bytes]>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            count.fetch_add(1, Ordering::Relaxed);
+            let (plain, with) = (plain.clone(), with.clone());
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let frames = if req.headers().contains_key(RESTORE_STREAM) {
+                    with.clone()
+                } else {
+                    plain.clone()
+                };
+                async move {
+                    black_box(req.into_body().collect().await?);
+                    Ok::<_, hyper::Error>(sse_response(Chunks::new(frames)))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The fixture's chat request, sent to the loopback upstream.
+fn loopback_req(uri: &Uri, content: &str, restore: bool) -> Request<Full<Bytes>> {
+    let mut req = chat_req(content);
+    *req.uri_mut() = uri.clone();
+    if restore {
+        req.headers_mut()
+            .insert(RESTORE_STREAM, HeaderValue::from_static("1"));
+    }
+    req
+}
+
+/// Polls every frame of a body and drops it; returns the number of frames.
+async fn drain<B>(body: &mut B) -> usize
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut n = 0;
+    while let Some(f) = body.frame().await {
+        black_box(f.unwrap());
+        n += 1;
+    }
+    n
+}
+
+/// One whole call: the request sent, the response body drained.
+async fn loopback_call<S, B>(svc: &S, req: Request<Full<Bytes>>) -> usize
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let res = svc.clone().oneshot(req).await.unwrap();
+    drain(&mut res.into_body()).await
+}
+
+/// As [`body_only`], with the loopback requests.
+async fn loopback_body_only<S, B>(
+    svc: &S,
+    req: impl Fn() -> Request<Full<Bytes>>,
+    iters: u64,
+) -> Duration
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let res = svc.clone().oneshot(req()).await.unwrap();
+        let mut body = res.into_body();
+        let start = Instant::now();
+        black_box(drain(&mut body).await);
+        total += start.elapsed();
+    }
+    total
+}
+
+/// The streaming restore behind a real HTTP/1.1 client and upstream over loopback TCP: the
+/// bare hyper-util legacy `Client` (keep-alive pool) against `RedactLayer` over the same
+/// client. Server, client connection tasks and the bench run on one current-thread runtime,
+/// so every figure is the CPU work of one core for the whole exchange, upstream included.
+fn bench_restore_loopback(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let plain = stream(false);
+    let with = stream(true);
+    let bytes: usize = plain.iter().map(Bytes::len).sum();
+    let (addr, accepted) = rt.block_on(loopback_upstream(plain.clone(), with.clone()));
+    let uri: Uri = format!("http://{addr}/chat/completions").parse().unwrap();
+
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let bare: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(http.clone());
+    let inner: Client<HttpConnector, BufferedBody> =
+        Client::builder(TokioExecutor::new()).build(http);
+    let layered = RedactLayer::new().layer(inner);
+    // (name, request content, upstream serves the placeholder stream)
+    let cases = [
+        ("redact_no_pii_in_request", "hello there", false),
+        (
+            "redact_vault_no_placeholder_in_stream",
+            "hello 13800138000",
+            false,
+        ),
+        ("redact_restore_5pct_events", "hello 13800138000", true),
+    ];
+
+    // Check once that every case gets the stream it should, restored where it should be.
+    rt.block_on(async {
+        let expect = |frames: &[Bytes]| frames.concat();
+        let res = bare
+            .clone()
+            .oneshot(loopback_req(&uri, "hello 13800138000", false))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        let got = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got, expect(&plain));
+        let mut frames = Vec::new();
+        for (name, content, restore) in cases {
+            let res = layered
+                .clone()
+                .oneshot(loopback_req(&uri, content, restore))
+                .await
+                .unwrap();
+            let mut body = res.into_body();
+            let mut got = Vec::new();
+            let mut n = 0;
+            while let Some(f) = body.frame().await {
+                if let Ok(d) = f.unwrap().into_data() {
+                    got.extend_from_slice(&d);
+                }
+                n += 1;
+            }
+            frames.push(format!("{name} {n}"));
+            let want = if restore {
+                let restored = String::from_utf8(expect(&with))
+                    .unwrap()
+                    .replace("<CN_MOBILE_1>", "13800138000");
+                assert_ne!(restored.as_bytes(), expect(&plain));
+                restored.into_bytes()
+            } else {
+                expect(&plain)
+            };
+            assert!(got == want, "{name}: unexpected body");
+        }
+        let n = loopback_call(&bare, loopback_req(&uri, "hello 13800138000", false)).await;
+        eprintln!(
+            "loopback: frames per response: bare_passthrough {n}, {}",
+            frames.join(", ")
+        );
+    });
+
+    // Request and response: what a caller sees per call.
+    let mut g = c.benchmark_group("stream_restore_loopback");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("call/bare_passthrough", |b| {
+        b.to_async(&rt)
+            .iter(|| loopback_call(&bare, loopback_req(&uri, "hello 13800138000", false)))
+    });
+    for (name, content, restore) in cases {
+        g.bench_function(format!("call/{name}"), |b| {
+            b.to_async(&rt)
+                .iter(|| loopback_call(&layered, loopback_req(&uri, content, restore)))
+        });
+    }
+    // The response body only, from its first poll to its end.
+    g.bench_function("body/bare_passthrough", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            loopback_body_only(
+                &bare,
+                || loopback_req(&uri, "hello 13800138000", false),
+                iters,
+            )
+        })
+    });
+    for (name, content, restore) in cases {
+        g.bench_function(format!("body/{name}"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                loopback_body_only(&layered, || loopback_req(&uri, content, restore), iters)
+            })
+        });
+    }
+    g.finish();
+    eprintln!(
+        "loopback: upstream accepted {} connection(s) in all",
+        accepted.load(Ordering::Relaxed)
+    );
+}
+
+criterion_group!(
+    benches,
+    bench_detect,
+    bench_restore,
+    bench_restore_loopback,
+    bench_audit
+);
 criterion_main!(benches);
