@@ -195,6 +195,32 @@ fn bench(c: &mut Criterion) {
     );
     group.finish();
 
+    // An inner service whose clone is a reference count, as a real client's is (hyper-util's
+    // legacy `Client` holds several `Arc`s): a layer that clones its inner service per call
+    // pays that here, which the `Copy` `service_fn` above hides.
+    let state = std::sync::Arc::new(0u8);
+    let client_like = service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+        black_box(&state);
+        async move {
+            black_box(req.headers().len());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    });
+    let mut oauth2_client_like = layer.layer(client_like.clone());
+    let mut oauth2_client_like_no_replay = layer_no_replay.layer(client_like);
+    let mut group = c.benchmark_group("auth_client_like_inner");
+    group.bench_function("OAuth2Layer (fresh token)", |b| {
+        b.iter_custom(|iters| timed(&mut oauth2_client_like, iters))
+    });
+    group.bench_function("OAuth2Layer (fresh token, replay_on_401 off)", |b| {
+        b.iter_custom(|iters| timed(&mut oauth2_client_like_no_replay, iters))
+    });
+    group.bench_function(
+        "OAuth2Layer (fresh token, replay offered by retry above)",
+        |b| b.iter_custom(|iters| timed_with(&mut oauth2_client_like, iters, request_offered)),
+    );
+    group.finish();
+
     // The same services on requests whose head came from hyper's parser (a gateway's case).
     let mut group = c.benchmark_group("auth_parsed_request");
     group.bench_function("bare service_fn", |b| {
@@ -215,7 +241,7 @@ fn bench(c: &mut Criterion) {
     // between runs; this prints, per service, the fastest and the median of many short
     // rounds (1,000 calls each, interleaved), which preemption can only slow down.
     if std::env::var_os("AUTH_BENCH_FIXED").is_some() {
-        let mut rounds: [Vec<f64>; 7] = Default::default();
+        let mut rounds: [Vec<f64>; 9] = Default::default();
         for _ in 0..400 {
             rounds[6].push(timed(&mut set_header, 1000).as_nanos() as f64 / 1000.0);
             rounds[0].push(timed(&mut svc, 1000).as_nanos() as f64 / 1000.0);
@@ -225,6 +251,12 @@ fn bench(c: &mut Criterion) {
             rounds[4].push(timed_with(&mut svc, 1000, request_offered).as_nanos() as f64 / 1000.0);
             rounds[5]
                 .push(timed_with(&mut oauth2, 1000, request_offered).as_nanos() as f64 / 1000.0);
+            rounds[7].push(
+                timed_with(&mut oauth2_client_like, 1000, request_offered).as_nanos() as f64
+                    / 1000.0,
+            );
+            rounds[8]
+                .push(timed(&mut oauth2_client_like_no_replay, 1000).as_nanos() as f64 / 1000.0);
         }
         for (name, r) in [
             "bare",
@@ -234,6 +266,8 @@ fn bench(c: &mut Criterion) {
             "bare (request with extension)",
             "oauth2 (replay offered from above)",
             "tower-http SetRequestHeader",
+            "oauth2 (replay offered from above), client-like inner",
+            "oauth2 (replay off), client-like inner",
         ]
         .iter()
         .zip(rounds.iter_mut())

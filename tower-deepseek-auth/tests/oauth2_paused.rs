@@ -299,7 +299,8 @@ async fn an_expired_token_is_never_sent() {
     let layer = OAuth2Layer::new(config(), endpoint.service()).unwrap();
     let svc = layer.layer(upstream.service());
     assert_eq!(token_of(call(&svc, "a").await).await, "tok-1");
-    // Past expiry (no request noticed the refresh time): requests wait for the one fetch.
+    // Past expiry, the refresh its timer started at 30 s still in flight: requests wait for
+    // that one fetch.
     tokio::time::advance(Duration::from_secs(61)).await;
     let waiting: Vec<_> = (0..5)
         .map(|_| tokio::spawn(call_owned(svc.clone())))
@@ -635,4 +636,125 @@ async fn with_replay_off_an_offer_is_ignored() {
     .await;
     assert!(resp.extensions().get::<CredentialRefreshed>().is_none());
     assert_eq!(endpoint.fetches(), 1, "invalidated, not refreshed");
+}
+
+/// An inner service that counts its clones (a hyper client's clone is several reference
+/// counts, so a layer should not make one per call when it does not need it).
+struct CountClones<S> {
+    inner: S,
+    clones: Arc<AtomicUsize>,
+}
+
+impl<S: Clone> Clone for CountClones<S> {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            inner: self.inner.clone(),
+            clones: Arc::clone(&self.clones),
+        }
+    }
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for CountClones<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
+/// With a fresh token, a request sent once (replay offered from above, the replay itself, or
+/// replays off) is handed to the inner service without cloning it; only a request this layer
+/// may replay on its own takes the ready service and leaves a clone, as a 401 replay needs.
+#[tokio::test(start_paused = true)]
+async fn only_a_call_it_may_replay_itself_clones_the_inner_service() {
+    for (config, mark, expected) in [
+        (config(), Some(ReplayOn401::Offered), 0),
+        (config(), Some(ReplayOn401::Replaying), 0),
+        (config().replay_on_401(false), None, 0),
+        (config(), None, 1),
+    ] {
+        let endpoint = Endpoint::new(|n| ok_token(n, Some(3600)));
+        let layer = OAuth2Layer::new(config, endpoint.service()).unwrap();
+        layer.warm_up().await.unwrap();
+        let clones = Arc::new(AtomicUsize::new(0));
+        let mut svc = layer.layer(CountClones {
+            inner: Upstream::default().service(),
+            clones: Arc::clone(&clones),
+        });
+        let mut req = Request::new(Full::new(Bytes::from_static(b"x")));
+        if let Some(mark) = mark {
+            req.extensions_mut().insert(mark);
+        }
+        let resp = tower::Service::call(svc.ready().await.unwrap(), req)
+            .await
+            .unwrap();
+        assert_eq!(token_of(resp).await, "tok-1");
+        assert_eq!(
+            clones.load(Ordering::SeqCst),
+            expected,
+            "{mark:?}, {expected} clone(s) expected"
+        );
+    }
+}
+
+/// The refresh ahead starts at `expires_in` minus the margin even when no request comes, so
+/// that the first request after a quiet spell does not wait for a fetch.
+#[tokio::test(start_paused = true)]
+async fn an_idle_layer_refreshes_ahead_on_time() {
+    let endpoint = Endpoint::new(|n| ok_token(n, Some(3600)));
+    let upstream = Upstream::default();
+    let layer = OAuth2Layer::new(config(), endpoint.service()).unwrap();
+    let svc = layer.layer(upstream.service());
+    assert_eq!(token_of(call(&svc, "a").await).await, "tok-1");
+    tokio::time::advance(Duration::from_secs(2999)).await;
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(endpoint.fetches(), 1, "not before expires_in − margin");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    until(|| endpoint.fetches() == 2).await;
+    // Past the first token's expiry: the next request is served at once with the new one.
+    tokio::time::advance(Duration::from_secs(700)).await;
+    assert_eq!(token_of(call(&svc, "b").await).await, "tok-2");
+    assert_eq!(endpoint.fetches(), 2);
+}
+
+/// A token's timer runs on the runtime that installed it. When that runtime is gone (a token
+/// obtained in one runtime, used in another), the token falls back to the clock: it expires
+/// on time and is replaced, never sent past its expiry.
+#[test]
+fn a_token_whose_timer_runtime_is_gone_still_expires() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let endpoint = Endpoint::new(|n| ok_token(n, Some(3600)));
+    let upstream = Upstream::default();
+    let first = paused();
+    let svc = first.block_on(async {
+        let layer = OAuth2Layer::new(config(), endpoint.service()).unwrap();
+        layer.warm_up().await.unwrap();
+        layer.layer(upstream.service())
+    });
+    drop(first);
+    assert_eq!(endpoint.fetches(), 1);
+    paused().block_on(async {
+        assert_eq!(token_of(call(&svc, "a").await).await, "tok-1");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(token_of(call(&svc, "b").await).await, "tok-2");
+        assert_eq!(endpoint.fetches(), 2);
+    });
 }

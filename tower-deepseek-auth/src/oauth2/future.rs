@@ -47,8 +47,14 @@ struct Ctx<S, T> {
     inner: S,
 }
 
-/// What a replay needs: the request head, the buffered body, and the header sent.
-struct Replay {
+/// What a replay needs: an inner service of its own, and the copy.
+struct Replay<S> {
+    inner: S,
+    kept: Kept,
+}
+
+/// The request head, the buffered body, and the header sent.
+struct Kept {
     method: Method,
     uri: Uri,
     version: Version,
@@ -62,10 +68,10 @@ struct Replay {
 // The copy stays inline in the future, as it was before this enum: boxing it would cost one
 // more allocation per call on the path that keeps it.
 #[allow(clippy::large_enum_variant)]
-enum On401 {
+enum On401<S> {
     /// Invalidate the token; replay with this copy (none: the body was too large to keep, or
     /// replays are off).
-    Own(Option<Replay>),
+    Own(Option<Replay<S>>),
     /// A layer above offered the replay ([`ReplayOn401::Offered`]): invalidate, obtain a new
     /// token and mark the 401 [`CredentialRefreshed`]. (The refused header is not kept: the
     /// invalidation records it, which is what keeps the store from handing it back.)
@@ -117,9 +123,9 @@ pin_project! {
         First {
             #[pin]
             fut: S::Future,
-            on_401: On401,
+            on_401: On401<S>,
             generation: u64,
-            ctx: Option<Ctx<S, T>>,
+            shared: Option<Arc<Shared<T>>>,
         },
         Retry {
             fut: BoxFuture<Result<S::Response, BoxError>>,
@@ -148,7 +154,7 @@ where
 
 impl<S, B, T, ResBody, RB> ResponseFuture<S, B, T>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
     B: Body + Unpin + Send + 'static,
@@ -165,13 +171,17 @@ where
     #[inline]
     pub(crate) fn start(
         shared: Arc<Shared<T>>,
-        inner: S,
+        inner: &mut S,
         req: Request<B>,
         fresh: Option<(HeaderValue, u64)>,
     ) -> Self {
         let state = match fresh {
             Some((header, generation)) => match plan(req.extensions(), shared.tuning.replay) {
                 Plan::Own if shared.tuning.replay => {
+                    // This path calls later and may call twice: it takes the service made
+                    // ready, leaving a clone (the usual tower pattern).
+                    let clone = inner.clone();
+                    let inner = std::mem::replace(inner, clone);
                     let (parts, body) = req.into_parts();
                     let limit = shared.tuning.body_limit;
                     State::Buffer {
@@ -182,9 +192,12 @@ where
                         ctx: Some(Ctx { shared, inner }),
                     }
                 }
-                plan => send_once(Ctx { shared, inner }, req, header, generation, plan),
+                // Called at once and never again from here: no clone of the inner service.
+                plan => send_once(shared, inner, req, header, generation, plan),
             },
             None => {
+                let clone = inner.clone();
+                let inner = std::mem::replace(inner, clone);
                 let obtaining = Arc::clone(&shared);
                 State::Obtain {
                     fut: Box::pin(async move { obtaining.obtain(None).await }),
@@ -229,11 +242,17 @@ where
                         }
                     };
                     let req = req.take().expect("request");
-                    let ctx = ctx.take().expect("context");
+                    let mut ctx = ctx.take().expect("context");
                     let plan = plan(req.extensions(), ctx.shared.tuning.replay);
                     if plan != Plan::Own || !ctx.shared.tuning.replay {
-                        this.state
-                            .set(send_once(ctx, req, header, generation, plan));
+                        this.state.set(send_once(
+                            ctx.shared,
+                            &mut ctx.inner,
+                            req,
+                            header,
+                            generation,
+                            plan,
+                        ));
                         continue;
                     }
                     let (parts, body) = req.into_parts();
@@ -264,9 +283,9 @@ where
                     let header = header.take().expect("header");
                     let generation = *generation;
                     let Ctx { shared, mut inner } = ctx.take().expect("context");
-                    let (body, replay) = match buffered {
+                    let (body, kept) = match buffered {
                         Buffered::Complete(body) => {
-                            let replay = Replay {
+                            let kept = Kept {
                                 method: parts.method.clone(),
                                 uri: parts.uri.clone(),
                                 version: parts.version,
@@ -275,25 +294,27 @@ where
                                 body: body.replay(),
                                 header: header.clone(),
                             };
-                            (ReplayBody::buffered(body), Some(replay))
+                            (ReplayBody::buffered(body), Some(kept))
                         }
                         // Too large to keep: sent once; a 401 goes back as is.
                         Buffered::Overflow(overflow) => (ReplayBody::overflow(overflow), None),
                     };
                     parts.headers.insert(AUTHORIZATION, header);
                     let fut = inner.call(Request::from_parts(parts, body));
+                    // The service just called serves the replay (made ready again first).
+                    let replay = kept.map(|kept| Replay { inner, kept });
                     this.state.set(State::First {
                         fut,
                         on_401: On401::Own(replay),
                         generation,
-                        ctx: Some(Ctx { shared, inner }),
+                        shared: Some(shared),
                     });
                 }
                 StateProj::First {
                     fut,
                     on_401,
                     generation,
-                    ctx,
+                    shared,
                 } => {
                     let response = match ready!(fut.poll(cx)) {
                         Ok(response) => response,
@@ -307,7 +328,7 @@ where
                         return Poll::Ready(Ok(response));
                     }
                     let generation = *generation;
-                    let Ctx { shared, inner } = ctx.take().expect("context");
+                    let shared = shared.take().expect("shared state");
                     match std::mem::replace(on_401, On401::Final) {
                         On401::Final => {
                             this.state.set(State::Done);
@@ -327,7 +348,7 @@ where
                         On401::Own(Some(replay)) => {
                             shared.invalidate(generation);
                             this.state.set(State::Retry {
-                                fut: Box::pin(retry(shared, inner, replay, generation, response)),
+                                fut: Box::pin(retry(shared, replay, generation, response)),
                             });
                         }
                     }
@@ -347,7 +368,8 @@ where
 /// replays ([`Plan::Delegate`], [`Plan::Final`]), so no copy is kept here.
 #[inline]
 fn send_once<S, B, T>(
-    ctx: Ctx<S, T>,
+    shared: Arc<Shared<T>>,
+    inner: &mut S,
     req: Request<B>,
     header: HeaderValue,
     generation: u64,
@@ -356,7 +378,6 @@ fn send_once<S, B, T>(
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    let Ctx { shared, mut inner } = ctx;
     let (mut parts, body) = req.into_parts();
     let on_401 = match plan {
         Plan::Delegate => On401::Delegate,
@@ -369,7 +390,7 @@ where
         fut,
         on_401,
         generation,
-        ctx: Some(Ctx { shared, inner }),
+        shared: Some(shared),
     }
 }
 
@@ -404,8 +425,7 @@ where
 /// first 401 goes back to the caller as it was.
 async fn retry<S, B, T, ResBody, RB>(
     shared: Arc<Shared<T>>,
-    mut inner: S,
-    replay: Replay,
+    replay: Replay<S>,
     generation: u64,
     response: Response<ResBody>,
 ) -> Result<Response<ResBody>, BoxError>
@@ -424,6 +444,10 @@ where
     RB::Data: Send,
     RB::Error: Into<BoxError>,
 {
+    let Replay {
+        mut inner,
+        kept: replay,
+    } = replay;
     let header = match shared
         .obtain(Some((generation, Some(&replay.header))))
         .await

@@ -69,13 +69,18 @@
 //!
 //! # How a request gets its token
 //!
-//! - **Fresh token (the hot path):** one atomic pointer load (`arc-swap`), a clock read and a
-//!   header clone. No lock, no await before the inner call.
-//! - **Refresh ahead:** from `expires_in − margin − jitter` on, the first request that notices
-//!   spawns one background refresh (an atomic flag makes it one) and goes on with the current
-//!   token. The current token keeps serving until the new one is installed. A failed refresh is
-//!   logged and tried again later (at most every 30 s); the token serves until it expires.
-//!   Tokens living shorter than twice the margin are refreshed at half their life.
+//! - **Fresh token (the hot path):** one atomic pointer load (`arc-swap`), one atomic load of
+//!   the token's phase and a header clone. No lock, no clock read, no await before the inner
+//!   call.
+//! - **Refresh ahead:** each installed token has a timer task on the runtime that installed it.
+//!   At `expires_in − margin − jitter` it starts one background refresh (an atomic flag makes
+//!   it one), with or without traffic, so that the first request after a quiet spell does not
+//!   wait for a fetch; at the token's expiry it marks it expired. The current token keeps
+//!   serving until the new one is installed. A failed refresh is logged and tried again later
+//!   (at most every 30 s); the token serves until it expires. Tokens living shorter than twice
+//!   the margin are refreshed at half their life. A token whose timer cannot run (installed
+//!   outside a runtime, or its runtime shut down) falls back to a clock read per request, and
+//!   the first request past the refresh time starts the refresh.
 //! - **No usable token** (cold start, expired): single flight. Exactly one fetch runs; every
 //!   other request waits for it (a `tokio::sync::Mutex` taken only on this path). When that
 //!   fetch fails, the requests that waited for it get its error instead of queueing behind a
@@ -252,16 +257,12 @@ where
             body_limit: self.config.limit(),
             replay: self.config.replay(),
         };
-        let shared = Shared::new(
-            request,
-            self.token_service,
-            store,
-            self.config.effective_store_key(),
-            tuning,
-        );
-        Ok(OAuth2Layer {
-            shared: Arc::new(shared),
-        })
+        let store_key = self.config.effective_store_key();
+        let token_service = self.token_service;
+        let shared = Arc::new_cyclic(|me| {
+            Shared::new(me.clone(), request, token_service, store, store_key, tuning)
+        });
+        Ok(OAuth2Layer { shared })
     }
 }
 
@@ -391,10 +392,8 @@ where
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let fresh = self.shared.fresh();
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
-        ResponseFuture::start(shared, inner, req, fresh)
+        ResponseFuture::start(shared, &mut self.inner, req, fresh)
     }
 }
 

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -26,11 +27,77 @@ const EXPIRY_LEEWAY: Duration = Duration::from_secs(5);
 const REFRESH_RETRY: Duration = Duration::from_secs(30);
 
 /// The token in use.
+///
+/// Its [`Phase`] is moved along by a timer task armed when it is installed
+/// ([`Shared::install_current`]), so that the hot path reads one atomic instead of the
+/// clock (~24 ns a read on the project's VM). That timer also starts the refresh ahead at
+/// `refresh_at`, with or without traffic. Where no timer runs (no runtime at install, or the
+/// runtime that ran it shut down), the phase is [`Phase::UNTIMED`] and the hot path compares
+/// the clock as before; requests start the refresh then.
 pub(crate) struct Current {
     pub(crate) header: HeaderValue,
     pub(crate) usable_until: Instant,
     pub(crate) refresh_at: Instant,
     pub(crate) generation: u64,
+    phase: AtomicU8,
+}
+
+/// Where a [`Current`] token is in its life, as its timer set it.
+struct Phase;
+
+impl Phase {
+    /// Before `refresh_at`.
+    const FRESH: u8 = 0;
+    /// From `refresh_at`: the refresh ahead has been started.
+    const DUE: u8 = 1;
+    /// From `usable_until`: not sent any more.
+    const EXPIRED: u8 = 2;
+    /// No timer: the hot path reads the clock.
+    const UNTIMED: u8 = 3;
+}
+
+impl Current {
+    /// Whether the token may be sent (`None`: expired) and whether a request should start
+    /// its refresh (only without a timer: the timer starts it).
+    #[inline]
+    fn check(&self) -> Option<bool> {
+        match self.phase.load(Ordering::Relaxed) {
+            Phase::FRESH | Phase::DUE => Some(false),
+            Phase::EXPIRED => None,
+            _ => {
+                let now = Instant::now();
+                (now < self.usable_until).then_some(now >= self.refresh_at)
+            }
+        }
+    }
+}
+
+/// Moves a token's phase along at its times and starts its refresh. It holds the token and
+/// the state weakly (a replaced token is dropped, and its timer ends at the next wake-up); if
+/// the task is dropped before it finished (its runtime shut down), the token falls back to
+/// the clock.
+struct PhaseTimer<T> {
+    current: Weak<Current>,
+    shared: Weak<Shared<T>>,
+}
+
+impl<T> PhaseTimer<T> {
+    fn set(&self, from: u8, to: u8) -> bool {
+        self.current.upgrade().is_some_and(|cur| {
+            cur.phase
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    }
+}
+
+impl<T> Drop for PhaseTimer<T> {
+    fn drop(&mut self) {
+        // Finished: EXPIRED stays. Cut short: back to the clock.
+        if !self.set(Phase::FRESH, Phase::UNTIMED) {
+            self.set(Phase::DUE, Phase::UNTIMED);
+        }
+    }
 }
 
 pub(crate) struct Tuning {
@@ -43,6 +110,8 @@ pub(crate) struct Tuning {
 }
 
 pub(crate) struct Shared<T> {
+    /// This state's own `Arc`, weakly: for the timers of the tokens it installs.
+    me: Weak<Self>,
     current: ArcSwapOption<Current>,
     refreshing: AtomicBool,
     fetch_lock: tokio::sync::Mutex<()>,
@@ -104,6 +173,7 @@ where
     RB::Error: Into<BoxError>,
 {
     pub(crate) fn new(
+        me: Weak<Self>,
         request: TokenRequest,
         token_service: T,
         store: Arc<dyn TokenStore>,
@@ -111,6 +181,7 @@ where
         tuning: Tuning,
     ) -> Self {
         Self {
+            me,
             current: ArcSwapOption::empty(),
             refreshing: AtomicBool::new(false),
             fetch_lock: tokio::sync::Mutex::new(()),
@@ -126,20 +197,56 @@ where
         }
     }
 
-    /// The hot path: the current token if it is usable, without any lock. Starts one
-    /// background refresh when the token is due for it.
+    /// The hot path: the current token if it is usable, without any lock (nor, while its
+    /// timer runs, a clock read). Without a timer, starts one background refresh when the
+    /// token is due for it.
     #[inline]
     pub(crate) fn fresh(self: &Arc<Self>) -> Option<(HeaderValue, u64)> {
         let guard = self.current.load();
         let cur = guard.as_ref()?;
-        let now = Instant::now();
-        if now >= cur.usable_until {
-            return None;
-        }
-        if now >= cur.refresh_at {
+        if cur.check()? {
             self.start_refresh(cur.generation);
         }
         Some((cur.header.clone(), cur.generation))
+    }
+
+    /// Makes `header` the current token, its timer armed on the current runtime if there is
+    /// one.
+    fn install_current(
+        &self,
+        header: HeaderValue,
+        usable_until: Instant,
+        refresh_at: Instant,
+        generation: u64,
+    ) -> Arc<Current> {
+        let cur = Arc::new(Current {
+            header,
+            usable_until,
+            refresh_at,
+            generation,
+            phase: AtomicU8::new(Phase::UNTIMED),
+        });
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            cur.phase.store(Phase::FRESH, Ordering::Release);
+            let timer = PhaseTimer {
+                current: Arc::downgrade(&cur),
+                shared: self.me.clone(),
+            };
+            handle.spawn(async move {
+                // A refresh time past the expiry (a margin under the expiry leeway) is due at
+                // expiry.
+                tokio::time::sleep_until(refresh_at.min(usable_until)).await;
+                if timer.set(Phase::FRESH, Phase::DUE)
+                    && let Some(shared) = timer.shared.upgrade()
+                {
+                    shared.start_refresh(generation);
+                }
+                tokio::time::sleep_until(usable_until).await;
+                timer.set(Phase::DUE, Phase::EXPIRED);
+            });
+        }
+        self.current.store(Some(Arc::clone(&cur)));
+        cur
     }
 
     fn start_refresh(self: &Arc<Self>, generation: u64) {
@@ -188,12 +295,12 @@ where
                 let now = Instant::now();
                 let left = cur.usable_until.saturating_duration_since(now);
                 let retry_at = now + REFRESH_RETRY.min(left / 2);
-                self.current.store(Some(Arc::new(Current {
-                    header: cur.header.clone(),
-                    usable_until: cur.usable_until,
-                    refresh_at: retry_at,
-                    generation: cur.generation,
-                })));
+                self.install_current(
+                    cur.header.clone(),
+                    cur.usable_until,
+                    retry_at,
+                    cur.generation,
+                );
             }
         }
     }
@@ -276,13 +383,7 @@ where
 
     fn install(&self, next: Next) -> Arc<Current> {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let cur = Arc::new(Current {
-            header: next.header,
-            usable_until: next.usable_until,
-            refresh_at: next.refresh_at,
-            generation,
-        });
-        self.current.store(Some(Arc::clone(&cur)));
+        let cur = self.install_current(next.header, next.usable_until, next.refresh_at, generation);
         tracing::info!(
             target: TARGET,
             generation,
