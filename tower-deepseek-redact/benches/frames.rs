@@ -15,7 +15,10 @@
 //! Divide the collected instructions by the iterations (and by 401 for frames). Run without
 //! arguments (as `cargo bench` does), it does one iteration of everything as a smoke test.
 //! `frames time body <rounds>` (or `time audit <rounds>`) prints the best-of-rounds time per
-//! frame (per call) of each case.
+//! frame (per call) of each case. `frames time loopback <rounds>` does the same for the
+//! loopback cases of `redact.rs`'s `stream_restore_loopback` (a hyper-util client and a hyper
+//! upstream on 127.0.0.1, on one current-thread tokio runtime; not for callgrind): the best
+//! mean of 20 calls per round, both the whole call and the response body alone.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,7 +50,10 @@ fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 mod fixture;
-use fixture::{Chunks, Scanned, chat_req, sse_response, stream};
+use fixture::{
+    Chunks, LOOPBACK_CASES, Loopback, Scanned, chat_req, loopback_req, poll_to_end, sse_response,
+    stream,
+};
 
 /// The measured part of a body case: every frame, as the criterion harness polls them.
 #[inline(never)]
@@ -222,6 +228,78 @@ fn time_audit(rounds: u32) {
     }
 }
 
+/// One loopback call: (whole call, response body from its first poll to its end, frames).
+async fn timed_call<S, B>(svc: &S, req: Request<Full<Bytes>>) -> (Duration, Duration, usize)
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let start = Instant::now();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    let mut body = res.into_body();
+    let body_start = Instant::now();
+    let n = poll_to_end(&mut body).await;
+    let end = Instant::now();
+    (end - start, end - body_start, n)
+}
+
+/// Best-of timing of the loopback cases, interleaved as in [`time_body`]: per round, the mean
+/// of 20 calls of each case.
+fn time_loopback(rounds: u32) {
+    const CALLS: u32 = 20;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let lb = Loopback::start().await;
+        let cases = ["bare", "no_pii", "vault", "restore5"];
+        let mut best = [(f64::MAX, f64::MAX); 4];
+        let mut frames = [0usize; 4];
+        for _ in 0..rounds {
+            for (i, slot) in best.iter_mut().enumerate() {
+                let (mut call, mut body) = (Duration::ZERO, Duration::ZERO);
+                for _ in 0..CALLS {
+                    let (c, b, n) = match i {
+                        0 => {
+                            let req = loopback_req(&lb.uri, "hello 13800138000", false);
+                            timed_call(&lb.bare, req).await
+                        }
+                        _ => {
+                            let (_, content, restore) = LOOPBACK_CASES[i - 1];
+                            let req = loopback_req(&lb.uri, content, restore);
+                            timed_call(&lb.layered, req).await
+                        }
+                    };
+                    call += c;
+                    body += b;
+                    frames[i] += n;
+                }
+                let per = |d: Duration| d.as_nanos() as f64 / f64::from(CALLS) / 1000.0;
+                slot.0 = slot.0.min(per(call));
+                slot.1 = slot.1.min(per(body));
+            }
+        }
+        let calls = f64::from(rounds * CALLS);
+        for (i, (case, (call, body))) in cases.iter().zip(best).enumerate() {
+            println!(
+                "{case:>9}: call {call:7.1} us  {:.3}x bare  (+{:5.1} ns/frame) | body {body:7.1} us  {:.3}x bare  (+{:5.1} ns/frame) | {:.1} frames/response",
+                call / best[0].0,
+                (call - best[0].0) * 1000.0 / 401.0,
+                body / best[0].1,
+                (body - best[0].1) * 1000.0 / 401.0,
+                frames[i] as f64 / calls,
+            );
+        }
+        println!(
+            "upstream accepted {} connection(s)",
+            lb.accepted.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -230,6 +308,7 @@ fn main() {
         ["audit", case, iters] => audit_case(case, iters.parse().expect("iterations")),
         ["time", "body", rounds] => time_body(rounds.parse().expect("rounds")),
         ["time", "audit", rounds] => time_audit(rounds.parse().expect("rounds")),
+        ["time", "loopback", rounds] => time_loopback(rounds.parse().expect("rounds")),
         // `cargo bench` passes `--bench`: one iteration of everything.
         _ => {
             for case in ["bare", "floor", "no_pii", "vault", "restore5"] {

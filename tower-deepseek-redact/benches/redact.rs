@@ -3,20 +3,15 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::{ServiceExt, service_fn};
 use tower_deepseek_core::body::BufferedBody;
 use tower_deepseek_redact::audit::{AuditLayer, WriterSink};
@@ -107,7 +102,10 @@ fn bench_detect(c: &mut Criterion) {
 }
 
 mod fixture;
-use fixture::{Chunks, Scanned, chat_req, sse_response, stream};
+use fixture::{
+    Chunks, LOOPBACK_CASES, Loopback, Scanned, chat_req, loopback_req, poll_to_end, sse_response,
+    stream,
+};
 
 /// Times only the response body (the streaming part), not the request: its frames are
 /// polled one by one and dropped, so that the harness adds as little as possible per frame.
@@ -281,73 +279,6 @@ fn bench_audit(c: &mut Criterion) {
     g.finish();
 }
 
-/// Request header that makes the loopback upstream serve the stream with placeholders.
-const RESTORE_STREAM: &str = "x-bench-stream-with-placeholders";
-
-/// A minimal HTTP/1.1 upstream on 127.0.0.1, spawned on the current runtime: it reads the
-/// request body and answers with the 400-event fixture as a streaming (chunked) body, one
-/// event per frame, the placeholder variant if the request has [`RESTORE_STREAM`]. Counts
-/// the connections it accepts, to check that the client's pool keeps one alive.
-async fn loopback_upstream(
-    plain: Arc<[Bytes]>,
-    with: Arc<[Bytes]>,
-) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tcp.set_nodelay(true).unwrap();
-            count.fetch_add(1, Ordering::Relaxed);
-            let (plain, with) = (plain.clone(), with.clone());
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let frames = if req.headers().contains_key(RESTORE_STREAM) {
-                    with.clone()
-                } else {
-                    plain.clone()
-                };
-                async move {
-                    black_box(req.into_body().collect().await?);
-                    Ok::<_, hyper::Error>(sse_response(Chunks::new(frames)))
-                }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, accepted)
-}
-
-/// The fixture's chat request, sent to the loopback upstream.
-fn loopback_req(uri: &Uri, content: &str, restore: bool) -> Request<Full<Bytes>> {
-    let mut req = chat_req(content);
-    *req.uri_mut() = uri.clone();
-    if restore {
-        req.headers_mut()
-            .insert(RESTORE_STREAM, HeaderValue::from_static("1"));
-    }
-    req
-}
-
-/// Polls every frame of a body and drops it; returns the number of frames.
-async fn drain<B>(body: &mut B) -> usize
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Debug,
-{
-    let mut n = 0;
-    while let Some(f) = body.frame().await {
-        black_box(f.unwrap());
-        n += 1;
-    }
-    n
-}
-
 /// One whole call: the request sent, the response body drained.
 async fn loopback_call<S, B>(svc: &S, req: Request<Full<Bytes>>) -> usize
 where
@@ -357,7 +288,7 @@ where
     B::Error: std::fmt::Debug,
 {
     let res = svc.clone().oneshot(req).await.unwrap();
-    drain(&mut res.into_body()).await
+    poll_to_end(&mut res.into_body()).await
 }
 
 /// As [`body_only`], with the loopback requests.
@@ -377,7 +308,7 @@ where
         let res = svc.clone().oneshot(req()).await.unwrap();
         let mut body = res.into_body();
         let start = Instant::now();
-        black_box(drain(&mut body).await);
+        black_box(poll_to_end(&mut body).await);
         total += start.elapsed();
     }
     total
@@ -393,74 +324,14 @@ fn bench_restore_loopback(c: &mut Criterion) {
         .build()
         .unwrap();
     let plain = stream(false);
-    let with = stream(true);
     let bytes: usize = plain.iter().map(Bytes::len).sum();
-    let (addr, accepted) = rt.block_on(loopback_upstream(plain.clone(), with.clone()));
-    let uri: Uri = format!("http://{addr}/chat/completions").parse().unwrap();
-
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    let bare: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(http.clone());
-    let inner: Client<HttpConnector, BufferedBody> =
-        Client::builder(TokioExecutor::new()).build(http);
-    let layered = RedactLayer::new().layer(inner);
-    // (name, request content, upstream serves the placeholder stream)
-    let cases = [
-        ("redact_no_pii_in_request", "hello there", false),
-        (
-            "redact_vault_no_placeholder_in_stream",
-            "hello 13800138000",
-            false,
-        ),
-        ("redact_restore_5pct_events", "hello 13800138000", true),
-    ];
-
-    // Check once that every case gets the stream it should, restored where it should be.
-    rt.block_on(async {
-        let expect = |frames: &[Bytes]| frames.concat();
-        let res = bare
-            .clone()
-            .oneshot(loopback_req(&uri, "hello 13800138000", false))
-            .await
-            .unwrap();
-        assert_eq!(res.headers()["content-type"], "text/event-stream");
-        let got = res.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(got, expect(&plain));
-        let mut frames = Vec::new();
-        for (name, content, restore) in cases {
-            let res = layered
-                .clone()
-                .oneshot(loopback_req(&uri, content, restore))
-                .await
-                .unwrap();
-            let mut body = res.into_body();
-            let mut got = Vec::new();
-            let mut n = 0;
-            while let Some(f) = body.frame().await {
-                if let Ok(d) = f.unwrap().into_data() {
-                    got.extend_from_slice(&d);
-                }
-                n += 1;
-            }
-            frames.push(format!("{name} {n}"));
-            let want = if restore {
-                let restored = String::from_utf8(expect(&with))
-                    .unwrap()
-                    .replace("<CN_MOBILE_1>", "13800138000");
-                assert_ne!(restored.as_bytes(), expect(&plain));
-                restored.into_bytes()
-            } else {
-                expect(&plain)
-            };
-            assert!(got == want, "{name}: unexpected body");
-        }
-        let n = loopback_call(&bare, loopback_req(&uri, "hello 13800138000", false)).await;
-        eprintln!(
-            "loopback: frames per response: bare_passthrough {n}, {}",
-            frames.join(", ")
-        );
-    });
+    let Loopback {
+        uri,
+        bare,
+        layered,
+        accepted,
+    } = rt.block_on(Loopback::start());
+    let cases = LOOPBACK_CASES;
 
     // Request and response: what a caller sees per call.
     let mut g = c.benchmark_group("stream_restore_loopback");
