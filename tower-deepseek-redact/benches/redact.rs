@@ -107,9 +107,10 @@ use fixture::{
     stream,
 };
 
-/// Times only the response body (the streaming part), not the request: its frames are
-/// polled one by one and dropped, so that the harness adds as little as possible per frame.
-async fn body_only<S, B>(svc: &S, content: &str, iters: u64) -> Duration
+/// Times only the response body (the streaming part), not the request (made by `req`): its
+/// frames are polled one by one and dropped, so that the harness adds as little as possible
+/// per frame.
+async fn body_only<S, B>(svc: &S, req: impl Fn() -> Request<Full<Bytes>>, iters: u64) -> Duration
 where
     S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
     S::Error: std::fmt::Debug,
@@ -118,7 +119,7 @@ where
 {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
-        let res = svc.clone().oneshot(chat_req(content)).await.unwrap();
+        let res = svc.clone().oneshot(req()).await.unwrap();
         let mut body = res.into_body();
         let start = Instant::now();
         while let Some(f) = body.frame().await {
@@ -195,17 +196,17 @@ fn bench_restore(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function("bare_passthrough", |b| {
         b.to_async(&rt)
-            .iter_custom(|iters| body_only(&bare, "hello 13800138000", iters))
+            .iter_custom(|iters| body_only(&bare, || chat_req("hello 13800138000"), iters))
     });
     g.bench_function("bare_plus_memchr_floor", |b| {
         b.to_async(&rt)
-            .iter_custom(|iters| body_only(&scanned, "hello 13800138000", iters))
+            .iter_custom(|iters| body_only(&scanned, || chat_req("hello 13800138000"), iters))
     });
     for (name, frames, content) in cases {
         let svc = layered(frames);
         g.bench_function(name, |b| {
             b.to_async(&rt)
-                .iter_custom(|iters| body_only(&svc, content, iters))
+                .iter_custom(|iters| body_only(&svc, || chat_req(content), iters))
         });
     }
     g.finish();
@@ -291,29 +292,6 @@ where
     poll_to_end(&mut res.into_body()).await
 }
 
-/// As [`body_only`], with the loopback requests.
-async fn loopback_body_only<S, B>(
-    svc: &S,
-    req: impl Fn() -> Request<Full<Bytes>>,
-    iters: u64,
-) -> Duration
-where
-    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
-    S::Error: std::fmt::Debug,
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Debug,
-{
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        let res = svc.clone().oneshot(req()).await.unwrap();
-        let mut body = res.into_body();
-        let start = Instant::now();
-        black_box(poll_to_end(&mut body).await);
-        total += start.elapsed();
-    }
-    total
-}
-
 /// The streaming restore behind a real HTTP/1.1 client and upstream over loopback TCP: the
 /// bare hyper-util legacy `Client` (keep-alive pool) against `RedactLayer` over the same
 /// client. Server, client connection tasks and the bench run on one current-thread runtime,
@@ -349,7 +327,7 @@ fn bench_restore_loopback(c: &mut Criterion) {
     // The response body only, from its first poll to its end.
     g.bench_function("body/bare_passthrough", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            loopback_body_only(
+            body_only(
                 &bare,
                 || loopback_req(&uri, "hello 13800138000", false),
                 iters,
@@ -359,7 +337,7 @@ fn bench_restore_loopback(c: &mut Criterion) {
     for (name, content, restore) in cases {
         g.bench_function(format!("body/{name}"), |b| {
             b.to_async(&rt).iter_custom(|iters| {
-                loopback_body_only(&layered, || loopback_req(&uri, content, restore), iters)
+                body_only(&layered, || loopback_req(&uri, content, restore), iters)
             })
         });
     }
