@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BodyEnd, BodyObserver, ObservedBody};
-use tower_deepseek_core::classify::EosClassifier;
+use tower_deepseek_core::classify::{EosClassifier, SharedOutcome};
 
 use crate::state::Permit;
 
@@ -26,14 +26,17 @@ struct ObserverState {
     eos: EosClassifier,
     permit: Option<Permit>,
     first_content: Option<Instant>,
+    /// The slot this breaker published for the layers above (see [`SharedOutcome`]).
+    share: Option<SharedOutcome>,
 }
 
 impl EndObserver {
-    pub(crate) fn new(eos: EosClassifier, permit: Permit) -> Self {
+    pub(crate) fn new(eos: EosClassifier, permit: Permit, share: Option<SharedOutcome>) -> Self {
         Self(Box::new(ObserverState {
             eos,
             permit: Some(permit),
             first_content: None,
+            share,
         }))
     }
 }
@@ -58,6 +61,10 @@ impl BodyObserver for EndObserver {
                 return;
             }
         };
+        // Before the end goes up: the layers above read the outcome when they see it.
+        if let Some(slot) = s.share.take() {
+            slot.set(result.clone(), s.eos.take_summary());
+        }
         if let Some(permit) = s.permit.take() {
             let now = permit.breaker().now();
             permit.record(

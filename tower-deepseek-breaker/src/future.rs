@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use http::Response;
 use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::classify::ClassifiedResponse;
+use tower_deepseek_core::classify::{ClassifiedResponse, SharedOutcome};
 use tower_deepseek_core::error::BreakerOpen;
 use tower_deepseek_core::meta::BreakerStatus;
 
@@ -95,7 +95,10 @@ where
 }
 
 /// Classifies the head (or the error) and records the outcome now, or wraps the body to record
-/// it at its end. With `facts`, the response gets a [`BreakerStatus`].
+/// it at its end. With `facts` (a layer above collects call facts), the response gets a
+/// [`BreakerStatus`], and a body whose outcome depends on its end gets a [`SharedOutcome`] this
+/// breaker fills at that end (unless a layer below already shares one), so that the layers
+/// above do not parse the same body again.
 #[inline]
 pub(crate) fn complete<B, E>(
     result: Result<Response<B>, E>,
@@ -105,7 +108,11 @@ pub(crate) fn complete<B, E>(
 where
     E: Into<BoxError>,
 {
-    let classifier = *permit.breaker().classifier();
+    let mut classifier = *permit.breaker().classifier();
+    if facts {
+        // The layers above read usage and model from the shared outcome.
+        classifier = classifier.summary(true);
+    }
     match result {
         Ok(mut resp) => match classifier.classify_head(resp.status(), resp.headers()) {
             ClassifiedResponse::Ready(outcome) => {
@@ -121,11 +128,17 @@ where
                 Ok(resp.map(ResponseBody::plain))
             }
             ClassifiedResponse::RequiresEos(eos) => {
+                let mut share = None;
                 if facts {
-                    resp.extensions_mut()
-                        .insert(BreakerStatus(permit.breaker().state().as_str()));
+                    let ext = resp.extensions_mut();
+                    ext.insert(BreakerStatus(permit.breaker().state().as_str()));
+                    if ext.get::<SharedOutcome>().is_none() {
+                        let slot = SharedOutcome::new();
+                        ext.insert(slot.clone());
+                        share = Some(slot);
+                    }
                 }
-                let observer = EndObserver::new(eos, permit);
+                let observer = EndObserver::new(eos, permit, share);
                 Ok(resp.map(|b| ResponseBody::observed(b, observer)))
             }
         },

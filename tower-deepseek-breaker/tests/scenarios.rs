@@ -527,6 +527,68 @@ async fn responses_carry_the_breaker_state_for_outer_layers_that_ask() {
     );
 }
 
+/// Asked for call facts, the breaker shares its classification of a body with the layers
+/// above (core's `SharedOutcome`): the slot is empty until the body ends, then holds the
+/// verdict and the summary. Not asked, it adds nothing.
+#[tokio::test(start_paused = true)]
+async fn a_classified_body_is_shared_with_outer_layers_that_ask() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use tower_deepseek_core::classify::{FailureClass, SharedOutcome};
+    use tower_deepseek_core::meta::CollectCallFacts;
+
+    let layer = CircuitBreakerLayer::builder().build().unwrap();
+    let mut svc = layer.layer(scripted());
+    let asking = |answer| {
+        let mut req = support::request(answer);
+        req.extensions_mut().insert(CollectCallFacts);
+        req
+    };
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(support::request(Answer::Ok))
+        .await
+        .unwrap();
+    assert!(res.extensions().get::<SharedOutcome>().is_none());
+
+    for (answer, expected) in [
+        (Answer::Ok, Ok(())),
+        (Answer::Stream, Ok(())),
+        (Answer::CutStream, Err(FailureClass::Incomplete)),
+    ] {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(asking(answer))
+            .await
+            .unwrap();
+        let slot = res.extensions().get::<SharedOutcome>().cloned().unwrap();
+        assert!(slot.get().is_none(), "filled only at the end of the body");
+        let _ = res.into_body().collect().await;
+        let outcome = slot.get().expect("filled at the end");
+        assert_eq!(outcome.result, expected, "{answer:?}");
+        if answer == Answer::Ok {
+            assert_eq!(outcome.summary.model.as_deref(), Some("deepseek-chat"));
+        }
+        if answer == Answer::Stream {
+            assert_eq!(outcome.summary.events, 2);
+            assert!(outcome.summary.done);
+        }
+    }
+    // A head that decides the outcome (an error status) needs no body classification.
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(asking(Answer::Status(400)))
+        .await
+        .unwrap();
+    assert!(res.extensions().get::<SharedOutcome>().is_none());
+}
+
 /// The lock-free closed-state path, used by several threads through clones of one service:
 /// the window holds exactly its size in calls, and failures from every thread open it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,7 +119,7 @@ use sha2::{Digest, Sha256};
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BodyEnd, BodyObserver, ObservedBody};
 use tower_deepseek_core::classify::{
-    ClassifiedResponse, Classifier, EosClassifier, FailureClass, ResponseSummary,
+    ClassifiedResponse, Classifier, EosClassifier, FailureClass, ResponseSummary, SharedOutcome,
 };
 use tower_deepseek_core::meta::{
     BreakerStatus, ClientIp, CollectCallFacts, PeerAddr, RequestId, TenantId, UpstreamAttempts,
@@ -1021,7 +1021,7 @@ impl Pending {
         mut self: Box<Self>,
         status: Option<u16>,
         outcome: &'static str,
-        summary: Option<ResponseSummary>,
+        summary: Option<&ResponseSummary>,
     ) {
         // Borrowed in place: moving the record out of the box would copy it.
         let Pending {
@@ -1036,7 +1036,7 @@ impl Pending {
         r.latency_ms = started.elapsed().as_millis() as u64;
         if let Some(s) = summary {
             if s.model.is_some() {
-                r.model = s.model;
+                r.model.clone_from(&s.model);
             }
             if let Some(u) = &s.usage {
                 r.prompt_tokens = Some(u.prompt_tokens);
@@ -1273,9 +1273,14 @@ where
                     pending.recorder.record_pii(c);
                 }
                 let status = res.status();
-                let state = match this.classifier.classify_head(status, res.headers()) {
-                    ClassifiedResponse::Ready(r) => Eos::Ready(r),
-                    ClassifiedResponse::RequiresEos(c) => Eos::Body(Box::new(c)),
+                // A layer below (the breaker) that classifies this body shares its outcome:
+                // read it at the end rather than parse the same body again.
+                let state = match res.extensions().get::<SharedOutcome>() {
+                    Some(shared) => Eos::Shared(shared.clone()),
+                    None => match this.classifier.classify_head(status, res.headers()) {
+                        ClassifiedResponse::Ready(r) => Eos::Ready(r),
+                        ClassifiedResponse::RequiresEos(c) => Eos::Body(Box::new(c)),
+                    },
                 };
                 let observer = AuditObserver {
                     pending: Some(pending),
@@ -1293,6 +1298,8 @@ where
 enum Eos {
     Ready(Result<(), FailureClass>),
     Body(Box<EosClassifier>),
+    /// Classified by a layer below, which fills the slot before the end reaches this layer.
+    Shared(SharedOutcome),
 }
 
 /// Watches the response body and writes the record at its end.
@@ -1321,8 +1328,24 @@ impl BodyObserver for AuditObserver {
         };
         let status = Some(self.status);
         match (&mut self.eos, end) {
+            (Eos::Shared(s), end) => match (s.get(), end) {
+                (Some(o), BodyEnd::Complete) => {
+                    p.finish(status, outcome_of(&o.result), Some(&o.summary))
+                }
+                (Some(o), BodyEnd::Error(_)) if o.result.is_err() => {
+                    p.finish(status, outcome_of(&o.result), Some(&o.summary))
+                }
+                // An error from a layer between (the body below ended well, or not at all).
+                (o, BodyEnd::Error(e)) => {
+                    let c = Classifier::new().classify_error(e);
+                    p.finish(status, c.as_str(), o.map(|o| &o.summary))
+                }
+                (o, BodyEnd::Dropped) => p.finish(status, "cancelled", o.map(|o| &o.summary)),
+                // Ended by a layer between before the body below ended: no verdict.
+                (_, _) => p.finish(status, "unknown", None),
+            },
             (Eos::Body(c), BodyEnd::Dropped) => {
-                p.finish(status, "cancelled", Some(c.take_summary()))
+                p.finish(status, "cancelled", Some(&c.take_summary()))
             }
             (Eos::Ready(_), BodyEnd::Dropped) => p.finish(status, "cancelled", None),
             (Eos::Ready(r), BodyEnd::Complete) => p.finish(status, outcome_of(r), None),
@@ -1332,11 +1355,11 @@ impl BodyObserver for AuditObserver {
             }
             (Eos::Body(c), BodyEnd::Complete) => {
                 let r = c.finish();
-                p.finish(status, outcome_of(&r), Some(c.take_summary()))
+                p.finish(status, outcome_of(&r), Some(&c.take_summary()))
             }
             (Eos::Body(c), BodyEnd::Error(e)) => {
                 let class = c.fail(e);
-                p.finish(status, class.as_str(), Some(c.take_summary()))
+                p.finish(status, class.as_str(), Some(&c.take_summary()))
             }
             (_, _) => p.finish(status, "unknown", None),
         }

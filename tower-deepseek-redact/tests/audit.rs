@@ -557,3 +557,53 @@ impl http_body::Body for Chunks {
         std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
     }
 }
+
+/// A layer below that classified the body (the breaker, asked for call facts) shares its
+/// outcome: the audit record takes verdict, usage and model from it instead of parsing the
+/// body again. (The body here says otherwise on purpose: it is not read for the record.)
+#[tokio::test]
+async fn an_outcome_shared_from_below_is_used_instead_of_parsing_again() {
+    use tower_deepseek_core::chat::Usage;
+    use tower_deepseek_core::classify::{FailureClass, ResponseSummary, SharedOutcome};
+    use tower_deepseek_core::meta::CollectCallFacts;
+
+    let log = WriterSink::new(Vec::new());
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(log.clone())
+        .build()
+        .unwrap();
+    let inner = service_fn(
+        |req: Request<tower_deepseek_redact::audit::AuditRequestBody<Full<Bytes>>>| async move {
+            assert!(
+                req.extensions().get::<CollectCallFacts>().is_some(),
+                "audit asks the layers below for their facts"
+            );
+            let mut res = Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"model":"from-body","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+                )))
+                .unwrap();
+            let slot = SharedOutcome::new();
+            let mut summary = ResponseSummary::default();
+            summary.usage = Some(Usage {
+                prompt_tokens: 42,
+                completion_tokens: 7,
+                ..Default::default()
+            });
+            summary.model = Some("from-below".into());
+            slot.set(Err(FailureClass::InBandError), summary);
+            res.extensions_mut().insert(slot);
+            Ok::<_, Infallible>(res)
+        },
+    );
+    let res = audit.layer(inner).oneshot(chat("hi")).await.unwrap();
+    let _ = res.into_body().collect().await.unwrap();
+    let lines = records(&log);
+    let record: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(record["outcome"], "in_band_error", "{record}");
+    assert_eq!(record["prompt_tokens"], 42, "{record}");
+    assert_eq!(record["completion_tokens"], 7, "{record}");
+    assert_eq!(record["model"], "from-below", "{record}");
+}

@@ -108,6 +108,8 @@ async fn every_layer_on() {
     assert_eq!(res.extensions().get::<Attempts>().unwrap().count(), 2);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let usage = v["usage"].clone();
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{v}");
     // The answer echoes the prompt: the placeholder was restored on the way out...
     let content = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert_eq!(content, format!("Echo: {text}"));
@@ -140,6 +142,37 @@ async fn every_layer_on() {
     let first: serde_json::Value = serde_json::from_str(records.lines().next().unwrap()).unwrap();
     assert_eq!(first["retries"], 1, "{first}");
     assert_eq!(first["breaker"], "closed", "{first}");
+    // Verdict, usage and model come from the breaker's classification of the body, shared
+    // with the layers above (core's `SharedOutcome`) rather than parsed again by audit.
+    assert_eq!(first["outcome"], "ok", "{first}");
+    assert_eq!(first["prompt_tokens"], usage["prompt_tokens"], "{first}");
+    assert_eq!(
+        first["completion_tokens"], usage["completion_tokens"],
+        "{first}"
+    );
+    assert_eq!(first["model"], v["model"], "{first}");
+
+    // A streamed answer: its usage (in the final chunk) reaches the record the same way.
+    let body = serde_json::json!({
+        "model": "deepseek-chat",
+        "messages": [{"role": "user", "content": "a streamed question"}],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let req = Request::post("/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let streamed = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(streamed.ends_with(b"data: [DONE]\n\n"));
+    let records = log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
+    let third: serde_json::Value = serde_json::from_str(records.lines().nth(2).unwrap()).unwrap();
+    assert_eq!(third["outcome"], "ok", "{third}");
+    assert!(third["prompt_tokens"].as_u64().unwrap() > 0, "{third}");
+    assert!(third["completion_tokens"].as_u64().unwrap() > 0, "{third}");
+    assert_eq!(third["model"], "deepseek-chat", "{third}");
 }
 
 #[tokio::test]
