@@ -10,7 +10,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::classify::EosClassifier;
+use tower_deepseek_core::classify::{EosClassifier, SharedOutcome};
 use tower_deepseek_core::error::IncompleteResponse;
 
 use crate::entry::Recorder;
@@ -125,6 +125,34 @@ where
     }
 }
 
+/// Who judges whether a recorded answer ended whole (and so may be stored).
+// The classifier stays inline, as it was before the shared variant: boxing it would add an
+// allocation to every recorded miss that has no layer below to share with.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Judge {
+    /// This layer's own classifier, fed as the body passes.
+    Own(EosClassifier),
+    /// A layer below classifies the same body and shares its outcome (core's
+    /// [`SharedOutcome`]): read at the end instead of parsing the body again.
+    Shared(SharedOutcome),
+}
+
+impl Judge {
+    fn on_data(&mut self, data: &Bytes) {
+        if let Judge::Own(eos) = self {
+            eos.on_data(data);
+        }
+    }
+
+    /// At a complete end: whether the answer is whole and good.
+    fn passes(&mut self) -> bool {
+        match self {
+            Judge::Own(eos) => eos.finish().is_ok(),
+            Judge::Shared(s) => s.get().is_some_and(|o| o.result.is_ok()),
+        }
+    }
+}
+
 /// Records the upstream answer of a miss while forwarding it, and fans it out to followers.
 pub(crate) struct LeaderBody {
     body: Option<BoxBody>,
@@ -132,7 +160,7 @@ pub(crate) struct LeaderBody {
     fkey: FlightKey,
     /// Whether the flight is registered in the shared map (not for `no-cache` refreshes).
     registered: bool,
-    recording: Option<(Recorder, EosClassifier)>,
+    recording: Option<(Recorder, Judge)>,
     shared: Arc<Shared>,
 }
 
@@ -142,7 +170,7 @@ impl LeaderBody {
         flight: Arc<Flight>,
         fkey: FlightKey,
         registered: bool,
-        recording: Option<(Recorder, EosClassifier)>,
+        recording: Option<(Recorder, Judge)>,
         shared: Arc<Shared>,
     ) -> Self {
         LeaderBody {
@@ -158,8 +186,8 @@ impl LeaderBody {
     fn finish(&mut self, end: End) {
         self.body = None;
         if end == End::Complete {
-            if let Some((recorder, mut eos)) = self.recording.take() {
-                if eos.finish().is_ok() {
+            if let Some((recorder, mut judge)) = self.recording.take() {
+                if judge.passes() {
                     if let Some(stored) = recorder.finish() {
                         self.shared.store(&self.fkey.key, &stored);
                     }
@@ -199,8 +227,8 @@ impl Body for LeaderBody {
         match ready!(body.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    if let Some((recorder, eos)) = &mut this.recording {
-                        eos.on_data(data);
+                    if let Some((recorder, judge)) = &mut this.recording {
+                        judge.on_data(data);
                         recorder.on_data(data);
                     }
                     this.flight.publish_chunk(data.clone());
@@ -208,7 +236,7 @@ impl Body for LeaderBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                if let Some((_, eos)) = &mut this.recording {
+                if let Some((_, Judge::Own(eos))) = &mut this.recording {
                     let class = eos.fail(&*e);
                     tracing::debug!(target: "tower_deepseek_cache", key = %this.fkey.key, class = class.as_str(), "upstream body failed; not stored");
                 }

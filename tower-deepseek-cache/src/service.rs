@@ -10,10 +10,10 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer_or_reject};
-use tower_deepseek_core::classify::{ClassifiedResponse, Classifier};
+use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, SharedOutcome};
 use tower_service::Service;
 
-use crate::body::{BoxBody, FollowerBody, LeaderBody, ResponseBody};
+use crate::body::{BoxBody, FollowerBody, Judge, LeaderBody, ResponseBody};
 use crate::config::CacheConfig;
 use crate::entry::{Entry, Kind, Recorder, Stored};
 use crate::flight::{FlightKey, Flights, Head, Joined, Role};
@@ -509,10 +509,17 @@ where
             .classifier
             .classify_head(parts.status, &parts.headers)
         {
-            ClassifiedResponse::RequiresEos(eos) if eos.is_stream() == fkey.stream => Some((
-                Recorder::new(fkey.stream, kind, shared.cfg.max_entry_bytes),
-                eos,
-            )),
+            ClassifiedResponse::RequiresEos(eos) if eos.is_stream() == fkey.stream => {
+                // A layer below that classifies this body shares its verdict: judged by it.
+                let judge = match parts.extensions.get::<SharedOutcome>() {
+                    Some(s) => Judge::Shared(s.clone()),
+                    None => Judge::Own(eos),
+                };
+                Some((
+                    Recorder::new(fkey.stream, kind, shared.cfg.max_entry_bytes),
+                    judge,
+                ))
+            }
             _ => None,
         }
     } else {

@@ -392,3 +392,34 @@ async fn l1_is_bounded_by_bytes() {
     assert!(hits < 10, "{hits} entries of ~3 KB fit in 16 KiB?");
     assert!(calls.load(Ordering::SeqCst) > 40 + 30);
 }
+
+/// A layer below that classifies the answer (the breaker, when audit asks for call facts)
+/// shares its verdict (core's `SharedOutcome`): the cache stores or skips by it instead of
+/// parsing the body again. The body is a valid answer either way; only the verdict differs.
+#[tokio::test(start_paused = true)]
+async fn a_verdict_shared_from_below_decides_what_is_stored() {
+    use tower_deepseek_core::classify::{FailureClass, ResponseSummary, SharedOutcome};
+
+    for (verdict, stored) in [(Ok(()), true), (Err(FailureClass::InBandError), false)] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let svc = CacheLayer::new().layer(service_fn(move |_r: Request<BufferedBody>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let verdict = verdict.clone();
+            async move {
+                let mut res = Response::new(BufferedBody::new(json_answer("x")));
+                let slot = SharedOutcome::new();
+                // Filled before the end reaches the cache, as the breaker does.
+                slot.set(verdict, ResponseSummary::default());
+                res.extensions_mut().insert(slot);
+                Ok::<_, Infallible>(res)
+            }
+        }));
+        for _ in 0..2 {
+            let r = svc.clone().oneshot(request(false)).await.unwrap();
+            r.into_body().collect().await.unwrap();
+        }
+        let expected = if stored { 1 } else { 2 };
+        assert_eq!(calls.load(Ordering::SeqCst), expected, "stored: {stored}");
+    }
+}
