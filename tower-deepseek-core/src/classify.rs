@@ -458,7 +458,9 @@ pub struct BodyOutcome {
 /// the response's extensions when it sees the head, and fills it when the body ends (complete
 /// or failed), before that end reaches the layers above it; a layer above that finds the slot
 /// reads it at the end instead of running a classifier of its own. A body dropped before its
-/// end leaves the slot empty. Only the layer that inserted the slot sets it.
+/// end leaves the slot empty. Only the layer that inserted the slot sets it. A layer between
+/// that may change the verdict (one that rewrites or cuts the body, like a content filter)
+/// removes the slot from the response, so that the layers above classify what it sends.
 ///
 /// Layers publish it when a layer above asks for call facts
 /// ([`CollectCallFacts`](crate::meta::CollectCallFacts)), so that a layer alone pays nothing

@@ -20,6 +20,9 @@
 //!   it, the body as this layer saw it is hashed (read in passing, not buffered twice).
 //! - model, tokens, outcome: core's shared classifier ([`Classifier`] and its
 //!   [`EosClassifier`] summary, streams included), falling back to the request's `model`.
+//!   When a layer below classifies the same body and shares its outcome (core's
+//!   [`SharedOutcome`]: the breaker does when this layer asks for call facts), that outcome is
+//!   read at the body's end instead of the body being parsed a second time.
 //! - cache status: the `x-cache` response header (the cache layer sets it for the caller too);
 //!   retry count (retries, i.e. attempts − 1): core's
 //!   [`UpstreamAttempts`] response extension, set
@@ -1273,14 +1276,18 @@ where
                     pending.recorder.record_pii(c);
                 }
                 let status = res.status();
-                // A layer below (the breaker) that classifies this body shares its outcome:
-                // read it at the end rather than parse the same body again.
-                let state = match res.extensions().get::<SharedOutcome>() {
-                    Some(shared) => Eos::Shared(shared.clone()),
-                    None => match this.classifier.classify_head(status, res.headers()) {
-                        ClassifiedResponse::Ready(r) => Eos::Ready(r),
-                        ClassifiedResponse::RequiresEos(c) => Eos::Body(Box::new(c)),
-                    },
+                // The head first (a layer between may have changed the status); when the
+                // outcome depends on the body and a layer below (the breaker) classifies it,
+                // that layer's shared outcome is read at the end rather than the same body
+                // parsed again.
+                let state = match this.classifier.classify_head(status, res.headers()) {
+                    ClassifiedResponse::Ready(r) => Eos::Ready(r),
+                    ClassifiedResponse::RequiresEos(c) => {
+                        match res.extensions().get::<SharedOutcome>() {
+                            Some(shared) => Eos::Shared(shared.clone()),
+                            None => Eos::Body(Box::new(c)),
+                        }
+                    }
                 };
                 let observer = AuditObserver {
                     pending: Some(pending),

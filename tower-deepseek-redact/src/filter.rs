@@ -76,7 +76,7 @@ use regex::Regex;
 use serde_json::Value;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{ChunkTransform, DEFAULT_BODY_LIMIT, TransformBody, buffer};
-use tower_deepseek_core::classify::is_event_stream;
+use tower_deepseek_core::classify::{SharedOutcome, is_event_stream};
 use tower_deepseek_core::sse::{SseEvent, SseParser};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -416,8 +416,12 @@ where
                     if !res.status().is_success() {
                         return Poll::Ready(Ok(res.map(|b| ResponseBody::plain(b))));
                     }
+                    let mut res = res;
+                    // This layer may rewrite the answer (block it, end a stream early), so a
+                    // classification shared from below no longer describes what goes up: the
+                    // layers above classify what this layer sends.
+                    res.extensions_mut().remove::<SharedOutcome>();
                     if is_event_stream(res.headers()) {
-                        let mut res = res;
                         res.headers_mut().remove(CONTENT_LENGTH);
                         let t = SseFilter::new(this.shared.clone());
                         return Poll::Ready(Ok(res.map(|b| ResponseBody {

@@ -607,3 +607,55 @@ async fn an_outcome_shared_from_below_is_used_instead_of_parsing_again() {
     assert_eq!(record["completion_tokens"], 7, "{record}");
     assert_eq!(record["model"], "from-below", "{record}");
 }
+
+/// A layer between that rewrites the answer (the content filter blocking it) drops the
+/// outcome shared from below, so the record says what the caller got: the blocked stream
+/// (an error event, no `[DONE]`) and the blocked JSON answer (a 400), not the upstream's
+/// clean verdict.
+#[tokio::test]
+async fn a_filter_between_hides_the_shared_outcome_from_audit() {
+    use tower_deepseek_core::classify::{ResponseSummary, SharedOutcome};
+    use tower_deepseek_redact::{ContentFilterLayer, FilterAction};
+
+    for stream in [true, false] {
+        let log = WriterSink::new(Vec::new());
+        let audit = AuditLayer::builder()
+            .hmac_key(KEY.to_vec())
+            .sink(log.clone())
+            .build()
+            .unwrap();
+        let filter = ContentFilterLayer::builder()
+            .keywords(["forbidden"])
+            .action(FilterAction::Block)
+            .build()
+            .unwrap();
+        let inner = service_fn(move |_req: Request<_>| async move {
+            let (ct, body) = if stream {
+                (
+                    "text/event-stream",
+                    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a forbidden word\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+                )
+            } else {
+                (
+                    "application/json",
+                    r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"a forbidden word"},"finish_reason":"stop"}]}"#,
+                )
+            };
+            let mut res = Response::builder()
+                .header("content-type", ct)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap();
+            // The layer below judged the upstream's answer clean.
+            let slot = SharedOutcome::new();
+            slot.set(Ok(()), ResponseSummary::default());
+            res.extensions_mut().insert(slot);
+            Ok::<_, Infallible>(res)
+        });
+        let svc = audit.layer(filter.layer(inner));
+        let res = svc.oneshot(chat("hi")).await.unwrap();
+        let _ = res.into_body().collect().await;
+        let lines = records(&log);
+        let record: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_ne!(record["outcome"], "ok", "stream: {stream}: {record}");
+    }
+}
