@@ -1024,7 +1024,7 @@ impl Pending {
         mut self: Box<Self>,
         status: Option<u16>,
         outcome: &'static str,
-        summary: Option<&ResponseSummary>,
+        summary: Option<Cow<'_, ResponseSummary>>,
     ) {
         // Borrowed in place: moving the record out of the box would copy it.
         let Pending {
@@ -1038,9 +1038,6 @@ impl Pending {
         r.outcome = outcome;
         r.latency_ms = started.elapsed().as_millis() as u64;
         if let Some(s) = summary {
-            if s.model.is_some() {
-                r.model.clone_from(&s.model);
-            }
             if let Some(u) = &s.usage {
                 r.prompt_tokens = Some(u.prompt_tokens);
                 r.completion_tokens = Some(u.completion_tokens);
@@ -1049,6 +1046,13 @@ impl Pending {
                         .as_ref()
                         .and_then(|d| d.cached_tokens)
                 });
+            }
+            if s.model.is_some() {
+                // Moved when this layer classified the body itself; copied from a shared one.
+                r.model = match s {
+                    Cow::Owned(s) => s.model,
+                    Cow::Borrowed(s) => s.model.clone(),
+                };
             }
         }
         let (upstream, seen, pii) = {
@@ -1336,23 +1340,29 @@ impl BodyObserver for AuditObserver {
         let status = Some(self.status);
         match (&mut self.eos, end) {
             (Eos::Shared(s), end) => match (s.get(), end) {
-                (Some(o), BodyEnd::Complete) => {
-                    p.finish(status, outcome_of(&o.result), Some(&o.summary))
-                }
-                (Some(o), BodyEnd::Error(_)) if o.result.is_err() => {
-                    p.finish(status, outcome_of(&o.result), Some(&o.summary))
-                }
+                (Some(o), BodyEnd::Complete) => p.finish(
+                    status,
+                    outcome_of(&o.result),
+                    Some(Cow::Borrowed(&o.summary)),
+                ),
+                (Some(o), BodyEnd::Error(_)) if o.result.is_err() => p.finish(
+                    status,
+                    outcome_of(&o.result),
+                    Some(Cow::Borrowed(&o.summary)),
+                ),
                 // An error from a layer between (the body below ended well, or not at all).
                 (o, BodyEnd::Error(e)) => {
                     let c = Classifier::new().classify_error(e);
-                    p.finish(status, c.as_str(), o.map(|o| &o.summary))
+                    p.finish(status, c.as_str(), o.map(|o| Cow::Borrowed(&o.summary)))
                 }
-                (o, BodyEnd::Dropped) => p.finish(status, "cancelled", o.map(|o| &o.summary)),
+                (o, BodyEnd::Dropped) => {
+                    p.finish(status, "cancelled", o.map(|o| Cow::Borrowed(&o.summary)))
+                }
                 // Ended by a layer between before the body below ended: no verdict.
                 (_, _) => p.finish(status, "unknown", None),
             },
             (Eos::Body(c), BodyEnd::Dropped) => {
-                p.finish(status, "cancelled", Some(&c.take_summary()))
+                p.finish(status, "cancelled", Some(Cow::Owned(c.take_summary())))
             }
             (Eos::Ready(_), BodyEnd::Dropped) => p.finish(status, "cancelled", None),
             (Eos::Ready(r), BodyEnd::Complete) => p.finish(status, outcome_of(r), None),
@@ -1362,11 +1372,11 @@ impl BodyObserver for AuditObserver {
             }
             (Eos::Body(c), BodyEnd::Complete) => {
                 let r = c.finish();
-                p.finish(status, outcome_of(&r), Some(&c.take_summary()))
+                p.finish(status, outcome_of(&r), Some(Cow::Owned(c.take_summary())))
             }
             (Eos::Body(c), BodyEnd::Error(e)) => {
                 let class = c.fail(e);
-                p.finish(status, class.as_str(), Some(&c.take_summary()))
+                p.finish(status, class.as_str(), Some(Cow::Owned(c.take_summary())))
             }
             (_, _) => p.finish(status, "unknown", None),
         }
