@@ -435,6 +435,30 @@ async fn json_truncated_or_in_band_error_is_retried() {
     );
 }
 
+/// A layer below that classified the same JSON body (the breaker, when audit asks for call
+/// facts) shares its verdict (core's `SharedOutcome`), and the retry layer decides by it
+/// instead of parsing the body again: here a valid body that the layer below judged an
+/// in-band error is retried.
+#[tokio::test(start_paused = true)]
+async fn a_verdict_shared_from_below_decides_a_json_answer() {
+    use tower_deepseek_core::classify::{ResponseSummary, SharedOutcome};
+
+    let judged = |verdict: Result<(), FailureClass>| {
+        let Step::Resp(mut resp) = ok() else {
+            unreachable!()
+        };
+        let slot = SharedOutcome::new();
+        // Filled before the end reaches this layer, as the breaker does.
+        slot.set(verdict, ResponseSummary::default());
+        resp.extensions_mut().insert(slot);
+        Step::Resp(resp)
+    };
+    let script = Script::new([judged(Err(FailureClass::InBandError)), judged(Ok(()))]);
+    let resp = run(layer().build().unwrap(), &script).await.unwrap();
+    assert_eq!(attempts(&resp).failures(), &[FailureClass::InBandError]);
+    assert_eq!(attempts(&resp).count(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn last_empty_200_ends_the_callers_body_with_an_error() {
     let script = Script::new([

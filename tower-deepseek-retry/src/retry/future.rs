@@ -13,7 +13,9 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{Buffered, BufferedBody, Overflow};
-use tower_deepseek_core::classify::{ClassifiedResponse, EosClassifier, FailureClass};
+use tower_deepseek_core::classify::{
+    ClassifiedResponse, EosClassifier, FailureClass, SharedOutcome,
+};
 use tower_deepseek_core::meta::{CollectCallFacts, CredentialRefreshed, ReplayOn401};
 use tower_service::Service;
 
@@ -411,7 +413,9 @@ where
                                 let class = ins.eos.fail(&*e);
                                 break Some(Ok((class, e)));
                             }
-                            None => match ins.eos.finish() {
+                            // The body ended: a layer below that classified it (the breaker,
+                            // asked for call facts) has shared its verdict; else judge here.
+                            None => match shared_or_own(ins) {
                                 Ok(()) => {
                                     let ins = *slot.take().expect("inspecting");
                                     let body =
@@ -598,4 +602,18 @@ fn finish<B>(
         stop,
     });
     resp
+}
+
+/// The verdict on an inspected body that has ended: the one a layer below shared (the breaker,
+/// asked for call facts, classified the same body), else this layer's own.
+fn shared_or_own<B>(ins: &mut Inspect<B>) -> Result<(), FailureClass> {
+    match ins
+        .head
+        .extensions
+        .get::<SharedOutcome>()
+        .and_then(SharedOutcome::get)
+    {
+        Some(shared) => shared.result.clone(),
+        None => ins.eos.finish(),
+    }
 }
