@@ -11,6 +11,7 @@ use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_breaker::{BreakerOpen, CircuitBreakerLayer, DefaultOutcomePolicy, State};
+use tower_deepseek_core::meta::CollectCallFacts;
 
 use support::{Answer, answer, call, is_breaker_open, scripted, slow_request};
 
@@ -477,10 +478,17 @@ async fn an_ignored_probe_outcome_gives_the_slot_back() {
     assert_eq!(h.state(), State::Closed);
 }
 
+/// A request as a stack with an audit layer sends it: asking for the call's facts.
+fn asking_for_facts(answer: Answer) -> Request<Full<Bytes>> {
+    let mut req = support::request(answer);
+    req.extensions_mut().insert(CollectCallFacts);
+    req
+}
+
 #[tokio::test(start_paused = true)]
 async fn responses_carry_the_breaker_state_for_outer_layers_that_ask() {
     use tower::ServiceExt;
-    use tower_deepseek_core::meta::{BreakerStatus, CollectCallFacts};
+    use tower_deepseek_core::meta::BreakerStatus;
 
     let layer = CircuitBreakerLayer::builder()
         .count_based_window(3)
@@ -488,11 +496,6 @@ async fn responses_carry_the_breaker_state_for_outer_layers_that_ask() {
         .build()
         .unwrap();
     let mut svc = layer.layer(scripted());
-    let asking = |answer| {
-        let mut req = support::request(answer);
-        req.extensions_mut().insert(CollectCallFacts);
-        req
-    };
     // Not asked: no extension (no allocation for a stack without audit).
     let res = svc
         .ready()
@@ -506,7 +509,7 @@ async fn responses_carry_the_breaker_state_for_outer_layers_that_ask() {
         .ready()
         .await
         .unwrap()
-        .call(asking(Answer::Status(500)))
+        .call(asking_for_facts(Answer::Status(500)))
         .await
         .unwrap();
     assert_eq!(
@@ -517,7 +520,7 @@ async fn responses_carry_the_breaker_state_for_outer_layers_that_ask() {
         .ready()
         .await
         .unwrap()
-        .call(asking(Answer::Status(500)))
+        .call(asking_for_facts(Answer::Status(500)))
         .await
         .unwrap();
     // The failure that tripped it: the state after recording it.
@@ -535,15 +538,9 @@ async fn a_classified_body_is_shared_with_outer_layers_that_ask() {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
     use tower_deepseek_core::classify::{FailureClass, SharedOutcome};
-    use tower_deepseek_core::meta::CollectCallFacts;
 
     let layer = CircuitBreakerLayer::builder().build().unwrap();
     let mut svc = layer.layer(scripted());
-    let asking = |answer| {
-        let mut req = support::request(answer);
-        req.extensions_mut().insert(CollectCallFacts);
-        req
-    };
     let res = svc
         .ready()
         .await
@@ -562,7 +559,7 @@ async fn a_classified_body_is_shared_with_outer_layers_that_ask() {
             .ready()
             .await
             .unwrap()
-            .call(asking(answer))
+            .call(asking_for_facts(answer))
             .await
             .unwrap();
         let slot = res.extensions().get::<SharedOutcome>().cloned().unwrap();
@@ -583,7 +580,7 @@ async fn a_classified_body_is_shared_with_outer_layers_that_ask() {
         .ready()
         .await
         .unwrap()
-        .call(asking(Answer::Status(400)))
+        .call(asking_for_facts(Answer::Status(400)))
         .await
         .unwrap();
     assert!(res.extensions().get::<SharedOutcome>().is_none());

@@ -46,6 +46,17 @@ fn chat(content: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// An audit layer with the test key, writing its records to memory.
+fn audit_to_memory() -> (AuditLayer, WriterSink<Vec<u8>>) {
+    let log = WriterSink::new(Vec::new());
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(log.clone())
+        .build()
+        .unwrap();
+    (audit, log)
+}
+
 fn records(log: &WriterSink<Vec<u8>>) -> Vec<String> {
     let text = log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
     text.lines().map(str::to_owned).collect()
@@ -53,12 +64,7 @@ fn records(log: &WriterSink<Vec<u8>>) -> Vec<String> {
 
 #[tokio::test]
 async fn schema_has_every_field() {
-    let log = WriterSink::new(Vec::new());
-    let audit = AuditLayer::builder()
-        .hmac_key(KEY.to_vec())
-        .sink(log.clone())
-        .build()
-        .unwrap();
+    let (audit, log) = audit_to_memory();
     let upstream_body = Arc::new(Mutex::new(Bytes::new()));
     let ub = upstream_body.clone();
     let svc = audit.layer(RedactLayer::new().layer(service_fn(
@@ -157,12 +163,7 @@ async fn schema_has_every_field() {
 
 #[tokio::test]
 async fn outcomes_errors_and_cancellation() {
-    let log = WriterSink::new(Vec::new());
-    let audit = AuditLayer::builder()
-        .hmac_key(KEY.to_vec())
-        .sink(log.clone())
-        .build()
-        .unwrap();
+    let (audit, log) = audit_to_memory();
     // 429 JSON error.
     let svc = audit.layer(service_fn(
         |req: Request<tower_deepseek_redact::audit::AuditRequestBody<Full<Bytes>>>| async {
@@ -435,12 +436,7 @@ fn fastrand_like() -> u128 {
 async fn facts_from_inner_layers_and_a_generated_request_id() {
     use tower_deepseek_core::meta::{BreakerStatus, UpstreamAttempts};
 
-    let log = WriterSink::new(Vec::new());
-    let audit = AuditLayer::builder()
-        .hmac_key(KEY.to_vec())
-        .sink(log.clone())
-        .build()
-        .unwrap();
+    let (audit, log) = audit_to_memory();
     let seen_id = Arc::new(Mutex::new(None::<String>));
     let seen = seen_id.clone();
     // What the retry and breaker layers below leave on the response.
@@ -506,12 +502,7 @@ async fn a_request_body_read_in_several_chunks_is_hashed_whole() {
     // copy), and the model fallback reads them joined: the `model` member is cut across chunks.
     let body = br#"{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"hi"}]}"#;
     let cuts = [0usize, 5, 14, 15, 40, body.len()];
-    let log = WriterSink::new(Vec::new());
-    let audit = AuditLayer::builder()
-        .hmac_key(KEY.to_vec())
-        .sink(log.clone())
-        .build()
-        .unwrap();
+    let (audit, log) = audit_to_memory();
     let svc = audit.layer(service_fn(
         |req: Request<tower_deepseek_redact::audit::AuditRequestBody<_>>| async {
             req.into_body().collect().await.unwrap();
@@ -567,12 +558,7 @@ async fn an_outcome_shared_from_below_is_used_instead_of_parsing_again() {
     use tower_deepseek_core::classify::{FailureClass, ResponseSummary, SharedOutcome};
     use tower_deepseek_core::meta::CollectCallFacts;
 
-    let log = WriterSink::new(Vec::new());
-    let audit = AuditLayer::builder()
-        .hmac_key(KEY.to_vec())
-        .sink(log.clone())
-        .build()
-        .unwrap();
+    let (audit, log) = audit_to_memory();
     let inner = service_fn(
         |req: Request<tower_deepseek_redact::audit::AuditRequestBody<Full<Bytes>>>| async move {
             assert!(
@@ -618,12 +604,7 @@ async fn a_filter_between_hides_the_shared_outcome_from_audit() {
     use tower_deepseek_redact::{ContentFilterLayer, FilterAction};
 
     for stream in [true, false] {
-        let log = WriterSink::new(Vec::new());
-        let audit = AuditLayer::builder()
-            .hmac_key(KEY.to_vec())
-            .sink(log.clone())
-            .build()
-            .unwrap();
+        let (audit, log) = audit_to_memory();
         let filter = ContentFilterLayer::builder()
             .keywords(["forbidden"])
             .action(FilterAction::Block)
