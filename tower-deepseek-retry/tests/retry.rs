@@ -508,6 +508,44 @@ async fn stream_without_done_after_handover_ends_with_incomplete_error() {
     assert!(err.expect("not a clean EOF").is::<IncompleteResponse>());
 }
 
+/// After the hand-over, a stream is judged at its end by the verdict a layer below shares
+/// (the breaker's), not by a second parse here: a complete-looking stream that the layer below
+/// judged incomplete ends with the error, and one it judged whole ends cleanly.
+#[tokio::test(start_paused = true)]
+async fn a_verdict_shared_from_below_judges_the_end_of_a_handed_over_stream() {
+    use tower_deepseek_core::classify::{ResponseSummary, SharedOutcome};
+
+    for (verdict, events, clean) in [
+        (
+            Err(FailureClass::Incomplete),
+            [
+                "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+                "data: [DONE]\n\n",
+            ],
+            false,
+        ),
+        (
+            Ok(()),
+            [
+                "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+                "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n",
+            ],
+            true,
+        ),
+    ] {
+        let Step::Resp(mut resp) = sse(TestBody::chunks(events)) else {
+            unreachable!()
+        };
+        let slot = SharedOutcome::new();
+        slot.set(verdict, ResponseSummary::default());
+        resp.extensions_mut().insert(slot);
+        let script = Script::new([Step::Resp(resp)]);
+        let resp = run(layer().build().unwrap(), &script).await.unwrap();
+        let (_, err) = read_body(resp.into_body()).await;
+        assert_eq!(err.is_none(), clean, "{err:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn stream_broken_before_the_first_event_follows_retry_after_send() {
     // A reset after sending may bill twice: by default not retried, and the caller's body

@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, Overflow};
-use tower_deepseek_core::classify::{EosClassifier, FailureClass};
+use tower_deepseek_core::classify::{EosClassifier, FailureClass, SharedOutcome};
 use tower_deepseek_core::error::IncompleteResponse;
 
 /// The request body handed to the inner service: the buffered body (a cheap clone of the same
@@ -176,8 +176,29 @@ where
 pub struct ResponseBody<B> {
     prefix: Prefix,
     inner: Option<B>,
-    eos: Option<Box<EosClassifier>>,
+    eos: Option<Watch>,
     pending_error: Option<BoxError>,
+}
+
+/// How the rest of a handed-over body is judged at its end.
+pub(crate) enum Watch {
+    /// By this layer's classifier, fed as the body passes.
+    Own(Box<EosClassifier>),
+    /// By the verdict a layer below shares (core's [`SharedOutcome`]: the breaker, asked for
+    /// call facts, classifies the same body). Empty at the end means the body below did not
+    /// end: cut, so incomplete.
+    Shared(SharedOutcome),
+}
+
+impl Watch {
+    fn verdict(&mut self) -> Result<(), FailureClass> {
+        match self {
+            Watch::Own(eos) => eos.finish(),
+            Watch::Shared(s) => s
+                .get()
+                .map_or(Err(FailureClass::Incomplete), |o| o.result.clone()),
+        }
+    }
 }
 
 impl<B> ResponseBody<B> {
@@ -193,7 +214,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn with_parts(
         prefix: Prefix,
         inner: Option<B>,
-        eos: Option<Box<EosClassifier>>,
+        eos: Option<Watch>,
         pending_error: Option<BoxError>,
     ) -> Self {
         Self {
@@ -309,7 +330,7 @@ where
         match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 let frame = to_bytes_frame(frame);
-                if let (Some(eos), Some(data)) = (this.eos.as_mut(), frame.data_ref()) {
+                if let (Some(Watch::Own(eos)), Some(data)) = (this.eos.as_mut(), frame.data_ref()) {
                     eos.on_data(data);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -322,7 +343,7 @@ where
             None => {
                 this.inner = None;
                 if let Some(mut eos) = this.eos.take() {
-                    if let Err(class) = eos.finish() {
+                    if let Err(class) = eos.verdict() {
                         if let Some(e) = incomplete_error(&class) {
                             tracing::warn!(
                                 target: "tower_deepseek_retry",

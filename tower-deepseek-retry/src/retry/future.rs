@@ -20,7 +20,9 @@ use tower_deepseek_core::meta::{CollectCallFacts, CredentialRefreshed, ReplayOn4
 use tower_service::Service;
 
 use super::Attempts;
-use super::body::{Prefix, Prepend, ResponseBody, RetryBody, incomplete_error, to_bytes_frame};
+use super::body::{
+    Prefix, Prepend, ResponseBody, RetryBody, Watch, incomplete_error, to_bytes_frame,
+};
 use super::error::{RetriesExhausted, StopReason};
 use super::layer::Shared;
 use super::schedule::{KINDS, Kind, RetryAfterPolicy};
@@ -439,12 +441,17 @@ where
                     match step {
                         None => {
                             // Content is flowing: the decision is taken, the caller gets the
-                            // body (what was read first, then the rest, still watched).
-                            // Boxed only now, for the body that keeps watching the stream.
+                            // body (what was read first, then the rest, still watched: by the
+                            // verdict a layer below shares at the end, else by this layer's
+                            // classifier, boxed only now).
+                            let watch = match ins.head.extensions.get::<SharedOutcome>() {
+                                Some(shared) => Watch::Shared(shared.clone()),
+                                None => Watch::Own(Box::new(ins.eos)),
+                            };
                             let body = ResponseBody::with_parts(
                                 ins.frames,
                                 Some(ins.body),
-                                Some(Box::new(ins.eos)),
+                                Some(watch),
                                 None,
                             );
                             return Poll::Ready(Ok(finish(
@@ -464,7 +471,7 @@ where
                             let (inner, eos) = if ended {
                                 (None, None)
                             } else {
-                                (Some(ins.body), Some(Box::new(ins.eos)))
+                                (Some(ins.body), Some(Watch::Own(Box::new(ins.eos))))
                             };
                             let body = ResponseBody::with_parts(ins.frames, inner, eos, pending);
                             (
