@@ -758,3 +758,47 @@ fn a_token_whose_timer_runtime_is_gone_still_expires() {
         assert_eq!(endpoint.fetches(), 2);
     });
 }
+
+/// A service kept for many calls (not cloned per call, as a connection task keeps it) holds
+/// its own reference to the token it last sent: it must still send each new token from the
+/// call after it is installed, whether a refresh ahead or a 401 through another clone
+/// replaced it.
+#[tokio::test(start_paused = true)]
+async fn a_long_lived_service_sends_each_new_token_at_once() {
+    async fn send<S>(svc: &mut S, body: &'static str) -> Response<Full<Bytes>>
+    where
+        S: tower::Service<
+                Request<Full<Bytes>>,
+                Response = Response<Full<Bytes>>,
+                Error = tower_deepseek_core::BoxError,
+            >,
+    {
+        let req = Request::new(Full::new(Bytes::from_static(body.as_bytes())));
+        svc.ready().await.unwrap().call(req).await.unwrap()
+    }
+
+    let endpoint = Endpoint::new(|n| ok_token(n, Some(3600)));
+    let upstream = Upstream::default();
+    let layer = OAuth2Layer::new(config(), endpoint.service()).unwrap();
+    let mut kept = layer.layer(upstream.service());
+    assert_eq!(token_of(send(&mut kept, "a").await).await, "tok-1");
+
+    // Refreshed ahead (tok-1 stays usable): the kept service sends tok-2 from now on.
+    tokio::time::advance(Duration::from_secs(3000)).await;
+    until(|| endpoint.fetches() == 2).await;
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(token_of(send(&mut kept, "b").await).await, "tok-2");
+
+    // tok-2 refused: another clone's 401 replaces it with tok-3; the kept service sends tok-3
+    // straight away, without a 401 of its own.
+    upstream.refused.lock().unwrap().push("tok-2".into());
+    assert_eq!(token_of(call(&kept, "c").await).await, "tok-3");
+    let calls = upstream.calls();
+    let resp = send(&mut kept, "d").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(token_of(resp).await, "tok-3");
+    assert_eq!(upstream.calls(), calls + 1, "no 401 and replay on the way");
+    assert_eq!(endpoint.fetches(), 3);
+}

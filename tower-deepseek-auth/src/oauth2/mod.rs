@@ -165,7 +165,7 @@ pub use self::config::{
 };
 use self::fetch::TokenRequest;
 use self::future::ResponseFuture;
-use self::state::{Shared, Tuning};
+use self::state::{CurrentOf, Shared, TokenCache, Tuning};
 use crate::error::ConfigError;
 use crate::store::{MemoryTokenStore, TokenStore};
 
@@ -314,6 +314,7 @@ impl<S, T> Layer<S> for OAuth2Layer<T> {
         OAuth2 {
             inner,
             shared: Arc::clone(&self.shared),
+            tokens: TokenCache::new(CurrentOf(Arc::clone(&self.shared))),
         }
     }
 }
@@ -322,6 +323,7 @@ impl<S, T> Layer<S> for OAuth2Layer<T> {
 pub struct OAuth2<S, T> {
     inner: S,
     shared: Arc<Shared<T>>,
+    tokens: TokenCache<T>,
 }
 
 impl<S: Clone, T> Clone for OAuth2<S, T> {
@@ -329,6 +331,7 @@ impl<S: Clone, T> Clone for OAuth2<S, T> {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -391,7 +394,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let fresh = self.shared.fresh();
+        let fresh = match self.tokens.load() {
+            Some(cur) => self.shared.usable(cur),
+            None => None,
+        };
         let shared = Arc::clone(&self.shared);
         ResponseFuture::start(shared, &mut self.inner, req, fresh)
     }
