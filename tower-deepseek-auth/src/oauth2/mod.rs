@@ -69,7 +69,8 @@
 //!
 //! # How a request gets its token
 //!
-//! - **Fresh token (the hot path):** one atomic pointer load (`arc-swap`), one atomic load of
+//! - **Fresh token (the hot path):** one relaxed pointer compare (each service keeps the token
+//!   it last sent in an `arc_swap::Cache`), one atomic load of
 //!   the token's phase and a header clone. No lock, no clock read, no await before the inner
 //!   call.
 //! - **Refresh ahead:** each installed token has a timer task on the runtime that installed it.
