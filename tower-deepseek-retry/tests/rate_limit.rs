@@ -237,6 +237,48 @@ async fn tokens_are_settled_against_real_usage() {
     assert!(debt >= estimated + Duration::from_millis(900), "{debt:?}");
 }
 
+/// A layer below that classifies the same body (the breaker, when audit asks for call facts)
+/// shares its summary (core's `SharedOutcome`): the settle reads the usage there instead of
+/// parsing the body again. Here the body reports no usage and the shared summary reports 100
+/// tokens: settled by the shared one, the second request passes almost at once (by its own
+/// parse it would wait ~0.8 s, as in `tokens_are_settled_against_real_usage`).
+#[tokio::test(start_paused = true)]
+async fn usage_shared_from_below_settles_the_tokens() {
+    use tower_deepseek_core::chat::Usage;
+    use tower_deepseek_core::classify::{ResponseSummary, SharedOutcome};
+
+    let layer = RateLimitLayer::builder()
+        .tokens_per_minute(60_000)
+        .token_burst(1000)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let up = Upstream::new(|_| {
+        let mut resp = json_usage(None);
+        let slot = SharedOutcome::new();
+        let mut summary = ResponseSummary::default();
+        summary.usage = Some(Usage {
+            total_tokens: 100,
+            ..Usage::default()
+        });
+        // Filled before the end reaches the rate limiter, as the breaker does.
+        slot.set(Ok(()), summary);
+        resp.extensions_mut().insert(slot);
+        resp
+    });
+    let svc = layer.layer(up.clone());
+    let resp = svc.clone().oneshot(chat("m", 900, "a")).await.unwrap();
+    let (_, err) = read_body(resp.into_body()).await;
+    assert!(err.is_none());
+    svc.oneshot(chat("m", 900, "b")).await.unwrap();
+    let t = up.times();
+    assert!(
+        t[1] - t[0] <= Duration::from_millis(50),
+        "{:?}",
+        t[1] - t[0]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn streamed_usage_is_settled_too() {
     let layer = RateLimitLayer::builder()

@@ -13,7 +13,11 @@
 //!   has none: a deliberate over-estimate); when the response ends, the real `usage.total_tokens`
 //!   replaces it (the difference is taken or given back). Governor cannot give cells back,
 //!   hence the own bucket. A response that is an HTTP error gives the whole estimate back (the
-//!   upstream billed nothing); a cancelled or broken one keeps it.
+//!   upstream billed nothing); a cancelled or broken one keeps it. The usage is read from the
+//!   summary a layer below shares when there is one (core's
+//!   [`SharedOutcome`](tower_deepseek_core::classify::SharedOutcome): the breaker publishes it
+//!   when audit asks for call facts), so that the body is not parsed twice; otherwise this
+//!   layer classifies the body itself as it passes.
 //!
 //! Keys ([`KeyBy`]): one global quota, per model (read from the request body), per tenant
 //! (core's [`TenantId`] extension; requests without one
@@ -94,7 +98,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BodyEnd, BodyObserver, Buffered, ObservedBody};
-use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EosClassifier};
+use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EosClassifier, SharedOutcome};
 use tower_deepseek_core::meta::TenantId;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -660,7 +664,13 @@ impl Shared {
                     ClassifiedResponse::RequiresEos(eos) => Some(Settle {
                         key: k.clone(),
                         estimate: admitted.estimate,
-                        eos,
+                        // A layer below that classifies the same body (the breaker, when audit
+                        // asks for call facts) shares its summary: read it at the end instead of
+                        // parsing the body a second time.
+                        usage: match resp.extensions().get::<SharedOutcome>() {
+                            Some(shared) => UsageFrom::Shared(shared.clone()),
+                            None => UsageFrom::Own(eos),
+                        },
                         clock: self.clock,
                     }),
                     ClassifiedResponse::Ready(Ok(())) => None,
@@ -826,31 +836,54 @@ impl KeyState {
 struct Settle {
     key: Arc<KeyState>,
     estimate: u64,
-    eos: EosClassifier,
+    usage: UsageFrom,
     clock: TokioClock,
+}
+
+/// Where the real usage is read at the end of the body. Not boxed: the own classifier is the
+/// case of a layer alone, which should not pay an allocation for the shared case's sake.
+#[allow(clippy::large_enum_variant)]
+enum UsageFrom {
+    /// This layer's own classifier, fed as the body passes.
+    Own(EosClassifier),
+    /// The summary a layer below shares (core's [`SharedOutcome`]), filled before the end
+    /// reaches this layer; empty if the body below did not end.
+    Shared(SharedOutcome),
 }
 
 struct SettleSlot(Option<Settle>);
 
 impl BodyObserver for SettleSlot {
     fn on_data(&mut self, chunk: &Bytes) {
-        if let Some(s) = &mut self.0 {
-            s.eos.on_data(chunk);
+        if let Some(Settle {
+            usage: UsageFrom::Own(eos),
+            ..
+        }) = &mut self.0
+        {
+            eos.on_data(chunk);
         }
     }
 
     fn on_end(&mut self, end: BodyEnd<'_>) {
         let Some(mut s) = self.0.take() else { return };
-        if let BodyEnd::Complete = end {
-            let _ = s.eos.finish();
-        }
-        if let Some(usage) = &s.eos.summary().usage {
-            let delta = usage.total_tokens as i64 - s.estimate as i64;
+        let total = match &mut s.usage {
+            UsageFrom::Own(eos) => {
+                if let BodyEnd::Complete = end {
+                    let _ = eos.finish();
+                }
+                eos.summary().usage.as_ref().map(|u| u.total_tokens)
+            }
+            UsageFrom::Shared(shared) => shared
+                .get()
+                .and_then(|o| o.summary.usage.as_ref())
+                .map(|u| u.total_tokens),
+        };
+        if let Some(total) = total {
+            let delta = total as i64 - s.estimate as i64;
             if let Some(b) = &s.key.tokens {
                 b.adjust(delta, s.clock.nanos());
             }
-            metrics::counter!("deepseek_ratelimit_tokens_settled_total")
-                .increment(usage.total_tokens);
+            metrics::counter!("deepseek_ratelimit_tokens_settled_total").increment(total);
         }
     }
 }
