@@ -14,10 +14,9 @@
 //!   replaces it (the difference is taken or given back). Governor cannot give cells back,
 //!   hence the own bucket. A response that is an HTTP error gives the whole estimate back (the
 //!   upstream billed nothing); a cancelled or broken one keeps it. The usage is read from the
-//!   summary a layer below shares when there is one (core's
-//!   [`SharedOutcome`](tower_deepseek_core::classify::SharedOutcome): the breaker publishes it
-//!   when audit asks for call facts), so that the body is not parsed twice; otherwise this
-//!   layer classifies the body itself as it passes.
+//!   summary a layer below shares when there is one (core's [`SharedOutcome`]: the breaker
+//!   publishes it when audit asks for call facts), so that the body is not parsed twice;
+//!   otherwise this layer classifies the body itself as it passes.
 //!
 //! Keys ([`KeyBy`]): one global quota, per model (read from the request body), per tenant
 //! (core's [`TenantId`] extension; requests without one
