@@ -759,10 +759,9 @@ fn a_token_whose_timer_runtime_is_gone_still_expires() {
     });
 }
 
-/// A service kept for many calls (not cloned per call, as a connection task keeps it) holds
-/// its own reference to the token it last sent: it must still send each new token from the
-/// call after it is installed, whether a refresh ahead or a 401 through another clone
-/// replaced it.
+/// A service kept for many calls (not cloned per call, as a connection task keeps it) sends
+/// each new token from the call after it is installed, whether a refresh ahead or a 401
+/// through another clone replaced it: no per-service copy of the token may go stale.
 #[tokio::test(start_paused = true)]
 async fn a_long_lived_service_sends_each_new_token_at_once() {
     async fn send<S>(svc: &mut S, body: &'static str) -> Response<Full<Bytes>>

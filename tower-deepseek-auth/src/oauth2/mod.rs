@@ -69,8 +69,7 @@
 //!
 //! # How a request gets its token
 //!
-//! - **Fresh token (the hot path):** one relaxed pointer compare (each service keeps the token
-//!   it last sent in an `arc_swap::Cache`), one atomic load of
+//! - **Fresh token (the hot path):** one atomic pointer load (`arc-swap`), one atomic load of
 //!   the token's phase and a header clone. No lock, no clock read, no await before the inner
 //!   call.
 //! - **Refresh ahead:** each installed token has a timer task on the runtime that installed it.
@@ -166,7 +165,7 @@ pub use self::config::{
 };
 use self::fetch::TokenRequest;
 use self::future::ResponseFuture;
-use self::state::{CurrentOf, Shared, TokenCache, Tuning};
+use self::state::{Shared, Tuning};
 use crate::error::ConfigError;
 use crate::store::{MemoryTokenStore, TokenStore};
 
@@ -315,7 +314,6 @@ impl<S, T> Layer<S> for OAuth2Layer<T> {
         OAuth2 {
             inner,
             shared: Arc::clone(&self.shared),
-            tokens: TokenCache::new(CurrentOf(Arc::clone(&self.shared))),
         }
     }
 }
@@ -324,7 +322,6 @@ impl<S, T> Layer<S> for OAuth2Layer<T> {
 pub struct OAuth2<S, T> {
     inner: S,
     shared: Arc<Shared<T>>,
-    tokens: TokenCache<T>,
 }
 
 impl<S: Clone, T> Clone for OAuth2<S, T> {
@@ -332,7 +329,6 @@ impl<S: Clone, T> Clone for OAuth2<S, T> {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
-            tokens: self.tokens.clone(),
         }
     }
 }
@@ -395,10 +391,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let fresh = match self.tokens.load() {
-            Some(cur) => self.shared.usable(cur),
-            None => None,
-        };
+        let fresh = self.shared.fresh();
         let shared = Arc::clone(&self.shared);
         ResponseFuture::start(shared, &mut self.inner, req, fresh)
     }

@@ -7,7 +7,7 @@ use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::{ArcSwapOption, Cache};
+use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use secrecy::{ExposeSecret, SecretString};
@@ -97,29 +97,6 @@ impl<T> Drop for PhaseTimer<T> {
         if !self.set(Phase::FRESH, Phase::UNTIMED) {
             self.set(Phase::DUE, Phase::UNTIMED);
         }
-    }
-}
-
-/// A service's own handle on the current token: arc-swap's [`Cache`] holds a reference to it
-/// and revalidates with one relaxed pointer comparison per request, instead of the debt-slot
-/// protocol of a plain `ArcSwapOption::load` (~18 ns a load on the project's VM). A replaced
-/// token is released at that service's next request.
-pub(crate) type TokenCache<T> = Cache<CurrentOf<T>, Option<Arc<Current>>>;
-
-/// The shared state, dereferencing to its current token for [`TokenCache`].
-pub(crate) struct CurrentOf<T>(pub(crate) Arc<Shared<T>>);
-
-impl<T> Clone for CurrentOf<T> {
-    fn clone(&self) -> Self {
-        Self(Arc::clone(&self.0))
-    }
-}
-
-impl<T> std::ops::Deref for CurrentOf<T> {
-    type Target = ArcSwapOption<Current>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0.current
     }
 }
 
@@ -225,12 +202,8 @@ where
     /// token is due for it.
     #[inline]
     pub(crate) fn fresh(self: &Arc<Self>) -> Option<(HeaderValue, u64)> {
-        self.usable(self.current.load().as_ref()?)
-    }
-
-    /// [`fresh`](Self::fresh) for a token already loaded (from a service's [`TokenCache`]).
-    #[inline]
-    pub(crate) fn usable(self: &Arc<Self>, cur: &Current) -> Option<(HeaderValue, u64)> {
+        let guard = self.current.load();
+        let cur = guard.as_ref()?;
         if cur.check()? {
             self.start_refresh(cur.generation);
         }
