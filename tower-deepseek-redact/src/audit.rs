@@ -35,26 +35,50 @@
 //!
 //! # When a record is written
 //!
-//! When the response body ends for the caller (a JSON answer read to its end, or a stream's
-//! last event), when the inner service fails, or when the caller goes away first (the body or
-//! the future is dropped: outcome `cancelled`). Exactly one record per call.
+//! When the response body ends (a JSON answer read to its end, or a stream's last event),
+//! when the inner service fails, or when the caller goes away first (the body or the future is
+//! dropped: outcome `cancelled`). Exactly one record per call.
 //!
-//! # Sinks and failures
+//! An answer is never complete before its record is written: the record goes to the sinks
+//! *before* the frame that completes the body is handed on (core's [`ObservedBody`] reports
+//! the end as soon as the body below says it is ending, so a body with a `Content-Length` is
+//! recorded before its last byte goes out, and a chunked or SSE body before its terminating
+//! chunk), and for a call that fails before its response (an error a gateway turns into its
+//! own answer), before the error is returned, so before any head exists.
+//!
+//! # Sinks, durability and failures
 //!
 //! Records go to every configured [`AuditSink`]: [`TracingSink`] (an event with target
 //! `deepseek_audit`), [`JsonlFileSink`] (JSON Lines with size-based rotation), or
-//! [`WriterSink`] around any [`std::io::Write`]. Writes are buffered; [`AuditHandle::flush`]
-//! flushes them (call it on shutdown). A failing sink follows [`SinkFailurePolicy`]: fail
-//! closed (new calls fail with [`AuditUnavailable`], a gateway answers 503, until a flush of
-//! the sink succeeds) or fail open (calls go on; the loss is counted in
-//! `deepseek_audit_sink_errors_total` and logged).
+//! [`WriterSink`] around any [`std::io::Write`]. No sink keeps a record in a buffer: each
+//! record is handed to the OS in one write of the whole line. [`JsonlFileSink`] then `fsync`s
+//! on a background thread at an interval (default 1 s, `Duration::ZERO` for every record),
+//! repairs a line torn by a crash when it opens, and carries the hash chain over restarts and
+//! rotations: see its docs for the guarantees after `kill -9` and power loss.
+//! [`AuditHandle::flush`] syncs at once (call it on shutdown).
+//!
+//! A sink that cannot take a record follows [`SinkFailurePolicy`]:
+//!
+//! - fail closed (default): the call fails. If its response has not begun, the layer returns
+//!   [`AuditUnavailable`] (a gateway answers 503 with `Retry-After`); if the body is under
+//!   way, it ends with [`AuditUnavailable`] in place of the frame that would have completed
+//!   it, so the caller never receives the whole answer. New calls are refused with
+//!   [`AuditUnavailable`] until [`AuditSink::probe`] succeeds (for the file: a 4 KiB probe
+//!   file can be written).
+//! - fail open: the answer is delivered; the loss is counted
+//!   (`deepseek_audit_sink_errors_total`, [`AuditHandle::failed_writes`]) and logged with the
+//!   error kind (never the record).
 //!
 //! # Hash chain
 //!
 //! With [`AuditLayerBuilder::hash_chain`], each record carries the hash of the previous one
 //! (`prev_hash`) and its own `hash`: SHA-256 over the record's JSON line without its `hash`
-//! member. [`verify_chain`] reads a log and reports the first line that was edited, removed or
-//! reordered.
+//! member. Each sink has its own chain, which moves on only when the sink took the record (a
+//! failed write leaves no gap), and starts from the sink's [`AuditSink::chain_tail`] (for
+//! the file: the last record an earlier process wrote), else from zeros. [`verify_chain`]
+//! reads a log and reports the first line that was edited, removed or reordered;
+//! [`verify_chain_files`] checks one chain across rotated files, oldest first (the gateway
+//! binary has it as `example-gateway audit verify FILE...`).
 //!
 //! # Order
 //!
@@ -80,7 +104,6 @@
 //!     .sink(log.clone())
 //!     .hash_chain(true)
 //!     .build()?;
-//! let handle = audit.handle();
 //! let mut svc = ServiceBuilder::new()
 //!     .layer(audit)
 //!     .layer(RedactLayer::new())
@@ -91,7 +114,6 @@
 //!     .body(Full::new(Bytes::from(r#"{"model":"deepseek-chat","messages":[{"role":"user","content":"13800138000"}]}"#)))?;
 //! let res = ServiceExt::<Request<Full<Bytes>>>::ready(&mut svc).await?.call(req).await?;
 //! res.into_body().collect().await?;
-//! handle.flush()?;
 //! let line = String::from_utf8(log.with_inner(|v| v.clone()))?;
 //! assert!(line.contains(r#""pii":{"CN_MOBILE":1}"#) && !line.contains("13800138000"));
 //! # Ok(())
@@ -101,13 +123,11 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{self, BufRead, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -134,23 +154,54 @@ use tower_service::Service;
 use crate::detect::ConfigError;
 use crate::redactor::PiiCounts;
 
+mod chain;
+mod file;
+
+pub use chain::{ChainError, VerifyFilesError, verify_chain, verify_chain_files};
+pub use file::{
+    DEFAULT_FSYNC_INTERVAL, DEFAULT_KEEP, DEFAULT_MAX_BYTES, JsonlFileSink, JsonlFileSinkBuilder,
+};
+
 /// Where audit records go. Implementations must be cheap and must not block for long: `write`
-/// runs when a response ends, on the task that polls it.
+/// runs when a response ends, on the task that polls it, before the caller gets the last byte.
+///
+/// A sink that returns `Ok` from [`write`](Self::write) has taken the record: it must not hold
+/// it in a buffer that nothing flushes (the layer's promise is that an answer is never
+/// complete before its record was written; see the [module docs](self)).
 pub trait AuditSink: Send + Sync + 'static {
     /// Writes one record: a JSON object on one line, without the trailing newline.
     ///
     /// # Errors
     ///
-    /// Any I/O error; the layer applies its [`SinkFailurePolicy`].
+    /// Any I/O error; the layer applies its [`SinkFailurePolicy`]. A sink that fails must not
+    /// keep part of the record (no torn line).
     fn write(&self, record: &[u8]) -> io::Result<()>;
 
-    /// Flushes buffered records.
+    /// Makes the records written so far durable (for a file: `fsync`).
     ///
     /// # Errors
     ///
     /// Any I/O error.
     fn flush(&self) -> io::Result<()> {
         Ok(())
+    }
+
+    /// After a failure, whether the sink can take records again: under
+    /// [`SinkFailurePolicy::FailClosed`] the layer refuses calls until this succeeds. Default:
+    /// [`flush`](Self::flush).
+    ///
+    /// # Errors
+    ///
+    /// The sink still cannot take records.
+    fn probe(&self) -> io::Result<()> {
+        self.flush()
+    }
+
+    /// The `hash` of the last record the sink already holds (written by an earlier process),
+    /// so that a hash-chained layer links its first record to it and one chain spans restarts.
+    /// Default: none (the chain starts from zeros).
+    fn chain_tail(&self) -> Option<[u8; 32]> {
+        None
     }
 }
 
@@ -167,9 +218,16 @@ impl AuditSink for TracingSink {
     }
 }
 
-/// Writes JSON Lines to any [`Write`], buffered. Cheap to clone (shared).
+/// Writes JSON Lines to any [`Write`]: each record is written whole (one `write_all` of the
+/// line and its newline) and the writer flushed, so nothing waits in a buffer. Cheap to clone
+/// (shared).
 pub struct WriterSink<W: Write> {
-    inner: Arc<Mutex<BufWriter<W>>>,
+    inner: Arc<Mutex<WriterState<W>>>,
+}
+
+struct WriterState<W> {
+    writer: W,
+    line: Vec<u8>,
 }
 
 impl<W: Write> Clone for WriterSink<W> {
@@ -187,145 +245,74 @@ impl<W: Write> fmt::Debug for WriterSink<W> {
 }
 
 impl<W: Write> WriterSink<W> {
-    /// Wraps `writer` in a buffer.
+    /// Wraps `writer`.
     pub fn new(writer: W) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(BufWriter::new(writer))),
+            inner: Arc::new(Mutex::new(WriterState {
+                writer,
+                line: Vec::new(),
+            })),
         }
     }
 
-    /// Runs `f` on the writer (after flushing the buffer).
+    /// Runs `f` on the writer.
     pub fn with_inner<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = g.flush();
-        f(g.get_mut())
+        f(&mut g.writer)
     }
 }
 
 impl<W: Write + Send + 'static> AuditSink for WriterSink<W> {
     fn write(&self, record: &[u8]) -> io::Result<()> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.write_all(record)?;
-        g.write_all(b"\n")
+        let WriterState { writer, line } = &mut *g;
+        line.clear();
+        line.extend_from_slice(record);
+        line.push(b'\n');
+        writer.write_all(line)?;
+        writer.flush()
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).flush()
-    }
-}
-
-/// A JSON-Lines file with size-based rotation: when the file would exceed `max_bytes`, it is
-/// renamed to `<path>.1` (older ones shift to `.2`, … up to `keep`, the oldest is removed) and
-/// a new file is started. The hash chain runs on across files.
-pub struct JsonlFileSink {
-    path: PathBuf,
-    max_bytes: u64,
-    keep: usize,
-    state: Mutex<FileState>,
-}
-
-struct FileState {
-    file: BufWriter<File>,
-    size: u64,
-}
-
-impl fmt::Debug for JsonlFileSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JsonlFileSink")
-            .field("path", &self.path)
-            .field("max_bytes", &self.max_bytes)
-            .field("keep", &self.keep)
-            .finish()
-    }
-}
-
-impl JsonlFileSink {
-    /// Opens (appends to) `path`, rotating at `max_bytes` and keeping `keep` old files.
-    ///
-    /// # Errors
-    ///
-    /// The file cannot be opened.
-    pub fn open(path: impl AsRef<Path>, max_bytes: u64, keep: usize) -> io::Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let size = file.metadata()?.len();
-        Ok(Self {
-            path,
-            max_bytes: max_bytes.max(1),
-            keep: keep.max(1),
-            state: Mutex::new(FileState {
-                file: BufWriter::new(file),
-                size,
-            }),
-        })
-    }
-
-    fn rotated(&self, n: usize) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push(format!(".{n}"));
-        p.into()
-    }
-
-    fn rotate(&self, st: &mut FileState) -> io::Result<()> {
-        st.file.flush()?;
-        let _ = std::fs::remove_file(self.rotated(self.keep));
-        for n in (1..self.keep).rev() {
-            let from = self.rotated(n);
-            if from.exists() {
-                std::fs::rename(&from, self.rotated(n + 1))?;
-            }
-        }
-        std::fs::rename(&self.path, self.rotated(1))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        st.file = BufWriter::new(file);
-        st.size = 0;
-        Ok(())
-    }
-}
-
-impl AuditSink for JsonlFileSink {
-    fn write(&self, record: &[u8]) -> io::Result<()> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let len = record.len() as u64 + 1;
-        if st.size > 0 && st.size + len > self.max_bytes {
-            self.rotate(&mut st)?;
-        }
-        st.file.write_all(record)?;
-        st.file.write_all(b"\n")?;
-        st.size += len;
-        Ok(())
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        self.state
+        self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .file
+            .writer
             .flush()
     }
 }
 
-/// What to do when a sink fails.
+/// What to do when a sink cannot take a record (a full disk, an I/O error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SinkFailurePolicy {
-    /// Refuse new calls with [`AuditUnavailable`] until the sink works again (default: no
-    /// unaudited call).
+    /// No answer without its record (default). The call whose record could not be written
+    /// fails: with [`AuditUnavailable`] if it ended before its response (a gateway answers
+    /// 503), else its response body ends with [`AuditUnavailable`] in place of its last frame,
+    /// so the answer is never completed. New calls are then refused with [`AuditUnavailable`]
+    /// until [`AuditSink::probe`] succeeds.
     #[default]
     FailClosed,
-    /// Serve; count `deepseek_audit_sink_errors_total` and log the loss.
+    /// Serve: the answer is delivered without its record. The loss is counted
+    /// (`deepseek_audit_sink_errors_total`, [`AuditHandle::failed_writes`]) and logged (the
+    /// error kind, never the record).
     FailOpen,
 }
 
-/// The audit sink failed and [`SinkFailurePolicy::FailClosed`] is set: the call was not made.
-/// A gateway answers 503.
+/// The audit record of a call cannot be written and [`SinkFailurePolicy::FailClosed`] is set:
+/// the call was refused, or its answer was cut before its end. A gateway answers 503 with
+/// `Retry-After` ([`AuditUnavailable::retry_after`]).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct AuditUnavailable {}
+
+impl AuditUnavailable {
+    /// When to try again: 5 s (the sink is probed again on the next call).
+    pub fn retry_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(5)
+    }
+}
 
 impl fmt::Display for AuditUnavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -672,6 +659,9 @@ pub struct PromptRecorder {
 struct Recorded {
     upstream: Option<Bytes>,
     pii: Option<PiiCounts>,
+    /// The record of the call could not be written (fail closed: the answer must not
+    /// complete).
+    unwritten: bool,
     /// The body as this layer's inner service read it: its first chunk (most bodies are
     /// one), then the others; kept as shared handles, never copied.
     seen_first: Option<Bytes>,
@@ -741,7 +731,11 @@ struct AuditShared {
     chain: bool,
     policy: SinkFailurePolicy,
     failed: AtomicBool,
-    writer: Mutex<[u8; 32]>,
+    /// Records a sink could not take.
+    failed_writes: AtomicU64,
+    /// The hash of the last record written to each sink (one chain per sink); the lock
+    /// also keeps records in the same order in every sink.
+    writer: Mutex<Vec<[u8; 32]>>,
     classifier: Classifier,
 }
 
@@ -760,34 +754,55 @@ impl AuditShared {
         h
     }
 
-    fn write(&self, facts: &Facts) {
-        let mut prev = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let line = if self.chain {
-            let mut canonical = to_json(facts, Some(&prev));
-            let h: [u8; 32] = Sha256::digest(&canonical).into();
-            *prev = h;
-            canonical.pop();
-            canonical.extend_from_slice(b",\"hash\":\"");
-            hex_into(&mut canonical, &h);
-            canonical.extend_from_slice(b"\"}");
-            canonical
-        } else {
-            to_json(facts, None)
-        };
+    /// Writes the record to every sink; whether every sink took it. A sink's chain moves on
+    /// only when it took the record, so a failed write leaves no gap in the chain.
+    fn write(&self, facts: &Facts) -> bool {
+        let mut prevs = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut ok = true;
-        for s in &self.sinks {
-            if let Err(e) = s.write(&line) {
+        let plain = (!self.chain).then(|| to_json(facts, None));
+        for (s, prev) in self.sinks.iter().zip(prevs.iter_mut()) {
+            let result = match &plain {
+                Some(line) => s.write(line),
+                None => {
+                    let mut line = to_json(facts, Some(prev));
+                    let h: [u8; 32] = Sha256::digest(&line).into();
+                    line.pop();
+                    line.extend_from_slice(b",\"hash\":\"");
+                    hex_into(&mut line, &h);
+                    line.extend_from_slice(b"\"}");
+                    let r = s.write(&line);
+                    if r.is_ok() {
+                        *prev = h;
+                    }
+                    r
+                }
+            };
+            if let Err(e) = result {
                 ok = false;
+                self.failed_writes.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("deepseek_audit_sink_errors_total").increment(1);
-                tracing::error!(target: "tower_deepseek_redact", error_kind = ?e.kind(), policy = ?self.policy, "audit record could not be written; it is lost");
+                match self.policy {
+                    SinkFailurePolicy::FailOpen => {
+                        tracing::error!(target: "tower_deepseek_redact", error_kind = ?e.kind(), policy = ?self.policy, "audit record could not be written; the call is served without it (fail open)");
+                    }
+                    _ => {
+                        tracing::error!(target: "tower_deepseek_redact", error_kind = ?e.kind(), policy = ?self.policy, "audit record could not be written; the call fails and new calls are refused until the sink recovers (fail closed)");
+                    }
+                }
             }
         }
-        drop(prev);
+        drop(prevs);
         if ok {
             metrics::counter!("deepseek_audit_records_total").increment(1);
         } else {
             self.failed.store(true, Ordering::Release);
         }
+        ok
+    }
+
+    /// Whether a call whose record was not written must fail.
+    fn fail_closed(&self) -> bool {
+        self.policy != SinkFailurePolicy::FailOpen
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -811,8 +826,8 @@ impl AuditShared {
         if self.policy == SinkFailurePolicy::FailOpen || !self.failed.load(Ordering::Acquire) {
             return false;
         }
-        // Probe: a sink that flushes again is back.
-        if self.flush().is_ok() {
+        // Probe: a sink that can take records again is back.
+        if self.sinks.iter().all(|s| s.probe().is_ok()) {
             self.failed.store(false, Ordering::Release);
             false
         } else {
@@ -850,6 +865,11 @@ impl AuditHandle {
     /// The first sink error.
     pub fn shutdown(&self) -> io::Result<()> {
         self.shared.flush()
+    }
+
+    /// Records that a sink could not take, since the layer was built (under either policy).
+    pub fn failed_writes(&self) -> u64 {
+        self.shared.failed_writes.load(Ordering::Relaxed)
     }
 }
 
@@ -922,6 +942,12 @@ impl AuditLayerBuilder {
         if self.sinks.is_empty() {
             self.sinks.push(Arc::new(TracingSink));
         }
+        // Each sink's chain goes on from the last record it already holds.
+        let tails = self
+            .sinks
+            .iter()
+            .map(|s| s.chain_tail().unwrap_or([0; 32]))
+            .collect();
         Ok(AuditLayer {
             shared: Arc::new(AuditShared {
                 sinks: self.sinks,
@@ -929,7 +955,8 @@ impl AuditLayerBuilder {
                 chain: self.chain,
                 policy: self.policy,
                 failed: AtomicBool::new(false),
-                writer: Mutex::new([0; 32]),
+                failed_writes: AtomicU64::new(0),
+                writer: Mutex::new(tails),
                 classifier: Classifier::new(),
             }),
         })
@@ -1020,12 +1047,14 @@ struct Pending {
 }
 
 impl Pending {
+    /// Writes the record; `false` when it could not be written and the policy is fail closed
+    /// (the call must fail).
     fn finish(
         mut self: Box<Self>,
         status: Option<u16>,
         outcome: &'static str,
         summary: Option<Cow<'_, ResponseSummary>>,
-    ) {
+    ) -> bool {
         // Borrowed in place: moving the record out of the box would copy it.
         let Pending {
             shared,
@@ -1101,7 +1130,11 @@ impl Pending {
             }
         }
         r.pii = pii;
-        shared.write(record);
+        if shared.write(record) || !shared.fail_closed() {
+            return true;
+        }
+        recorder.lock().unwritten = true;
+        false
     }
 }
 
@@ -1111,7 +1144,8 @@ struct Guard(Option<Box<Pending>>);
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
-            p.finish(None, "cancelled", None);
+            // Nobody is left to fail.
+            let _ = p.finish(None, "cancelled", None);
         }
     }
 }
@@ -1253,7 +1287,11 @@ where
                 let e: BoxError = e.into();
                 if let Some(p) = this.guard.0.take() {
                     let class = this.classifier.classify_error(&*e);
-                    p.finish(None, class.as_str(), None);
+                    if !p.finish(None, class.as_str(), None) {
+                        // Fail closed: the caller gets no answer whose record is missing,
+                        // not even an error of the layers below.
+                        return Poll::Ready(Err(Box::new(AuditUnavailable {})));
+                    }
                 }
                 Poll::Ready(Err(e))
             }
@@ -1293,6 +1331,10 @@ where
                         }
                     }
                 };
+                let watch = pending
+                    .shared
+                    .fail_closed()
+                    .then(|| pending.recorder.clone());
                 let observer = AuditObserver {
                     pending: Some(pending),
                     status: status.as_u16(),
@@ -1300,6 +1342,7 @@ where
                 };
                 Poll::Ready(Ok(res.map(|b| ResponseBody {
                     inner: ObservedBody::new(b, observer),
+                    watch,
                 })))
             }
         }
@@ -1379,16 +1422,20 @@ impl BodyObserver for AuditObserver {
                 p.finish(status, class.as_str(), Some(Cow::Owned(c.take_summary())))
             }
             (_, _) => p.finish(status, "unknown", None),
-        }
+        };
     }
 }
 
 pin_project! {
     /// The response body of [`Audit`]: the inner body, observed; the record is written when it
-    /// ends or is dropped.
+    /// ends (before its last frame is returned, when the body below says it is ending) or is
+    /// dropped. Under [`SinkFailurePolicy::FailClosed`], a record that cannot be written ends
+    /// the body with [`AuditUnavailable`] in place of the frame that would have completed it.
     pub struct ResponseBody<B> {
         #[pin]
         inner: ObservedBody<B, AuditObserver>,
+        // Fail closed: the call's slot, read once the observer has written the record.
+        watch: Option<PromptRecorder>,
     }
 }
 
@@ -1410,7 +1457,17 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        self.project().inner.poll_frame(cx)
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        // The observer is gone once the body ended: the record was written (or not) before
+        // this frame goes on.
+        if this.watch.is_some() && this.inner.observer().is_none() {
+            let rec = this.watch.take().expect("checked above");
+            if std::mem::take(&mut rec.lock().unwritten) {
+                return Poll::Ready(Some(Err(Box::new(AuditUnavailable {}))));
+            }
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1420,80 +1477,6 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// A broken hash chain: the first line (1-based) that does not verify.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ChainError {
-    /// 1-based line number of the first broken record.
-    pub line: usize,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
-
-impl fmt::Display for ChainError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "audit hash chain broken at line {}: {}",
-            self.line, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ChainError {}
-
-/// Verifies a hash-chained audit log; returns the number of records. The first record's
-/// `prev_hash` is taken as given (a rotated file starts mid-chain); every other record must
-/// link to the one before it, and every record's `hash` must match its content.
-///
-/// # Errors
-///
-/// [`ChainError`] with the first line that fails (unreadable lines included).
-pub fn verify_chain(reader: impl BufRead) -> Result<usize, ChainError> {
-    let mut prev: Option<String> = None;
-    let mut count = 0;
-    for (i, line) in reader.lines().enumerate() {
-        let n = i + 1;
-        let err = |reason| ChainError { line: n, reason };
-        let line = line.map_err(|_| err("unreadable"))?;
-        if line.is_empty() {
-            continue;
-        }
-        const TAIL: usize = ",\"hash\":\"".len() + 64 + 2;
-        if line.len() < TAIL || !line.ends_with("\"}") {
-            return Err(err("no hash"));
-        }
-        let (head, tail) = line.split_at(line.len() - TAIL);
-        let Some(hash) = tail
-            .strip_prefix(",\"hash\":\"")
-            .and_then(|t| t.strip_suffix("\"}"))
-        else {
-            return Err(err("no hash"));
-        };
-        let mut canonical = head.as_bytes().to_vec();
-        canonical.push(b'}');
-        if hex_lower(&Sha256::digest(&canonical)) != hash {
-            return Err(err("record does not match its hash"));
-        }
-        #[derive(serde::Deserialize)]
-        struct Link {
-            prev_hash: Option<String>,
-        }
-        let link: Link = serde_json::from_slice(&canonical).map_err(|_| err("not a record"))?;
-        let Some(p) = link.prev_hash else {
-            return Err(err("no prev_hash"));
-        };
-        if let Some(expected) = &prev
-            && *expected != p
-        {
-            return Err(err("prev_hash does not match the previous record"));
-        }
-        prev = Some(hash.to_owned());
-        count += 1;
-    }
-    Ok(count)
 }
 
 #[cfg(test)]

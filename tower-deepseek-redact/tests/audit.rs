@@ -1,7 +1,7 @@
 //! AuditLayer: schema, outcomes, cancellation, sink failure policies, rotation, hash chain.
 
 use std::convert::Infallible;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +17,7 @@ use tower_deepseek_core::meta::{ClientIp, RequestId, TenantId};
 use tower_deepseek_redact::RedactLayer;
 use tower_deepseek_redact::audit::{
     AuditLayer, AuditRecord, AuditSink, AuditUnavailable, JsonlFileSink, SinkFailurePolicy,
-    WriterSink, verify_chain,
+    VerifyFilesError, WriterSink, verify_chain, verify_chain_files,
 };
 use tower_layer::Layer;
 
@@ -301,16 +301,99 @@ async fn fail_closed_refuses_until_the_sink_recovers() {
         .sink(sink.clone())
         .build()
         .unwrap();
+    let handle = audit.handle();
     let svc = audit.layer(ok_service());
     sink.broken.store(true, Ordering::SeqCst);
-    // This call is served; its record is lost, which trips the policy.
+    // This call's record cannot be written: its answer is not completed (the body ends with
+    // the error in place of its last frame), and the policy trips.
     let res = svc.clone().oneshot(chat("a")).await.unwrap();
-    res.into_body().collect().await.unwrap();
+    let err = res.into_body().collect().await.unwrap_err();
+    assert!(err.is::<AuditUnavailable>(), "{err}");
+    assert_eq!(handle.failed_writes(), 1);
     let err = svc.clone().oneshot(chat("b")).await.unwrap_err();
     assert!(err.is::<AuditUnavailable>(), "{err}");
+    assert_eq!(
+        AuditUnavailable::default().retry_after(),
+        std::time::Duration::from_secs(5)
+    );
     sink.broken.store(false, Ordering::SeqCst);
     let res = svc.clone().oneshot(chat("c")).await.unwrap();
     res.into_body().collect().await.unwrap();
+    assert_eq!(sink.lines.lock().unwrap().len(), 1);
+}
+
+/// A body whose one frame is its last (`is_end_stream` after it), as a body with a
+/// `Content-Length` is for hyper's server.
+struct Sized(Option<Bytes>);
+
+impl http_body::Body for Sized {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
+#[tokio::test]
+async fn fail_closed_never_hands_on_the_last_frame_of_an_unrecorded_answer() {
+    let sink = Flaky::default();
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(sink.clone())
+        .build()
+        .unwrap();
+    let svc = audit.layer(service_fn(
+        |_req: Request<tower_deepseek_redact::audit::AuditRequestBody<Full<Bytes>>>| async {
+            Ok::<_, Infallible>(Response::new(Sized(Some(Bytes::from_static(
+                b"{\"answer\":1}",
+            )))))
+        },
+    ));
+    sink.broken.store(true, Ordering::SeqCst);
+    let res = svc.clone().oneshot(chat("a")).await.unwrap();
+    let mut body = res.into_body();
+    // The one frame is the last: it is replaced by the error, no byte of it goes on.
+    let first = body.frame().await.unwrap();
+    assert!(first.unwrap_err().is::<AuditUnavailable>());
+    // With a working sink, the same answer goes through whole.
+    sink.broken.store(false, Ordering::SeqCst);
+    let res = svc.clone().oneshot(chat("b")).await.unwrap();
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&text[..], b"{\"answer\":1}");
+    assert_eq!(sink.lines.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn fail_closed_turns_an_error_before_the_head_into_audit_unavailable() {
+    let sink = Flaky::default();
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(sink.clone())
+        .build()
+        .unwrap();
+    let svc = audit.layer(service_fn(
+        |_req: Request<tower_deepseek_redact::audit::AuditRequestBody<Full<Bytes>>>| async {
+            Err::<Response<Full<Bytes>>, _>(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "refused",
+            ))
+        },
+    ));
+    // A working sink: the layer's error goes through.
+    let err = svc.clone().oneshot(chat("a")).await.unwrap_err();
+    assert!(err.is::<io::Error>(), "{err}");
+    sink.broken.store(true, Ordering::SeqCst);
+    let err = svc.clone().oneshot(chat("b")).await.unwrap_err();
+    assert!(err.is::<AuditUnavailable>(), "{err}");
     assert_eq!(sink.lines.lock().unwrap().len(), 1);
 }
 
@@ -323,6 +406,7 @@ async fn fail_open_serves_and_counts() {
         .on_sink_failure(SinkFailurePolicy::FailOpen)
         .build()
         .unwrap();
+    let handle = audit.handle();
     let svc = audit.layer(ok_service());
     sink.broken.store(true, Ordering::SeqCst);
     for _ in 0..3 {
@@ -330,6 +414,7 @@ async fn fail_open_serves_and_counts() {
         res.into_body().collect().await.unwrap();
     }
     assert!(sink.lines.lock().unwrap().is_empty());
+    assert_eq!(handle.failed_writes(), 3, "every lost record is counted");
 }
 
 #[test]
@@ -422,6 +507,26 @@ async fn jsonl_file_rotates_and_the_chain_spans_files() {
     all.push_str(&std::fs::read_to_string(&path).unwrap());
     let n = verify_chain(BufReader::new(all.as_bytes())).unwrap();
     assert!((4..=10).contains(&n), "{n}");
+    // The same, file by file, oldest first: each file links to the one before it.
+    let files: Vec<_> = (1..=3)
+        .rev()
+        .map(|n| dir.join(format!("audit.jsonl.{n}")))
+        .filter(|p| p.exists())
+        .chain([path.clone()])
+        .collect();
+    assert_eq!(verify_chain_files(&files).unwrap(), n);
+    // Files out of order: the break is named by file and line.
+    let mut swapped = files.clone();
+    swapped.swap(0, 1);
+    match verify_chain_files(&swapped).unwrap_err() {
+        VerifyFilesError::Broken(e) => {
+            assert_eq!(e.file.as_deref(), Some(files[0].as_path()));
+            assert_eq!(e.line, 1);
+            let at = format!("{}:1", files[0].display());
+            assert!(e.to_string().contains(&at), "{e}");
+        }
+        other => panic!("{other}"),
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -638,5 +743,207 @@ async fn a_filter_between_hides_the_shared_outcome_from_audit() {
         let lines = records(&log);
         let record: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
         assert_ne!(record["outcome"], "ok", "stream: {stream}: {record}");
+    }
+}
+
+/// A fresh directory under the system's temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "redact-{name}-{}-{}",
+            std::process::id(),
+            fastrand_like()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends `n` calls through an audit layer with `sink`, hash-chained.
+async fn calls_through(sink: JsonlFileSink, n: usize) {
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(sink)
+        .hash_chain(true)
+        .build()
+        .unwrap();
+    let svc = audit.layer(ok_service());
+    for i in 0..n {
+        let res = svc.clone().oneshot(chat(&format!("m{i}"))).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+}
+
+fn file_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn file_records_reach_the_os_at_once_and_the_disk_within_the_interval() {
+    let dir = TempDir::new("durable");
+    let path = dir.0.join("audit.jsonl");
+    let sink = JsonlFileSink::builder(&path)
+        .fsync_interval(std::time::Duration::from_millis(20))
+        .open()
+        .unwrap();
+    calls_through(sink.clone(), 5).await;
+    // No flush, no further call: every record is in the file, whole.
+    let lines = file_lines(&path);
+    assert_eq!(lines.len(), 5);
+    assert!(std::fs::read(&path).unwrap().ends_with(b"\n"));
+    assert_eq!(sink.written_records(), 5);
+    // The background thread syncs them without being asked.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sink.synced_records() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not synced: {}",
+            sink.synced_records()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn fsync_interval_zero_syncs_every_record_before_the_call_ends() {
+    let dir = TempDir::new("sync-each");
+    let path = dir.0.join("audit.jsonl");
+    let sink = JsonlFileSink::builder(&path)
+        .fsync_interval(std::time::Duration::ZERO)
+        .open()
+        .unwrap();
+    calls_through(sink.clone(), 3).await;
+    assert_eq!(sink.synced_records(), 3);
+}
+
+#[test]
+fn writer_sink_writes_each_record_whole_and_at_once() {
+    /// Records every `write` call.
+    #[derive(Clone, Default)]
+    struct Calls(Arc<Mutex<Vec<Vec<u8>>>>);
+    impl io::Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let calls = Calls::default();
+    let sink = WriterSink::new(calls.clone());
+    sink.write(br#"{"a":1}"#).unwrap();
+    assert_eq!(*calls.0.lock().unwrap(), vec![b"{\"a\":1}\n".to_vec()]);
+}
+
+#[tokio::test]
+async fn the_chain_goes_on_across_two_sinks_on_the_same_file() {
+    let dir = TempDir::new("restart");
+    let path = dir.0.join("audit.jsonl");
+    calls_through(JsonlFileSink::open(&path, 1 << 20, 3).unwrap(), 3).await;
+    // A new process (a new sink) on the same file.
+    calls_through(JsonlFileSink::open(&path, 1 << 20, 3).unwrap(), 3).await;
+    let lines = file_lines(&path);
+    assert_eq!(lines.len(), 6);
+    assert_eq!(verify_chain_files([&path]).unwrap(), 6);
+    // The first record of the second process links to the last of the first.
+    let third: AuditRecord = serde_json::from_str(&lines[2]).unwrap();
+    let fourth: AuditRecord = serde_json::from_str(&lines[3]).unwrap();
+    assert_eq!(fourth.prev_hash, third.hash);
+}
+
+#[tokio::test]
+async fn a_new_empty_file_links_to_the_newest_rotated_one() {
+    let dir = TempDir::new("rotated-restart");
+    let path = dir.0.join("audit.jsonl");
+    calls_through(JsonlFileSink::open(&path, 1 << 20, 3).unwrap(), 2).await;
+    // Rotated, then the process stopped before writing to the new file.
+    let old = dir.0.join("audit.jsonl.1");
+    std::fs::rename(&path, &old).unwrap();
+    calls_through(JsonlFileSink::open(&path, 1 << 20, 3).unwrap(), 2).await;
+    assert_eq!(verify_chain_files([&old, &path]).unwrap(), 4);
+    assert!(verify_chain_files([&path, &old]).is_err());
+}
+
+#[tokio::test]
+async fn a_torn_last_line_is_moved_aside_on_open_and_the_chain_goes_on() {
+    let dir = TempDir::new("torn");
+    let path = dir.0.join("audit.jsonl");
+    calls_through(JsonlFileSink::open(&path, 1 << 20, 3).unwrap(), 2).await;
+    let whole = std::fs::read(&path).unwrap();
+    // A crash in the middle of the third record's write.
+    let torn = br#"{"timestamp":"2026-12-06T12:00:00.000Z","request_id":"abc","cli"#;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(torn)
+        .unwrap();
+    let sink = JsonlFileSink::open(&path, 1 << 20, 3).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        whole,
+        "cut back to the last whole line"
+    );
+    let aside = std::fs::read(dir.0.join("audit.jsonl.torn")).unwrap();
+    assert_eq!(aside, [&torn[..], b"\n"].concat());
+    calls_through(sink, 2).await;
+    assert_eq!(verify_chain_files([&path]).unwrap(), 4);
+}
+
+#[tokio::test]
+async fn a_file_without_a_single_whole_line_is_set_aside_entirely() {
+    let dir = TempDir::new("torn-only");
+    let path = dir.0.join("audit.jsonl");
+    std::fs::write(&path, b"{\"timest").unwrap();
+    calls_through(JsonlFileSink::open(&path, 1 << 20, 3).unwrap(), 1).await;
+    assert_eq!(file_lines(&path).len(), 1);
+    assert_eq!(verify_chain_files([&path]).unwrap(), 1);
+    assert_eq!(
+        std::fs::read(dir.0.join("audit.jsonl.torn")).unwrap(),
+        b"{\"timest\n"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_full_device_fails_closed_and_counts_fail_open() {
+    // /dev/full answers every write with ENOSPC.
+    for policy in [SinkFailurePolicy::FailClosed, SinkFailurePolicy::FailOpen] {
+        let sink = JsonlFileSink::open("/dev/full", 1 << 20, 1).unwrap();
+        let audit = AuditLayer::builder()
+            .hmac_key(KEY.to_vec())
+            .sink(sink)
+            .on_sink_failure(policy)
+            .build()
+            .unwrap();
+        let handle = audit.handle();
+        let svc = audit.layer(ok_service());
+        let res = svc.clone().oneshot(chat("a")).await.unwrap();
+        let body = res.into_body().collect().await;
+        match policy {
+            SinkFailurePolicy::FailClosed => {
+                assert!(body.unwrap_err().is::<AuditUnavailable>());
+                let err = svc.clone().oneshot(chat("b")).await.unwrap_err();
+                assert!(err.is::<AuditUnavailable>(), "{err}");
+                assert_eq!(handle.failed_writes(), 1);
+            }
+            _ => {
+                body.unwrap();
+                assert_eq!(handle.failed_writes(), 1);
+            }
+        }
     }
 }
