@@ -231,6 +231,10 @@ pub struct AuditConfig {
     /// prompt hashes. Default `GATEWAY_AUDIT_HMAC_KEY`; when unset, a random key per process
     /// (hashes then do not correlate across restarts).
     pub hmac_key_env: String,
+    /// How often the records written to the file are `fsync`ed, in milliseconds (each record
+    /// reaches the OS before its answer completes; this bounds what a power loss can take).
+    /// Default 1000; 0 syncs every record before its answer completes.
+    pub fsync_interval_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -242,6 +246,7 @@ impl Default for AuditConfig {
             hash_chain: true,
             on_sink_failure: SinkFailurePolicy::FailClosed,
             hmac_key_env: "GATEWAY_AUDIT_HMAC_KEY".to_owned(),
+            fsync_interval_ms: 1000,
         }
     }
 }

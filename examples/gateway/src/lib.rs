@@ -53,7 +53,7 @@ use tower::ServiceExt;
 use tower_deepseek::core::body::ObservedBody;
 use tower_deepseek::core::classify::{ClassifiedResponse, Classifier, OnEos, StreamEnd};
 use tower_deepseek::core::meta::{MetadataConfig, PeerAddr, RequestId, X_REQUEST_ID};
-use tower_deepseek::redact::audit::AuditHandle;
+use tower_deepseek::redact::audit::{AuditHandle, AuditUnavailable};
 
 pub mod config;
 mod error;
@@ -588,16 +588,33 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
             return finish(&s, route, start, guard, res, request_id);
         }
     }
+    let mut audit_refused = None;
     let res = match s.service.clone().oneshot(req).await {
         // The one allocation for the body's type on the way out: axum's `Body`.
         Ok(res) => res.map(Body::new),
         Err(e) => {
             let status = error::status_for(&*e);
             tracing::debug!(target: "example_gateway", route = route.path(), %status, "request failed in the stack");
+            audit_refused = e.downcast_ref::<AuditUnavailable>().map(|a| a.retry_after());
             error::error_response(&*e)
         }
     };
-    finish(&s, route, start, guard, res, request_id)
+    let mut res = finish(&s, route, start, guard, res, request_id);
+    if let Some(wait) = audit_refused {
+        audit_unavailable(&mut res, wait);
+    }
+    res
+}
+
+/// The audit log cannot take records and the policy is fail closed: the 503 says when to come
+/// back (`Retry-After`), and the connection closes (`Connection: close`): nothing is served
+/// until the log recovers, and the client's request body may be unread.
+fn audit_unavailable(res: &mut Response<Body>, wait: Duration) {
+    let secs = wait.as_secs().max(1);
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// Cleans the response, counts it, and watches its body to the end.

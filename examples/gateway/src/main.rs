@@ -3,18 +3,24 @@
 //! ```text
 //! example-gateway [--listen 127.0.0.1:8080] [--upstream https://api.deepseek.com]
 //!                 [--config gateway.toml] [--redis redis://127.0.0.1:6379] [--audit-log audit.jsonl]
+//! example-gateway audit verify FILE...
 //! ```
 //!
 //! The upstream credential comes from `DEEPSEEK_API_KEY` or the `[oauth2]` table of the
 //! config. Logs go to stderr (`RUST_LOG`, default `info`); when ready, one line goes to
 //! stdout: `listening on http://ADDR`.
+//!
+//! `audit verify` checks the hash chain of an audit log across the files given, oldest first
+//! (`audit.jsonl.2 audit.jsonl.1 audit.jsonl`): it prints `ok N records` and exits 0, or
+//! prints the first broken link (`FILE:LINE: reason`) and exits 1 (2 when a file cannot be
+//! read).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use example_gateway::{Gateway, GatewayConfig, Options, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
@@ -37,10 +43,58 @@ struct Cli {
     /// Audit log file (JSON Lines).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// A tool instead of the server.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verifies the hash chain across FILEs, oldest first; prints `ok N records` or the first
+    /// broken link, and exits non-zero on a break.
+    Verify {
+        /// The log files, oldest first (`audit.jsonl.2 audit.jsonl.1 audit.jsonl`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn audit_verify(files: &[PathBuf]) -> ExitCode {
+    use tower_deepseek::redact::audit::{VerifyFilesError, verify_chain_files};
+    match verify_chain_files(files) {
+        Ok(n) => {
+            println!("ok {n} records");
+            ExitCode::SUCCESS
+        }
+        Err(VerifyFilesError::Broken(e)) => {
+            let file = e.file.as_deref().unwrap_or(std::path::Path::new("-"));
+            println!("{}:{}: {}", file.display(), e.line, e.reason);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Audit {
+        command: AuditCommand::Verify { files },
+    }) = cli.command.take()
+    {
+        return audit_verify(&files);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -139,7 +139,11 @@ pub(crate) fn build(
     let path = audit_log.map(ToOwned::to_owned).or(cfg.audit.path.clone());
     if let (true, Some(path)) = (on.audit, path) {
         let a = &cfg.audit;
-        let sink = JsonlFileSink::open(&path, a.max_bytes, a.keep)
+        let sink = JsonlFileSink::builder(&path)
+            .max_bytes(a.max_bytes)
+            .keep(a.keep)
+            .fsync_interval(std::time::Duration::from_millis(a.fsync_interval_ms))
+            .open()
             .map_err(|e| config_err("audit")(format!("cannot open {}: {e}", path.display())))?;
         let key = audit_hmac_key(cfg).unwrap_or_else(|_| {
             tracing::warn!(target: "example_gateway", env = %a.hmac_key_env, "no audit HMAC key in the environment: using a random key for this process");
