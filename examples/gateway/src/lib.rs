@@ -595,7 +595,9 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
         Err(e) => {
             let status = error::status_for(&*e);
             tracing::debug!(target: "example_gateway", route = route.path(), %status, "request failed in the stack");
-            audit_refused = e.downcast_ref::<AuditUnavailable>().map(|a| a.retry_after());
+            audit_refused = e
+                .downcast_ref::<AuditUnavailable>()
+                .map(|a| a.retry_after());
             error::error_response(&*e)
         }
     };
