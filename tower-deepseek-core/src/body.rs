@@ -39,6 +39,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -438,7 +439,9 @@ where
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum BodyEnd<'a> {
-    /// The body reached its end (`poll_frame` returned `None`).
+    /// The body reached its end: `poll_frame` returned `None`, or the body reported
+    /// `is_end_stream()` after a frame (it was read to its declared length). In the second case
+    /// `on_end` runs before that last frame is forwarded.
     Complete,
     /// Reading the body failed with this error.
     Error(&'a (dyn std::error::Error + Send + Sync + 'static)),
@@ -456,6 +459,12 @@ pub trait BodyObserver {
     fn on_trailers(&mut self, _trailers: &HeaderMap) {}
 
     /// The body ended. Called exactly once per body, also when it is dropped unfinished.
+    ///
+    /// A body read to its declared length (`is_end_stream()` after its last frame) ends
+    /// [`Complete`](BodyEnd::Complete) before that frame is forwarded, and an empty body that
+    /// reported `is_end_stream()` before any frame ends `Complete` when it is dropped: servers
+    /// do not poll such bodies to their `None`, so the end is never left to a poll that may not
+    /// come.
     fn on_end(&mut self, end: BodyEnd<'_>);
 }
 
@@ -464,13 +473,23 @@ impl BodyObserver for () {
     fn on_end(&mut self, _end: BodyEnd<'_>) {}
 }
 
-/// Holds the observer and calls `on_end(Dropped)` if the body goes away unfinished.
-struct ObserverSlot<O: BodyObserver>(Option<O>);
+/// Holds the observer and calls `on_end` if the body goes away before it was told: `Dropped`,
+/// or `Complete` for a body that reported its end to [`Body::is_end_stream`] without a frame
+/// (an empty body, which a server never polls).
+struct ObserverSlot<O: BodyObserver> {
+    observer: Option<O>,
+    /// Set by `is_end_stream` (which has only `&self`) when the inner body is at its end.
+    at_end: AtomicBool,
+}
 
 impl<O: BodyObserver> Drop for ObserverSlot<O> {
     fn drop(&mut self) {
-        if let Some(mut o) = self.0.take() {
-            o.on_end(BodyEnd::Dropped);
+        if let Some(mut o) = self.observer.take() {
+            o.on_end(if *self.at_end.get_mut() {
+                BodyEnd::Complete
+            } else {
+                BodyEnd::Dropped
+            });
         }
     }
 }
@@ -491,20 +510,23 @@ impl<B, O: BodyObserver> ObservedBody<B, O> {
     pub fn new(inner: B, observer: O) -> Self {
         Self {
             inner,
-            observer: ObserverSlot(Some(observer)),
+            observer: ObserverSlot {
+                observer: Some(observer),
+                at_end: AtomicBool::new(false),
+            },
         }
     }
 
     /// The observer, while the body has not ended.
     pub fn observer(&self) -> Option<&O> {
-        self.observer.0.as_ref()
+        self.observer.observer.as_ref()
     }
 }
 
 impl<B, O: BodyObserver> fmt::Debug for ObservedBody<B, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObservedBody")
-            .field("ended", &self.observer.0.is_none())
+            .field("ended", &self.observer.observer.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -522,27 +544,35 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let Some(observer) = this.observer.0.as_mut() else {
+        let mut this = self.project();
+        let Some(observer) = this.observer.observer.as_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(this.inner.poll_frame(cx)) {
+        match ready!(this.inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     observer.on_data(data);
                 } else if let Some(t) = frame.trailers_ref() {
                     observer.on_trailers(t);
                 }
+                // A body read to its declared end (its `Content-Length`, say) has ended, even
+                // though nobody polls it for the `None`: hyper's server stops polling once it
+                // has written that many bytes, and drops the body. Report the end now, before
+                // the last frame goes up, so that the observer runs before the caller has it.
+                if this.inner.is_end_stream() {
+                    let mut observer = this.observer.observer.take().expect("checked above");
+                    observer.on_end(BodyEnd::Complete);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
                 let e: BoxError = e.into();
-                let mut observer = this.observer.0.take().expect("checked above");
+                let mut observer = this.observer.observer.take().expect("checked above");
                 observer.on_end(BodyEnd::Error(&*e));
                 Poll::Ready(Some(Err(e)))
             }
             None => {
-                let mut observer = this.observer.0.take().expect("checked above");
+                let mut observer = this.observer.observer.take().expect("checked above");
                 observer.on_end(BodyEnd::Complete);
                 Poll::Ready(None)
             }
@@ -550,8 +580,16 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        // Report the end only once the observer has been told.
-        self.observer.0.is_none()
+        if self.observer.observer.is_none() {
+            return true;
+        }
+        // An inner body at its end before any frame passed (an empty answer): the caller will
+        // drop this body unpolled, and the drop then reports it complete.
+        let end = self.inner.is_end_stream();
+        if end {
+            self.observer.at_end.store(true, Ordering::Relaxed);
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -805,6 +843,35 @@ mod tests {
         );
         assert!(body.collect().await.is_err());
         assert_eq!(*log.0.lock().unwrap(), vec!["data:1", "error"]);
+    }
+
+    #[tokio::test]
+    async fn body_read_to_its_declared_length_ends_before_its_last_frame_goes_up() {
+        // `Full` reports its end after its one frame, as hyper's `Incoming` does once its
+        // `Content-Length` is read. A server stops there and drops the body without polling
+        // for the `None`: the observer must have heard `complete`, not `dropped`.
+        let log = Log::default();
+        let mut body = ObservedBody::new(Full::new(Bytes::from_static(b"{}")), log.clone());
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().unwrap().as_ref(), b"{}");
+        assert_eq!(*log.0.lock().unwrap(), vec!["data:2", "complete"]);
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(*log.0.lock().unwrap(), vec!["data:2", "complete"]);
+    }
+
+    #[tokio::test]
+    async fn empty_body_that_said_so_ends_complete_when_dropped_unpolled() {
+        let log = Log::default();
+        let body = ObservedBody::new(Full::new(Bytes::new()), log.clone());
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(*log.0.lock().unwrap(), vec!["complete"]);
+
+        // Not asked, not at its end: a drop is a drop.
+        let log = Log::default();
+        drop(ObservedBody::new(Full::new(Bytes::new()), log.clone()));
+        assert_eq!(*log.0.lock().unwrap(), vec!["dropped"]);
     }
 
     struct HoldLast;

@@ -226,6 +226,20 @@ impl<B> ResponseBody<B> {
     }
 }
 
+impl<B> ResponseBody<B> {
+    /// At the end of the inner body: the error for a watched answer that ended incomplete.
+    fn judge_end(&mut self) -> Option<BoxError> {
+        let class = self.eos.take()?.verdict().err()?;
+        let e = incomplete_error(&class)?;
+        tracing::warn!(
+            target: "tower_deepseek_retry",
+            class = class.as_str(),
+            "response body ended incomplete after it reached the caller"
+        );
+        Some(e)
+    }
+}
+
 impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseBody")
@@ -327,11 +341,19 @@ where
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        let mut inner = Pin::new(inner);
+        match ready!(inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 let frame = to_bytes_frame(frame);
                 if let (Some(Watch::Own(eos)), Some(data)) = (this.eos.as_mut(), frame.data_ref()) {
                     eos.on_data(data);
+                }
+                // Read to its declared length: a server will not poll for the `None` (see core's
+                // `ObservedBody`), so judge the end now. An incomplete verdict goes up after
+                // this frame, to a caller still reading.
+                if inner.is_end_stream() {
+                    this.inner = None;
+                    this.pending_error = this.judge_end();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -342,19 +364,7 @@ where
             }
             None => {
                 this.inner = None;
-                if let Some(mut eos) = this.eos.take() {
-                    if let Err(class) = eos.verdict() {
-                        if let Some(e) = incomplete_error(&class) {
-                            tracing::warn!(
-                                target: "tower_deepseek_retry",
-                                class = class.as_str(),
-                                "response body ended incomplete after it reached the caller"
-                            );
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                    }
-                }
-                Poll::Ready(None)
+                Poll::Ready(this.judge_end().map(Err))
             }
         }
     }

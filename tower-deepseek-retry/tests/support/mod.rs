@@ -59,6 +59,10 @@ impl Body for TestBody {
             Some(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
         }
     }
+    /// At its end once its scripted chunks are taken, as a body with a `Content-Length` is.
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty() && self.rx.is_none()
+    }
 }
 
 pub enum Step {
