@@ -13,7 +13,7 @@ use tower_deepseek_core::BoxError;
 use tower_deepseek_core::classify::FailureClass;
 use tower_deepseek_core::error::{TimeoutPhase, UpstreamTimeout};
 use tower_deepseek_retry::retry::{Attempts, RetryLayer};
-use tower_deepseek_retry::timeout::{AttemptTimeout, TimeoutLayer, TimeoutScale};
+use tower_deepseek_retry::timeout::{AttemptTimeout, TimeoutConfig, TimeoutLayer, TimeoutScale};
 
 fn phase(e: &BoxError) -> TimeoutPhase {
     e.downcast_ref::<UpstreamTimeout>()
@@ -274,4 +274,125 @@ async fn first_token_timeout_below_retry_is_retried_with_a_longer_timeout() {
     let (body, err) = read_body(resp.into_body()).await;
     assert!(err.is_none());
     assert!(String::from_utf8(body).unwrap().ends_with(SSE_OK));
+}
+
+// --- the defaults bound every wait ---
+
+#[tokio::test(start_paused = true)]
+async fn by_default_a_head_that_never_comes_fails_after_a_minute() {
+    let mut svc = TimeoutLayer::builder()
+        .build()
+        .unwrap()
+        .layer(slow_head(Duration::from_secs(200)));
+    let start = Instant::now();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap_err();
+    assert_eq!(phase(&err), TimeoutPhase::Headers);
+    assert_eq!(start.elapsed(), TimeoutConfig::DEFAULT_HEADERS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_keepalives_without_a_token_fail_after_two_minutes() {
+    let mut svc = TimeoutLayer::builder()
+        .build()
+        .unwrap()
+        .layer(sse_service(|| {
+            drip(vec![": keep-alive\n\n"; 400], Duration::from_secs(1))
+        }));
+    let start = Instant::now();
+    let resp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    let (_, err) = read_body(resp.into_body()).await;
+    assert_eq!(phase(&err.unwrap()), TimeoutPhase::FirstToken);
+    assert_eq!(start.elapsed(), TimeoutConfig::DEFAULT_FIRST_TOKEN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_a_stream_that_pauses_200_s_fails_after_a_minute_of_silence() {
+    let mut svc = TimeoutLayer::builder()
+        .build()
+        .unwrap()
+        .layer(sse_service(|| {
+            let (tx, body) = TestBody::channel();
+            tokio::spawn(async move {
+                let token = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+                let _ = tx.send(Ok(Bytes::from_static(token.as_bytes())));
+                tokio::time::sleep(Duration::from_secs(200)).await;
+                let _ = tx.send(Ok(Bytes::from_static(token.as_bytes())));
+            });
+            body
+        }));
+    let start = Instant::now();
+    let resp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    let (body, err) = read_body(resp.into_body()).await;
+    assert_eq!(phase(&err.unwrap()), TimeoutPhase::Idle);
+    assert_eq!(start.elapsed(), TimeoutConfig::DEFAULT_IDLE);
+    assert!(
+        body.starts_with(b"data: "),
+        "the token that came is delivered"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_an_endless_stream_fails_after_twenty_minutes() {
+    let mut svc = TimeoutLayer::builder()
+        .build()
+        .unwrap()
+        .layer(sse_service(|| {
+            drip(
+                vec!["data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"; 100_000],
+                Duration::from_secs(30),
+            )
+        }));
+    let start = Instant::now();
+    let resp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    let (_, err) = read_body(resp.into_body()).await;
+    assert_eq!(phase(&err.unwrap()), TimeoutPhase::Total);
+    assert_eq!(start.elapsed(), TimeoutConfig::DEFAULT_TOTAL);
+}
+
+#[tokio::test(start_paused = true)]
+async fn none_leaves_a_wait_unbounded_and_serde_null_means_none() {
+    let mut svc = TimeoutLayer::builder()
+        .headers(None)
+        .build()
+        .unwrap()
+        .layer(slow_head(Duration::from_secs(200)));
+    assert!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .is_ok()
+    );
+    let absent: TimeoutConfig = serde_json::from_str("{}").unwrap();
+    assert_eq!(absent, TimeoutConfig::default());
+    assert_eq!(absent.headers_ms, Some(60_000));
+    let null: TimeoutConfig = serde_json::from_str(r#"{"headers_ms": null}"#).unwrap();
+    assert_eq!(null.headers_ms, None);
+    assert_eq!(null.idle_ms, Some(60_000));
+    assert_eq!(TimeoutConfig::none().total_ms, None);
 }

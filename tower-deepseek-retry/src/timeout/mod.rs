@@ -77,8 +77,22 @@ pub struct TimeoutScale(pub f64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptTimeout(pub Duration);
 
-/// The timeouts, readable with `serde` (milliseconds; `null` or absent = none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// The timeouts, readable with `serde` (milliseconds; absent = the default, `null` = none).
+///
+/// The defaults bound every wait of an attempt, with room for how an LLM API behaves
+/// (DeepSeek sends its head at once and then `: keep-alive` comments or blank lines while a
+/// request is queued, and closes a request whose inference has not started after 10 minutes):
+///
+/// | field | default | why |
+/// |---|---|---|
+/// | `headers_ms` | 60 000 (1 min) | DeepSeek answers its head at once, before inference; a head that takes a minute is a dead or stuck peer |
+/// | `first_token_ms` | 120 000 (2 min) | queueing under load (keep-alives do not count), and a reasoning model's first reasoning token |
+/// | `idle_ms` | 60 000 (1 min) | once tokens flow, they come many per second; a minute of silence is a stalled stream |
+/// | `total_ms` | 1 200 000 (20 min) | the longest answer: a reasoning model's 64 K output tokens at a slow 60 tokens/s |
+///
+/// The connect timeout belongs to the connector (the facade's `ClientConfig`, default 10 s),
+/// and the bound of a whole call with its retries to the retry layer's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TimeoutConfig {
@@ -90,6 +104,40 @@ pub struct TimeoutConfig {
     pub idle_ms: Option<u64>,
     /// Until the end of the body, from the call.
     pub total_ms: Option<u64>,
+}
+
+impl TimeoutConfig {
+    /// The default response-headers timeout: 1 minute.
+    pub const DEFAULT_HEADERS: Duration = Duration::from_secs(60);
+    /// The default first-token timeout: 2 minutes.
+    pub const DEFAULT_FIRST_TOKEN: Duration = Duration::from_secs(120);
+    /// The default idle gap: 1 minute.
+    pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+    /// The default total per attempt: 20 minutes.
+    pub const DEFAULT_TOTAL: Duration = Duration::from_secs(20 * 60);
+
+    /// No timeout at all (every wait unbounded): for tests, or a caller that bounds its calls
+    /// by other means.
+    pub fn none() -> Self {
+        Self {
+            headers_ms: None,
+            first_token_ms: None,
+            idle_ms: None,
+            total_ms: None,
+        }
+    }
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        let ms = |d: Duration| Some(d.as_millis() as u64);
+        Self {
+            headers_ms: ms(Self::DEFAULT_HEADERS),
+            first_token_ms: ms(Self::DEFAULT_FIRST_TOKEN),
+            idle_ms: ms(Self::DEFAULT_IDLE),
+            total_ms: ms(Self::DEFAULT_TOTAL),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -107,7 +155,8 @@ pub struct TimeoutLayer {
 }
 
 impl TimeoutLayer {
-    /// A builder with no timeout set.
+    /// A builder with the defaults of [`TimeoutConfig`] (every wait bounded); pass `None` to
+    /// a setter to leave that wait unbounded.
     pub fn builder() -> TimeoutLayerBuilder {
         TimeoutLayerBuilder {
             cfg: TimeoutConfig::default(),
@@ -129,7 +178,7 @@ impl TimeoutLayer {
             if v == Some(0) {
                 return Err(ConfigError::Invalid {
                     field,
-                    reason: "must be more than 0 (leave it out for no timeout)",
+                    reason: "must be more than 0 (null for no timeout)",
                 });
             }
         }
@@ -153,27 +202,27 @@ pub struct TimeoutLayerBuilder {
 }
 
 impl TimeoutLayerBuilder {
-    /// Timeout until the response head.
-    pub fn headers(mut self, d: Duration) -> Self {
-        self.cfg.headers_ms = Some(d.as_millis() as u64);
+    /// Timeout until the response head; `None` for no bound.
+    pub fn headers(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.cfg.headers_ms = d.into().map(|d| d.as_millis() as u64);
         self
     }
 
-    /// Timeout until the first token (keep-alives ignored), from the call.
-    pub fn first_token(mut self, d: Duration) -> Self {
-        self.cfg.first_token_ms = Some(d.as_millis() as u64);
+    /// Timeout until the first token (keep-alives ignored), from the call; `None` for no bound.
+    pub fn first_token(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.cfg.first_token_ms = d.into().map(|d| d.as_millis() as u64);
         self
     }
 
-    /// Longest gap between chunks once content flows.
-    pub fn idle(mut self, d: Duration) -> Self {
-        self.cfg.idle_ms = Some(d.as_millis() as u64);
+    /// Longest gap between chunks once content flows; `None` for no bound.
+    pub fn idle(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.cfg.idle_ms = d.into().map(|d| d.as_millis() as u64);
         self
     }
 
-    /// Timeout until the body ends, from the call.
-    pub fn total(mut self, d: Duration) -> Self {
-        self.cfg.total_ms = Some(d.as_millis() as u64);
+    /// Timeout until the body ends, from the call; `None` for no bound.
+    pub fn total(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.cfg.total_ms = d.into().map(|d| d.as_millis() as u64);
         self
     }
 
