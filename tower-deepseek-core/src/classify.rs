@@ -649,6 +649,43 @@ static FINISH: LazyLock<memmem::Finder<'static>> =
 /// Whether an event's JSON can carry usage, an error, or a non-null finish reason. A false
 /// positive only costs a parse; a false negative is impossible for valid JSON, since those
 /// keys must appear literally.
+/// Whether `data` (which starts with `{`) closes every object, array and string it opens, and
+/// ends with its outermost `}`: a single byte pass that tells a whole event from a cut or
+/// garbled one without parsing it (content deltas are most events, and are not probed).
+fn balanced_object(data: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut closed_at = None;
+    for (i, &b) in data.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                let Some(d) = depth.checked_sub(1) else {
+                    return false;
+                };
+                depth = d;
+                if depth == 0 {
+                    closed_at = Some(i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    closed_at.is_some_and(|i| data[i + 1..].iter().all(u8::is_ascii_whitespace))
+}
+
 fn worth_probing(data: &[u8]) -> bool {
     if USAGE.find(data).is_some() || ERROR.find(data).is_some() {
         return true;
@@ -729,6 +766,7 @@ impl EosClassifier {
                 let summary = &mut self.summary;
                 let fill = self.fill_summary;
                 let model_seen = &mut self.model_seen;
+                let mut malformed = false;
                 let res = parser.push(chunk, |event| {
                     summary.events += 1;
                     if event.is_done() {
@@ -746,15 +784,29 @@ impl EosClassifier {
                         .is_some_and(|b| *b == b'{');
                     // Most events are content deltas; parse only those that can tell us
                     // something (the first one for the model, usage, errors, finish reasons).
-                    if starts_obj && (!*model_seen || worth_probing(data)) {
-                        if let Ok(probe) = serde_json::from_slice::<Probe<'_>>(data) {
-                            *model_seen |= probe.model.is_some();
-                            summary.absorb(probe, fill);
+                    if !starts_obj {
+                        // Every data event of a chat stream is a JSON object.
+                        malformed = true;
+                    } else if !*model_seen || worth_probing(data) {
+                        match serde_json::from_slice::<Probe<'_>>(data) {
+                            Ok(probe) => {
+                                *model_seen |= probe.model.is_some();
+                                summary.absorb(probe, fill);
+                            }
+                            // An object of another shape is not ours to judge; broken JSON is.
+                            Err(_) => {
+                                if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err() {
+                                    malformed = true;
+                                }
+                            }
                         }
+                    } else if !balanced_object(data) {
+                        malformed = true;
                     }
                 });
                 self.summary.comments = parser.comments_seen();
-                if res.is_err() {
+                if res.is_err() || malformed {
+                    // A cut or garbled event: the stream is not a whole answer.
                     self.ended = Some(Err(FailureClass::Incomplete));
                 }
             }
@@ -998,6 +1050,41 @@ mod tests {
     const SSE: &str = "text/event-stream";
     const JSON: &str = "application/json";
     const DONE_OK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn a_cut_or_garbled_event_makes_the_stream_incomplete_even_with_done() {
+        let first =
+            "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+        for bad in [
+            // cut inside an object (the testkit's malformed event)
+            "data: {\"id\": \"malformed\", \"choices\": [{\"delta\": {\"content\": oops}\n\n",
+            // cut inside a string
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hel\n\n",
+            // not an object at all
+            "data: oops\n\n",
+            // trailing garbage after the object
+            "data: {\"choices\":[]} x\n\n",
+        ] {
+            assert_eq!(
+                body(SSE, &[first, bad, DONE_OK]),
+                Err(FailureClass::Incomplete),
+                "{bad}"
+            );
+        }
+        // Braces and quotes inside strings, escapes, nesting: whole events.
+        let tricky = "data: {\"choices\":[{\"delta\":{\"content\":\"a } ] \\\" { [ b\"}}]}\n\n";
+        assert_eq!(body(SSE, &[first, tricky, DONE_OK]), Ok(()));
+    }
+
+    #[test]
+    fn balanced_object_tells_whole_events_from_cut_ones() {
+        assert!(balanced_object(br#"{"a":[1,{"b":"}"}]}"#));
+        assert!(balanced_object(b"{\"a\":\"\\\\\"}  \n"));
+        assert!(!balanced_object(br#"{"a":[1,{"b":"}"}]"#));
+        assert!(!balanced_object(br#"{"a":"\"}"#));
+        assert!(!balanced_object(br#"{"a":1}}"#));
+        assert!(!balanced_object(br#"{"a":1} {"#));
+    }
 
     // --- one test per row of DESIGN.md's table ---
 
