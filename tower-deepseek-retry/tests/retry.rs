@@ -156,21 +156,24 @@ async fn bad_gateway_immediately_at_most_three_times() {
 
 #[tokio::test(start_paused = true)]
 async fn overloaded_uniform_5_to_15_or_exact_retry_after() {
-    let script = Script::new([
-        status(503),
-        status(503),
-        status_with(503, "retry-after", "2"),
-        ok(),
-    ]);
+    let script = Script::new([status(503), ok()]);
     run(layer().build().unwrap(), &script).await.unwrap();
     let b = Schedules::default().overloaded.backoff;
-    let mut expected = seeded(&[(b, 1), (b, 2)]);
-    for d in &expected {
-        assert!(*d >= Duration::from_secs(5) && *d <= Duration::from_secs(15));
-    }
-    // the third draw happens but Retry-After (2 s) replaces it
-    expected.push(Duration::from_secs(2));
+    let expected = seeded(&[(b, 1)]);
+    assert!(expected[0] >= Duration::from_secs(5) && expected[0] <= Duration::from_secs(15));
     assert_gaps(&script.gaps(), &expected);
+
+    // Retry-After (2 s) replaces the draw
+    let script = Script::new([status_with(503, "retry-after", "2"), ok()]);
+    run(layer().build().unwrap(), &script).await.unwrap();
+    assert_gaps(&script.gaps(), &[Duration::from_secs(2)]);
+
+    // one retry by default, then the 503 goes back to the caller
+    let script = Script::new([status(503), status(503), ok()]);
+    let resp = run(layer().build().unwrap(), &script).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(attempts(&resp).stop_reason(), StopReason::MaxAttempts);
+    assert_eq!(script.calls().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -351,25 +354,170 @@ async fn body_over_the_limit_is_sent_once_and_never_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn breaker_open_is_retried_only_when_its_wait_fits() {
+async fn an_open_breaker_fails_fast_with_its_own_error() {
+    // The breaker below refuses (it did not call the upstream): no wait, no second call, and
+    // the caller gets the breaker's typed error itself, with its wait.
+    let script = Script::new([
+        Step::Err(Box::new(BreakerOpen::new(Duration::from_secs(30)))),
+        ok(),
+    ]);
+    let start = tokio::time::Instant::now();
+    let err = run(layer().build().unwrap(), &script).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO, "no wait at all");
+    assert_eq!(
+        script.calls().len(),
+        1,
+        "one call into the breaker, none after"
+    );
+    let open = err
+        .downcast_ref::<BreakerOpen>()
+        .expect("the breaker's own error");
+    assert_eq!(open.retry_after(), Duration::from_secs(30));
+
+    // Also with a short wait that would fit the deadline.
+    let script = Script::new([
+        Step::Err(Box::new(BreakerOpen::new(Duration::from_millis(10)))),
+        ok(),
+    ]);
+    let err = run(layer().build().unwrap(), &script).await.unwrap_err();
+    assert!(err.is::<BreakerOpen>());
+    assert_eq!(script.calls().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_that_opens_during_retries_stops_them_at_once() {
+    let script = Script::new([
+        status(500),
+        Step::Err(Box::new(BreakerOpen::new(Duration::from_secs(30)))),
+        ok(),
+    ]);
+    let start = tokio::time::Instant::now();
+    let err = run(layer().build().unwrap(), &script).await.unwrap_err();
+    let e = err.downcast_ref::<RetriesExhausted>().expect("typed error");
+    assert_eq!(e.reason(), StopReason::BreakerOpen);
+    assert_eq!(e.attempts(), 2);
+    assert!(std::error::Error::source(e).unwrap().is::<BreakerOpen>());
+    assert_eq!(script.calls().len(), 2);
+    // only the one backoff after the 500, never the breaker's 30 s
+    let b = Schedules::default().server.backoff;
+    assert!(
+        start.elapsed() <= b.ceiling(1) + MS,
+        "{:?}",
+        start.elapsed()
+    );
+    // what the gateway maps to 503 + Retry-After
+    let c = tower_deepseek_core::classify::Classifier::new().classify_error(&*err);
+    assert_eq!(
+        c,
+        FailureClass::BreakerOpen {
+            retry_after: Duration::from_secs(30)
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_an_open_breaker_is_opt_in_and_bounded_by_the_deadline() {
     let script = Script::new([
         Step::Err(Box::new(BreakerOpen::new(Duration::from_secs(2)))),
         ok(),
     ]);
-    run(layer().build().unwrap(), &script).await.unwrap();
+    let l = layer().wait_for_open_breaker(true).build().unwrap();
+    assert!(l.config().wait_for_open_breaker);
+    let resp = run(l, &script).await.unwrap();
+    assert_eq!(resp.status(), 200);
     assert_gaps(&script.gaps(), &[Duration::from_secs(2)]);
 
     let script = Script::new([Step::Err(Box::new(BreakerOpen::new(Duration::from_secs(
         30,
     ))))]);
     let l = layer()
+        .wait_for_open_breaker(true)
         .total_deadline(Duration::from_secs(10))
         .build()
         .unwrap();
+    let start = tokio::time::Instant::now();
     let err = run(l, &script).await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "a wait past the deadline is not begun"
+    );
     let e = err.downcast_ref::<RetriesExhausted>().unwrap();
     assert!(e.is_deadline());
     assert!(std::error::Error::source(e).unwrap().is::<BreakerOpen>());
+
+    // The option from a config file.
+    let cfg: tower_deepseek_retry::retry::RetryConfig =
+        serde_json::from_str(r#"{"wait_for_open_breaker":true}"#).unwrap();
+    assert!(cfg.wait_for_open_breaker);
+    assert!(
+        !RetryLayer::new().config().wait_for_open_breaker,
+        "off by default"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_upstream_holds_a_caller_at_most_the_documented_worst_case() {
+    // Default config (no budget, so only the schedule bounds it): an upstream that answers
+    // 500 to everything gets 4 attempts, with at most 0.5 + 1 + 2 = 3.5 s of waits.
+    let script = Script::new((0..10).map(|_| status(500)));
+    let start = tokio::time::Instant::now();
+    let resp = run(layer().build().unwrap(), &script).await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(attempts(&resp).count(), 4);
+    assert_eq!(attempts(&resp).stop_reason(), StopReason::MaxAttempts);
+    assert!(start.elapsed() <= Duration::from_millis(3500) + 3 * MS);
+    // the ceilings themselves sum to the documented 3.5 s
+    let b = Schedules::default().server.backoff;
+    let sum: Duration = (1..=3).map(|n| b.ceiling(n)).sum();
+    assert_eq!(sum, Duration::from_millis(3500));
+
+    // 502: 4 attempts at once; connect errors: 4 attempts within 1.5 s; 503: 2 attempts
+    // within 15 s; 504: 3 attempts at once.
+    for (steps, n, worst) in [
+        (
+            (0..10).map(|_| status(502)).collect::<Vec<_>>(),
+            4,
+            Duration::ZERO,
+        ),
+        (
+            (0..10).map(|_| Step::Err(refused())).collect(),
+            4,
+            Duration::from_millis(1500),
+        ),
+        (
+            (0..10).map(|_| status(503)).collect(),
+            2,
+            Duration::from_secs(15),
+        ),
+        ((0..10).map(|_| status(504)).collect(), 3, Duration::ZERO),
+    ] {
+        let script = Script::new(steps);
+        let start = tokio::time::Instant::now();
+        let _ = run(layer().build().unwrap(), &script).await;
+        assert_eq!(script.calls().len(), n);
+        assert!(start.elapsed() <= worst + 3 * MS, "{:?}", start.elapsed());
+    }
+
+    // 429 to everything: the total deadline (1 min) cuts the 1..32 s schedule.
+    let script = Script::new((0..10).map(|_| status(429)));
+    let start = tokio::time::Instant::now();
+    let l = RetryLayer::builder()
+        .no_budget()
+        .on_rate_limited(Schedule::new(
+            Backoff::exponential(Duration::from_secs(1), Duration::from_secs(32))
+                .with_jitter(tower_deepseek_retry::retry::Jitter::None),
+        ))
+        .build()
+        .unwrap();
+    let resp = run(l, &script).await.unwrap();
+    assert_eq!(attempts(&resp).stop_reason(), StopReason::Deadline);
+    assert!(start.elapsed() < Duration::from_secs(60));
+    assert_eq!(
+        script.calls().len(),
+        6,
+        "1+2+4+8+16 s, then 32 s would pass 60 s"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -98,6 +98,21 @@ pub struct ServerConfig {
     /// Allow a non-loopback listen address without client keys (an open relay for the
     /// upstream credential: only behind another authenticating proxy). Default false.
     pub allow_open_non_loopback: bool,
+    /// The largest request headers a proxied route accepts, in bytes (names and values plus
+    /// 32 per field, as HTTP/2 counts them); larger ones get a 431 in the OpenAI error shape.
+    /// Default 32 768. (hyper's own limits lie above it: about 400 KiB of buffer and 100
+    /// fields for HTTP/1.1, where hyper itself answers 431.)
+    pub max_header_bytes: usize,
+    /// How long a client has to send a whole request head (HTTP/1.1), from its first byte, or
+    /// from the end of the previous answer on a kept-alive connection (so also how long an
+    /// idle keep-alive connection stays open). A slower client (slowloris) is disconnected.
+    /// Default 10 000.
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once. Beyond it, a few more get `/healthz` and a 503
+    /// `too_many_connections` on everything else, and the rest are closed at once. Keep it well
+    /// under the process's file-descriptor limit (`ulimit -n`), which the upstream connections
+    /// share. Default 1 024.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +121,9 @@ impl Default for ServerConfig {
             drain_timeout_ms: 30_000,
             trusted_proxies: Vec::new(),
             allow_open_non_loopback: false,
+            max_header_bytes: 32 * 1024,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1024,
         }
     }
 }
@@ -325,5 +343,7 @@ mod tests {
         assert!(cfg.keys.is_empty());
         assert!(cfg.layers.cache && cfg.layers.retry);
         assert_eq!(cfg.server.drain_timeout_ms, 30_000);
+        assert_eq!(cfg.server.max_header_bytes, 32 * 1024);
+        assert!(!cfg.retry.wait_for_open_breaker);
     }
 }

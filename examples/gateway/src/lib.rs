@@ -33,7 +33,7 @@
 //! connections; requests and streams in flight finish, up to `server.drain_timeout_ms`; audit
 //! records are flushed; then `serve` returns.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,20 +45,23 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::routing::{get, post};
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_deepseek::core::body::ObservedBody;
-use tower_deepseek::core::classify::{ClassifiedResponse, Classifier, OnEos, StreamEnd};
+use tower_deepseek::core::classify::{
+    ClassifiedResponse, Classifier, OnEos, StreamEnd, is_event_stream,
+};
 use tower_deepseek::core::meta::{MetadataConfig, PeerAddr, RequestId, X_REQUEST_ID};
 use tower_deepseek::redact::audit::{AuditHandle, AuditUnavailable};
 
 pub mod config;
 mod error;
 pub mod inbound;
+mod server;
 mod stack;
+mod stream;
 pub mod telemetry;
 
 pub use config::GatewayConfig;
@@ -225,6 +228,7 @@ impl Route {
 struct Shared {
     keys: inbound::Keys,
     meta: MetadataConfig,
+    max_header_bytes: usize,
     service: stack::Svc,
     classifier: Classifier,
 }
@@ -234,6 +238,7 @@ pub struct Gateway {
     router: Router,
     audit: Option<AuditHandle>,
     drain: Duration,
+    limits: server::Limits,
     open: bool,
     allow_open_non_loopback: bool,
     wired: Vec<&'static str>,
@@ -269,6 +274,15 @@ impl Gateway {
         let open = keys.is_empty();
         if open && !listen.ip().is_loopback() && !cfg.server.allow_open_non_loopback {
             return Err(StartError::OpenNonLoopback { addr: listen });
+        }
+        let srv = &cfg.server;
+        if srv.max_connections == 0
+            || srv.header_read_timeout_ms == 0
+            || srv.max_header_bytes < 1024
+        {
+            return Err(StartError::Config(
+                "[server]: max_connections and header_read_timeout_ms must be above 0, max_header_bytes at least 1024".to_owned(),
+            ));
         }
         let mut meta = MetadataConfig::new();
         for net in &cfg.server.trusted_proxies {
@@ -306,6 +320,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             keys,
             meta,
+            max_header_bytes: cfg.server.max_header_bytes,
             service: built.service,
             classifier: Classifier::new(),
         });
@@ -324,6 +339,11 @@ impl Gateway {
             router,
             audit: built.audit,
             drain: Duration::from_millis(cfg.server.drain_timeout_ms),
+            limits: server::Limits {
+                header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
+                max_connections: cfg.server.max_connections,
+                max_header_bytes: cfg.server.max_header_bytes,
+            },
             open,
             allow_open_non_loopback: cfg.server.allow_open_non_loopback,
             wired: built.wired,
@@ -355,26 +375,19 @@ impl Gateway {
         if self.open && !addr.ip().is_loopback() && !self.allow_open_non_loopback {
             return Err(StartError::OpenNonLoopback { addr });
         }
-        let fired = Arc::new(Notify::new());
-        let notify = fired.clone();
-        let server = axum::serve(
+        // Beyond the connection cap: the health check still answers, the rest is refused.
+        let refusal = Router::new()
+            .route("/healthz", get(healthz))
+            .fallback(too_many_connections);
+        let result = server::run(
             listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router.clone(),
+            refusal,
+            self.limits,
+            shutdown,
+            self.drain,
         )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!(target: "example_gateway", "shutting down: no new connections, draining requests in flight");
-            notify.notify_one();
-        });
-        let drain = self.drain;
-        let result = tokio::select! {
-            r = server.into_future() => r,
-            () = async { fired.notified().await; tokio::time::sleep(drain).await } => {
-                tracing::warn!(target: "example_gateway", drain_ms = drain.as_millis() as u64, "drain deadline passed: closing the remaining connections");
-                Ok(())
-            }
-        };
+        .await;
         if let Some(audit) = &self.audit {
             if let Err(e) = audit.shutdown() {
                 tracing::error!(target: "example_gateway", error = %e, "flushing the audit log failed");
@@ -444,6 +457,19 @@ async fn healthz() -> Response<Body> {
     res
 }
 
+async fn too_many_connections() -> Response<Body> {
+    let mut res = error::json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "api_error",
+        "too_many_connections",
+        "the gateway is at its connection limit (server.max_connections); retry shortly",
+        Some(Duration::from_secs(1)),
+    );
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
 async fn metrics_page() -> Response<Body> {
     let mut res = Response::new(Body::from(telemetry::render()));
     res.headers_mut().insert(
@@ -502,21 +528,75 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// The request as it goes into the stack: hop-by-hop headers, the client's credentials, its
-/// `Host`, `Content-Length` (recomputed: redaction may change the body) and `Accept-Encoding`
-/// (the layers read the answer: it must come uncompressed) removed.
+/// Whether the upstream may see this request header. An allow-list: the body's type, what
+/// the client accepts, cache directives (read by the cache layer), the request id, and the
+/// provider's `x-ds-*` headers. Everything else stays at the gateway: cookies, the client's
+/// credentials (the auth layer adds the upstream's), `Forwarded`/`X-Forwarded-*`/`X-Real-IP`
+/// (read for the client IP from trusted proxies, never relayed), `Host` and `Content-Length`
+/// (the client and the layers set them: redaction may change the body), `Accept-Encoding`
+/// (the layers read the answer: it must come uncompressed), hop-by-hop headers, and any other
+/// header a client sends.
+fn forwarded_upstream(name: &HeaderName) -> bool {
+    name == header::CONTENT_TYPE
+        || name == header::ACCEPT
+        || name == header::CACHE_CONTROL
+        || *name == X_REQUEST_ID
+        || name.as_str().starts_with("x-ds-")
+}
+
+/// The request as it goes into the stack: only the headers of [`forwarded_upstream`].
 fn sanitize_request(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    for name in [
-        header::AUTHORIZATION,
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::ACCEPT_ENCODING,
-        HeaderName::from_static("x-api-key"),
-        HeaderName::from_static("api-key"),
-    ] {
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| !forwarded_upstream(name))
+        .cloned()
+        .collect();
+    for name in dropped {
         headers.remove(name);
     }
+}
+
+/// The size of a request's headers as counted against `server.max_header_bytes`: names and
+/// values, plus 32 bytes per field (HTTP/2's accounting, RFC 9113 §6.5.2).
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum()
+}
+
+/// An upstream error whose body is not JSON (an HTML page of a proxy or load balancer) is
+/// answered in the OpenAI error shape with the upstream's status (and its `Retry-After`), never
+/// relayed as it is.
+fn wrap_non_json_error(res: Response<Body>) -> Response<Body> {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    if json {
+        return res;
+    }
+    let retry_after = res.headers().get(header::RETRY_AFTER).cloned();
+    let kind = if status.is_server_error() {
+        "api_error"
+    } else {
+        "invalid_request_error"
+    };
+    let message = format!(
+        "the upstream answered {} with a body that is not JSON",
+        status.as_u16()
+    );
+    let mut wrapped = error::json_error(status, kind, "upstream_error", &message, None);
+    if let Some(v) = retry_after {
+        wrapped.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    // Dropping the upstream body closes it.
+    wrapped
 }
 
 /// Decrements the in-flight gauge when the call is over (response body ended or dropped).
@@ -538,6 +618,16 @@ impl Drop for InFlight {
 async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response<Body> {
     let start = Instant::now();
     let guard = InFlight::start();
+    if header_bytes(req.headers()) > s.max_header_bytes {
+        let res = error::json_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            "request_header_fields_too_large",
+            "the request's headers are too large for this gateway (server.max_header_bytes)",
+            None,
+        );
+        return finish(&s, route, start, guard, res, None);
+    }
     let client = match s.keys.check(req.headers()) {
         inbound::Verdict::Allowed(c) => c,
         inbound::Verdict::Missing => {
@@ -561,14 +651,18 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
             return finish(&s, route, start, guard, res, None);
         }
     };
-    sanitize_request(req.headers_mut());
     if let Some(c) = client {
         req.extensions_mut().insert(c.tenant);
     }
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
         req.extensions_mut().insert(PeerAddr(peer));
     }
+    // Reads the request id and, from trusted proxies only, `X-Forwarded-For`.
     s.meta.apply(&mut req);
+    sanitize_request(req.headers_mut());
+    // The upstream client's pool picks the protocol (HTTP/1.1 or HTTP/2 by ALPN): the inbound
+    // request's version (HTTP/2 from an h2 client) must not leak into it.
+    *req.version_mut() = Version::HTTP_11;
     let request_id = req.extensions().get::<RequestId>().cloned();
     // A relative URI: the base-URL layer joins it onto the upstream's.
     let uri = match req.uri().query() {
@@ -591,7 +685,7 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
     let mut audit_refused = None;
     let res = match s.service.clone().oneshot(req).await {
         // The one allocation for the body's type on the way out: axum's `Body`.
-        Ok(res) => res.map(Body::new),
+        Ok(res) => wrap_non_json_error(res.map(Body::new)),
         Err(e) => {
             let status = error::status_for(&*e);
             tracing::debug!(target: "example_gateway", route = route.path(), %status, "request failed in the stack");
@@ -649,8 +743,16 @@ fn finish(
             body
         }
         ClassifiedResponse::RequiresEos(eos) => {
+            // Event streams end with an error event rather than a reset when they fail after
+            // their head was sent (see `stream`); the observer below tells the guard how the
+            // stream ended, and still sees the failure itself.
+            let verdict = is_event_stream(&parts.headers).then(stream::Verdict::default);
+            let told = verdict.clone();
             let observer = OnEos::new(eos, move |end, summary| {
                 let _guard = guard;
+                if let (Some(v), StreamEnd::Finished(r)) = (&told, &end) {
+                    let _ = v.set(r.clone());
+                }
                 if let Some(u) = &summary.usage {
                     let tokens = |kind: &'static str, n: u64| {
                         metrics::counter!(telemetry::TOKENS_TOTAL, "kind" => kind).increment(n);
@@ -666,7 +768,11 @@ fn finish(
                 }
                 record_outcome(route, end);
             });
-            Body::new(ObservedBody::new(body, observer))
+            let observed = ObservedBody::new(body, observer);
+            match verdict {
+                Some(v) => Body::new(stream::SseGuard::new(observed, v)),
+                None => Body::new(observed),
+            }
         }
     };
     Response::from_parts(parts, body)
@@ -702,10 +808,64 @@ mod tests {
         h.insert(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         h.insert("x-request-id", "abc".parse().unwrap());
+        h.insert(header::COOKIE, "session=1".parse().unwrap());
+        h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        h.insert("x-forwarded-host", "evil.example".parse().unwrap());
+        h.insert(header::FORWARDED, "for=203.0.113.9".parse().unwrap());
+        h.insert("x-real-ip", "203.0.113.9".parse().unwrap());
+        h.insert("api-key", "sk-client".parse().unwrap());
+        h.insert(header::HOST, "gateway".parse().unwrap());
+        h.insert(header::USER_AGENT, "curl/8".parse().unwrap());
+        h.insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+        h.insert("x-ds-trace", "1".parse().unwrap());
         sanitize_request(&mut h);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
-        assert_eq!(left, ["content-type", "x-request-id"]);
+        assert_eq!(
+            left,
+            ["accept", "content-type", "x-ds-trace", "x-request-id"]
+        );
+    }
+
+    #[tokio::test]
+    async fn non_json_upstream_errors_are_wrapped_with_their_status() {
+        use http_body_util::BodyExt;
+        let html = Response::builder()
+            .status(502)
+            .header(header::CONTENT_TYPE, "text/html")
+            .header(header::RETRY_AFTER, "3")
+            .body(Body::from("<html><body>Bad Gateway</body></html>"))
+            .unwrap();
+        let res = wrap_non_json_error(html);
+        assert_eq!(res.status(), 502);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(res.headers()[header::RETRY_AFTER], "3");
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["type"], "api_error");
+        assert_eq!(v["error"]["code"], "upstream_error");
+        assert!(!String::from_utf8_lossy(&bytes).contains("<html>"));
+
+        // JSON errors and successes pass as they are.
+        let json = Response::builder()
+            .status(400)
+            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(Body::from("{}"))
+            .unwrap();
+        assert_eq!(
+            wrap_non_json_error(json)
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes(),
+            "{}"
+        );
+        let ok = Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from("hi"))
+            .unwrap();
+        assert_eq!(wrap_non_json_error(ok).status(), 200);
     }
 
     #[test]

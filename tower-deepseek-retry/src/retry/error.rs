@@ -26,6 +26,9 @@ pub enum StopReason {
     RetryAfterTooLong,
     /// The request body was too large to buffer, so it could be sent only once.
     BodyNotReplayable,
+    /// A circuit breaker below is open and `wait_for_open_breaker` is off: the caller fails
+    /// fast with the breaker's error.
+    BreakerOpen,
 }
 
 impl StopReason {
@@ -39,6 +42,7 @@ impl StopReason {
             StopReason::Deadline => "deadline",
             StopReason::RetryAfterTooLong => "retry_after_too_long",
             StopReason::BodyNotReplayable => "body_not_replayable",
+            StopReason::BreakerOpen => "breaker_open",
         }
     }
 }
@@ -118,6 +122,9 @@ impl fmt::Display for RetriesExhausted {
             }
             StopReason::BodyNotReplayable => {
                 "the request body was too large to buffer, so it was sent only once; raise the retry layer's body limit to make it retryable"
+            }
+            StopReason::BreakerOpen => {
+                "the circuit breaker is open, so the call failed fast; try again after its Retry-After (or set wait_for_open_breaker for batch work)"
             }
             _ => "no retry was possible",
         };

@@ -208,6 +208,10 @@ impl Shared {
     ) -> Result<Duration, StopReason> {
         let cfg = &self.cfg;
         let (kind, delay) = if let FailureClass::BreakerOpen { retry_after } = class {
+            // Fail fast: waiting out an open breaker is an explicit opt-in.
+            if !cfg.wait_for_open_breaker {
+                return Err(StopReason::BreakerOpen);
+            }
             (None, *retry_after)
         } else {
             let Some(kind) = kind_of(class, cfg.retry_after_send) else {
@@ -577,7 +581,14 @@ where
                             Ok(finish(resp, attempt, classes, reason, *this.facts))
                         }
                         Outcome::Error(e) => {
-                            if attempt == 1 && reason == StopReason::NotRetryable {
+                            // Never retried: the error as it is (an open breaker's own
+                            // `BreakerOpen`, to downcast).
+                            if attempt == 1
+                                && matches!(
+                                    reason,
+                                    StopReason::NotRetryable | StopReason::BreakerOpen
+                                )
+                            {
                                 Err(e)
                             } else {
                                 Err(Box::new(RetriesExhausted::new(attempt, reason, class, e))

@@ -47,15 +47,24 @@ impl Default for BudgetConfig {
 #[non_exhaustive]
 pub struct RetryConfig {
     /// Attempts in total, the first included. Default 7 (room for the guide's 429 schedule:
-    /// 1, 2, 4, 8, 16, 32 s).
+    /// 1, 2, 4, 8, 16, 32 s). Each outcome's own `max_retries` bounds it further (see
+    /// [`Schedules`]).
     pub max_attempts: u32,
     /// No attempt starts (and no wait is begun that would end) after this long since the call
-    /// began. Default 120 000 (2 min); `null` for none. An attempt already in flight is bounded
+    /// began. Default 60 000 (1 min); `null` for none. An attempt already in flight is bounded
     /// by the [`TimeoutLayer`](crate::timeout::TimeoutLayer) below, not cut by this.
     pub total_deadline_ms: Option<u64>,
-    /// The longest `Retry-After` (or breaker wait) the layer is willing to sleep; a longer one
-    /// stops the retries and returns the response. Default 60 000.
+    /// The longest `Retry-After` (or, with `wait_for_open_breaker`, breaker wait) the layer is
+    /// willing to sleep; a longer one stops the retries and returns the response. Default
+    /// 60 000 (the total deadline bounds it too).
     pub max_retry_after_ms: u64,
+    /// Wait for an open circuit breaker below (its [`BreakerOpen`] error's `retry_after`) and
+    /// try again, within `max_retry_after` and the total deadline, instead of failing fast.
+    /// For batch callers that prefer a late answer to an error. Default `false`: a caller gets
+    /// the breaker's error at once, without an upstream call (the point of a breaker).
+    ///
+    /// [`BreakerOpen`]: tower_deepseek_core::error::BreakerOpen
+    pub wait_for_open_breaker: bool,
     /// Retry transport errors after the request may have been sent (reset, read timeout).
     /// DeepSeek may then bill twice. Default `false`.
     pub retry_after_send: bool,
@@ -88,8 +97,9 @@ impl Default for RetryConfig {
     fn default() -> Self {
         Self {
             max_attempts: 7,
-            total_deadline_ms: Some(120_000),
+            total_deadline_ms: Some(60_000),
             max_retry_after_ms: 60_000,
+            wait_for_open_breaker: false,
             retry_after_send: false,
             timeout_multiplier: 2.0,
             body_limit: DEFAULT_BODY_LIMIT,
@@ -247,7 +257,7 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// No attempt starts after this long since the call began (default 2 min).
+    /// No attempt starts after this long since the call began (default 1 min).
     pub fn total_deadline(mut self, d: Duration) -> Self {
         self.cfg.total_deadline_ms = Some(d.as_millis() as u64);
         self
@@ -262,6 +272,13 @@ impl RetryLayerBuilder {
     /// The longest `Retry-After` honoured (default 60 s); a longer one stops retrying.
     pub fn max_retry_after(mut self, d: Duration) -> Self {
         self.cfg.max_retry_after_ms = d.as_millis() as u64;
+        self
+    }
+
+    /// Wait for an open circuit breaker below and try again, within `max_retry_after` and the
+    /// total deadline (default off: fail fast; see [`RetryConfig::wait_for_open_breaker`]).
+    pub fn wait_for_open_breaker(mut self, yes: bool) -> Self {
+        self.cfg.wait_for_open_breaker = yes;
         self
     }
 

@@ -8,21 +8,41 @@
 //! |---|---|
 //! | 429 | exponential 1 s doubling to 32 s, full jitter; with `Retry-After` (seconds or HTTP-date) the larger of the two, never earlier |
 //! | 502 | at once, at most 3 retries |
-//! | 503 | uniform 5 to 15 s, or exactly `Retry-After` when sent |
-//! | 504, 408, attempt timeout | at once, with the attempt timeouts of the [`TimeoutLayer`](crate::timeout::TimeoutLayer) below multiplied by `timeout_multiplier` (2) |
-//! | 500, other 5xx | exponential 500 ms doubling to 8 s, full jitter |
+//! | 503 | uniform 5 to 15 s, or exactly `Retry-After` when sent; at most 1 retry |
+//! | 504, 408, attempt timeout | at once, with the attempt timeouts of the [`TimeoutLayer`](crate::timeout::TimeoutLayer) below multiplied by `timeout_multiplier` (2); at most 2 retries |
+//! | 500, other 5xx | exponential 500 ms doubling (cap 8 s), full jitter; at most 3 retries |
 //! | empty / cut / in-band-error / out-of-resources 2xx, before a byte reached the caller | as 500 |
-//! | connect error (not sent) | at once, then exponential 500 ms to 8 s |
+//! | connect error (not sent) | at once, then exponential 500 ms to 8 s; at most 3 retries |
 //! | reset or read error after sending | never, unless `retry_after_send(true)` (it may bill twice) |
 //! | 400, 401, 402, 403, 404, 422, local rejections | never |
 //! | 401 marked [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) by the auth layer below | once, at once, outside the budget, `max_attempts` and the deadline (see below) |
-//! | breaker open | after its wait, if that fits `max_retry_after` and the total deadline |
+//! | breaker open ([`BreakerOpen`](tower_deepseek_core::error::BreakerOpen) from below) | never: the caller gets the breaker's error at once ([`StopReason::BreakerOpen`]); with `wait_for_open_breaker(true)` (batch callers), after its wait, if that fits `max_retry_after` and the total deadline |
 //!
-//! All retries are bounded by `max_attempts` (7 in total), a total deadline (2 min: no attempt
-//! starts later), `max_retry_after` (60 s: a longer `Retry-After` stops retrying rather than
-//! waking early) and a retry budget (the semantics of tower's
+//! All retries are bounded by `max_attempts` (7 in total), each outcome's own number of
+//! retries, a total deadline (1 min: no attempt starts, and no wait ends, later),
+//! `max_retry_after` (60 s: a longer `Retry-After` stops retrying rather than waking early)
+//! and a retry budget (the semantics of tower's
 //! [`TpsBudget`](tower::retry::budget::TpsBudget), lock-free: 20 % of the requests of the
 //! last 10 s plus 10 per second), so an outage cannot become a retry storm.
+//!
+//! # Worst cases with the defaults
+//!
+//! How long the layer can hold a caller in its waits between attempts (each attempt's own
+//! time comes on top, bounded by the [`TimeoutLayer`](crate::timeout::TimeoutLayer) below):
+//!
+//! | the upstream answers every attempt with | attempts | waits, at most |
+//! |---|---|---|
+//! | 500 or another 5xx (a dead upstream), or a bad 2xx | 4 | 0.5 + 1 + 2 = **3.5 s** (full jitter: 1.75 s on average) |
+//! | 502 | 4 | **0 s** |
+//! | connection refused | 4 | 0 + 0.5 + 1 = **1.5 s** |
+//! | 504, or an attempt timeout | 3 | **0 s** (attempt timeouts ×1, ×2, ×4) |
+//! | 503 | 2 | **15 s**, or its `Retry-After` up to 60 s |
+//! | 429 | 7 | 1 + 2 + 4 + 8 + 16 + 32 s, cut by the total deadline: **60 s** |
+//! | anything, mixed | 7 | **60 s** (the total deadline) |
+//! | an open circuit breaker below | 1, not sent | **0 s**: its error at once |
+//!
+//! Under an outage seen by many callers, the budget ends retries early (the caller gets the
+//! failed answer at once), and the circuit breaker below, once open, answers in microseconds.
 //!
 //! # Stream safety
 //!

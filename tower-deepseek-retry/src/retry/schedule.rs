@@ -233,26 +233,31 @@ impl Schedule {
     }
 }
 
-/// The per-outcome schedules. Defaults: the guide's table (see the [module docs](super)).
+/// The per-outcome schedules. Defaults: the guide's table (see the [module docs](super)),
+/// with a number of retries per outcome that keeps a caller from waiting long on a dead
+/// upstream (the worst cases are in the module docs, "Worst cases").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Schedules {
     /// 429: exponential 1 s doubling to 32 s, full jitter; `Retry-After` as a lower bound.
+    /// Bounded by `max_attempts` (6 retries) and the total deadline.
     pub rate_limited: Schedule,
     /// 502: at once, at most 3 retries.
     pub bad_gateway: Schedule,
-    /// 503: uniform 5 to 15 s, or exactly `Retry-After` when sent.
+    /// 503: uniform 5 to 15 s, or exactly `Retry-After` when sent; at most 1 retry.
     pub overloaded: Schedule,
     /// 504, 408 and our own attempt timeouts: at once, with a longer attempt timeout
-    /// (see `timeout_multiplier`).
+    /// (see `timeout_multiplier`); at most 2 retries.
     pub timeout: Schedule,
-    /// 500 and other 5xx: exponential 500 ms doubling to 8 s, full jitter.
+    /// 500 and other 5xx: exponential 500 ms doubling (cap 8 s), full jitter; at most 3
+    /// retries (at most 0.5 + 1 + 2 = 3.5 s of waits).
     pub server: Schedule,
     /// A 2xx that was empty, cut short, carried an in-band error or ran out of resources before
     /// any byte reached the caller: as `server`.
     pub body: Schedule,
-    /// Connect errors (the request was not sent): at once, then exponential 500 ms to 8 s.
+    /// Connect errors (the request was not sent): at once, then exponential 500 ms to 8 s; at
+    /// most 3 retries (at most 0 + 0.5 + 1 = 1.5 s of waits).
     pub connect: Schedule,
     /// Transport errors after the request may have been sent: as `server`, but only used when
     /// `retry_after_send` is on (it may bill twice).
@@ -264,7 +269,8 @@ impl Default for Schedules {
         let server = Schedule::new(Backoff::exponential(
             Duration::from_millis(500),
             Duration::from_secs(8),
-        ));
+        ))
+        .max_retries(3);
         Self {
             rate_limited: Schedule::new(Backoff::exponential(
                 Duration::from_secs(1),
@@ -275,14 +281,16 @@ impl Default for Schedules {
                 Duration::from_secs(5),
                 Duration::from_secs(15),
             ))
-            .retry_after(RetryAfterPolicy::Exact),
-            timeout: Schedule::new(Backoff::Immediate),
+            .retry_after(RetryAfterPolicy::Exact)
+            .max_retries(1),
+            timeout: Schedule::new(Backoff::Immediate).max_retries(2),
             server,
             body: server,
             connect: Schedule::new(
                 Backoff::exponential(Duration::from_millis(500), Duration::from_secs(8))
                     .first_immediate(),
-            ),
+            )
+            .max_retries(3),
             transport: server,
         }
     }

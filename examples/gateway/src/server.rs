@@ -1,0 +1,164 @@
+//! The HTTP server: hyper-util's automatic HTTP/1.1 and HTTP/2 (h2c prior knowledge)
+//! connection builder, with the waits bounded and the connections capped.
+//!
+//! - **Header size.** hyper's own limits lie at twice `server.max_header_bytes` (HTTP/1.1 read
+//!   buffer, HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`), so that the gateway itself answers the
+//!   431 in the OpenAI shape for headers between the two; above, hyper answers 431 (HTTP/1.1)
+//!   or the HTTP/2 layer refuses the stream.
+//! - **Header read and idle keep-alive (HTTP/1.1).** A request head must arrive whole within
+//!   `server.header_read_timeout_ms` of the connection's first byte, or of the end of the
+//!   previous response on a kept-alive connection: a slowloris peer or an idle socket is cut.
+//! - **HTTP/2 peers** are pinged every 20 s and dropped when a ping goes 20 s unanswered.
+//! - **Connection cap.** At most `server.max_connections` connections are served. Beyond it,
+//!   up to 64 more are answered by a small service (`/healthz` still answers; everything else
+//!   gets `503 {"error":{"code":"too_many_connections",...}}` with `Retry-After: 1`, and the
+//!   connection closes); connections beyond those are closed at once.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+/// Counter: connections beyond `server.max_connections` (answered by the refusal service, or
+/// closed at once).
+pub(crate) const CONNECTIONS_REFUSED: &str = "deepseek_gateway_connections_refused_total";
+
+/// Connections answered beyond the cap by the refusal service.
+const OVERFLOW_CONNECTIONS: usize = 64;
+
+/// How long a connection beyond the cap may stay open.
+const OVERFLOW_LIFETIME: Duration = Duration::from_secs(5);
+
+/// HTTP/2 ping interval and timeout.
+const H2_PING: Duration = Duration::from_secs(20);
+
+/// The server's bounds (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_header_bytes: usize,
+}
+
+fn builder(limits: &Limits, keep_alive: bool) -> Builder<TokioExecutor> {
+    let hard = limits.max_header_bytes.saturating_mul(2).max(16 * 1024);
+    let mut b = Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(keep_alive)
+        .max_buf_size(hard.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(hard).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_PING)
+        .keep_alive_timeout(H2_PING);
+    b
+}
+
+/// Serves one connection with `router`, giving it the peer address as axum's `ConnectInfo`.
+fn serve_with(
+    builder: &Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+) -> impl Future<Output = ()> + Send + '_ {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(req)
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(target: "example_gateway", error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Accepts on `listener` until `shutdown`, then lets the connections finish within `drain`.
+pub(crate) async fn run<F>(
+    listener: TcpListener,
+    router: Router,
+    refusal: Router,
+    limits: Limits,
+    shutdown: F,
+    drain: Duration,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let full = Arc::new(builder(&limits, true));
+    let over = Arc::new(builder(&limits, false));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving the
+                    // connections already open.
+                    tracing::warn!(target: "example_gateway", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            let builder = full.clone();
+            let router = router.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(req)
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(target: "example_gateway", error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        } else if let Ok(permit) = overflow.clone().try_acquire_owned() {
+            metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+            let builder = over.clone();
+            let refusal = refusal.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    OVERFLOW_LIFETIME,
+                    serve_with(&builder, stream, peer, refusal),
+                )
+                .await;
+                drop(permit);
+            });
+        } else {
+            metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+            drop(stream);
+        }
+    }
+    drop(listener);
+    tracing::info!(target: "example_gateway", "shutting down: no new connections, draining requests in flight");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!(target: "example_gateway", drain_ms = drain.as_millis() as u64, "drain deadline passed: closing the remaining connections");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The server's own bounds, with real slow peers over loopback: the header-read timeout
+//! (slowloris), idle keep-alive connections, and the connection cap (with `/healthz` still
+//! answering).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower_deepseek_testkit::MockServer;
+
+fn short_header_read() -> example_gateway::GatewayConfig {
+    let mut cfg = config_with_keys("");
+    cfg.server.header_read_timeout_ms = 500;
+    cfg
+}
+
+/// Reads until the peer closes the connection (or fails it); returns what was read.
+async fn read_to_close(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the gateway closes the connection in time");
+    out
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_at_the_header_read_timeout() {
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let gw = start(&upstream.url(), short_header_read(), None).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = s.split();
+    let head =
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
+    let started = Instant::now();
+    // One byte every 100 ms: the head would take seconds to arrive.
+    let drip = async {
+        for b in head {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let closed = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = closed => {}
+        () = drip => panic!("the whole head was dripped without the gateway cutting it"),
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(upstream.chat_count(), 0);
+    gw.stop().await.unwrap();
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let gw = start(&upstream.url(), short_header_read(), None).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // The answer, then the close of the idle connection.
+    let got = read_to_close(&mut s, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#"{"status":"ok"}"#), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    gw.stop().await.unwrap();
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
+async fn beyond_the_connection_cap_healthz_answers_and_the_rest_is_refused() {
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let gw = start(
+        &upstream.url(),
+        {
+            let mut cfg = config_with_keys("");
+            cfg.server.max_connections = 2;
+            cfg
+        },
+        None,
+    )
+    .await;
+    // Two kept-alive connections hold the two places (each answered once, so surely accepted).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+
+    // A third connection: the health check still answers...
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let text = String::from_utf8(read_to_close(&mut s, Duration::from_secs(8)).await).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // ... and chat is refused cleanly, in the OpenAI shape, with the connection closed.
+    let body = json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]})
+        .to_string();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(read_to_close(&mut s, Duration::from_secs(8)).await).unwrap();
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    assert!(text.contains("too_many_connections"), "{text}");
+    assert_eq!(upstream.chat_count(), 0);
+
+    // A place freed: chat is served again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = send(
+            &client(),
+            chat_request(
+                &gw.url("/v1/chat/completions"),
+                Some(CLIENT_KEY),
+                json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "y"}]}),
+            ),
+        )
+        .await;
+        let status = res.status();
+        body_string(res).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was never reused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(held);
+    gw.stop().await.unwrap();
+    upstream.shutdown().await;
+}
