@@ -1,11 +1,27 @@
 //! PII and secret detectors, all run in one pass over a text.
 //!
-//! Each detector is a regular expression plus a validator. Regexes never run over the whole
-//! text: a byte scan first finds the few places that can start an entity (digit runs with
-//! enough digits, `@`, `:`, the literal prefixes of secrets), and the anchored regex of each
+//! Each detector is a regular expression plus a validator (checksum, date, numbering plan,
+//! issuer prefix, entropy) and a score. Regexes never run over the whole text: a byte scan
+//! first finds the few places that can start an entity (digit runs with enough digits, `@`,
+//! `:`, the literal prefixes of secrets and secret-like words), and the anchored regex of each
 //! candidate detector runs only there. Candidates that overlap are resolved leftmost, then
-//! longest, then by detector priority (secrets, ID card, bank card, mobile, landline, SSN,
-//! passport, email, IPv6, IPv4, custom).
+//! longest, then by detector priority (private keys, JWTs, API keys, AWS keys, other secrets,
+//! ID card, bank card, mobile, landline, SSN, passport, email, IPv6, IPv4, custom).
+//!
+//! The families live in submodules: secrets (provider keys, webhooks, passwords in URLs,
+//! values after secret-like words), numbers (phones, IDs, cards, SSNs, passports) and
+//! network (e-mail, IP addresses).
+//!
+//! # Scores and context words
+//!
+//! Every detection has a score in `0.0..=1.0`: the base score of its form (a Luhn-valid card
+//! 0.8, an 18-digit ID with a valid check character 0.95, nine bare digits that could be an
+//! SSN 0.3), raised by a context word in the clause before it (`SSN`, `护照`, `卡号`, `电话`)
+//! and lowered by a negative one (`发票`, `订单号`, `版本`). Detections below the threshold
+//! ([`DetectorsBuilder::min_score`], default 0.5) are dropped: nine bare digits are an SSN
+//! only after a word such as `SSN`, a dotted quad after `版本` is a version, a Luhn-valid
+//! number after `发票代码` is an invoice code. [`DetectorsBuilder::context_words`] and
+//! [`DetectorsBuilder::negative_context_words`] add words in any language.
 //!
 //! # Boundaries
 //!
@@ -22,11 +38,15 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::sync::Arc;
 
 use regex::Regex;
+
+mod context;
+mod network;
+mod numbers;
+mod secrets;
 
 /// The type of a detected entity: a label such as `CN_MOBILE`, used in placeholders
 /// (`<CN_MOBILE_1>`), labelled masks, metrics and audit counts.
@@ -46,13 +66,16 @@ impl EntityType {
     pub const IPV4: Self = Self(Cow::Borrowed("IPV4"));
     /// An IPv6 address.
     pub const IPV6: Self = Self(Cow::Borrowed("IPV6"));
-    /// A Chinese passport number.
+    /// A PRC passport number (ordinary, diplomatic, service and public-affairs series) or a
+    /// HK/Macau/Taiwan travel permit number.
     pub const CN_PASSPORT: Self = Self(Cow::Borrowed("CN_PASSPORT"));
     /// A mainland China landline number with its area code.
     pub const CN_LANDLINE: Self = Self(Cow::Borrowed("CN_LANDLINE"));
     /// A US social security number.
     pub const US_SSN: Self = Self(Cow::Borrowed("US_SSN"));
-    /// An API key of the `sk-…` form (DeepSeek, OpenAI and others).
+    /// An API key or token recognised by its provider prefix: `sk-…` (DeepSeek, OpenAI,
+    /// Anthropic), `sk_live_…` (Stripe), `AIza…` (Google), `LTAI…` (Alibaba Cloud), `AKID…`
+    /// (Tencent Cloud), `ghp_…` (GitHub), `glpat-…` (GitLab), `xoxb-…` (Slack), `hf_…`.
     pub const API_KEY: Self = Self(Cow::Borrowed("API_KEY"));
     /// An AWS access key id (`AKIA…`, `ASIA…`).
     pub const AWS_ACCESS_KEY: Self = Self(Cow::Borrowed("AWS_ACCESS_KEY"));
@@ -60,6 +83,10 @@ impl EntityType {
     pub const JWT: Self = Self(Cow::Borrowed("JWT"));
     /// A PEM private-key block.
     pub const PRIVATE_KEY: Self = Self(Cow::Borrowed("PRIVATE_KEY"));
+    /// Another secret: a password or token after a secret-like word (`password:`, `token=`,
+    /// `密码是`), a cloud secret key after its key id, the password of a URL or connection
+    /// string, a chat-platform webhook URL.
+    pub const SECRET: Self = Self(Cow::Borrowed("SECRET"));
 
     /// A custom type. The name is upper-cased; it must be 1 to 32 characters of `A-Z`, `0-9`
     /// and `_`, starting with a letter.
@@ -89,21 +116,23 @@ impl EntityType {
         &self.0
     }
 
-    /// Whether this type is a secret (API key, access key, token, private key).
+    /// Whether this type is a secret (API key, access key, token, private key, password).
     pub fn is_secret(&self) -> bool {
         *self == Self::API_KEY
             || *self == Self::AWS_ACCESS_KEY
             || *self == Self::JWT
             || *self == Self::PRIVATE_KEY
+            || *self == Self::SECRET
     }
 
     /// Every built-in type, in priority order.
-    pub fn builtin() -> [EntityType; 13] {
+    pub fn builtin() -> [EntityType; N_BUILTIN] {
         [
             Self::PRIVATE_KEY,
             Self::JWT,
             Self::API_KEY,
             Self::AWS_ACCESS_KEY,
+            Self::SECRET,
             Self::CN_ID_CARD,
             Self::BANK_CARD,
             Self::CN_MOBILE,
@@ -170,13 +199,17 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// One detected entity: its byte range in the scanned text and its type.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One detected entity: its byte range in the scanned text, its type and its score.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Detection {
     /// Byte range in the text that was scanned.
     pub range: Range<usize>,
     /// The type of entity.
     pub entity: EntityType,
+    /// Confidence in `0.0..=1.0` (base score of the form, adjusted by context words); at least
+    /// the set's [`DetectorsBuilder::min_score`]. Custom detectors score 1.0.
+    pub score: f32,
 }
 
 type Validator = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -194,6 +227,7 @@ enum Kind {
     Jwt,
     ApiKey,
     Aws,
+    Secret,
     IdCard,
     Card,
     Mobile,
@@ -205,7 +239,8 @@ enum Kind {
     Ipv4,
 }
 
-const N_BUILTIN: usize = 13;
+/// The number of built-in entity types.
+const N_BUILTIN: usize = 14;
 
 impl Kind {
     const ALL: [Kind; N_BUILTIN] = [
@@ -213,6 +248,7 @@ impl Kind {
         Kind::Jwt,
         Kind::ApiKey,
         Kind::Aws,
+        Kind::Secret,
         Kind::IdCard,
         Kind::Card,
         Kind::Mobile,
@@ -236,29 +272,9 @@ impl Kind {
     }
 }
 
-/// The digit-based detectors that run at token starts, with their anchored regexes.
-struct NumericRegexes {
-    mobile: Regex,
-    id: Regex,
-    card: Regex,
-    landline: Regex,
-    ssn: Regex,
-    passport: Regex,
-    ipv4: Regex,
-}
-
-struct SecretRegexes {
-    trigger: Regex,
-    api_key: Regex,
-    aws: Regex,
-    jwt: Regex,
-    pem: Regex,
-    pem_open: Regex,
-}
-
 struct Compiled {
-    num: NumericRegexes,
-    sec: SecretRegexes,
+    num: numbers::NumericRegexes,
+    sec: secrets::SecretRegexes,
 }
 
 fn re(p: &str) -> Regex {
@@ -268,27 +284,33 @@ fn re(p: &str) -> Regex {
 impl Compiled {
     fn new() -> Self {
         Self {
-            num: NumericRegexes {
-                mobile: re(r"\A(?:(?:\+|00)86[ -]?)?1[3-9][0-9](?:[ -]?[0-9]{4}){2}"),
-                id: re(r"\A[1-9][0-9]{14}(?:[0-9]{2}[0-9Xx])?"),
-                card: re(r"\A[2-6][0-9](?:[ -]?[0-9]){11,17}"),
-                landline: re(r"\A(?:\(0[0-9]{2,3}\)[ -]?|0[0-9]{2,3}[ -]?)[0-9]{7,8}"),
-                ssn: re(r"\A[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}"),
-                passport: re(r"\A(?:[EG][0-9]{8}|E[A-HJ-NP-Z][0-9]{7})"),
-                ipv4: re(r"\A[0-9]{1,3}(?:\.[0-9]{1,3}){3}"),
-            },
-            sec: SecretRegexes {
-                trigger: re(r"sk-|AKIA|ASIA|eyJ|-----BEGIN "),
-                api_key: re(r"\Ask-[A-Za-z0-9_-]{20,}"),
-                aws: re(r"\A(?:AKIA|ASIA)[0-9A-Z]{16}"),
-                jwt: re(r"\AeyJ[A-Za-z0-9_-]{4,}\.ey[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
-                pem: re(
-                    r"\A-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?s:.*?)-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
-                ),
-                pem_open: re(r"\A-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[A-Za-z0-9+/=\s:,-]*"),
-            },
+            num: numbers::NumericRegexes::new(),
+            sec: secrets::SecretRegexes::new(),
         }
     }
+}
+
+/// Context words of one built-in type, lower-case.
+#[derive(Clone, Default)]
+struct Context {
+    positive: Vec<Vec<u8>>,
+    negative: Vec<Vec<u8>>,
+}
+
+fn default_context() -> Vec<Context> {
+    Kind::ALL
+        .iter()
+        .map(|k| Context {
+            positive: context::positive(*k)
+                .iter()
+                .map(|w| w.as_bytes().to_vec())
+                .collect(),
+            negative: context::negative(*k)
+                .iter()
+                .map(|w| w.as_bytes().to_vec())
+                .collect(),
+        })
+        .collect()
 }
 
 /// A set of detectors: the built-in ones that are enabled, plus custom ones.
@@ -303,10 +325,15 @@ struct DetectorsInner {
     enabled: [bool; N_BUILTIN],
     compiled: &'static Compiled,
     custom: Vec<Custom>,
+    min_score: f32,
+    context: Vec<Context>,
 }
 
 /// The built-in regexes, compiled once per process and shared by every detector set.
 static COMPILED: std::sync::LazyLock<Compiled> = std::sync::LazyLock::new(Compiled::new);
+
+/// The default [`DetectorsBuilder::min_score`].
+pub const DEFAULT_MIN_SCORE: f32 = 0.5;
 
 impl fmt::Debug for Detectors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -319,6 +346,7 @@ impl fmt::Debug for Detectors {
         f.debug_struct("Detectors")
             .field("builtin", &enabled)
             .field("custom", &custom)
+            .field("min_score", &self.inner.min_score)
             .finish()
     }
 }
@@ -335,6 +363,8 @@ pub struct DetectorsBuilder {
     enabled: [bool; N_BUILTIN],
     custom: Vec<Custom>,
     error: Option<ConfigError>,
+    min_score: f32,
+    context: Vec<Context>,
 }
 
 impl fmt::Debug for DetectorsBuilder {
@@ -365,6 +395,58 @@ impl DetectorsBuilder {
     /// Disables every built-in detector (to start from custom ones only, or to enable a few).
     pub fn none(mut self) -> Self {
         self.enabled = [false; N_BUILTIN];
+        self
+    }
+
+    /// The score a detection needs to be reported (default [`DEFAULT_MIN_SCORE`], 0.5).
+    /// Lower it to also catch weak forms without context (nine bare digits as an SSN, a
+    /// permit number without `通行证`), raise it to keep only validated forms.
+    pub fn min_score(mut self, score: f32) -> Self {
+        if !(0.0..=1.0).contains(&score) {
+            self.error = Some(ConfigError::new(format!(
+                "min_score must be between 0 and 1, got {score}"
+            )));
+        }
+        self.min_score = score;
+        self
+    }
+
+    /// Adds words (any language; ASCII letters match in any case) that raise the score of a
+    /// built-in type when they stand in the clause before a candidate, e.g. `员工编号` for
+    /// [`EntityType::US_SSN`]. Words for custom types are ignored (custom matches score 1.0).
+    pub fn context_words<I, W>(mut self, entity: &EntityType, words: I) -> Self
+    where
+        I: IntoIterator<Item = W>,
+        W: AsRef<str>,
+    {
+        if let Some(k) = Kind::from_entity(entity) {
+            let c = &mut self.context[k as usize].positive;
+            c.extend(
+                words
+                    .into_iter()
+                    .map(|w| w.as_ref().to_lowercase().into_bytes()),
+            );
+            c.retain(|w| !w.is_empty());
+        }
+        self
+    }
+
+    /// Adds words that lower the score of a built-in type when they stand in the clause
+    /// before a candidate (as `发票代码` does for [`EntityType::BANK_CARD`]).
+    pub fn negative_context_words<I, W>(mut self, entity: &EntityType, words: I) -> Self
+    where
+        I: IntoIterator<Item = W>,
+        W: AsRef<str>,
+    {
+        if let Some(k) = Kind::from_entity(entity) {
+            let c = &mut self.context[k as usize].negative;
+            c.extend(
+                words
+                    .into_iter()
+                    .map(|w| w.as_ref().to_lowercase().into_bytes()),
+            );
+            c.retain(|w| !w.is_empty());
+        }
         self
     }
 
@@ -423,7 +505,7 @@ impl DetectorsBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for an invalid custom name or regex.
+    /// [`ConfigError`] for an invalid custom name or regex, or a `min_score` outside 0..=1.
     pub fn build(self) -> Result<Detectors, ConfigError> {
         if let Some(e) = self.error {
             return Err(e);
@@ -433,6 +515,8 @@ impl DetectorsBuilder {
                 enabled: self.enabled,
                 compiled: &COMPILED,
                 custom: self.custom,
+                min_score: self.min_score,
+                context: self.context,
             }),
         })
     }
@@ -444,6 +528,7 @@ struct Cand {
     end: usize,
     /// Priority: built-in kind index, or N_BUILTIN + custom index.
     prio: usize,
+    score: f32,
 }
 
 #[inline]
@@ -457,12 +542,15 @@ impl Detectors {
         Self::builder().build().expect("no custom detectors")
     }
 
-    /// A builder starting from every built-in detector.
+    /// A builder starting from every built-in detector, with the default threshold and
+    /// context words.
     pub fn builder() -> DetectorsBuilder {
         DetectorsBuilder {
             enabled: [true; N_BUILTIN],
             custom: Vec::new(),
             error: None,
+            min_score: DEFAULT_MIN_SCORE,
+            context: default_context(),
         }
     }
 
@@ -474,13 +562,19 @@ impl Detectors {
         }
     }
 
+    /// The score a detection needs to be reported.
+    pub fn min_score(&self) -> f32 {
+        self.inner.min_score
+    }
+
     /// Finds every entity in `text`, non-overlapping, in order.
     pub fn detect(&self, text: &str) -> Vec<Detection> {
         let mut out = Vec::new();
-        self.detect_each(text, |range, entity| {
+        self.detect_scored(text, |range, entity, score| {
             out.push(Detection {
                 range,
                 entity: entity.clone(),
+                score,
             })
         });
         out
@@ -495,6 +589,11 @@ impl Detectors {
 
     /// Calls `f` for every entity in `text`, non-overlapping, in order of position.
     pub(crate) fn detect_each(&self, text: &str, mut f: impl FnMut(Range<usize>, &EntityType)) {
+        self.detect_scored(text, |r, e, _| f(r, e));
+    }
+
+    /// Calls `f` with every entity in `text` and its score, non-overlapping, in order.
+    fn detect_scored(&self, text: &str, mut f: impl FnMut(Range<usize>, &EntityType, f32)) {
         let mut emit = |c: &Cand, map: Option<&FoldMap>| {
             let (s, e) = match map {
                 Some(m) => (m.original(c.start), m.original(c.end)),
@@ -505,7 +604,7 @@ impl Detectors {
             } else {
                 Cow::Borrowed(&self.inner.custom[c.prio - N_BUILTIN].entity)
             };
-            f(s..e, &entity);
+            f(s..e, &entity, c.score);
         };
         if needs_fold(text.as_bytes()) {
             let (folded, map) = fold(text);
@@ -517,6 +616,23 @@ impl Detectors {
                 emit(&c, None);
             }
         }
+    }
+
+    /// The score of a `kind` candidate at `start` with base score `base`, after context words.
+    fn adjust(&self, b: &[u8], kind: Kind, start: usize, base: f32) -> f32 {
+        let ctx = &self.inner.context[kind as usize];
+        if ctx.positive.is_empty() && ctx.negative.is_empty() {
+            return base;
+        }
+        let w = context::window(b, start);
+        let mut s = base;
+        if context::any(w, ctx.positive.iter().map(Vec::as_slice)) {
+            s += context::BOOST;
+        }
+        if context::any(w, ctx.negative.iter().map(Vec::as_slice)) {
+            s -= context::PENALTY;
+        }
+        s.clamp(0.0, 1.0)
     }
 
     fn scan(&self, t: &str) -> Vec<Cand> {
@@ -540,11 +656,12 @@ impl Detectors {
         }
         if en[Kind::Email as usize] {
             for at in memchr::memchr_iter(b'@', b) {
-                if let Some((s, e)) = email_at(b, at) {
+                if let Some((s, e)) = network::email_at(b, at) {
                     cands.push(Cand {
                         start: s,
                         end: e,
                         prio: Kind::Email as usize,
+                        score: 0.9,
                     });
                 }
             }
@@ -555,56 +672,27 @@ impl Detectors {
                 if c < next {
                     continue;
                 }
-                let (s, e, tok_end) = ipv6_at(b, c);
+                let (s, e, tok_end) = network::ipv6_at(b, c);
                 next = tok_end;
                 if e > s {
                     cands.push(Cand {
                         start: s,
                         end: e,
                         prio: Kind::Ipv6 as usize,
+                        score: 0.8,
                     });
                 }
             }
         }
-        let sec = [Kind::PrivateKey, Kind::Jwt, Kind::ApiKey, Kind::Aws];
+        let sec = [
+            Kind::PrivateKey,
+            Kind::Jwt,
+            Kind::ApiKey,
+            Kind::Aws,
+            Kind::Secret,
+        ];
         if sec.iter().any(|k| en[*k as usize]) {
-            let r = &inner.compiled.sec;
-            let mut next = 0;
-            for m in r.trigger.find_iter(t) {
-                let p = m.start();
-                if p < next {
-                    continue;
-                }
-                let rest = &t[p..];
-                let left_ok = p == 0 || !is_alnum(b[p - 1]);
-                let found = match &b[p..p + 2] {
-                    b"sk" if en[Kind::ApiKey as usize] && left_ok => {
-                        r.api_key.find(rest).map(|m| (m.end(), Kind::ApiKey))
-                    }
-                    b"AK" | b"AS" if en[Kind::Aws as usize] && left_ok => r
-                        .aws
-                        .find(rest)
-                        .filter(|m| b.get(p + m.end()).is_none_or(|c| !is_alnum(*c)))
-                        .map(|m| (m.end(), Kind::Aws)),
-                    b"ey" if en[Kind::Jwt as usize] && left_ok => {
-                        r.jwt.find(rest).map(|m| (m.end(), Kind::Jwt))
-                    }
-                    b"--" if en[Kind::PrivateKey as usize] => r
-                        .pem
-                        .find(rest)
-                        .or_else(|| r.pem_open.find(rest))
-                        .map(|m| (m.end(), Kind::PrivateKey)),
-                    _ => None,
-                };
-                if let Some((len, kind)) = found {
-                    next = p + len;
-                    cands.push(Cand {
-                        start: p,
-                        end: p + len,
-                        prio: kind as usize,
-                    });
-                }
-            }
+            secrets::scan(t, &inner.compiled.sec, en, &mut cands);
         }
         for (i, c) in inner.custom.iter().enumerate() {
             for m in c.regex.find_iter(t) {
@@ -616,10 +704,13 @@ impl Detectors {
                         start: m.start(),
                         end: m.end(),
                         prio: N_BUILTIN + i,
+                        score: 1.0,
                     });
                 }
             }
         }
+        let min = inner.min_score;
+        cands.retain(|c| c.score >= min);
         select(cands)
     }
 
@@ -633,12 +724,15 @@ impl Detectors {
                 Some(at) => i = at,
                 None => break,
             }
-            // Region start: back over letters, then an optional `+` or `(`.
+            // Region start: back over letters, then an optional `+`, then an optional `(`.
             let mut rs = i;
             while rs > 0 && b[rs - 1].is_ascii_alphabetic() {
                 rs -= 1;
             }
-            if rs > 0 && (b[rs - 1] == b'+' || b[rs - 1] == b'(') {
+            if rs > 0 && b[rs - 1] == b'+' {
+                rs -= 1;
+            }
+            if rs > 0 && b[rs - 1] == b'(' {
                 rs -= 1;
             }
             // Region end: alphanumerics, and up to two separators followed by a digit or `(`.
@@ -676,6 +770,7 @@ impl Detectors {
     fn numeric_region(&self, t: &str, rs: usize, re_: usize, cands: &mut Vec<Cand>) {
         let b = t.as_bytes();
         let en = &self.inner.enabled;
+        let min = self.inner.min_score;
         let r = &self.inner.compiled.num;
         let mut p = rs;
         while p < re_ {
@@ -688,10 +783,14 @@ impl Detectors {
             }
             // Every numeric match lies within the region: a short haystack.
             let rest = &t[p..re_];
-            let mut best: Option<(usize, Kind)> = None;
-            let mut consider = |len: usize, kind: Kind| {
-                if best.is_none_or(|(l, _)| len > l) {
-                    best = Some((len, kind));
+            let mut best: Option<(usize, Kind, f32)> = None;
+            let mut consider = |len: usize, kind: Kind, base: f32| {
+                if best.is_some_and(|(l, _, _)| len <= l) {
+                    return;
+                }
+                let score = self.adjust(b, kind, p, base);
+                if score >= min {
+                    best = Some((len, kind, score));
                 }
             };
             let end_ok = |len: usize| b.get(p + len).is_none_or(|c| !is_alnum(*c));
@@ -699,61 +798,61 @@ impl Detectors {
                 if en[Kind::IdCard as usize]
                     && let Some(m) = r.id.find(rest)
                     && end_ok(m.end())
-                    && valid_id(m.as_str())
+                    && let Some(s) = numbers::id_score(m.as_str())
                 {
-                    consider(m.end(), Kind::IdCard);
+                    consider(m.end(), Kind::IdCard, s);
                 }
                 if en[Kind::Card as usize]
                     && let Some(m) = r.card.find(rest)
-                    && let Some(len) = valid_card(m.as_str(), end_ok)
+                    && let Some((len, s)) = card_at(b, p, m.as_str(), end_ok)
                 {
-                    consider(len, Kind::Card);
+                    consider(len, Kind::Card, s);
                 }
                 if en[Kind::Ssn as usize]
                     && let Some(m) = r.ssn.find(rest)
                     && end_ok(m.end())
-                    && valid_ssn(m.as_str())
+                    && let Some(s) = numbers::ssn_score(m.as_str())
                 {
-                    consider(m.end(), Kind::Ssn);
+                    consider(m.end(), Kind::Ssn, s);
                 }
                 if en[Kind::Ipv4 as usize]
                     && let Some(m) = r.ipv4.find(rest)
                     && end_ok(m.end())
-                    && !(b.get(p + m.end()) == Some(&b'.')
-                        && b.get(p + m.end() + 1).is_some_and(u8::is_ascii_digit))
-                    && (p == 0 || b[p - 1] != b'.')
-                    && m.as_str().parse::<Ipv4Addr>().is_ok()
+                    && network::ipv4_ok(b, p, m.as_str())
                 {
-                    consider(m.end(), Kind::Ipv4);
+                    consider(m.end(), Kind::Ipv4, 0.75);
                 }
             }
-            if (c.is_ascii_digit() || c == b'+')
+            if (c.is_ascii_digit() || c == b'+' || c == b'(')
                 && en[Kind::Mobile as usize]
                 && let Some(m) = r.mobile.find(rest)
                 && end_ok(m.end())
             {
-                consider(m.end(), Kind::Mobile);
+                consider(m.end(), Kind::Mobile, 0.85);
             }
-            if (c == b'0' || c == b'(')
+            if (c == b'0' || c == b'(' || c == b'+')
                 && en[Kind::Landline as usize]
                 && let Some(m) = r.landline.find(rest)
                 && end_ok(m.end())
-                && valid_landline(m.as_str())
+                && let Some(s) = numbers::landline_score(m.as_str())
             {
-                consider(m.end(), Kind::Landline);
+                consider(m.end(), Kind::Landline, s);
             }
-            if (c == b'E' || c == b'G')
-                && en[Kind::Passport as usize]
+            if matches!(
+                c,
+                b'E' | b'G' | b'D' | b'S' | b'P' | b'C' | b'H' | b'M' | b'L'
+            ) && en[Kind::Passport as usize]
                 && let Some(m) = r.passport.find(rest)
                 && end_ok(m.end())
             {
-                consider(m.end(), Kind::Passport);
+                consider(m.end(), Kind::Passport, numbers::passport_score(m.as_str()));
             }
-            if let Some((len, kind)) = best {
+            if let Some((len, kind, score)) = best {
                 cands.push(Cand {
                     start: p,
                     end: p + len,
                     prio: kind as usize,
+                    score,
                 });
             }
             // Later token starts are tried too, even inside this match: if another detector's
@@ -762,6 +861,34 @@ impl Detectors {
             p += 1;
         }
     }
+}
+
+/// A card at `p` (greedy match `m`): the longest prefix that ends at a digit-group boundary,
+/// passes `end_ok` and validates. A number written in groups must not continue a grouped run
+/// that starts before it (the last groups of a 20-digit invoice check code are no card).
+fn card_at(b: &[u8], p: usize, m: &str, end_ok: impl Fn(usize) -> bool) -> Option<(usize, f32)> {
+    let mb = m.as_bytes();
+    let sep = mb.iter().copied().find(|c| !c.is_ascii_digit());
+    if let Some(sp) = sep
+        && p >= 2
+        && b[p - 1] == sp
+        && b[p - 2].is_ascii_digit()
+    {
+        return None;
+    }
+    let mut ends: Vec<usize> = vec![mb.len()];
+    if sep.is_some() {
+        ends.extend(
+            mb.iter()
+                .enumerate()
+                .rev()
+                .filter(|(_, c)| !c.is_ascii_digit())
+                .map(|(i, _)| i),
+        );
+    }
+    ends.into_iter()
+        .filter(|e| end_ok(*e))
+        .find_map(|e| numbers::card_score(&m[..e]).map(|s| (e, s)))
 }
 
 /// Leftmost, then longest, then highest priority; non-overlapping.
@@ -782,242 +909,6 @@ fn select(mut cands: Vec<Cand>) -> Vec<Cand> {
         }
     }
     out
-}
-
-const PROVINCES: [u8; 35] = [
-    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52,
-    53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83,
-];
-
-fn valid_date(y: u32, m: u32, d: u32) -> bool {
-    if !(1..=12).contains(&m) || d == 0 {
-        return false;
-    }
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    d <= days[(m - 1) as usize]
-}
-
-fn num(s: &[u8]) -> u32 {
-    s.iter().fold(0, |a, c| a * 10 + (c - b'0') as u32)
-}
-
-/// Validates an 18-digit (check character) or 15-digit (legacy) resident ID number.
-pub(crate) fn valid_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    if !PROVINCES.contains(&(num(&b[..2]) as u8)) {
-        return false;
-    }
-    match b.len() {
-        18 => {
-            let y = num(&b[6..10]);
-            if !(1800..=2100).contains(&y) || !valid_date(y, num(&b[10..12]), num(&b[12..14])) {
-                return false;
-            }
-            const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-            let sum: u32 = b[..17]
-                .iter()
-                .zip(W)
-                .map(|(c, w)| (c - b'0') as u32 * w)
-                .sum();
-            let check = b"10X98765432"[(sum % 11) as usize];
-            b[17].to_ascii_uppercase() == check
-        }
-        15 => valid_date(1900 + num(&b[6..8]), num(&b[8..10]), num(&b[10..12])),
-        _ => false,
-    }
-}
-
-fn luhn(digits: &[u8]) -> bool {
-    let mut sum = 0u32;
-    for (i, d) in digits.iter().rev().enumerate() {
-        let mut v = (d - b'0') as u32;
-        if i % 2 == 1 {
-            v *= 2;
-            if v > 9 {
-                v -= 9;
-            }
-        }
-        sum += v;
-    }
-    sum % 10 == 0
-}
-
-fn card_prefix_ok(d: &[u8]) -> bool {
-    match d[0] {
-        b'4' => true,
-        b'5' => (b'1'..=b'5').contains(&d[1]),
-        b'2' => {
-            let p = num(&d[..4]);
-            (2221..=2720).contains(&p)
-        }
-        b'3' => matches!(d[1], b'4' | b'5' | b'6' | b'7' | b'8' | b'0'),
-        b'6' => true,
-        _ => false,
-    }
-}
-
-/// Validates a card candidate (greedy match); returns the length of the longest valid prefix
-/// that ends at a digit-group boundary and passes `end_ok`.
-fn valid_card(s: &str, end_ok: impl Fn(usize) -> bool) -> Option<usize> {
-    let b = s.as_bytes();
-    let sep = b.iter().copied().find(|c| !c.is_ascii_digit());
-    // Candidate end positions: the whole match, and (with separators) each group end.
-    let mut ends: Vec<usize> = vec![b.len()];
-    if sep.is_some() {
-        for (i, c) in b.iter().enumerate() {
-            if !c.is_ascii_digit() {
-                ends.push(i);
-            }
-        }
-        ends.sort_unstable_by(|a, b| b.cmp(a));
-    }
-    for end in ends {
-        let part = &b[..end];
-        if let Some(sp) = sep
-            && part.iter().any(|c| !c.is_ascii_digit() && *c != sp)
-        {
-            continue;
-        }
-        let digits: Vec<u8> = part.iter().copied().filter(u8::is_ascii_digit).collect();
-        if !(13..=19).contains(&digits.len()) || !end_ok(end) {
-            continue;
-        }
-        if card_prefix_ok(&digits) && luhn(&digits) {
-            return Some(end);
-        }
-    }
-    None
-}
-
-fn valid_ssn(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b[3] != b[6] {
-        return false;
-    }
-    let area = num(&b[..3]);
-    let group = num(&b[4..6]);
-    let serial = num(&b[7..11]);
-    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
-}
-
-fn valid_landline(s: &str) -> bool {
-    let b = s.as_bytes();
-    let digits: Vec<u8> = b.iter().copied().filter(u8::is_ascii_digit).collect();
-    let area_len = if digits[1] == b'1' && digits[2] == b'0' || digits[1] == b'2' {
-        3
-    } else if (b'3'..=b'9').contains(&digits[1]) {
-        4
-    } else {
-        return false;
-    };
-    let local = digits.len() - area_len;
-    if area_len == 3 && local != 8 || area_len == 4 && !(7..=8).contains(&local) {
-        return false;
-    }
-    // Where the number is written with a separator, it must sit after the area code.
-    let written_area = b
-        .iter()
-        .position(|c| matches!(c, b' ' | b'-' | b')'))
-        .map(|i| b[..i].iter().filter(|c| c.is_ascii_digit()).count());
-    written_area.is_none_or(|a| a == area_len)
-}
-
-fn is_email_local(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-')
-}
-
-fn email_at(b: &[u8], at: usize) -> Option<(usize, usize)> {
-    let mut s = at;
-    while s > 0 && is_email_local(b[s - 1]) && at - s < 64 {
-        s -= 1;
-    }
-    while s < at && matches!(b[s], b'.' | b'-' | b'+') {
-        s += 1;
-    }
-    if s == at || (s > 0 && is_email_local(b[s - 1])) || b[s..at].windows(2).any(|w| w == b"..") {
-        return None;
-    }
-    let mut e = at + 1;
-    while e < b.len() && (b[e].is_ascii_alphanumeric() || b[e] == b'.' || b[e] == b'-') {
-        e += 1;
-    }
-    while e > at + 1 && matches!(b[e - 1], b'.' | b'-') {
-        e -= 1;
-    }
-    let domain = &b[at + 1..e];
-    let labels: Vec<&[u8]> = domain.split(|c| *c == b'.').collect();
-    if labels.len() < 2
-        || labels
-            .iter()
-            .any(|l| l.is_empty() || l.len() > 63 || l[0] == b'-' || l[l.len() - 1] == b'-')
-    {
-        return None;
-    }
-    let tld = labels[labels.len() - 1];
-    if tld.len() < 2 || !tld.iter().all(u8::is_ascii_alphabetic) {
-        return None;
-    }
-    Some((s, e))
-}
-
-fn is_v6(c: u8) -> bool {
-    c.is_ascii_hexdigit() || c == b':' || c == b'.'
-}
-
-/// Returns (start, end) of a valid IPv6 address around the colon at `c` (empty if none), and
-/// the end of the scanned token.
-fn ipv6_at(b: &[u8], c: usize) -> (usize, usize, usize) {
-    let mut s = c;
-    while s > 0 && is_v6(b[s - 1]) {
-        s -= 1;
-    }
-    let mut e = c + 1;
-    while e < b.len() && is_v6(b[e]) {
-        e += 1;
-    }
-    let tok_end = e;
-    let none = (0, 0, tok_end);
-    if (s > 0 && (is_alnum(b[s - 1]) || b[s - 1] == b'_'))
-        || (e < b.len() && (is_alnum(b[e]) || b[e] == b'_'))
-    {
-        return none;
-    }
-    // Trailing sentence punctuation.
-    while e > s && b[e - 1] == b'.' {
-        e -= 1;
-    }
-    if e > s + 1 && b[e - 1] == b':' && b[e - 2] != b':' {
-        e -= 1;
-    }
-    while s < e && b[s] == b'.' {
-        s += 1;
-    }
-    let tok = &b[s..e];
-    let colons = tok.iter().filter(|c| **c == b':').count();
-    if colons < 2 || !tok.iter().any(u8::is_ascii_hexdigit) {
-        return none;
-    }
-    match std::str::from_utf8(tok)
-        .ok()
-        .and_then(|t| t.parse::<Ipv6Addr>().ok())
-    {
-        Some(_) => (s, e, tok_end),
-        None => none,
-    }
 }
 
 /// Whether the text holds full-width digits or symbols next to digits that must be folded.
@@ -1126,15 +1017,6 @@ mod tests {
             .into_iter()
             .map(|d| (d.entity.to_string(), t[d.range].to_string()))
             .collect()
-    }
-
-    #[test]
-    fn id_checksum() {
-        assert!(valid_id("11010519491231002X"));
-        assert!(!valid_id("110105194912310021"));
-        assert!(valid_id("440524188001010014"));
-        assert!(valid_id("110105491231002"));
-        assert!(!valid_id("110105491331002"));
     }
 
     #[test]

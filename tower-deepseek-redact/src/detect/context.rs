@@ -1,0 +1,152 @@
+//! Context words: words before a candidate that raise its score (`护照`, `SSN`) or lower it
+//! (`发票代码`, `version`), in the spirit of Presidio's context enhancers.
+//!
+//! The window is the clause before the candidate: at most [`WINDOW`] bytes, cut at the last
+//! line break, sentence punctuation or ASCII digit, so a word of the previous sentence, or one
+//! that names another number (`SSN 123-45-6789, QQ 610055854`), does not count.
+//! Words are compared ASCII-case-insensitively, as bytes (any language).
+
+use super::Kind;
+
+/// Bytes before a candidate searched for context words.
+pub(super) const WINDOW: usize = 48;
+
+/// How much a context word raises a score.
+pub(super) const BOOST: f32 = 0.35;
+/// How much a negative context word lowers a score.
+pub(super) const PENALTY: f32 = 0.5;
+
+/// The built-in words that raise the score of `kind` (lower-case).
+pub(super) fn positive(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Ssn => &[
+            "ssn",
+            "social security",
+            "社会安全",
+            "社安号",
+            "社会保障号",
+            "taxpayer id",
+        ],
+        Kind::Passport => &[
+            "护照",
+            "passport",
+            "通行证",
+            "permit",
+            "回乡证",
+            "台胞证",
+            "证件号",
+            "travel document",
+            "旅行证",
+        ],
+        Kind::Landline => &[
+            "电话", "座机", "tel", "phone", "总机", "热线", "传真", "fax", "call", "致电", "联系",
+            "号码",
+        ],
+        Kind::Card => &[
+            "卡号",
+            "card",
+            "银行卡",
+            "信用卡",
+            "储蓄卡",
+            "账号",
+            "账户",
+            "visa",
+            "mastercard",
+            "银联",
+            "refund",
+            "退款",
+        ],
+        Kind::IdCard => &["身份证", "证件号", "id card", "id number", "id no"],
+        _ => &[],
+    }
+}
+
+const INVOICE: [&str; 6] = ["发票", "invoice", "校验码", "税号", "fapiao", "tax id"];
+const ORDER: [&str; 11] = [
+    "订单",
+    "order",
+    "单号",
+    "流水号",
+    "编号",
+    "tracking",
+    "运单",
+    "合同",
+    "序列号",
+    "serial",
+    "工号",
+];
+const VERSION: [&str; 12] = [
+    "版本",
+    "version",
+    "ver.",
+    "固件",
+    "firmware",
+    "build",
+    "release",
+    "chrome",
+    "android",
+    "ios ",
+    "升级",
+    "安装包",
+];
+const ID_WORDS: [&str; 2] = ["身份证", "id card"];
+const TIME: [&str; 2] = ["时间戳", "timestamp"];
+const CHAT_IDS: [&str; 4] = ["qq", "微信", "wechat", "工号"];
+
+/// The built-in words that lower the score of `kind` (lower-case).
+pub(super) fn negative(kind: Kind) -> Vec<&'static str> {
+    match kind {
+        Kind::Card => [&INVOICE[..], &ORDER[..], &ID_WORDS[..], &TIME[..]].concat(),
+        Kind::Landline => [&INVOICE[..], &ORDER[..], &TIME[..]].concat(),
+        Kind::Ssn => [&INVOICE[..], &ORDER[..], &TIME[..], &CHAT_IDS[..]].concat(),
+        Kind::IdCard => INVOICE.to_vec(),
+        Kind::Ipv4 => VERSION.to_vec(),
+        Kind::Passport => ORDER.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// The clause before `start`: at most [`WINDOW`] bytes, after the last line break or
+/// sentence punctuation.
+pub(super) fn window(b: &[u8], start: usize) -> &[u8] {
+    let from = start.saturating_sub(WINDOW);
+    let w = &b[from..start];
+    let mut cut = 0;
+    let mut i = 0;
+    while i < w.len() {
+        let c = w[i];
+        let len = match c {
+            b'\n' | b';' | b'!' | b'?' | b'0'..=b'9' => 1,
+            b',' if w.get(i + 1) == Some(&b' ') => 1,
+            // 。，；！？ (E3 80 82, EF BC 8C, EF BC 9B, EF BC 81, EF BC 9F)
+            0xE3 if w.get(i + 1) == Some(&0x80) && w.get(i + 2) == Some(&0x82) => 3,
+            0xEF if w.get(i + 1) == Some(&0xBC)
+                && matches!(w.get(i + 2), Some(0x8C | 0x9B | 0x81 | 0x9F)) =>
+            {
+                3
+            }
+            _ => 0,
+        };
+        if len > 0 {
+            cut = i + len;
+            i += len;
+        } else {
+            i += 1;
+        }
+    }
+    &w[cut..]
+}
+
+/// Whether `hay` holds `word` (lower-case), ASCII-case-insensitively.
+pub(super) fn contains(hay: &[u8], word: &[u8]) -> bool {
+    !word.is_empty()
+        && hay.len() >= word.len()
+        && hay
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+}
+
+/// Whether the window holds any of `words`.
+pub(super) fn any<'a>(hay: &[u8], words: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    words.into_iter().any(|w| contains(hay, w))
+}
