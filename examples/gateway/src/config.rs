@@ -113,6 +113,12 @@ pub struct ServerConfig {
     /// under the process's file-descriptor limit (`ulimit -n`), which the upstream connections
     /// share. Default 1 024.
     pub max_connections: usize,
+    /// How long a client has to send a whole request body, from the end of its head; a client
+    /// that trickles it gets a 408 in the OpenAI shape. Default 30 000.
+    pub body_read_timeout_ms: u64,
+    /// The largest request body read, in bytes; larger ones get a 413. Default 8 MiB (the
+    /// layers' own body limits apply too).
+    pub max_body_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +130,8 @@ impl Default for ServerConfig {
             max_header_bytes: 32 * 1024,
             header_read_timeout_ms: 10_000,
             max_connections: 1024,
+            body_read_timeout_ms: 30_000,
+            max_body_bytes: tower_deepseek::core::body::DEFAULT_BODY_LIMIT,
         }
     }
 }

@@ -229,6 +229,8 @@ struct Shared {
     keys: inbound::Keys,
     meta: MetadataConfig,
     max_header_bytes: usize,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
     service: stack::Svc,
     classifier: Classifier,
 }
@@ -278,10 +280,11 @@ impl Gateway {
         let srv = &cfg.server;
         if srv.max_connections == 0
             || srv.header_read_timeout_ms == 0
+            || srv.body_read_timeout_ms == 0
             || srv.max_header_bytes < 1024
         {
             return Err(StartError::Config(
-                "[server]: max_connections and header_read_timeout_ms must be above 0, max_header_bytes at least 1024".to_owned(),
+                "[server]: max_connections, header_read_timeout_ms and body_read_timeout_ms must be above 0, max_header_bytes at least 1024".to_owned(),
             ));
         }
         let mut meta = MetadataConfig::new();
@@ -321,6 +324,8 @@ impl Gateway {
             keys,
             meta,
             max_header_bytes: cfg.server.max_header_bytes,
+            max_body_bytes: cfg.server.max_body_bytes,
+            body_read_timeout: Duration::from_millis(cfg.server.body_read_timeout_ms),
             service: built.service,
             classifier: Classifier::new(),
         });
@@ -682,6 +687,42 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
             return finish(&s, route, start, guard, res, request_id);
         }
     }
+    // The whole request body, within `server.body_read_timeout_ms` (a client that trickles it
+    // gets a 408 instead of holding the request) and `server.max_body_bytes` (413).
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(
+        s.body_read_timeout,
+        tower_deepseek::core::body::buffer_or_reject(body, s.max_body_bytes),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let res = if e.is::<tower_deepseek::core::error::BodyTooLarge>() {
+                error::error_response(&*e)
+            } else {
+                error::json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_body",
+                    "the request body could not be read",
+                    None,
+                )
+            };
+            return finish(&s, route, start, guard, res, request_id);
+        }
+        Err(_) => {
+            let res = error::json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
+                "the request body did not arrive within the gateway's body read timeout (server.body_read_timeout_ms)",
+                None,
+            );
+            return finish(&s, route, start, guard, res, request_id);
+        }
+    };
+    let req = Request::from_parts(parts, Body::new(body));
     let mut audit_refused = None;
     let res = match s.service.clone().oneshot(req).await {
         // The one allocation for the body's type on the way out: axum's `Body`.

@@ -1,6 +1,6 @@
 //! The server's own bounds, with real slow peers over loopback: the header-read timeout
-//! (slowloris), idle keep-alive connections, and the connection cap (with `/healthz` still
-//! answering).
+//! (slowloris), the body-read timeout, idle keep-alive connections, and the connection cap
+//! (with `/healthz` still answering).
 
 mod common;
 
@@ -69,6 +69,62 @@ async fn a_slowloris_client_is_cut_at_the_header_read_timeout() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(400), "{took:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(upstream.chat_count(), 0);
+    gw.stop().await.unwrap();
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_body_gets_a_408() {
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let mut cfg = config_with_keys("");
+    cfg.server.body_read_timeout_ms = 500;
+    let gw = start(&upstream.url(), cfg, None).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let body = json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "slow"}]})
+        .to_string();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let (mut rd, mut wr) = s.split();
+    // One byte every 100 ms: the body would take seconds to arrive.
+    let drip = async {
+        for b in body.as_bytes() {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let answer = async {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&out).contains("request_timeout") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    let text = tokio::select! {
+        t = answer => t,
+        () = drip => unreachable!(),
+    };
+    let took = started.elapsed();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     assert_eq!(upstream.chat_count(), 0);
     gw.stop().await.unwrap();
     upstream.shutdown().await;
