@@ -607,19 +607,41 @@ async fn a_verdict_shared_from_below_decides_a_json_answer() {
     assert_eq!(attempts(&resp).count(), 2);
 }
 
+/// A last 2xx judged failed by its body before any of it reached the caller is a typed error,
+/// not a 200 head over a body that breaks (a server would abort the connection on it).
 #[tokio::test(start_paused = true)]
-async fn last_empty_200_ends_the_callers_body_with_an_error() {
+async fn last_failed_2xx_is_a_typed_error_not_a_broken_200() {
     let script = Script::new([
         json(TestBody::chunks(["\n"])),
         json(TestBody::chunks(["\n"])),
     ]);
-    let resp = run(layer().max_attempts(2).build().unwrap(), &script)
+    let err = run(layer().max_attempts(2).build().unwrap(), &script)
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let (body, err) = read_body(resp.into_body()).await;
-    assert_eq!(body, b"\n");
-    assert!(err.unwrap().is::<IncompleteResponse>());
+        .unwrap_err();
+    let exhausted = err.downcast_ref::<RetriesExhausted>().expect("typed");
+    assert_eq!(exhausted.attempts(), 2);
+    assert_eq!(exhausted.last_class(), &FailureClass::EmptyBody);
+    assert!(
+        std::error::Error::source(exhausted)
+            .unwrap()
+            .is::<IncompleteResponse>()
+    );
+
+    // An in-band error answer, the last allowed: typed too.
+    let script = Script::new([json(TestBody::chunks([
+        r#"{"error":{"message":"Server Error","type":"api_error","code":"server_error"}}"#,
+    ]))]);
+    let err = run(layer().max_attempts(1).build().unwrap(), &script)
+        .await
+        .unwrap_err();
+    let exhausted = err.downcast_ref::<RetriesExhausted>().expect("typed");
+    assert_eq!(exhausted.last_class(), &FailureClass::InBandError);
+
+    // A body that breaks while it is read to decide (not retried: it may bill twice): its own
+    // error, as it is.
+    let script = Script::new([json(TestBody::chunks(["{\"choi"]).then_error(reset()))]);
+    let err = run(layer().build().unwrap(), &script).await.unwrap_err();
+    assert!(err.is::<std::io::Error>(), "{err:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -696,16 +718,13 @@ async fn a_verdict_shared_from_below_judges_the_end_of_a_handed_over_stream() {
 
 #[tokio::test(start_paused = true)]
 async fn stream_broken_before_the_first_event_follows_retry_after_send() {
-    // A reset after sending may bill twice: by default not retried, and the caller's body
-    // carries what came and then the error.
+    // A reset after sending may bill twice: by default not retried. Nothing but a keep-alive
+    // came: the caller gets the reset as a typed error, not a 200 over a broken body.
     let script = Script::new([sse(
         TestBody::chunks([": keep-alive\n\n"]).then_error(reset())
     )]);
-    let resp = run(layer().build().unwrap(), &script).await.unwrap();
-    assert_eq!(attempts(&resp).stop_reason(), StopReason::NotRetryable);
-    let (body, err) = read_body(resp.into_body()).await;
-    assert_eq!(body, b": keep-alive\n\n");
-    assert!(err.unwrap().is::<std::io::Error>());
+    let err = run(layer().build().unwrap(), &script).await.unwrap_err();
+    assert!(err.is::<std::io::Error>(), "{err:?}");
 
     let script = Script::new([
         sse(TestBody::chunks([": keep-alive\n\n"]).then_error(reset())),

@@ -227,6 +227,11 @@ impl<B> ResponseBody<B> {
 }
 
 impl<B> ResponseBody<B> {
+    /// The error this body would end with after its prefix, taken out of it.
+    pub(crate) fn take_pending_error(&mut self) -> Option<BoxError> {
+        self.pending_error.take()
+    }
+
     /// At the end of the inner body: the error for a watched answer that ended incomplete.
     fn judge_end(&mut self) -> Option<BoxError> {
         let class = self.eos.take()?.verdict().err()?;

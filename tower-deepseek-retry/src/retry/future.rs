@@ -16,6 +16,7 @@ use tower_deepseek_core::body::{Buffered, BufferedBody, Overflow};
 use tower_deepseek_core::classify::{
     ClassifiedResponse, EosClassifier, FailureClass, SharedOutcome,
 };
+use tower_deepseek_core::error::IncompleteResponse;
 use tower_deepseek_core::meta::{CollectCallFacts, CredentialRefreshed, ReplayOn401};
 use tower_service::Service;
 
@@ -577,6 +578,26 @@ where
                     this.classes.push(class.clone());
                     let classes = std::mem::take(this.classes);
                     return Poll::Ready(match outcome {
+                        // A 2xx judged failed by its body before any of it reached the caller
+                        // (empty, cut, an in-band error, a read error): its head would promise
+                        // an answer that is not there, and a server would abort the connection
+                        // on the body's error. The caller gets a typed error instead.
+                        Outcome::Response(resp) if resp.status().is_success() => {
+                            let (_, mut body) = resp.into_parts();
+                            let e = body.take_pending_error().unwrap_or_else(|| {
+                                incomplete_error(&class).unwrap_or_else(|| {
+                                    Box::new(IncompleteResponse::new(
+                                        "the answer carried an error instead of a result",
+                                    ))
+                                })
+                            });
+                            if attempt == 1 && reason == StopReason::NotRetryable {
+                                Err(e)
+                            } else {
+                                Err(Box::new(RetriesExhausted::new(attempt, reason, class, e))
+                                    as BoxError)
+                            }
+                        }
                         Outcome::Response(resp) => {
                             Ok(finish(resp, attempt, classes, reason, *this.facts))
                         }
