@@ -3,8 +3,9 @@
 //!
 //! - [`RedactLayer`] ([`redact`]): finds personal data and secrets in the user text of a request
 //!   ([`detect`]: CN mobile and landline numbers, resident ID cards, bank cards, e-mail, IPv4/6,
-//!   passports, US SSNs, API keys, AWS keys, JWTs, private keys, custom regexes; full-width
-//!   digits included) and masks, hashes, blocks or replaces them with placeholders
+//!   passports, US SSNs, API keys, AWS keys, JWTs, private keys, passwords and tokens by
+//!   context, webhooks, custom regexes; full-width digits included; each with a score and
+//!   context words) and masks, hashes, blocks or replaces them with placeholders
 //!   (`<CN_MOBILE_1>`) that are put back in the answer, JSON or SSE, even when a placeholder
 //!   is split across chunks or events. Everything else in the body stays byte-identical.
 //! - [`AuditLayer`] ([`audit`]): one structured record per call (who, what, outcome, tokens,

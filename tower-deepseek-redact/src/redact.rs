@@ -140,8 +140,15 @@ impl std::error::Error for InvalidJsonBody {
 /// non_json = "reject"
 /// disabled = ["IPV4"]
 /// extra_paths = ["metadata.note"]
+/// min_score = 0.5
 /// [modes]
 /// CN_ID_CARD = "block"
+/// IPV4 = "allow"
+/// [context_words.US_SSN]
+/// zh = ["社保卡号"]
+/// en = ["tax number"]
+/// [negative_context_words.BANK_CARD]
+/// zh = ["会员卡"]
 /// [[custom]]
 /// name = "EMPLOYEE_ID"
 /// pattern = "EMP-[0-9]{6}"
@@ -160,6 +167,19 @@ pub struct RedactConfig {
     pub disabled: Vec<crate::EntityType>,
     /// Custom detectors.
     pub custom: Vec<CustomDetectorConfig>,
+    /// The score a detection needs (default 0.5; see [`crate::detect`]).
+    pub min_score: Option<f32>,
+    /// More words that raise a built-in type's score, per type and language (the language
+    /// key only groups them: every word counts in any text).
+    pub context_words: std::collections::HashMap<
+        crate::EntityType,
+        std::collections::BTreeMap<String, Vec<String>>,
+    >,
+    /// More words that lower a built-in type's score, per type and language.
+    pub negative_context_words: std::collections::HashMap<
+        crate::EntityType,
+        std::collections::BTreeMap<String, Vec<String>>,
+    >,
     /// More JSON paths to scan.
     pub extra_paths: Vec<String>,
     /// Request body limit in bytes (default 8 MiB).
@@ -243,6 +263,15 @@ impl RedactLayer {
         }
         for c in &config.custom {
             d = d.custom(&c.name, &c.pattern);
+        }
+        if let Some(s) = config.min_score {
+            d = d.min_score(s);
+        }
+        for (e, langs) in &config.context_words {
+            d = d.context_words(e, langs.values().flatten());
+        }
+        for (e, langs) in &config.negative_context_words {
+            d = d.negative_context_words(e, langs.values().flatten());
         }
         let mut r = Redactor::builder().detectors(d.build()?);
         if let Some(m) = config.default_mode {

@@ -32,6 +32,9 @@ pub enum Mode {
     Placeholder,
     /// The request is refused with [`PiiBlocked`] naming the type.
     Block,
+    /// The entity is left as it is and not counted: the type is accepted. Unlike disabling
+    /// the detector, its span is still recognised, so no other detector matches inside it.
+    Allow,
 }
 
 /// The request carried an entity of a type configured to [`Mode::Block`].
@@ -350,6 +353,9 @@ impl Redactor {
                 blocked = Some(entity.clone());
                 return;
             }
+            if mode == Mode::Allow {
+                return;
+            }
             kept_some |= mode == Mode::Partial && !entity.is_secret();
             ctx.counts.add(entity);
             let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 16));
@@ -378,7 +384,10 @@ impl Redactor {
         loop {
             let mut masked: Option<String> = None;
             let mut last = 0;
-            self.inner.detectors.detect_each(&text, |range, _| {
+            self.inner.detectors.detect_each(&text, |range, entity| {
+                if self.mode_of(entity) == Mode::Allow {
+                    return;
+                }
                 let o = masked.get_or_insert_with(|| String::with_capacity(text.len()));
                 o.push_str(&text[last..range.start]);
                 o.push_str("***");
@@ -410,6 +419,7 @@ impl Redactor {
         match mode {
             Mode::Mask => o.push_str("***"),
             Mode::Label | Mode::Block => label(o),
+            Mode::Allow => o.push_str(value),
             Mode::Partial if entity.is_secret() => label(o),
             Mode::Partial => partial(o, entity, value),
             Mode::Placeholder => o.push_str(ctx.vault.placeholder(entity, value)),

@@ -276,3 +276,293 @@ fn a_number_after_an_overlapping_winner_is_still_found() {
         ]
     );
 }
+
+#[test]
+fn cn_landline_notations() {
+    for v in [
+        "010-62345678",
+        "010 6234 5678",
+        "(010)62345678",
+        "（010）62345678",
+        "0755-8765 4321",
+        "0571-8765432",
+        "+86 10 6234 5678",
+        "+86-755-87654321",
+        "0086 21 62345678",
+        "+86 (21) 62345678",
+        "+8675587654321",
+        "０７５５－８７６５４３２１",
+    ] {
+        one(
+            &format!("办公室电话：{v}，转分机 205"),
+            EntityType::CN_LANDLINE,
+            v,
+        );
+        one(
+            &format!("call our office at {v}."),
+            EntityType::CN_LANDLINE,
+            v,
+        );
+    }
+    // One unbroken run of digits: a landline after a phone word, not after an invoice word.
+    one("座机075587654321", EntityType::CN_LANDLINE, "075587654321");
+    none("发票代码031001900104"); // local number would start with 0
+    none("发票代码044031900111");
+    none("0301-2345678"); // 030 is no area code
+    none("0262-3456789"); // nor is 026
+}
+
+#[test]
+fn ids_in_groups_and_checks() {
+    for v in [
+        "110105 19491231 002X",
+        "110105-19491231-002X",
+        "110105 1949 1231 002X",
+    ] {
+        one(&format!("身份证号：{v}。"), EntityType::CN_ID_CARD, v);
+    }
+    none("身份证号：110105 19491231 0021"); // check character
+    none("身份证号：1101 0519491231 002X"); // not a grouping of an ID
+    // An 18-digit number that fails the check but starts with a region and a birth date is
+    // no card either, unless the text says so.
+    none("ID 652662198908032062 is rejected by the form.");
+}
+
+#[test]
+fn ssn_needs_context_without_dashes() {
+    one("SSN 123456789", EntityType::US_SSN, "123456789");
+    one(
+        "social security no. 123456789.",
+        EntityType::US_SSN,
+        "123456789",
+    );
+    one("社会安全号码：123456789", EntityType::US_SSN, "123456789");
+    one("SSN: 123 45 6789", EntityType::US_SSN, "123 45 6789");
+    none("order 123456789 received");
+    none("SSN 666456789");
+    // The word names the number before, not this one.
+    none_of("SSN#630-83-7302 QQ号610055854", "610055854");
+}
+
+#[track_caller]
+fn none_of(text: &str, value: &str) {
+    assert!(
+        found(text).iter().all(|(_, v)| v != value),
+        "{value} found in {text:?}: {:?}",
+        found(text)
+    );
+}
+
+#[test]
+fn passport_series_and_permits() {
+    for v in ["E12345678", "EH1234567", "G12345678"] {
+        one(&format!("{v} 是护照号"), EntityType::CN_PASSPORT, v);
+        one(&format!("no. {v}"), EntityType::CN_PASSPORT, v);
+    }
+    for v in ["DE1234567", "SE1234567", "PE1234567"] {
+        one(&format!("护照号码：{v}"), EntityType::CN_PASSPORT, v);
+    }
+    // Diplomatic/service/public-affairs and travel permits need a context word.
+    for v in [
+        "D12345678",
+        "S1234567",
+        "P12345678",
+        "C12345678",
+        "CA1234567",
+        "H12345678",
+        "L12345678",
+    ] {
+        one(&format!("通行证号码：{v}"), EntityType::CN_PASSPORT, v);
+        one(&format!("passport number {v}"), EntityType::CN_PASSPORT, v);
+        none(&format!("model {v} in stock"));
+    }
+}
+
+#[test]
+fn cards_and_invoice_codes_are_kept_apart() {
+    one(
+        "卡号 4111 1111 1111 1111 08/27",
+        EntityType::BANK_CARD,
+        "4111 1111 1111 1111",
+    );
+    // A 20-digit invoice check code in groups of five: no 15-digit card inside.
+    none("校验码：37828 22463 10005 12345");
+    none("发票号码 378282246310005");
+    none("订单号 4111111111111111");
+    // 18 digits: no Visa card has 18.
+    none("no. 411111111111111110");
+}
+
+#[test]
+fn versions_and_file_names_are_not_addresses() {
+    for t in [
+        "版本 2.3.1.0",
+        "固件版本4.2.0.12",
+        "version 1.2.3.4 is out",
+        "ver. 10.1.16.200",
+        "安装包 app-1.2.3.4.apk",
+        "升级到 v1.2.3.4 之后",
+    ] {
+        none(t);
+    }
+    one(
+        "server 10.1.16.200 is down",
+        EntityType::IPV4,
+        "10.1.16.200",
+    );
+    for t in [
+        "icon@2x.png",
+        "图片 logo@3x.webp 模糊",
+        "report@v2.pdf",
+        "avatar@128.gif",
+    ] {
+        none(t);
+    }
+    // The user info of a URL is not an e-mail address.
+    one(
+        "postgres://app:S3cr3t-pw@db.example.com:5432/app",
+        EntityType::SECRET,
+        "S3cr3t-pw",
+    );
+    one(
+        "git clone https://ci:Admin#8899@git.example.com/team/repo.git",
+        EntityType::SECRET,
+        "Admin#8899",
+    );
+}
+
+#[test]
+fn provider_keys() {
+    for v in [
+        "sk-ant-api03-Ab3dEf5hIj7lMn9pQr1tUv3xYz5bCd7fGh9jKl1nOp3rSt5vWx7zAb9dEf1hIj3lMn5pQr7tUv9xYz1bCd3fGh5jKl7nOp9rSt1vWx3zAb5dEf7hIj9lMnAA",
+        "sk-proj-Ab3dEf5hIj7lMn9pQr1tUv3xYz5bCd7fGh9jKl1nOp3rSt5vWx7zAb9dEf1h",
+        "sk_live_51Hq3dEf5hIj7lMn9pQr1tUv",
+        "rk_live_51Hq3dEf5hIj7lMn9pQr1tUv",
+        "AIzaSyAb3dEf5hIj7lMn9pQr1tUv3xYz5bCd7fG",
+        "LTAI5tAb3dEf5hIj7lMn9p",
+        "AKIDAb3dEf5hIj7lMn9pQr1tUv3xYz5bCd7f",
+        "ghp_Ab3dEf5hIj7lMn9pQr1tUv3xYz5bCd7fGh9j",
+        "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bCd3fGh5jKl7n",
+        "glpat-Ab3dEf5hIj7lMn9pQr1t",
+        "xoxb-730948215563-4619027735184-Ab3dEf5hIj7lMn9pQr1tUv3x",
+        "hf_Ab3dEf5hIj7lMn9pQr1tUv3xYz5bCd7fGh",
+    ] {
+        one(&format!("my key is {v}, thanks"), EntityType::API_KEY, v);
+        one(&format!("api_key=\"{v}\""), EntityType::API_KEY, v);
+    }
+}
+
+#[test]
+fn placeholders_are_not_secrets() {
+    for t in [
+        "api_key = \"sk-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"",
+        "OPENAI_API_KEY=sk-your-key-here",
+        "OPENAI_API_KEY=your-key-here",
+        "export KEY=YOUR_API_KEY",
+        "sk-1234567890abcdef1234567890abcdef",
+        "sk-abcdefghijklmnopqrstuvwxyz123456",
+        "AKIAXXXXXXXXXXXXXXXX",
+        "ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "password: ********",
+        "token: <your-token>",
+        "postgres://app:${DB_PASSWORD}@db.example.com/app",
+        "the password is required",
+        "token limit: 4096",
+        "key points: revenue grew",
+    ] {
+        none(t);
+    }
+}
+
+#[test]
+fn secrets_by_context_and_webhooks() {
+    one("数据库密码：Zhang@2024", EntityType::SECRET, "Zhang@2024");
+    one("password=hunter2x9", EntityType::SECRET, "hunter2x9");
+    one("我的密码是12345678", EntityType::SECRET, "12345678");
+    one(
+        "\"client_secret\": \"q8Xr2mZt9LkP4vNw7YhB3sJd\"",
+        EntityType::SECRET,
+        "q8Xr2mZt9LkP4vNw7YhB3sJd",
+    );
+    one(
+        "app secret 6d8386c8e63f31ffa6fcafcf",
+        EntityType::SECRET,
+        "6d8386c8e63f31ffa6fcafcf",
+    );
+    let id = "AKIAY34FZKBOKMUTVV7A";
+    let secret = "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";
+    let got = found(&format!("{id}:{secret}"));
+    assert_eq!(
+        got,
+        vec![
+            ("AWS_ACCESS_KEY".to_string(), id.to_string()),
+            ("SECRET".to_string(), secret.to_string())
+        ]
+    );
+    for url in [
+        "https://hooks.slack.com/services/T0ABCDEFG/B0ABCDEFGHI/Ab3dEf5hIj7lMn9pQr1tUv3x",
+        "https://oapi.dingtalk.com/robot/send?access_token=4f8e2a9c1b3d5e7f9a0b2c4d6e8f0a1b4f8e2a9c1b3d5e7f9a0b2c4d6e8f0a1b",
+        "https://open.feishu.cn/open-apis/bot/v2/hook/4f8e2a9c-1b3d-5e7f-9a0b-2c4d6e8f0a1b",
+        "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=4f8e2a9c-1b3d-5e7f-9a0b-2c4d6e8f0a1b",
+    ] {
+        one(
+            &format!("机器人地址 {url} 每天推送"),
+            EntityType::SECRET,
+            url,
+        );
+    }
+    // Not secrets: a hash after a word that is not secret-like.
+    none("commit 91795c828b41518119020db6fa217af51e222d51");
+}
+
+#[test]
+fn scores_threshold_and_context_words() {
+    let d = Detectors::all();
+    let s = d.detect("SSN 123456789");
+    assert_eq!(s.len(), 1);
+    assert!(s[0].score >= d.min_score() && s[0].score <= 1.0);
+    // Without the threshold, nine bare digits are a (weak) SSN.
+    let low = Detectors::builder().min_score(0.2).build().unwrap();
+    let s = low.detect("number 123456789");
+    assert_eq!(s.len(), 1);
+    assert!(s[0].score < 0.5);
+    assert!(Detectors::builder().min_score(1.5).build().is_err());
+    // Configured words in any language raise and lower scores.
+    let d = Detectors::builder()
+        .context_words(&EntityType::US_SSN, ["Steuernummer"])
+        .negative_context_words(&EntityType::BANK_CARD, ["会员卡"])
+        .build()
+        .unwrap();
+    assert_eq!(d.detect("steuernummer 123456789").len(), 1);
+    assert!(d.detect("会员卡 4111111111111111").is_empty());
+    assert_eq!(Detectors::all().detect("会员卡 4111111111111111").len(), 1);
+}
+
+#[test]
+fn allow_mode_leaves_the_value_and_config_sets_policy() {
+    use tower_deepseek_redact::{Mode, RedactConfig, RedactContext, RedactLayer, Redactor};
+    let r = Redactor::builder()
+        .mode(EntityType::IPV4, Mode::Allow)
+        .build()
+        .unwrap();
+    let mut ctx = RedactContext::new(None);
+    let out = r
+        .redact("server 10.0.0.1, phone 13800138000", &mut ctx)
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, "server 10.0.0.1, phone <CN_MOBILE_1>");
+    assert_eq!(ctx.counts.get(&EntityType::IPV4), 0);
+    let mut ctx = RedactContext::new(None);
+    assert_eq!(r.redact("server 10.0.0.1", &mut ctx).unwrap(), None);
+
+    let config: RedactConfig = serde_json::from_value(serde_json::json!({
+        "min_score": 0.5,
+        "modes": {"IPV4": "allow"},
+        "context_words": {"US_SSN": {"de": ["Steuernummer"]}},
+        "negative_context_words": {"BANK_CARD": {"zh": ["会员卡"]}}
+    }))
+    .unwrap();
+    assert!(RedactLayer::from_config(&config, None).is_ok());
+    let bad: RedactConfig = serde_json::from_value(serde_json::json!({"min_score": 2.0})).unwrap();
+    assert!(RedactLayer::from_config(&bad, None).is_err());
+}
