@@ -5,9 +5,12 @@
 //!   buffer, HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`), so that the gateway itself answers the
 //!   431 in the OpenAI shape for headers between the two; above, hyper answers 431 (HTTP/1.1)
 //!   or the HTTP/2 layer refuses the stream.
-//! - **Header read and idle keep-alive (HTTP/1.1).** A request head must arrive whole within
-//!   `server.header_read_timeout_ms` of the connection's first byte, or of the end of the
-//!   previous response on a kept-alive connection: a slowloris peer or an idle socket is cut.
+//! - **Header read and idle keep-alive (HTTP/1.1).** A new connection must send its first
+//!   bytes (enough to tell HTTP/1.1 from the HTTP/2 preface) within
+//!   `server.header_read_timeout_ms`, and a request head must arrive whole within it, from the
+//!   connection's start or from the end of the previous response on a kept-alive connection:
+//!   a slowloris peer, a socket that never sends a byte, or an idle keep-alive connection is
+//!   closed.
 //! - **HTTP/2 peers** are pinged every 20 s and dropped when a ping goes 20 s unanswered.
 //! - **Connection cap.** At most `server.max_connections` connections are served. Beyond it,
 //!   up to 64 more are answered by a small service (`/healthz` still answers; everything else
@@ -68,6 +71,22 @@ fn builder(limits: &Limits, keep_alive: bool) -> Builder<TokioExecutor> {
     b
 }
 
+/// Waits until `stream` has sent enough to choose the protocol: a byte that is not the start of
+/// the HTTP/2 preface, or the whole preface. `false` when the peer closed first. (hyper-util's
+/// automatic builder waits for these bytes without a bound of its own.)
+async fn protocol_chosen(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+            // Part of the preface: wait for the rest (peek returns at once while bytes wait).
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
 /// Serves one connection with `router`, giving it the peer address as axum's `ConnectInfo`.
 fn serve_with(
     builder: &Builder<TokioExecutor>,
@@ -124,7 +143,12 @@ where
             let builder = full.clone();
             let router = router.clone();
             let watcher = graceful.watcher();
+            let first_bytes = limits.header_read_timeout;
             tokio::spawn(async move {
+                match tokio::time::timeout(first_bytes, protocol_chosen(&stream)).await {
+                    Ok(true) => {}
+                    _ => return,
+                }
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
                     router.clone().oneshot(req)
@@ -140,10 +164,11 @@ where
             let builder = over.clone();
             let refusal = refusal.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    OVERFLOW_LIFETIME,
-                    serve_with(&builder, stream, peer, refusal),
-                )
+                let _ = tokio::time::timeout(OVERFLOW_LIFETIME, async {
+                    if protocol_chosen(&stream).await {
+                        serve_with(&builder, stream, peer, refusal).await;
+                    }
+                })
                 .await;
                 drop(permit);
             });

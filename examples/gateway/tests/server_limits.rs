@@ -75,6 +75,31 @@ async fn a_slowloris_client_is_cut_at_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_socket_that_never_sends_a_byte_is_closed() {
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let gw = start(&upstream.url(), short_header_read(), None).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    // Half an HTTP/2 preface, then nothing: the protocol is never chosen.
+    let mut half = TcpStream::connect(gw.addr).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(
+        read_to_close(&mut silent, Duration::from_secs(3))
+            .await
+            .is_empty()
+    );
+    assert!(
+        read_to_close(&mut half, Duration::from_secs(3))
+            .await
+            .is_empty()
+    );
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    gw.stop().await.unwrap();
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_client_trickling_its_body_gets_a_408() {
     let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
     let mut cfg = config_with_keys("");
