@@ -566,3 +566,21 @@ fn allow_mode_leaves_the_value_and_config_sets_policy() {
     let bad: RedactConfig = serde_json::from_value(serde_json::json!({"min_score": 2.0})).unwrap();
     assert!(RedactLayer::from_config(&bad, None).is_err());
 }
+
+#[test]
+fn more_provider_tokens() {
+    for v in [
+        "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw1",
+        "whsec_Ab3dEf5hIj7lMn9pQr1tUv3xYz5b",
+        "npm_Ab3dEf5hIj7lMn9pQr1tUv3xYz5bCd7fGh9j",
+        "SG.Ab3dEf5hIj7lMn9pQr1tUv.Ab3dEf5hIj7lMn9pQr1tUv3xYz5bCd7fGh9jKl1nOp3",
+    ] {
+        one(&format!("bot token {v} please"), EntityType::API_KEY, v);
+    }
+    one(
+        "Authorization: Bearer q8Xr2mZt9LkP4vNw7YhB3sJd",
+        EntityType::SECRET,
+        "q8Xr2mZt9LkP4vNw7YhB3sJd",
+    );
+    none("Authorization: Bearer <token>");
+}

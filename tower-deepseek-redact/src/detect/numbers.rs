@@ -24,9 +24,7 @@ impl NumericRegexes {
     pub(super) fn new() -> Self {
         Self {
             mobile: re(r"\A(?:\(?(?:\+|00)86\)?[ -]?)?1[3-9][0-9](?:[ -]?[0-9]{4}){2}"),
-            id: re(
-                r"\A(?:[1-9][0-9]{5}[ -]?[0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]{3}[0-9Xx]|[1-9][0-9]{14})",
-            ),
+            id: re(r"\A(?:[1-9](?:[ -]?[0-9]){16}[ -]?[0-9Xx]|[1-9][0-9]{14})"),
             card: re(r"\A[2-6][0-9](?:[ -]?[0-9]){11,17}"),
             landline: re(
                 r"\A(?:\(?(?:\+|00)86\)?[ -]?)?(?:\(0?[0-9]{2,3}\)|0?[0-9]{2,3})[ -]?[0-9]{3,4}[ -]?[0-9]{3,4}",
@@ -128,10 +126,12 @@ fn groups(s: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
     Some((chars, seps))
 }
 
-/// Score of an ID candidate: one piece, or grouped 6-8-4 / 6-4-4-4 with one separator.
+/// Score of an ID candidate: one piece, or grouped 6-8-4, 6-4-4-4, 3-3-4-4-4 or 6-6-6 with one
+/// kind of separator.
 pub(super) fn id_score(s: &str) -> Option<f32> {
     let (chars, seps) = groups(s.as_bytes())?;
-    if !(seps.is_empty() || seps == [6, 14] || seps == [6, 10, 14]) {
+    let grouped = [&[6, 14][..], &[6, 10, 14], &[3, 6, 10, 14], &[6, 12]];
+    if !(seps.is_empty() || grouped.contains(&seps.as_slice())) {
         return None;
     }
     let t = std::str::from_utf8(&chars).ok()?;
@@ -363,6 +363,7 @@ mod tests {
         assert_eq!(id_score("110105-1949-1231-002X"), Some(0.95));
         assert_eq!(id_score("1101 0519491231 002X"), None);
         assert_eq!(id_score("110105 19491231-002X"), None);
+        assert_eq!(id_score("110 105 1949 1231 002X"), Some(0.95));
     }
 
     #[test]

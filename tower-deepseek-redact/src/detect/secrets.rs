@@ -26,8 +26,9 @@ impl SecretRegexes {
         Self {
             trigger: re(concat!(
                 r"sk-|sk_|rk_|AKIA|ASIA|AIza|LTAI|AKID|gh[pousr]_|github_pat_|glpat-|xox[abpr]-|xapp-|hf_",
-                r"|eyJ|-----BEGIN |://",
-                r"|(?i:secret|token|passw(?:or)?d|pwd|api[_-]?key|apikey|access[_-]?key|key)",
+                r"|whsec_|npm_|pypi-|shpat_|dop_v1_|SG\.",
+                r"|eyJ|-----BEGIN |://|:AA",
+                r"|(?i:secret|token|passw(?:or)?d|pwd|api[_-]?key|apikey|access[_-]?key|key|bearer)",
                 r"|密码|口令|密钥|秘钥|令牌",
             )),
             provider: re(concat!(
@@ -41,7 +42,13 @@ impl SecretRegexes {
                 r"|glpat-[A-Za-z0-9_-]{20,}",
                 r"|xox[abpr]-[A-Za-z0-9-]{10,250}",
                 r"|xapp-[0-9]-[A-Za-z0-9-]{10,250}",
-                r"|hf_[A-Za-z0-9]{30,40})",
+                r"|hf_[A-Za-z0-9]{30,40}",
+                r"|whsec_[A-Za-z0-9+/]{24,}",
+                r"|npm_[A-Za-z0-9]{36}",
+                r"|pypi-AgE[A-Za-z0-9_-]{50,}",
+                r"|shpat_[a-fA-F0-9]{32}",
+                r"|dop_v1_[a-f0-9]{64}",
+                r"|SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})",
             )),
             aws: re(r"\A(?:AKIA|ASIA)[0-9A-Z]{16}"),
             jwt: re(r"\AeyJ[A-Za-z0-9_-]{4,}\.ey[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
@@ -58,7 +65,7 @@ impl SecretRegexes {
 }
 
 /// Prefixes of values that the provider, AWS and JWT rules own.
-const OWNED_PREFIXES: [&[u8]; 19] = [
+const OWNED_PREFIXES: [&[u8]; 25] = [
     b"sk-",
     b"sk_",
     b"rk_",
@@ -77,6 +84,12 @@ const OWNED_PREFIXES: [&[u8]; 19] = [
     b"xox",
     b"xapp-",
     b"hf_",
+    b"whsec_",
+    b"npm_",
+    b"pypi-",
+    b"shpat_",
+    b"dop_v1_",
+    b"SG.",
     b"eyJ",
 ];
 
@@ -231,6 +244,14 @@ pub(super) fn scan(t: &str, r: &SecretRegexes, en: &[bool], out: &mut Vec<Cand>)
                     next = e2;
                 }
             }
+            b":AA" => {
+                if en[Kind::ApiKey as usize]
+                    && let Some((s, e)) = telegram_at(b, p)
+                {
+                    push(out, s, e, Kind::ApiKey, 0.9);
+                    next = e;
+                }
+            }
             _ if is_prefix(word) => {
                 if !en[Kind::ApiKey as usize] || !left_ok(b, p) {
                     continue;
@@ -261,7 +282,23 @@ pub(super) fn scan(t: &str, r: &SecretRegexes, en: &[bool], out: &mut Vec<Cand>)
 
 /// Whether a trigger is a provider prefix (`sk-`, `ghp_`, `LTAI`), not a secret-like word.
 fn is_prefix(word: &[u8]) -> bool {
-    matches!(word.last(), Some(b'-' | b'_')) || matches!(word, b"LTAI" | b"AIza" | b"AKID")
+    matches!(word.last(), Some(b'-' | b'_' | b'.')) || matches!(word, b"LTAI" | b"AIza" | b"AKID")
+}
+
+/// A Telegram bot token around the `:AA` at `c`: 8 to 10 digits, `:AA`, 33 more characters.
+fn telegram_at(b: &[u8], c: usize) -> Option<(usize, usize)> {
+    let mut s = c;
+    while s > 0 && c - s < 10 && b[s - 1].is_ascii_digit() {
+        s -= 1;
+    }
+    if c - s < 8 || (s > 0 && is_alnum(b[s - 1])) {
+        return None;
+    }
+    let mut e = c + 3;
+    while e < b.len() && (is_alnum(b[e]) || b[e] == b'_' || b[e] == b'-') {
+        e += 1;
+    }
+    (e - (c + 3) == 33 && !is_placeholder(&b[c + 3..e], true)).then_some((s, e))
 }
 
 /// The length of the fixed part of a provider key (`sk-proj-`, `sk_live_`, `ghp_`, …); `short`
