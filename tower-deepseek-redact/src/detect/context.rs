@@ -25,6 +25,7 @@ pub(super) fn positive(kind: Kind) -> &'static [&'static str] {
             "社会安全",
             "社安号",
             "社会保障号",
+            "社保号",
             "taxpayer id",
         ],
         Kind::Passport => &[

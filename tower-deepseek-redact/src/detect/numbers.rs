@@ -196,16 +196,12 @@ pub(super) fn card_score(s: &str) -> Option<f32> {
     if !(card_prefix_ok(&digits) && luhn(&digits)) {
         return None;
     }
-    // 18 digits that begin with a region code and a birth date are far more likely an ID
-    // number with a typo than one of the rare 18-digit cards: a card only with a context word.
+    // 18 digits that begin with a region code and a birth year are far more likely an ID
+    // number with a typo (check character or date) than one of the rare 18-digit cards: a card
+    // only with a context word.
     let id_like = digits.len() == 18
         && PROVINCES.contains(&(num(&digits[..2]) as u8))
-        && (1900..=2030).contains(&num(&digits[6..10]))
-        && valid_date(
-            num(&digits[6..10]),
-            num(&digits[10..12]),
-            num(&digits[12..14]),
-        );
+        && (1900..=2030).contains(&num(&digits[6..10]));
     Some(if id_like { 0.3 } else { 0.8 })
 }
 

@@ -128,7 +128,7 @@ pub(super) fn is_placeholder(v: &[u8], strict: bool) -> bool {
     const MARKS: [&[u8]; 5] = [b"xxxx", b"****", b"${", b"...", b"<"];
     // Words count as a part of their own (`your-key-here`, `YOUR_API_KEY`), not inside random
     // characters (`…iAHERE-z…`).
-    const WORDS: [&[u8]; 8] = [
+    const WORDS: [&[u8]; 9] = [
         b"your",
         b"here",
         b"placeholder",
@@ -137,6 +137,7 @@ pub(super) fn is_placeholder(v: &[u8], strict: bool) -> bool {
         b"changeme",
         b"fake",
         b"example",
+        b"replace",
     ];
     if MARKS.iter().any(|w| super::context::contains(v, w)) {
         return true;
@@ -155,6 +156,8 @@ pub(super) fn is_placeholder(v: &[u8], strict: bool) -> bool {
     let mut seen = [false; 256];
     let mut distinct = 0;
     let (mut run, mut asc, mut max_run, mut max_asc) = (1, 1, 1, 1);
+    // Steps that repeat or count up (`aaaa1111bbbb`, `abc123def456`): rare in random keys.
+    let mut patterned = 0usize;
     for (i, &c) in v.iter().enumerate() {
         if !seen[c as usize] {
             seen[c as usize] = true;
@@ -170,9 +173,13 @@ pub(super) fn is_placeholder(v: &[u8], strict: bool) -> bool {
             };
             max_run = max_run.max(run);
             max_asc = max_asc.max(asc);
+            patterned += (run > 1 || asc > 1) as usize;
         }
     }
-    distinct <= 3 || max_run >= 6 || (strict && (max_asc >= 7 || distinct <= 5))
+    let steps = v.len().saturating_sub(1).max(1);
+    distinct <= 3
+        || max_run >= 6
+        || (strict && (max_asc >= 7 || distinct <= 5 || patterned * 5 >= steps * 2))
 }
 
 fn left_ok(b: &[u8], p: usize) -> bool {
@@ -470,6 +477,9 @@ mod tests {
             b"abcdefghijklmnopqrstuvwxyz123456",
             b"00000000000000000000000000000000",
             b"********",
+            b"abc123def456ghi789jkl012",
+            b"aaaa1111bbbb2222cccc3333",
+            b"INSERT_KEY_HERE",
         ] {
             assert!(is_placeholder(p, true), "{}", String::from_utf8_lossy(p));
         }
