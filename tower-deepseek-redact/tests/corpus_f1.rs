@@ -16,11 +16,12 @@ use tower_deepseek_redact::Detectors;
 
 const CORPUS: &str = include_str!("corpus/corpus.jsonl");
 
-/// The levels this test guards (reached on the committed corpus; the targets are
-/// 0.99 overall, 0.97 per type, 1 % of hard negatives).
-const MIN_F1_OVERALL: f64 = 0.99;
-const MIN_F1_PER_TYPE: f64 = 0.97;
-const MAX_NEGATIVES_MASKED: f64 = 0.01;
+/// The levels this test guards: just under those reached on the committed corpus (1.0 overall
+/// and per type, no hard negative masked; see BENCHMARKS.md), above the targets (0.99
+/// overall, 0.97 per type, 1 % of hard negatives).
+const MIN_F1_OVERALL: f64 = 0.998;
+const MIN_F1_PER_TYPE: f64 = 0.99;
+const MAX_NEGATIVES_MASKED: f64 = 0.002;
 
 #[derive(Default)]
 struct Counts {
