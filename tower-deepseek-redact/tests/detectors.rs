@@ -326,6 +326,14 @@ fn ids_in_groups_and_checks() {
     // An 18-digit number that fails the check but starts with a region and a birth date is
     // no card either, unless the text says so.
     none("ID 652662198908032062 is rejected by the form.");
+    // A number after an order word is an order number, even if it passes the ID checks...
+    none("订单号 440106199001011235 已发货");
+    // ...unless the clause also names an ID.
+    one(
+        "订单联系人身份证号 440106199001011235",
+        EntityType::CN_ID_CARD,
+        "440106199001011235",
+    );
 }
 
 #[test]
