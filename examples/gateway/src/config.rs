@@ -119,6 +119,10 @@ pub struct ServerConfig {
     /// The largest request body read, in bytes; larger ones get a 413. Default 8 MiB (the
     /// layers' own body limits apply too).
     pub max_body_bytes: usize,
+    /// A connection with no request in flight for this long is closed gracefully (HTTP/2:
+    /// `GOAWAY`; an idle HTTP/1.1 connection meets `header_read_timeout_ms` first). Default
+    /// 60 000.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +136,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             body_read_timeout_ms: 30_000,
             max_body_bytes: tower_deepseek::core::body::DEFAULT_BODY_LIMIT,
+            idle_timeout_ms: 60_000,
         }
     }
 }

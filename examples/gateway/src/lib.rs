@@ -281,10 +281,11 @@ impl Gateway {
         if srv.max_connections == 0
             || srv.header_read_timeout_ms == 0
             || srv.body_read_timeout_ms == 0
+            || srv.idle_timeout_ms == 0
             || srv.max_header_bytes < 1024
         {
             return Err(StartError::Config(
-                "[server]: max_connections, header_read_timeout_ms and body_read_timeout_ms must be above 0, max_header_bytes at least 1024".to_owned(),
+                "[server]: max_connections and the timeouts must be above 0, max_header_bytes at least 1024".to_owned(),
             ));
         }
         let mut meta = MetadataConfig::new();
@@ -348,6 +349,7 @@ impl Gateway {
                 header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
                 max_connections: cfg.server.max_connections,
                 max_header_bytes: cfg.server.max_header_bytes,
+                idle_timeout: Duration::from_millis(cfg.server.idle_timeout_ms),
             },
             open,
             allow_open_non_loopback: cfg.server.allow_open_non_loopback,

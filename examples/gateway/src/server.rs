@@ -11,27 +11,38 @@
 //!   connection's start or from the end of the previous response on a kept-alive connection:
 //!   a slowloris peer, a socket that never sends a byte, or an idle keep-alive connection is
 //!   closed.
-//! - **HTTP/2 peers** are pinged every 20 s and dropped when a ping goes 20 s unanswered.
+//! - **Idle connections.** A connection with no request in flight for
+//!   `server.idle_timeout_ms` is closed gracefully (HTTP/2: `GOAWAY`; an idle HTTP/1.1
+//!   connection meets the header-read timeout first). HTTP/2 peers are also pinged every 20 s
+//!   and dropped when a ping goes 20 s unanswered.
 //! - **Connection cap.** At most `server.max_connections` connections are served. Beyond it,
 //!   up to 64 more are answered by a small service (`/healthz` still answers; everything else
 //!   gets `503 {"error":{"code":"too_many_connections",...}}` with `Retry-After: 1`, and the
 //!   connection closes); connections beyond those are closed at once.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
+use bytes::Bytes;
 use http::Request;
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 /// Counter: connections beyond `server.max_connections` (answered by the refusal service, or
@@ -53,6 +64,7 @@ pub(crate) struct Limits {
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_header_bytes: usize,
+    pub(crate) idle_timeout: Duration,
 }
 
 fn builder(limits: &Limits, keep_alive: bool) -> Builder<TokioExecutor> {
@@ -83,6 +95,146 @@ async fn protocol_chosen(stream: &TcpStream) -> bool {
             Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
             // Part of the preface: wait for the rest (peek returns at once while bytes wait).
             Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// How busy one connection is: requests in flight, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    // Milliseconds since `started` at which the last answer ended (or the connection began).
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection became idle; `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::Acquire) == 0)
+            .then(|| self.started + Duration::from_millis(self.last_end_ms.load(Ordering::Acquire)))
+    }
+
+    /// Completes once the connection has been idle for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            match self.idle_since() {
+                Some(at) if at + idle <= Instant::now() => return,
+                Some(at) => tokio::time::sleep_until(at + idle).await,
+                None => tokio::time::sleep(idle).await,
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection; its answer's body carries it to its end.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let now = a.started.elapsed().as_millis() as u64;
+        a.last_end_ms.fetch_max(now, Ordering::AcqRel);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project! {
+    /// An answer's body that marks the end of its request when it is done or dropped.
+    struct Tracked {
+        #[pin]
+        inner: Body,
+        _in_flight: InFlight,
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves a connection within the cap: waits (bounded) for its first bytes, then serves it
+/// until it ends, it stays idle for `limits.idle_timeout` (HTTP/2 above all: HTTP/1.1 is cut
+/// by the header-read timeout first), or the server stops; both of the latter close it
+/// gracefully (HTTP/2: `GOAWAY`), letting requests in flight finish.
+async fn serve_full(
+    builder: &Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    match tokio::time::timeout(limits.header_read_timeout, protocol_chosen(&stream)).await {
+        Ok(true) => {}
+        _ => return,
+    }
+    let activity = Arc::new(Activity::new());
+    let seen = activity.clone();
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let in_flight = InFlight::start(&seen);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let call = router.clone().oneshot(req);
+        async move {
+            let res = call.await?;
+            Ok::<_, Infallible>(res.map(|inner| Tracked {
+                inner,
+                _in_flight: in_flight,
+            }))
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(target: "example_gateway", error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = stop.changed(), if !closing => {
+                // The sender is gone or says stop: either way, wind down.
+                let _ = changed;
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = activity.idle_for(limits.idle_timeout), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
     }
 }
@@ -122,7 +274,8 @@ where
     let over = Arc::new(builder(&limits, false));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
-    let graceful = GracefulShutdown::new();
+    // Tells every connection to finish what it is doing and close.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -142,21 +295,9 @@ where
         if let Ok(permit) = permits.clone().try_acquire_owned() {
             let builder = full.clone();
             let router = router.clone();
-            let watcher = graceful.watcher();
-            let first_bytes = limits.header_read_timeout;
+            let stop = stop_rx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(first_bytes, protocol_chosen(&stream)).await {
-                    Ok(true) => {}
-                    _ => return,
-                }
-                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    router.clone().oneshot(req)
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(target: "example_gateway", error = %e, "connection ended with an error");
-                }
+                serve_full(&builder, stream, peer, router, limits, stop).await;
                 drop(permit);
             });
         } else if let Ok(permit) = overflow.clone().try_acquire_owned() {
@@ -179,8 +320,11 @@ where
     }
     drop(listener);
     tracing::info!(target: "example_gateway", "shutting down: no new connections, draining requests in flight");
+    let _ = stop_tx.send(true);
+    // Every place back: every connection has ended.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = permits.acquire_many(all) => {}
         () = tokio::time::sleep(drain) => {
             tracing::warn!(target: "example_gateway", drain_ms = drain.as_millis() as u64, "drain deadline passed: closing the remaining connections");
         }

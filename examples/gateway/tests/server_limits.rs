@@ -100,6 +100,65 @@ async fn a_socket_that_never_sends_a_byte_is_closed() {
 }
 
 #[tokio::test]
+async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
+    let upstream = MockServer::builder()
+        .api_key(UPSTREAM_KEY)
+        .stream_chunk_delay(Duration::from_millis(150))
+        .start()
+        .await;
+    let mut cfg = config_with_keys("");
+    cfg.server.idle_timeout_ms = 400;
+    let gw = start(&upstream.url(), cfg, None).await;
+
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+
+    // A stream longer than the idle timeout (events 150 ms apart) is not cut.
+    let body = json!({"model": "deepseek-chat", "stream": true,
+                      "messages": [{"role": "user", "content": "one two three four five six"}]});
+    let req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(text.ends_with(b"data: [DONE]\n\n"));
+    let busy = started.elapsed();
+    assert!(
+        busy > Duration::from_millis(400),
+        "the stream outlived the idle timeout: {busy:?}"
+    );
+
+    // Then, idle: closed after about the idle timeout.
+    let ended = Instant::now();
+    let at = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    let idle = at - ended;
+    assert!(idle < Duration::from_secs(3), "{idle:?}");
+    gw.stop().await.unwrap();
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_client_trickling_its_body_gets_a_408() {
     let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
     let mut cfg = config_with_keys("");
