@@ -44,7 +44,31 @@ pin_project! {
         done: bool,
         // The last bytes forwarded end an event (`\n\n`), or nothing was forwarded yet.
         at_boundary: bool,
+        // A `data: [DONE]` event that ended the last chunk, held back until the verdict: a
+        // caller that reads `[DONE]` stops there and takes the answer for whole, so a stream
+        // judged failed at its end (an `insufficient_system_resource` finish, a garbled event)
+        // gets the error event in its place.
+        held_done: Option<Bytes>,
     }
+}
+
+/// Where a `data: [DONE]` event that ends `chunk` starts (at a line start, nothing but line
+/// ends after it).
+fn done_at_end(chunk: &[u8]) -> Option<usize> {
+    let end = chunk.len()
+        - chunk
+            .iter()
+            .rev()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+    if end == chunk.len() {
+        return None; // the event is not terminated yet
+    }
+    let body = &chunk[..end];
+    let at = [&b"data: [DONE]"[..], &b"data:[DONE]"[..]]
+        .iter()
+        .find_map(|d| body.ends_with(d).then(|| end - d.len()))?;
+    (at == 0 || chunk[at - 1] == b'\n').then_some(at)
 }
 
 impl<B> SseGuard<B> {
@@ -56,6 +80,7 @@ impl<B> SseGuard<B> {
             pending: None,
             done: false,
             at_boundary: true,
+            held_done: None,
         }
     }
 }
@@ -91,8 +116,9 @@ fn error_event(class: &FailureClass, at_boundary: bool) -> Option<Bytes> {
 }
 
 impl<B> SseGuard<B> {
-    /// The inner body ended: queue the error event if the observer judged it failed.
-    fn judge(verdict: &Verdict, at_boundary: bool) -> Option<Bytes> {
+    /// The inner body ended: the error event if the observer judged it failed, else the held
+    /// `[DONE]`.
+    fn judge(verdict: &Verdict, at_boundary: bool, held_done: Option<Bytes>) -> Option<Bytes> {
         match verdict.get() {
             Some(Err(class)) => {
                 let event = error_event(class, at_boundary);
@@ -103,9 +129,9 @@ impl<B> SseGuard<B> {
                         "event stream failed after its head was sent: ending it with an error event"
                     );
                 }
-                event
+                event.or(held_done)
             }
-            _ => None,
+            _ => held_done,
         }
     }
 }
@@ -130,20 +156,32 @@ where
             return Poll::Ready(None);
         }
         match ready!(this.inner.as_mut().poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(d) = frame.data_ref() {
+            Some(Ok(mut frame)) => {
+                if let Some(d) = frame.data_mut() {
+                    if let Some(held) = this.held_done.take() {
+                        // More came after `[DONE]`: it goes out in its place, in order.
+                        let mut joined = Vec::with_capacity(held.len() + d.len());
+                        joined.extend_from_slice(&held);
+                        joined.extend_from_slice(d);
+                        *d = Bytes::from(joined);
+                    }
+                    if let Some(at) = done_at_end(d) {
+                        *this.held_done = Some(d.split_off(at));
+                    }
                     if !d.is_empty() {
                         *this.at_boundary = d.ends_with(b"\n\n") || d.ends_with(b"\r\n\r\n");
                     }
                 }
                 if this.inner.is_end_stream() {
                     *this.done = true;
-                    *this.pending = Self::judge(this.verdict, *this.at_boundary);
+                    *this.pending =
+                        Self::judge(this.verdict, *this.at_boundary, this.held_done.take());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
                 *this.done = true;
+                this.held_done.take();
                 let e: BoxError = e.into();
                 // The observer below has seen the error; judge by its verdict, else as a cut.
                 let class = match this.verdict.get() {
@@ -163,7 +201,7 @@ where
             }
             None => {
                 *this.done = true;
-                match Self::judge(this.verdict, *this.at_boundary) {
+                match Self::judge(this.verdict, *this.at_boundary, this.held_done.take()) {
                     Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
                     None => Poll::Ready(None),
                 }
@@ -246,6 +284,50 @@ mod tests {
         v.set(Err(FailureClass::InBandError)).unwrap();
         let out = read(SseGuard::new(body(vec![Ok("data: {\"error\":{}}\n\n")]), v)).await;
         assert_eq!(out, "data: {\"error\":{}}\n\n");
+    }
+
+    #[tokio::test]
+    async fn done_is_held_until_the_verdict_and_replaced_by_the_error_on_a_failure() {
+        // A finish the classifier judges a failure, then [DONE] in the same chunk: the caller
+        // gets the error event instead of [DONE], never after it.
+        let v = Verdict::default();
+        v.set(Err(FailureClass::InsufficientResources)).unwrap();
+        let out = read(SseGuard::new(
+            body(vec![
+                Ok("data: {\"a\":1}\n\n"),
+                Ok("data: {\"b\":2}\n\ndata: [DONE]\n\n"),
+            ]),
+            v,
+        ))
+        .await;
+        assert!(!out.contains("[DONE]"), "{out}");
+        assert!(
+            out.starts_with("data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: {\"error\""),
+            "{out}"
+        );
+
+        // A whole stream: [DONE] goes out at the end, unchanged, even split from its chunk.
+        let v = Verdict::default();
+        v.set(Ok(())).unwrap();
+        let out = read(SseGuard::new(
+            body(vec![Ok("data: {}\n\ndata:[DONE]\r\n\r\n")]),
+            v,
+        ))
+        .await;
+        assert_eq!(out, "data: {}\n\ndata:[DONE]\r\n\r\n");
+
+        // Something after [DONE] keeps its order.
+        let v = Verdict::default();
+        v.set(Ok(())).unwrap();
+        let out = read(SseGuard::new(
+            body(vec![Ok("data: [DONE]\n\n"), Ok(": bye\n\n")]),
+            v,
+        ))
+        .await;
+        assert_eq!(out, "data: [DONE]\n\n: bye\n\n");
+        assert_eq!(done_at_end(b"data: [DONE]"), None);
+        assert_eq!(done_at_end(b"xdata: [DONE]\n\n"), None);
+        assert_eq!(done_at_end(b"data: {}\n\ndata: [DONE]\n\n"), Some(10));
     }
 
     #[tokio::test]
