@@ -113,7 +113,9 @@
 //!
 //! In the recommended stack the breaker sits below the retry layer and above auth and the
 //! HTTP client: every attempt is recorded, and a retry sees [`BreakerOpen`] (core's type, so
-//! retry recognises it without depending on this crate) and can wait `retry_after`. It reads
+//! retry recognises it without depending on this crate): by default the retry layer stops and
+//! the caller gets it at once; only with its `wait_for_open_breaker` option (batch callers) does
+//! it wait `retry_after`, within its deadline. It reads
 //! no request body, so it may sit anywhere; above a cache it would count cache hits as
 //! successes.
 //!

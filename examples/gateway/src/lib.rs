@@ -27,6 +27,16 @@
 //! configured, the gateway serves anyone, and refuses to listen on anything but a loopback
 //! address.
 //!
+//! # Protocols and limits
+//!
+//! HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on every route; the protocol toward the
+//! upstream is the client pool's choice. Only an allow-list of request headers goes upstream
+//! (content type, accept, cache directives, the request id, `x-ds-*`). The server bounds what a
+//! client can hold (`[server]` in [`config::ServerConfig`]): header size (431), header-read,
+//! body-read (408) and idle timeouts, and a connection cap beyond which `/healthz` still
+//! answers and the rest gets a 503. An event stream that fails after its head was sent ends
+//! with a final error event in the OpenAI shape and a clean end, never a reset.
+//!
 //! # Shutdown
 //!
 //! The future given to [`Gateway::serve`] (in the binary: SIGTERM or Ctrl-C) stops accepting
