@@ -44,21 +44,26 @@ async fn redis_available() -> bool {
     ok
 }
 
-async fn start_with_redis(upstream: &str, prefix: &str) -> Running {
+async fn start_with_redis(
+    upstream: &str,
+    prefix: &str,
+    audit: Option<&std::path::Path>,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = config_with_keys(&format!(
         "[cache]\nkey_prefix = \"{prefix}\"\nredis_timeout_ms = 500\n"
     ));
-    let gateway = Gateway::new(
-        Options::new()
-            .listen(addr)
-            .upstream(upstream)
-            .config(cfg)
-            .api_key(UPSTREAM_KEY)
-            .redis(redis_url()),
-    )
-    .unwrap();
+    let mut options = Options::new()
+        .listen(addr)
+        .upstream(upstream)
+        .config(cfg)
+        .api_key(UPSTREAM_KEY)
+        .redis(redis_url());
+    if let Some(path) = audit {
+        options = options.audit_log(path);
+    }
+    let gateway = Gateway::new(options).unwrap();
     assert!(
         gateway.layers().contains(&"cache_l1_l2"),
         "{:?}",
@@ -78,8 +83,11 @@ async fn a_second_gateway_hits_the_shared_l2() {
         std::process::id(),
         fastrand_u64()
     );
-    let a = start_with_redis(&upstream.url(), &prefix).await;
-    let b = start_with_redis(&upstream.url(), &prefix).await;
+    let dir = std::env::temp_dir().join(format!("{prefix}-audit"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("b.jsonl");
+    let a = start_with_redis(&upstream.url(), &prefix, None).await;
+    let b = start_with_redis(&upstream.url(), &prefix, Some(&log)).await;
     let client = client();
     let body = json!({"model": "deepseek-chat", "temperature": 0,
         "messages": [{"role": "user", "content": "shared across the fleet"}]});
@@ -114,6 +122,17 @@ async fn a_second_gateway_hits_the_shared_l2() {
     assert_eq!(seen, "hit-l2");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+    // The L2 hit's audit record says `ok`, not `cancelled` (it is served with a
+    // `Content-Length`, which hyper's server stops reading at).
+    let records: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let l2: Vec<&Value> = records.iter().filter(|r| r["cache"] == "hit-l2").collect();
+    assert_eq!(l2.len(), 1, "{records:#?}");
+    assert_eq!(l2[0]["outcome"], "ok", "{records:#?}");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn fastrand_u64() -> u64 {
