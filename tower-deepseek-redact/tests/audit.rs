@@ -947,3 +947,106 @@ async fn a_full_device_fails_closed_and_counts_fail_open() {
         }
     }
 }
+
+/// The sink before durability, for comparison: an 8 KiB `BufWriter` flushed only when full.
+struct Buffered(Mutex<io::BufWriter<std::fs::File>>);
+
+impl AuditSink for Buffered {
+    fn write(&self, record: &[u8]) -> io::Result<()> {
+        let mut w = self.0.lock().unwrap();
+        w.write_all(record)?;
+        w.write_all(b"\n")
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.lock().unwrap().flush()
+    }
+}
+
+/// Records per second through the layer with each sink, in one run (figures in
+/// BENCHMARKS.md):
+///
+/// ```text
+/// cargo test --release -p tower-deepseek-redact --test audit -- --ignored --nocapture durability_cost
+/// ```
+#[ignore = "a measurement: run it by name in release mode"]
+#[test]
+fn durability_cost() {
+    fn run(sink: Arc<dyn AuditSink>, calls: usize, tasks: usize) -> f64 {
+        /// Forwards to a shared sink.
+        struct Shared(Arc<dyn AuditSink>);
+        impl AuditSink for Shared {
+            fn write(&self, record: &[u8]) -> io::Result<()> {
+                self.0.write(record)
+            }
+            fn flush(&self) -> io::Result<()> {
+                self.0.flush()
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let audit = AuditLayer::builder()
+                .hmac_key(KEY.to_vec())
+                .sink(Shared(sink))
+                .hash_chain(true)
+                .build()
+                .unwrap();
+            let svc = audit.layer(ok_service());
+            let start = std::time::Instant::now();
+            let mut handles = Vec::new();
+            for t in 0..tasks {
+                let svc = svc.clone();
+                handles.push(tokio::spawn(async move {
+                    for i in 0..calls / tasks {
+                        let res = svc
+                            .clone()
+                            .oneshot(chat(&format!("t{t} m{i}")))
+                            .await
+                            .unwrap();
+                        res.into_body().collect().await.unwrap();
+                    }
+                }));
+            }
+            for h in handles {
+                h.await.unwrap();
+            }
+            calls as f64 / start.elapsed().as_secs_f64()
+        })
+    }
+    let dir = TempDir::new("bench");
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let path = || {
+        dir.0
+            .join(format!("a{}.jsonl", n.fetch_add(1, Ordering::Relaxed)))
+    };
+    for tasks in [1, 8] {
+        let buffered = run(
+            Arc::new(Buffered(Mutex::new(io::BufWriter::new(
+                std::fs::File::create(path()).unwrap(),
+            )))),
+            40_000,
+            tasks,
+        );
+        let default = run(
+            Arc::new(JsonlFileSink::open(path(), 1 << 30, 1).unwrap()),
+            40_000,
+            tasks,
+        );
+        let every = run(
+            Arc::new(
+                JsonlFileSink::builder(path())
+                    .fsync_interval(std::time::Duration::ZERO)
+                    .open()
+                    .unwrap(),
+            ),
+            2_000,
+            tasks,
+        );
+        println!(
+            "{tasks} task(s): buffered (before) {buffered:.0} records/s; JsonlFileSink, fsync every 1 s (default) {default:.0} records/s; fsync every record {every:.0} records/s"
+        );
+    }
+}

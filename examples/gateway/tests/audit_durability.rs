@@ -28,15 +28,13 @@ struct Gw {
 
 impl Gw {
     async fn start(upstream: &str, audit: &Path) -> Gw {
+        Self::start_with(upstream, &["--audit-log".as_ref(), audit.as_os_str()]).await
+    }
+
+    async fn start_with(upstream: &str, args: &[&std::ffi::OsStr]) -> Gw {
         let mut child = Command::new(BIN)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                upstream,
-                "--audit-log",
-            ])
-            .arg(audit)
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(args)
             .env("DEEPSEEK_API_KEY", UPSTREAM_KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -357,4 +355,63 @@ async fn a_full_disk_fails_closed_with_a_clean_503_and_no_torn_line() {
     assert!(recorded_ids(&log).contains(&id));
     gw.kill().await;
     drop(fs);
+}
+
+/// Gateway throughput without the audit log, with it (default: records written through,
+/// `fsync` every second) and with an `fsync` per record, in one run (figures in
+/// BENCHMARKS.md):
+///
+/// ```text
+/// cargo test --release -p example-gateway --test audit_durability -- --ignored --nocapture gateway_throughput
+/// ```
+#[ignore = "a measurement: run it by name in release mode"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_throughput_with_the_audit_log() {
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let dir = temp_dir("throughput");
+    let every = dir.join("every.toml");
+    std::fs::write(&every, "[audit]\nfsync_interval_ms = 0\n").unwrap();
+    let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    let runs: [(&str, Vec<&std::ffi::OsStr>); 3] = [
+        ("no audit log", vec![]),
+        (
+            "audit log, fsync every 1 s (default)",
+            vec!["--audit-log".as_ref(), a.as_os_str()],
+        ),
+        (
+            "audit log, fsync every record",
+            vec![
+                "--audit-log".as_ref(),
+                b.as_os_str(),
+                "--config".as_ref(),
+                every.as_os_str(),
+            ],
+        ),
+    ];
+    for (name, args) in runs {
+        let gw = Gw::start_with(&upstream.url(), &args).await;
+        let calls = 4000;
+        let tasks = 16;
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let url = gw.url();
+            handles.push(tokio::spawn(async move {
+                let client = client();
+                for i in 0..calls / tasks {
+                    let (status, ..) = call(&client, &url, false, &format!("{name} {t} {i}"))
+                        .await
+                        .expect("answered");
+                    assert_eq!(status, 200);
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let rate = calls as f64 / start.elapsed().as_secs_f64();
+        println!("{name}: {rate:.0} calls/s");
+        gw.kill().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
