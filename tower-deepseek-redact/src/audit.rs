@@ -63,8 +63,9 @@
 //!   [`AuditUnavailable`] (a gateway answers 503 with `Retry-After`); if the body is under
 //!   way, it ends with [`AuditUnavailable`] in place of the frame that would have completed
 //!   it, so the caller never receives the whole answer. New calls are refused with
-//!   [`AuditUnavailable`] until [`AuditSink::probe`] succeeds (for the file: a 4 KiB probe
-//!   file can be written).
+//!   [`AuditUnavailable`] (counted in `deepseek_audit_refused_total`) until
+//!   [`AuditSink::probe`] succeeds (for the file: a 4 KiB probe file can be written; one
+//!   probe at a time, on the task of the call that probes).
 //! - fail open: the answer is delivered; the loss is counted
 //!   (`deepseek_audit_sink_errors_total`, [`AuditHandle::failed_writes`]) and logged with the
 //!   error kind (never the record).
@@ -733,6 +734,8 @@ struct AuditShared {
     failed: AtomicBool,
     /// Records a sink could not take.
     failed_writes: AtomicU64,
+    /// Held while the sinks are probed after a failure.
+    probing: Mutex<()>,
     /// The hash of the last record written to each sink (one chain per sink); the lock
     /// also keeps records in the same order in every sink.
     writer: Mutex<Vec<[u8; 32]>>,
@@ -826,11 +829,17 @@ impl AuditShared {
         if self.policy == SinkFailurePolicy::FailOpen || !self.failed.load(Ordering::Acquire) {
             return false;
         }
-        // Probe: a sink that can take records again is back.
-        if self.sinks.iter().all(|s| s.probe().is_ok()) {
+        // Probe: a sink that can take records again is back. One probe at a time: calls that
+        // arrive meanwhile are refused rather than each paying for a probe.
+        let recovered = match self.probing.try_lock() {
+            Ok(_probing) => self.sinks.iter().all(|s| s.probe().is_ok()),
+            Err(_) => false,
+        };
+        if recovered {
             self.failed.store(false, Ordering::Release);
             false
         } else {
+            metrics::counter!("deepseek_audit_refused_total").increment(1);
             true
         }
     }
@@ -956,6 +965,7 @@ impl AuditLayerBuilder {
                 policy: self.policy,
                 failed: AtomicBool::new(false),
                 failed_writes: AtomicU64::new(0),
+                probing: Mutex::new(()),
                 writer: Mutex::new(tails),
                 classifier: Classifier::new(),
             }),

@@ -374,10 +374,7 @@ impl FileInner {
         let mut p = self.path.clone().into_os_string();
         p.push(".probe");
         let p = PathBuf::from(p);
-        let result = File::create(&p).and_then(|mut f| {
-            f.write_all(&[b' '; 4096])?;
-            f.sync_data()
-        });
+        let result = File::create(&p).and_then(|mut f| f.write_all(&[b' '; 4096]));
         let _ = std::fs::remove_file(&p);
         result
     }
