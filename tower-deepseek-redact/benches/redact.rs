@@ -53,6 +53,35 @@ fn chat_text(size: usize, fullwidth: bool) -> String {
     s
 }
 
+/// Mixed chat text with a value of every kind (secrets, landlines with `+86`, bare SSNs after
+/// `SSN`, passports, passwords in URLs) and look-alikes (versions, invoice codes, file names
+/// with `@`), one every ~1 KB.
+fn chat_text_all(size: usize) -> String {
+    let base = chat_text(size, false);
+    let extra = [
+        "数据库密码：Zhang@2024，",
+        " api_key=\"sk-4f8e2a9c1b3d5e7f9a0b2c4d6e8f0a1b\" ",
+        " office +86 10 6234 5678 ",
+        " SSN 123456789. ",
+        "护照号码E12345678。",
+        " postgres://app:S3cr3t-pw@db.example.com/app ",
+        "固件版本 4.2.0.12，",
+        "发票代码 044031900111 ",
+        " icon@2x.png ",
+        " token: q8Xr2mZt9LkP4vNw7YhB3sJd ",
+    ];
+    let mut s = String::with_capacity(size + 1024);
+    let mut i = 0;
+    for piece in base.split_inclusive('。') {
+        s.push_str(piece);
+        if s.len() / 1024 > i {
+            s.push_str(extra[i % extra.len()]);
+            i += 1;
+        }
+    }
+    s
+}
+
 fn bench_detect(c: &mut Criterion) {
     let mut g = c.benchmark_group("redact_text");
     let redactor = Redactor::default();
@@ -60,6 +89,7 @@ fn bench_detect(c: &mut Criterion) {
     for (name, text) in [
         ("mixed_64k", chat_text(64 * 1024, false)),
         ("mixed_fullwidth_64k", chat_text(64 * 1024, true)),
+        ("mixed_all_kinds_64k", chat_text_all(64 * 1024)),
     ] {
         g.throughput(Throughput::Bytes(text.len() as u64));
         g.bench_function(format!("detect/{name}"), |b| {

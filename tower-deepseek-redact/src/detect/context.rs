@@ -148,7 +148,42 @@ pub(super) fn contains(hay: &[u8], word: &[u8]) -> bool {
             .any(|w| w.eq_ignore_ascii_case(word))
 }
 
-/// Whether the window holds any of `words`.
-pub(super) fn any<'a>(hay: &[u8], words: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    words.into_iter().any(|w| contains(hay, w))
+/// The clause before a candidate, lower-cased once, searched for many words.
+pub(super) struct Window {
+    buf: [u8; WINDOW],
+    len: usize,
+}
+
+impl Window {
+    /// The window before `start` (see [`window`]).
+    pub(super) fn new(b: &[u8], start: usize) -> Self {
+        let w = window(b, start);
+        let mut buf = [0u8; WINDOW];
+        for (d, s) in buf.iter_mut().zip(w) {
+            *d = s.to_ascii_lowercase();
+        }
+        Self { buf, len: w.len() }
+    }
+
+    /// Whether the window holds any of `words` (lower-case).
+    pub(super) fn any<'a>(&self, words: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        let h = &self.buf[..self.len];
+        words.into_iter().any(|w| {
+            if w.is_empty() || w.len() > h.len() {
+                return false;
+            }
+            let last = h.len() - w.len();
+            let mut i = 0;
+            while let Some(o) = memchr::memchr(w[0], &h[i..=last]) {
+                if &h[i + o..i + o + w.len()] == w {
+                    return true;
+                }
+                i += o + 1;
+                if i > last {
+                    break;
+                }
+            }
+            false
+        })
+    }
 }

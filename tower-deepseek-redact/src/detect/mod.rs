@@ -424,7 +424,7 @@ impl DetectorsBuilder {
             c.extend(
                 words
                     .into_iter()
-                    .map(|w| w.as_ref().to_lowercase().into_bytes()),
+                    .map(|w| w.as_ref().to_ascii_lowercase().into_bytes()),
             );
             c.retain(|w| !w.is_empty());
         }
@@ -443,7 +443,7 @@ impl DetectorsBuilder {
             c.extend(
                 words
                     .into_iter()
-                    .map(|w| w.as_ref().to_lowercase().into_bytes()),
+                    .map(|w| w.as_ref().to_ascii_lowercase().into_bytes()),
             );
             c.retain(|w| !w.is_empty());
         }
@@ -624,12 +624,12 @@ impl Detectors {
         if ctx.positive.is_empty() && ctx.negative.is_empty() {
             return base;
         }
-        let w = context::window(b, start);
+        let w = context::Window::new(b, start);
         let mut s = base;
-        if context::any(w, ctx.positive.iter().map(Vec::as_slice)) {
+        if w.any(ctx.positive.iter().map(Vec::as_slice)) {
             s += context::BOOST;
         }
-        if context::any(w, ctx.negative.iter().map(Vec::as_slice)) {
+        if w.any(ctx.negative.iter().map(Vec::as_slice)) {
             s -= context::PENALTY;
         }
         s.clamp(0.0, 1.0)
