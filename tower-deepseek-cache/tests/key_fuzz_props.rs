@@ -1,0 +1,94 @@
+//! Property equivalent of the `cache_key` fuzz target: for any bytes, `CacheKey::from_json`
+//! never panics and agrees with `CacheKey::compute` over what `serde_json` parses (duplicate
+//! keys, escapes, odd numbers and deep nesting included); re-serialized JSON, compact or
+//! pretty, has the same key.
+
+use http::Method;
+use proptest::prelude::*;
+use serde_json::Value;
+use tower_deepseek_cache::{CacheKey, Scope};
+
+fn check(data: &[u8]) -> Result<(), TestCaseError> {
+    let (m, path) = (Method::POST, "/chat/completions");
+    let from_bytes = CacheKey::from_json(&m, path, Scope::Anonymous, data);
+    let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        return Ok(());
+    };
+    let k = CacheKey::compute(&m, path, Scope::Anonymous, &v);
+    prop_assert_eq!(
+        from_bytes.ok(),
+        Some(k),
+        "from_json disagrees with compute on {:?}",
+        String::from_utf8_lossy(data)
+    );
+    for text in [
+        serde_json::to_string(&v).unwrap(),
+        serde_json::to_string_pretty(&v).unwrap(),
+    ] {
+        let again = CacheKey::from_json(&m, path, Scope::Anonymous, text.as_bytes()).ok();
+        prop_assert_eq!(again, Some(k), "equivalent JSON, another key: {}", text);
+    }
+    Ok(())
+}
+
+/// JSON text built from pieces, with repeated keys, escapes and number forms.
+fn json_text() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_owned()),
+        Just("true".to_owned()),
+        prop::sample::select(vec![
+            "0",
+            "-0",
+            "1",
+            "1.0",
+            "1e2",
+            "100",
+            "-1.5E-3",
+            "12345678901234567890",
+            "0.1"
+        ])
+        .prop_map(str::to_owned),
+        "[a-z\\\\\"\u{e9}\u{1F600}]{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        Just("\"\\u00e9\\n\\/\"".to_owned()),
+    ];
+    leaf.prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "model",
+                        "a",
+                        "b",
+                        "temperature",
+                        "stream",
+                        "\\u0061"
+                    ]),
+                    inner
+                ),
+                0..4
+            )
+            .prop_map(|v| format!(
+                "{{ {} }}",
+                v.into_iter()
+                    .map(|(k, x)| format!("\"{k}\" : {x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ,\n")
+            )),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, .. ProptestConfig::default() })]
+
+    #[test]
+    fn from_json_agrees_with_compute(text in json_text()) {
+        check(text.as_bytes())?;
+    }
+
+    #[test]
+    fn from_json_on_random_bytes(data in prop::collection::vec(prop::sample::select(b"{}[]\",:01e.-\\u a".to_vec()), 0..60)) {
+        check(&data)?;
+    }
+}
