@@ -24,6 +24,12 @@ fuzz_target!(|data: &[u8]| {
         serde_json::to_string(&v).unwrap(),
         serde_json::to_string_pretty(&v).unwrap(),
     ] {
+        // serde_json (without `float_roundtrip`) may read a number that is not exactly
+        // representable to another f64 in another spelling (found here: a 23-digit integer
+        // and its `e22` form): then the documents are not equal, and neither are the keys.
+        if serde_json::from_str::<Value>(&text).ok().as_ref() != Some(&v) {
+            continue;
+        }
         let again = CacheKey::from_json(&m, path, Scope::Anonymous, text.as_bytes());
         assert_eq!(again.ok(), Some(k), "equivalent JSON, another key: {text}");
     }
