@@ -183,19 +183,24 @@ pub(super) fn is_placeholder(v: &[u8], strict: bool) -> bool {
         b"example",
         b"replace",
     ];
-    if MARKS.iter().any(|w| super::context::contains(v, w)) {
-        return true;
-    }
-    let segment = |w: &[u8]| {
-        v.windows(w.len()).enumerate().any(|(i, x)| {
-            x.eq_ignore_ascii_case(w)
-                && (i == 0 || !v[i - 1].is_ascii_alphanumeric())
-                && v.get(i + w.len())
-                    .is_none_or(|c| !c.is_ascii_alphanumeric())
-        })
-    };
-    if WORDS.iter().any(|w| segment(w)) {
-        return true;
+    // One pass: only positions whose byte starts a mark or a word are compared.
+    let at =
+        |i: usize, w: &[u8]| v.len() - i >= w.len() && v[i..i + w.len()].eq_ignore_ascii_case(w);
+    for i in 0..v.len() {
+        let c = v[i].to_ascii_lowercase();
+        if matches!(c, b'x' | b'*' | b'$' | b'.' | b'<') && MARKS.iter().any(|w| at(i, w)) {
+            return true;
+        }
+        if matches!(c, b'y' | b'h' | b'p' | b'd' | b'r' | b'c' | b'f' | b'e')
+            && (i == 0 || !v[i - 1].is_ascii_alphanumeric())
+            && WORDS.iter().any(|w| {
+                at(i, w)
+                    && v.get(i + w.len())
+                        .is_none_or(|c| !c.is_ascii_alphanumeric())
+            })
+        {
+            return true;
+        }
     }
     let mut seen = [false; 256];
     let mut distinct = 0;
