@@ -139,15 +139,6 @@ pub(super) fn window(b: &[u8], start: usize) -> &[u8] {
     &w[cut..]
 }
 
-/// Whether `hay` holds `word` (lower-case), ASCII-case-insensitively.
-pub(super) fn contains(hay: &[u8], word: &[u8]) -> bool {
-    !word.is_empty()
-        && hay.len() >= word.len()
-        && hay
-            .windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
-}
-
 /// The clause before a candidate, lower-cased once, searched for many words.
 pub(super) struct Window {
     buf: [u8; WINDOW],
