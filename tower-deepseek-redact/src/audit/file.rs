@@ -200,8 +200,14 @@ fn sync_loop(inner: &Weak<FileInner>, stop: &mpsc::Receiver<()>, interval: Durat
     loop {
         match stop.recv_timeout(interval) {
             Err(RecvTimeoutError::Timeout) => {}
-            // Stopped (the sink syncs once more when dropped).
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            // Stopped: the last sink syncs when dropped; if this thread held the file at
+            // that moment, it syncs here instead.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some(inner) = inner.upgrade() {
+                    let _ = inner.sync_now();
+                }
+                return;
+            }
         }
         let Some(inner) = inner.upgrade() else {
             return;
