@@ -649,41 +649,57 @@ static FINISH: LazyLock<memmem::Finder<'static>> =
 /// Whether an event's JSON can carry usage, an error, or a non-null finish reason. A false
 /// positive only costs a parse; a false negative is impossible for valid JSON, since those
 /// keys must appear literally.
-/// Whether `data` (which starts with `{`) closes every object, array and string it opens, and
-/// ends with its outermost `}`: a single byte pass that tells a whole event from a cut or
-/// garbled one without parsing it (content deltas are most events, and are not probed).
+/// Whether `data` (which starts with `{`) closes the object it opens, outside strings, and ends
+/// there: one pass that tells a whole event from a cut or garbled one without parsing it
+/// (content deltas are most events, and are not probed). A cut anywhere leaves the outer `{`
+/// open, so arrays need no count of their own. A byte table keeps the loop to a load and a
+/// compare for the bytes that mean nothing here (most of them).
 fn balanced_object(data: &[u8]) -> bool {
+    const QUOTE: u8 = 1;
+    const ESCAPE: u8 = 2;
+    const OPEN: u8 = 3;
+    const CLOSE: u8 = 4;
+    static CLASS: [u8; 256] = {
+        let mut t = [0u8; 256];
+        t[b'"' as usize] = QUOTE;
+        t[b'\\' as usize] = ESCAPE;
+        t[b'{' as usize] = OPEN;
+        t[b'}' as usize] = CLOSE;
+        t
+    };
     let mut depth = 0usize;
     let mut in_string = false;
-    let mut escaped = false;
-    let mut closed_at = None;
-    for (i, &b) in data.iter().enumerate() {
+    let mut i = 0;
+    while i < data.len() {
+        let class = CLASS[data[i] as usize];
+        i += 1;
+        if class == 0 {
+            continue;
+        }
         if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
+            match class {
+                QUOTE => in_string = false,
+                ESCAPE => i += 1,
                 _ => {}
             }
             continue;
         }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
+        match class {
+            QUOTE => in_string = true,
+            OPEN => depth += 1,
+            CLOSE => {
                 let Some(d) = depth.checked_sub(1) else {
                     return false;
                 };
                 depth = d;
                 if depth == 0 {
-                    closed_at = Some(i);
-                    break;
+                    return data[i..].iter().all(u8::is_ascii_whitespace);
                 }
             }
             _ => {}
         }
     }
-    closed_at.is_some_and(|i| data[i + 1..].iter().all(u8::is_ascii_whitespace))
+    false
 }
 
 fn worth_probing(data: &[u8]) -> bool {
