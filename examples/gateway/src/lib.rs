@@ -43,6 +43,7 @@
 //! connections; requests and streams in flight finish, up to `server.drain_timeout_ms`; audit
 //! records are flushed; then `serve` returns.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -64,7 +65,7 @@ use tower_deepseek::core::classify::{
     ClassifiedResponse, Classifier, OnEos, StreamEnd, is_event_stream,
 };
 use tower_deepseek::core::meta::{MetadataConfig, PeerAddr, RequestId, X_REQUEST_ID};
-use tower_deepseek::redact::audit::{AuditHandle, AuditUnavailable};
+use tower_deepseek::redact::audit::{AuditHandle, AuditLayer, AuditUnavailable};
 
 pub mod config;
 mod error;
@@ -243,6 +244,7 @@ struct Shared {
     body_read_timeout: Duration,
     service: stack::Svc,
     classifier: Classifier,
+    audit_layer: Option<AuditLayer>,
 }
 
 /// A configured gateway, ready to [`serve`](Gateway::serve).
@@ -339,6 +341,7 @@ impl Gateway {
             body_read_timeout: Duration::from_millis(cfg.server.body_read_timeout_ms),
             service: built.service,
             classifier: Classifier::new(),
+            audit_layer: built.audit_layer,
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -632,9 +635,41 @@ impl Drop for InFlight {
     }
 }
 
+/// An answer the gateway makes itself, before the stack (a refused key, headers or a body too
+/// large, a body that does not arrive): written to the audit log like any call, through the same
+/// audit layer, before its head goes out. When the audit sink refuses it (fail closed), the
+/// caller gets that refusal instead.
+async fn refuse(s: &Shared, req: Request<Body>, res: Response<Body>) -> Response<Body> {
+    let Some(layer) = &s.audit_layer else {
+        return res;
+    };
+    // Called once: the answer moves out of its slot on that call.
+    let mut res = Some(res);
+    let answer = tower::service_fn(move |_req| {
+        std::future::ready(Ok::<_, Infallible>(res.take().unwrap_or_default()))
+    });
+    match tower::Layer::layer(layer, answer).oneshot(req).await {
+        Ok(res) => res.map(Body::new),
+        Err(e) => {
+            let mut res = error::error_response(&*e);
+            if let Some(a) = e.downcast_ref::<AuditUnavailable>() {
+                audit_unavailable(&mut res, a.retry_after());
+            }
+            res
+        }
+    }
+}
+
 async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response<Body> {
     let start = Instant::now();
     let guard = InFlight::start();
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        req.extensions_mut().insert(PeerAddr(peer));
+    }
+    // Reads the request id and, from trusted proxies only, `X-Forwarded-For`: first, so that
+    // the answers the gateway makes itself carry them too (and their audit records).
+    s.meta.apply(&mut req);
+    let request_id = req.extensions().get::<RequestId>().cloned();
     if header_bytes(req.headers()) > s.max_header_bytes {
         let res = error::json_error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -643,7 +678,8 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
             "the request's headers are too large for this gateway (server.max_header_bytes)",
             None,
         );
-        return finish(&s, route, start, guard, res, None);
+        let res = refuse(&s, req, res).await;
+        return finish(&s, route, start, guard, res, request_id);
     }
     let client = match s.keys.check(req.headers()) {
         inbound::Verdict::Allowed(c) => c,
@@ -655,7 +691,8 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
                 "missing API key: send `Authorization: Bearer <your gateway key>`",
                 None,
             );
-            return finish(&s, route, start, guard, res, None);
+            let res = refuse(&s, req, res).await;
+            return finish(&s, route, start, guard, res, request_id);
         }
         inbound::Verdict::Unknown => {
             let res = error::json_error(
@@ -665,22 +702,17 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
                 "invalid API key: this key is not allowed on this gateway",
                 None,
             );
-            return finish(&s, route, start, guard, res, None);
+            let res = refuse(&s, req, res).await;
+            return finish(&s, route, start, guard, res, request_id);
         }
     };
     if let Some(c) = client {
         req.extensions_mut().insert(c.tenant);
     }
-    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
-        req.extensions_mut().insert(PeerAddr(peer));
-    }
-    // Reads the request id and, from trusted proxies only, `X-Forwarded-For`.
-    s.meta.apply(&mut req);
     sanitize_request(req.headers_mut());
     // The upstream client's pool picks the protocol (HTTP/1.1 or HTTP/2 by ALPN): the inbound
     // request's version (HTTP/2 from an h2 client) must not leak into it.
     *req.version_mut() = Version::HTTP_11;
-    let request_id = req.extensions().get::<RequestId>().cloned();
     // A relative URI: the base-URL layer joins it onto the upstream's.
     let uri = match req.uri().query() {
         Some(q) => format!("{}?{q}", route.path()).parse::<Uri>(),
@@ -696,6 +728,7 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
                 "invalid query string",
                 None,
             );
+            let res = refuse(&s, req, res).await;
             return finish(&s, route, start, guard, res, request_id);
         }
     }
@@ -721,6 +754,7 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
                     None,
                 )
             };
+            let res = refuse(&s, Request::from_parts(parts, Body::empty()), res).await;
             return finish(&s, route, start, guard, res, request_id);
         }
         Err(_) => {
@@ -731,6 +765,7 @@ async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response
                 "the request body did not arrive within the gateway's body read timeout (server.body_read_timeout_ms)",
                 None,
             );
+            let res = refuse(&s, Request::from_parts(parts, Body::empty()), res).await;
             return finish(&s, route, start, guard, res, request_id);
         }
     };

@@ -51,6 +51,9 @@ impl fmt::Debug for Credential {
 pub(crate) struct Built {
     pub(crate) service: Svc,
     pub(crate) audit: Option<AuditHandle>,
+    /// The audit layer, also for the answers the gateway makes itself (a refused key, a body
+    /// too large), which never reach the stack.
+    pub(crate) audit_layer: Option<AuditLayer>,
     pub(crate) wired: Vec<&'static str>,
 }
 
@@ -136,6 +139,7 @@ pub(crate) fn build(
     }
 
     let mut audit = None;
+    let mut audit_layer = None;
     let path = audit_log.map(ToOwned::to_owned).or(cfg.audit.path.clone());
     if let (true, Some(path)) = (on.audit, path) {
         let a = &cfg.audit;
@@ -157,6 +161,7 @@ pub(crate) fn build(
             .build()
             .map_err(|e| config_err("audit")(e.to_string()))?;
         audit = Some(layer.handle());
+        audit_layer = Some(layer.clone());
         stack = stack.audit(layer);
     }
 
@@ -178,6 +183,7 @@ pub(crate) fn build(
     Ok(Built {
         service: stack.layer(base.layer(client)),
         audit,
+        audit_layer,
         wired,
     })
 }

@@ -40,6 +40,53 @@ fn chat(gw: &Running, body: Value) -> http::Request<http_body_util::Full<bytes::
 async fn every_layer_judges_the_end_of_every_kind_of_answer() {
     breaker_counts_content_length_answers_as_successes_with_retry_off().await;
     audit_outcome_is_right_for_every_kind_of_answer().await;
+    answers_the_gateway_makes_itself_are_audited().await;
+}
+
+/// A missing key, an unknown key and headers too large are answered by the gateway before the
+/// stack: each has its audit record, with its status, its request id and a failure outcome.
+async fn answers_the_gateway_makes_itself_are_audited() {
+    let upstream = MockServer::start().await;
+    let dir = tempdir("refusals");
+    let log = dir.join("audit.jsonl");
+    let gw = start(&upstream.url(), config_with_keys(""), Some(&log)).await;
+    let client = client();
+    let body = json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]});
+    let url = gw.url("/v1/chat/completions");
+    let mut big = chat_request(&url, Some(CLIENT_KEY), body.clone());
+    big.headers_mut()
+        .insert("x-padding", "x".repeat(40 * 1024).parse().unwrap());
+    let mut seen = Vec::new();
+    for (req, status) in [
+        (chat_request(&url, None, body.clone()), 401),
+        (
+            chat_request(&url, Some("sk-not-a-key-of-ours"), body.clone()),
+            401,
+        ),
+        (big, 431),
+    ] {
+        let res = send(&client, req).await;
+        assert_eq!(res.status(), status);
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        body_string(res).await;
+        seen.push((id, status));
+    }
+    gw.stop().await.unwrap();
+    assert_eq!(upstream.chat_count(), 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("sk-not-a-key-of-ours"), "no key in the log");
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3, "{records:#?}");
+    for ((id, status), r) in seen.iter().zip(&records) {
+        assert_eq!(r["request_id"], id.as_str(), "{r}");
+        assert_eq!(r["status"], *status, "{r}");
+        assert_ne!(r["outcome"], "ok", "{r}");
+        assert_ne!(r["outcome"], "cancelled", "{r}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 async fn breaker_counts_content_length_answers_as_successes_with_retry_off() {
