@@ -82,7 +82,32 @@ fn chat_text_all(size: usize) -> String {
     s
 }
 
+/// With `DETECT_ITERS=N` (and `DETECT_TEXT=mixed|fullwidth|all`), runs detection N times on
+/// one 64 KiB text and exits: a fixed amount of work whose instruction count (callgrind, run
+/// once with N and once with 0) does not move with the machine's load, as criterion's times do.
+fn fixed_work_detect() {
+    let Some(n) = std::env::var("DETECT_ITERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    let text = match std::env::var("DETECT_TEXT").as_deref() {
+        Ok("fullwidth") => chat_text(64 * 1024, true),
+        Ok("all") => chat_text_all(64 * 1024),
+        _ => chat_text(64 * 1024, false),
+    };
+    let detectors = Detectors::all();
+    let mut found = 0;
+    for _ in 0..n {
+        found += black_box(detectors.detect(black_box(&text))).len();
+    }
+    println!("{n} x {} bytes, {found} detections", text.len());
+    std::process::exit(0);
+}
+
 fn bench_detect(c: &mut Criterion) {
+    fixed_work_detect();
     let mut g = c.benchmark_group("redact_text");
     let redactor = Redactor::default();
     let detectors = Detectors::all();
