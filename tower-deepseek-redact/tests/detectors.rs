@@ -477,6 +477,8 @@ fn placeholders_are_not_secrets() {
         "the password is required",
         "token limit: 4096",
         "key points: revenue grew",
+        "pwd: /home/app/releases",
+        "max_tokens: 4096",
     ] {
         none(t);
     }

@@ -542,8 +542,13 @@ fn assigned(t: &str, p: usize, word: &[u8], r: &SecretRegexes) -> Option<(usize,
     let upper = v.iter().any(u8::is_ascii_uppercase);
     let lower_c = v.iter().any(u8::is_ascii_lowercase);
     let symbol = v.iter().any(|c| !c.is_ascii_alphanumeric());
+    // `pwd: /home/app`, `password file: ~/.pgpass`: a path, not a password.
+    let path = matches!(v[0], b'/' | b'~' | b'.');
     let ok = if password {
-        v.len() >= 6 && (digit || symbol || (upper && lower_c)) && !is_placeholder(v, false)
+        v.len() >= 6
+            && !path
+            && (digit || symbol || (upper && lower_c))
+            && !is_placeholder(v, false)
     } else {
         v.len() >= 16
             && digit
