@@ -594,3 +594,51 @@ fn more_provider_tokens() {
     );
     none("Authorization: Bearer <token>");
 }
+
+mod arbitrary_text {
+    use proptest::prelude::*;
+    use tower_deepseek_redact::Detectors;
+
+    /// Pieces that start or end entities, glued at random: every detection must be a
+    /// non-overlapping, ordered range on character boundaries, and nothing may panic.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9 ()+-]{1,20}",
+            "[0-9a-zA-Z._@:/=-]{1,24}",
+            Just("+86 ".to_string()),
+            Just("sk-".to_string()),
+            Just("AKIA".to_string()),
+            Just("password: ".to_string()),
+            Just("token=".to_string()),
+            Just("://".to_string()),
+            Just(":AA".to_string()),
+            Just("密码是".to_string()),
+            Just("护照".to_string()),
+            Just("SSN ".to_string()),
+            Just("１３８－".to_string()),
+            Just("（０１０）".to_string()),
+            Just("，".to_string()),
+            Just("版本 ".to_string()),
+            Just("-----BEGIN PRIVATE KEY-----\n".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn detections_are_ordered_ranges_on_char_boundaries(
+            parts in proptest::collection::vec(piece(), 0..12)
+        ) {
+            let text: String = parts.concat();
+            let mut last = 0;
+            for d in Detectors::all().detect(&text) {
+                prop_assert!(d.range.start >= last && d.range.start < d.range.end);
+                prop_assert!(d.range.end <= text.len());
+                prop_assert!(text.is_char_boundary(d.range.start));
+                prop_assert!(text.is_char_boundary(d.range.end));
+                prop_assert!((0.0..=1.0).contains(&d.score));
+                last = d.range.end;
+            }
+        }
+    }
+}
