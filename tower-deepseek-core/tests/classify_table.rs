@@ -8,23 +8,25 @@ use std::time::Duration;
 use http::StatusCode;
 use tower_deepseek_core::classify::{FailureClass, Verdict};
 
+/// class, name, status, `retry_after`, transient, not sent, verdict, display.
+type Row = (
+    FailureClass,
+    &'static str,
+    Option<StatusCode>,
+    Option<Duration>,
+    bool,
+    bool,
+    Verdict,
+    &'static str,
+);
+
 #[test]
 fn every_class_row() {
     use FailureClass as F;
     use Verdict::{Failure, Ignored};
     let ra = Some(Duration::from_secs(3));
     let s = |c: u16| Some(StatusCode::from_u16(c).unwrap());
-    // class, name, status, retry_after, transient, not sent, verdict, display
-    let rows: Vec<(
-        F,
-        &str,
-        Option<StatusCode>,
-        Option<Duration>,
-        bool,
-        bool,
-        Verdict,
-        &str,
-    )> = vec![
+    let rows: Vec<Row> = vec![
         (
             F::RateLimited { retry_after: ra },
             "rate_limited",
