@@ -1,13 +1,17 @@
 //! Compliance layers for DeepSeek and OpenAI-compatible chat APIs: PII masking with restore in
 //! streamed answers, tamper-evident audit records, and output filtering.
 //!
-//! - [`RedactLayer`] ([`redact`]): finds personal data and secrets in the user text of a request
-//!   ([`detect`]: CN mobile and landline numbers, resident ID cards, bank cards, e-mail, IPv4/6,
-//!   passports, US SSNs, API keys, AWS keys, JWTs, private keys, passwords and tokens by
-//!   context, webhooks, custom regexes; full-width digits included; each with a score and
+//! - [`RedactLayer`] ([`redact`]): finds personal data and secrets in every text field of a
+//!   request ([`detect`]: CN mobile and landline numbers, resident ID cards, bank cards, e-mail,
+//!   IPv4/6, passports, US SSNs, API keys, AWS keys, JWTs, private keys, passwords and tokens
+//!   by context, webhooks, custom regexes; full-width digits included; each with a score and
 //!   context words) and masks, hashes, blocks or replaces them with placeholders
 //!   (`<CN_MOBILE_1>`) that are put back in the answer, JSON or SSE, even when a placeholder
-//!   is split across chunks or events. Everything else in the body stays byte-identical.
+//!   is split across chunks or events. Structural fields (`model`, `role`, ids, function
+//!   names) and every byte outside a masked value stay byte-identical. It fails closed: a
+//!   chat or FIM body is parsed whatever its `Content-Type`, and one it cannot parse (invalid
+//!   JSON, not UTF-8, too deep, too large) is refused, never forwarded raw. The field list,
+//!   and what other endpoints get, are in the [`redact`] module docs.
 //! - [`AuditLayer`] ([`audit`]): one structured record per call (who, what, outcome, tokens,
 //!   PII counts, prompt HMAC), to tracing, JSON Lines files with rotation or any writer, with an
 //!   optional hash chain and [`audit::verify_chain`]. Never a prompt, answer, PII value or secret.
@@ -68,7 +72,8 @@
 //! # Errors
 //!
 //! Client-side style: every layer returns [`BoxError`](tower_deepseek_core::BoxError); downcast
-//! to [`PiiBlocked`] (answer 422), [`InvalidJsonBody`] (400),
+//! to [`PiiBlocked`] (answer 422), [`InvalidJsonBody`] (400; [`InvalidJsonBody::reason`] says
+//! why),
 //! [`BodyTooLarge`](tower_deepseek_core::error::BodyTooLarge) (413) or
 //! [`audit::AuditUnavailable`] (503). No message names a value.
 //!
@@ -80,6 +85,8 @@
 //! # Metrics
 //!
 //! `deepseek_redact_entities_total{entity}`, `deepseek_redact_blocked_total{entity}`,
+//! `deepseek_redact_unparseable_total{action,reason}` (`refused` or `passed`; `syntax`,
+//! `not_utf8` or `too_deep`),
 //! `deepseek_audit_records_total`, `deepseek_audit_sink_errors_total`,
 //! `deepseek_content_filter_total{action}`. Labels carry types, never values.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -96,5 +103,8 @@ pub use audit::{Audit, AuditLayer, PromptRecorder};
 pub use detect::{ConfigError, Detection, Detectors, DetectorsBuilder, EntityType};
 pub use filter::{ContentFilter, ContentFilterLayer, FilterAction};
 pub use json::JsonPath;
-pub use redact::{InvalidJsonBody, NonJsonPolicy, Redact, RedactConfig, RedactLayer};
+pub use redact::{
+    InvalidJsonBody, InvalidJsonReason, NonJsonPolicy, Redact, RedactConfig, RedactLayer,
+    UnparseablePolicy,
+};
 pub use redactor::{Mode, PiiBlocked, PiiCounts, RedactContext, Redactor, RedactorBuilder, Vault};

@@ -1,17 +1,100 @@
 //! [`RedactLayer`]: masks PII in requests before they leave, restores placeholders in answers.
 //!
-//! # What is touched
+//! # What is inspected, by endpoint
 //!
-//! The request body is buffered (with a limit, [`DEFAULT_BODY_LIMIT`] by default) and scanned
-//! as raw JSON. Only the strings at the configured [`JsonPath`]s are rewritten (by default the
-//! user text of chat and FIM requests: `messages[].content`, text parts, tool-call arguments,
-//! `prompt`, `suffix`); every other byte, `reasoning_content` of earlier turns included, stays
-//! byte-identical, so DeepSeek's prefix cache and its thinking-mode checks are unaffected. A
-//! body with nothing to mask is forwarded as the very same bytes.
+//! The request body is buffered, on every endpoint, with a limit ([`DEFAULT_BODY_LIMIT`] by
+//! default; over it the request fails with
+//! [`BodyTooLarge`](tower_deepseek_core::error::BodyTooLarge) and nothing reaches the inner
+//! service). Then:
 //!
-//! A body that is not JSON (by `Content-Type` or by content) is forwarded untouched, or refused
-//! with [`InvalidJsonBody`] ([`NonJsonPolicy`]); it is never half-processed. An empty body (a
-//! `GET`) always passes.
+//! | request | what happens |
+//! |---|---|
+//! | a chat or FIM endpoint: a path ending in `/completions` (`/chat/completions`, `/v1/chat/completions`, `/beta/completions`, `/v1/completions`, behind any prefix; letter case, percent-encoding and a trailing `/` ignored), any method, a non-empty body | **parsed whatever its `Content-Type` says** (`application/json`, `text/plain`, a form, none, anything) and masked. A body that cannot be parsed is refused ([Refusals](#refusals)): it is never forwarded raw, unless [`UnparseablePolicy::PassThroughUnsafe`] says so |
+//! | another endpoint (or method), a body labelled JSON (`application/json`, `…+json`) or not labelled | parsed and masked by the same field rules; a body that cannot be parsed passes untouched ([`NonJsonPolicy::PassThrough`], the default) or is refused ([`NonJsonPolicy::Reject`]) |
+//! | another endpoint, a body labelled otherwise (`multipart/form-data`, `text/plain`, audio) | passes untouched ([`NonJsonPolicy::PassThrough`]); with [`NonJsonPolicy::Reject`] it is handled as on a chat endpoint: parsed whatever its label, refused if it cannot be |
+//! | an empty body (`GET /models`, `GET /user/balance`) | passes |
+//!
+//! Headers, the URI and its query string are neither inspected nor changed (only
+//! `Content-Length`, kept right when the body changes). The body's `Content-Type` is
+//! forwarded as the client sent it.
+//!
+//! # Which fields are masked
+//!
+//! The parser is one pass over the raw bytes. **Every string value is scanned, except the
+//! structural fields listed below**: a field it does not know (`metadata`, a field of a newer
+//! API version) is treated as text, so that a new route for personal data fails closed. An
+//! entity found is replaced according to its [`Mode`], the string re-escaped and spliced into
+//! the raw bytes; every byte outside a changed value stays identical, and a body with nothing
+//! to mask is forwarded as the very same bytes (so DeepSeek's prefix cache and its
+//! thinking-mode checks see what the client sent).
+//!
+//! Scanned as text, because they carry what people and models write:
+//!
+//! | field | why |
+//! |---|---|
+//! | `messages[].content` (a string), text parts `messages[].content[].text` | the conversation |
+//! | `messages[].name` | a participant's name, often a person's handle or address |
+//! | `messages[].reasoning_content`, `messages[].prefix` (of earlier turns and of the prefix-completion turn) | the model's own words, which repeat what the user wrote |
+//! | `messages[].tool_calls[].function.arguments`, `messages[].function_call.arguments` | the model's calls carry values from the conversation |
+//! | `user` | an end-user id: often an e-mail address or a phone number |
+//! | `tools[].function.description` and every string in `tools[].function.parameters` (each `description` at any depth, `title`, `enum`, `examples`, `default`, ...); the same in legacy `functions[]` | tool docs can quote real contact data, examples and allowed values |
+//! | `response_format.json_schema.description` and every string in its `schema` | the same |
+//! | FIM and completion `prompt` (a string or a list), `suffix` | the text or code to complete |
+//! | `stop`, and every string not listed as structural below | fail closed |
+//! | numbers, except top-level ones and `logit_bias` (a phone number sent as `"phone": 13800138000` in `metadata` or a schema's `enum`) | a number that holds an entity is replaced by a JSON string with the entity masked |
+//!
+//! Scanned as URLs: `image_url.url` (and `image_url` sent as a string), `video_url.url` and
+//! `file.file_data` of content parts. A URL is percent-decoded (`%40` is `@`; `+` is a space
+//! in its query) and scanned as text. If it holds an entity, the decoded URL is sent with the
+//! entity masked where it stands: in the query string, the path, the user info or the
+//! fragment (`https://img.example/a.png?phone=<CN_MOBILE_1>`), by its mode as in any text
+//! (restored in the answer, counted, a blocked type refused). Masking only the query string
+//! would miss paths such as `/users/13800138000/avatar.png`; replacing the whole URL by one
+//! `URL` entity would bypass the mode of what was found and hide the host, which is no
+//! personal data. The upstream cannot fetch such an image: that is the point, its fetcher
+//! would have carried the value. A URL without an entity stays byte-identical, so signed URLs
+//! keep working (unless a detected secret is part of the signature, such as an AWS access key
+//! id in `X-Amz-Credential`: it is masked too). A `data:` URL whose payload is base64 (an
+//! image, audio, a PDF) is not inspected: this layer masks text; it does not read images,
+//! audio or files. Refuse such parts in the application if they may carry personal data.
+//! Other `data:` URLs are text and are scanned.
+//!
+//! Left byte-identical, because the API matches them exactly (identifiers and names) or they
+//! are enumerated values; masking one would break the call:
+//!
+//! - `model`, `messages[].role`, `messages[].tool_call_id`;
+//! - `messages[].tool_calls[].id`, `.type` and `.function.name`, `messages[].function_call.name`;
+//! - content part `type`s, `image_url.detail`, `input_audio.format`;
+//! - `tools[].type`, `tools[].function.name`, `functions[].name`;
+//! - `tool_choice` and `function_call` (a string, or `type` and `function.name`/`name`);
+//! - `response_format.type`, `response_format.json_schema.name`, `thinking.type`,
+//!   `reasoning_effort`, `service_tier`;
+//! - top-level numbers (`temperature`, `top_p`, `max_tokens`, `seed`, ...), `logit_bias`,
+//!   booleans and `null`;
+//! - object keys (field names, and property names of JSON schemas).
+//!
+//! A client that hides personal data in one of these (a function named after a phone number)
+//! sends it as it is. [`RedactLayer::extra_path`] puts a structural string back to scanning.
+//!
+//! # Refusals
+//!
+//! A chat or FIM body the layer cannot read is refused before anything is sent; the error
+//! names the cause, never a byte of the body. `tower_deepseek::error` (and the gateway)
+//! answers it in the OpenAI shape `{"error":{"message","type":"invalid_request_error","code"}}`:
+//!
+//! | cause | error | status, `code` |
+//! |---|---|---|
+//! | over the body limit | [`BodyTooLarge`](tower_deepseek_core::error::BodyTooLarge) | 413 `request_too_large` |
+//! | not valid JSON (one document, nothing after it) | [`InvalidJsonBody`], [`InvalidJsonReason::Syntax`] | 400 `invalid_json` |
+//! | not valid UTF-8 | [`InvalidJsonBody`], [`InvalidJsonReason::NotUtf8`] | 400 `invalid_json` |
+//! | objects and arrays nested more than 256 levels deep | [`InvalidJsonBody`], [`InvalidJsonReason::TooDeep`] | 400 `invalid_json` |
+//! | an entity of a type in [`Mode::Block`] | [`PiiBlocked`] | 422 `pii_blocked` |
+//!
+//! Forwarding such bodies raw is possible only by naming it:
+//! [`UnparseablePolicy::PassThroughUnsafe`] (`unparseable = "pass_through_unsafe"` in a
+//! [`RedactConfig`]). Each body passed that way is logged (`warn`) and counted in
+//! `deepseek_redact_unparseable_total{action="passed"}`; refusals count as
+//! `action="refused"`. The size limit and blocked types refuse whatever the policy.
 //!
 //! # Restore
 //!
@@ -73,6 +156,7 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -95,30 +179,108 @@ use tower_service::Service;
 
 use crate::audit::PromptRecorder;
 use crate::detect::ConfigError;
-use crate::json::{JsonPath, escape_into, find_strings, string_text};
+use crate::json::{Invalid, JsonPath, SpanKind, escape_into, find_request_strings, span_text};
 use crate::redactor::{Mode, PiiBlocked, PiiCounts, RedactContext, Redactor, Vault};
 use crate::restore::{SseRestorer, TextRestorer};
 
-/// What to do with a request body that is not JSON.
+/// What to do, on endpoints other than chat and FIM, with a body that is not JSON (see
+/// [the table](self#what-is-inspected-by-endpoint)). Chat and FIM bodies follow
+/// [`UnparseablePolicy`] instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum NonJsonPolicy {
-    /// Forward it untouched (default: `GET`s, uploads and other APIs pass).
+    /// Forward it untouched: a body labelled other than JSON, or one that cannot be parsed
+    /// (default: uploads and other APIs pass).
     #[default]
     PassThrough,
-    /// Refuse it with [`InvalidJsonBody`] (a gateway answers 400).
+    /// Parse every body whatever its label, and refuse one that cannot be parsed with
+    /// [`InvalidJsonBody`] (a gateway answers 400): every endpoint is handled like chat.
     Reject,
 }
 
-/// The request body is not valid JSON and [`NonJsonPolicy::Reject`] is set.
+/// What to do with a chat or FIM body that cannot be parsed (invalid JSON, not UTF-8,
+/// nested too deep), and therefore cannot be checked for personal data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum UnparseablePolicy {
+    /// Refuse it with [`InvalidJsonBody`] (a gateway answers 400). The default: redaction
+    /// fails closed.
+    #[default]
+    Reject,
+    /// Forward it raw, unmasked, to the inner service, with a `warn` log and
+    /// `deepseek_redact_unparseable_total{action="passed"}`. Whatever personal data it holds
+    /// leaves as it is: only for an upstream that is itself trusted with it.
+    PassThroughUnsafe,
+}
+
+/// Why a request body could not be parsed ([`InvalidJsonBody::reason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum InvalidJsonReason {
+    /// Not valid JSON: a syntax error, an invalid escape, or anything after the document.
+    #[default]
+    Syntax,
+    /// Not valid UTF-8 (JSON must be).
+    NotUtf8,
+    /// Objects and arrays nested more than 256 levels deep.
+    TooDeep,
+}
+
+impl InvalidJsonReason {
+    /// `syntax`, `not_utf8` or `too_deep` (a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidJsonReason::Syntax => "syntax",
+            InvalidJsonReason::NotUtf8 => "not_utf8",
+            InvalidJsonReason::TooDeep => "too_deep",
+        }
+    }
+}
+
+impl fmt::Display for InvalidJsonReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The request body could not be parsed, so it could not be checked for personal data, and
+/// it was refused: always on the chat and FIM endpoints (unless
+/// [`UnparseablePolicy::PassThroughUnsafe`]), and on the others with [`NonJsonPolicy::Reject`].
+///
+/// The message names the reason, never a byte of the body. A gateway answers 400.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct InvalidJsonBody {}
+pub struct InvalidJsonBody {
+    reason: InvalidJsonReason,
+}
+
+impl InvalidJsonBody {
+    /// An error for `reason`.
+    pub fn new(reason: InvalidJsonReason) -> Self {
+        Self { reason }
+    }
+
+    /// Why the body could not be parsed.
+    pub fn reason(&self) -> InvalidJsonReason {
+        self.reason
+    }
+}
 
 impl fmt::Display for InvalidJsonBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("request refused: the body is not valid UTF-8 JSON, so it cannot be checked for personal data; send application/json")
+        let why = match self.reason {
+            InvalidJsonReason::Syntax => "the body is not valid JSON",
+            InvalidJsonReason::NotUtf8 => "the body is not valid UTF-8",
+            InvalidJsonReason::TooDeep => {
+                "the body nests objects or arrays more than 256 levels deep"
+            }
+        };
+        write!(
+            f,
+            "request refused: {why}, so it cannot be checked for personal data; send one JSON object in UTF-8"
+        )
     }
 }
 
@@ -137,9 +299,12 @@ impl std::error::Error for InvalidJsonBody {
 /// ```toml
 /// default_mode = "placeholder"
 /// body_limit = 8388608
+/// # chat and FIM bodies that cannot be parsed: "reject" (default) or "pass_through_unsafe"
+/// unparseable = "reject"
+/// # other endpoints: "pass_through" (default) or "reject"
 /// non_json = "reject"
 /// disabled = ["IPV4"]
-/// extra_paths = ["metadata.note"]
+/// extra_paths = ["tools[].function.name"]
 /// min_score = 0.5
 /// [modes]
 /// CN_ID_CARD = "block"
@@ -180,11 +345,13 @@ pub struct RedactConfig {
         crate::EntityType,
         std::collections::BTreeMap<String, Vec<String>>,
     >,
-    /// More JSON paths to scan.
+    /// Structural fields to scan anyway (every other string is scanned already).
     pub extra_paths: Vec<String>,
     /// Request body limit in bytes (default 8 MiB).
     pub body_limit: Option<usize>,
-    /// Non-JSON bodies.
+    /// Chat and FIM bodies that cannot be parsed (default `reject`).
+    pub unparseable: UnparseablePolicy,
+    /// Non-JSON bodies on other endpoints (default `pass_through`).
     pub non_json: NonJsonPolicy,
 }
 
@@ -208,8 +375,10 @@ pub struct RedactLayer {
 
 struct Shared {
     redactor: Redactor,
-    paths: Vec<JsonPath>,
+    /// Structural fields scanned anyway.
+    extra_paths: Vec<JsonPath>,
     limit: usize,
+    unparseable: UnparseablePolicy,
     non_json: NonJsonPolicy,
 }
 
@@ -217,8 +386,9 @@ impl fmt::Debug for RedactLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedactLayer")
             .field("redactor", &self.shared.redactor)
-            .field("paths", &self.shared.paths)
+            .field("extra_paths", &self.shared.extra_paths)
             .field("limit", &self.shared.limit)
+            .field("unparseable", &self.shared.unparseable)
             .field("non_json", &self.shared.non_json)
             .finish()
     }
@@ -241,8 +411,9 @@ impl RedactLayer {
         Self {
             shared: Arc::new(Shared {
                 redactor,
-                paths: JsonPath::defaults(),
+                extra_paths: Vec::new(),
                 limit: DEFAULT_BODY_LIMIT,
+                unparseable: UnparseablePolicy::Reject,
                 non_json: NonJsonPolicy::PassThrough,
             }),
         }
@@ -293,15 +464,18 @@ impl RedactLayer {
         if let Some(l) = config.body_limit {
             layer = layer.body_limit(l);
         }
-        Ok(layer.non_json(config.non_json))
+        Ok(layer
+            .unparseable(config.unparseable)
+            .non_json(config.non_json))
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
         let s = &*self.shared;
         let mut new = Shared {
             redactor: s.redactor.clone(),
-            paths: s.paths.clone(),
+            extra_paths: s.extra_paths.clone(),
             limit: s.limit,
+            unparseable: s.unparseable,
             non_json: s.non_json,
         };
         f(&mut new);
@@ -316,20 +490,29 @@ impl RedactLayer {
         self.edit(|s| s.limit = limit)
     }
 
-    /// What to do with non-JSON bodies.
+    /// What to do with chat and FIM bodies that cannot be parsed (default
+    /// [`UnparseablePolicy::Reject`]).
+    #[must_use]
+    pub fn unparseable(self, policy: UnparseablePolicy) -> Self {
+        self.edit(|s| s.unparseable = policy)
+    }
+
+    /// What to do with non-JSON bodies on other endpoints (default
+    /// [`NonJsonPolicy::PassThrough`]).
     #[must_use]
     pub fn non_json(self, policy: NonJsonPolicy) -> Self {
         self.edit(|s| s.non_json = policy)
     }
 
-    /// Scans one more JSON path (see [`JsonPath::parse`]).
+    /// Scans a structural field anyway (see [`JsonPath::parse`]), e.g. `model` or
+    /// `tools[].function.name`. Every other string value is scanned already.
     ///
     /// # Errors
     ///
     /// [`ConfigError`] for an invalid path.
     pub fn extra_path(self, path: &str) -> Result<Self, ConfigError> {
         let p = JsonPath::parse(path)?;
-        Ok(self.edit(|s| s.paths.push(p)))
+        Ok(self.edit(|s| s.extra_paths.push(p)))
     }
 
     /// The redactor.
@@ -394,19 +577,114 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Redacts a buffered JSON body. `Ok(None)`: nothing changed (or passed as non-JSON).
+/// Whether `path` is a chat or FIM endpoint, whose bodies are always parsed: it ends with
+/// `/completions` (`/chat/completions`, `/v1/chat/completions`, `/beta/completions`,
+/// `/v1/completions`), ignoring ASCII case, percent-encoding and trailing slashes.
+pub(crate) fn is_completion_path(path: &str) -> bool {
+    const TAIL: &[u8] = b"/completions";
+    let decoded = percent_decode(path.as_bytes(), false);
+    let mut p: &[u8] = &decoded;
+    while let [rest @ .., b'/'] = p {
+        p = rest;
+    }
+    p.len() >= TAIL.len() && p[p.len() - TAIL.len()..].eq_ignore_ascii_case(TAIL)
+}
+
+/// `%XX` decoded (and `+` as a space when `plus_is_space`); borrowed when there is nothing to
+/// decode. A `%` not followed by two hex digits stays as it is.
+fn percent_decode(b: &[u8], plus_is_space: bool) -> Cow<'_, [u8]> {
+    if !b.iter().any(|&c| c == b'%' || (plus_is_space && c == b'+')) {
+        return Cow::Borrowed(b);
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                if let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// Whether `url` is a `data:` URL with a base64 payload (binary: an image, audio, a file).
+fn is_base64_data_url(url: &str) -> bool {
+    let b = url.as_bytes();
+    if b.len() < 5 || !b[..5].eq_ignore_ascii_case(b"data:") {
+        return false;
+    }
+    let head = match memchr::memchr(b',', b) {
+        Some(i) => &b[..i],
+        None => return false,
+    };
+    head.len() >= 7 && head[head.len() - 7..].eq_ignore_ascii_case(b";base64")
+}
+
+/// Redacts a URL field: percent-decoded (`+` as a space in the query), scanned as text; when
+/// an entity is found, the decoded URL with the entity masked. Base64 `data:` URLs are not
+/// inspected (binary).
+fn redact_url(
+    redactor: &Redactor,
+    url: &str,
+    ctx: &mut RedactContext,
+) -> Result<Option<String>, PiiBlocked> {
+    if is_base64_data_url(url) {
+        return Ok(None);
+    }
+    let (head, query) = url.split_at(url.find('?').unwrap_or(url.len()));
+    let (head, query) = (
+        percent_decode(head.as_bytes(), false),
+        percent_decode(query.as_bytes(), true),
+    );
+    if let (Cow::Borrowed(_), Cow::Borrowed(_)) = (&head, &query) {
+        return redactor.redact(url, ctx);
+    }
+    let decoded = [&*head, &*query].concat();
+    redactor.redact(&String::from_utf8_lossy(&decoded), ctx)
+}
+
+/// Redacts a buffered request body (see the module docs for the fields). `Ok(None)`: nothing
+/// changed.
 pub(crate) fn redact_body(
     redactor: &Redactor,
-    paths: &[JsonPath],
+    extra_paths: &[JsonPath],
     body: &[u8],
     ctx: &mut RedactContext,
 ) -> Result<Option<Vec<u8>>, BodyError> {
-    let spans = find_strings(body, paths).map_err(|_| BodyError::NotJson)?;
+    // Validated once, whole: every span is then a `&str` slice, and no byte that is not
+    // UTF-8 can pass in a field left as it is.
+    let doc =
+        std::str::from_utf8(body).map_err(|_| BodyError::Invalid(InvalidJsonReason::NotUtf8))?;
+    let invalid = |e: Invalid| {
+        BodyError::Invalid(match e {
+            Invalid::Syntax => InvalidJsonReason::Syntax,
+            Invalid::TooDeep => InvalidJsonReason::TooDeep,
+        })
+    };
+    let spans = find_request_strings(doc, extra_paths).map_err(invalid)?;
     let mut out: Option<Vec<u8>> = None;
     let mut last = 0;
     for span in spans {
-        let text = string_text(body, span).map_err(|_| BodyError::NotJson)?;
-        if let Some(new) = redactor.redact(&text, ctx).map_err(BodyError::Blocked)? {
+        let text = span_text(doc, span).map_err(invalid)?;
+        let new = match span.kind {
+            SpanKind::Url => redact_url(redactor, &text, ctx),
+            SpanKind::Text | SpanKind::Number => redactor.redact(&text, ctx),
+        }
+        .map_err(BodyError::Blocked)?;
+        if let Some(new) = new {
             let o = out.get_or_insert_with(|| Vec::with_capacity(body.len() + 64));
             o.extend_from_slice(&body[last..span.start]);
             o.push(b'"');
@@ -422,7 +700,7 @@ pub(crate) fn redact_body(
 }
 
 pub(crate) enum BodyError {
-    NotJson,
+    Invalid(InvalidJsonReason),
     Blocked(PiiBlocked),
 }
 
@@ -452,24 +730,38 @@ where
     if raw.is_empty() {
         return pass(parts, bytes);
     }
-    let not_json = |parts, bytes| match shared.non_json {
-        NonJsonPolicy::PassThrough => pass(parts, bytes),
-        NonJsonPolicy::Reject => {
-            tracing::debug!(target: "tower_deepseek_redact", "non-JSON request body refused");
-            Err(Box::new(InvalidJsonBody {}) as BoxError)
-        }
+    // Chat and FIM bodies are parsed whatever their label; so are all bodies under
+    // `NonJsonPolicy::Reject`.
+    let strict = is_completion_path(parts.uri.path());
+    let pass_unparseable = if strict {
+        shared.unparseable == UnparseablePolicy::PassThroughUnsafe
+    } else {
+        shared.non_json == NonJsonPolicy::PassThrough
     };
-    if !is_json_content_type(&parts.headers) {
-        return not_json(parts, bytes);
+    if !strict && pass_unparseable && !is_json_content_type(&parts.headers) {
+        return pass(parts, bytes);
     }
     let tenant = parts
         .extensions
         .get::<TenantId>()
         .map(|t| t.as_str().to_owned());
     let mut ctx = RedactContext::new(tenant.as_deref());
-    let new = match redact_body(&shared.redactor, &shared.paths, &raw, &mut ctx) {
+    let new = match redact_body(&shared.redactor, &shared.extra_paths, &raw, &mut ctx) {
         Ok(n) => n,
-        Err(BodyError::NotJson) => return not_json(parts, bytes),
+        Err(BodyError::Invalid(reason)) if pass_unparseable => {
+            if strict {
+                metrics::counter!("deepseek_redact_unparseable_total", "action" => "passed", "reason" => reason.as_str())
+                    .increment(1);
+                tracing::warn!(target: "tower_deepseek_redact", %reason, "chat or FIM body that cannot be parsed forwarded unmasked (unparseable = pass_through_unsafe)");
+            }
+            return pass(parts, bytes);
+        }
+        Err(BodyError::Invalid(reason)) => {
+            metrics::counter!("deepseek_redact_unparseable_total", "action" => "refused", "reason" => reason.as_str())
+                .increment(1);
+            tracing::debug!(target: "tower_deepseek_redact", %reason, "request body that cannot be parsed refused");
+            return Err(Box::new(InvalidJsonBody::new(reason)));
+        }
         Err(BodyError::Blocked(b)) => {
             metrics::counter!("deepseek_redact_blocked_total", "entity" => b.entity.to_string())
                 .increment(1);
@@ -819,5 +1111,62 @@ where
             None => self.inner.size_hint(),
             Some(_) => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_paths() {
+        for p in [
+            "/chat/completions",
+            "/v1/chat/completions",
+            "/beta/completions",
+            "/v1/completions",
+            "/completions",
+            "/openai/deployments/x/chat/completions",
+            "/chat/completions/",
+            "/chat/completions//",
+            "/CHAT/Completions",
+            "/chat%2Fcompletions",
+            "/chat/completion%73",
+        ] {
+            assert!(is_completion_path(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/models",
+            "/v1/embeddings",
+            "/chat/completions/x",
+            "/chatcompletions",
+            "completions",
+            "/user/balance",
+        ] {
+            assert!(!is_completion_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert!(matches!(percent_decode(b"abc", true), Cow::Borrowed(_)));
+        assert_eq!(&*percent_decode(b"a%40b%2d+c", true), b"a@b- c");
+        assert_eq!(&*percent_decode(b"a+b", false), b"a+b");
+        // Not two hex digits: kept as they are.
+        assert_eq!(&*percent_decode(b"%zz%4%", false), b"%zz%4%");
+        assert_eq!(&*percent_decode(b"%e4%bd%a0", false), "你".as_bytes());
+    }
+
+    #[test]
+    fn base64_data_urls() {
+        assert!(is_base64_data_url("data:image/png;base64,AAAA"));
+        assert!(is_base64_data_url("DATA:application/pdf;BASE64,AAAA"));
+        assert!(!is_base64_data_url("data:text/plain,13800138000"));
+        assert!(!is_base64_data_url(
+            "data:text/plain;charset=utf-8,x;base64,"
+        ));
+        assert!(!is_base64_data_url("data:image/png;base64"));
+        assert!(!is_base64_data_url("https://x/a.png?data:;base64,"));
     }
 }

@@ -1,5 +1,9 @@
 //! The whole stack (Audit → Redact → hyper client) against the testkit over loopback HTTP, with
 //! every tracing line, audit record and error message captured: no PII value or secret leaks.
+//! And every route of personal data (each field, each content type, bodies that cannot be
+//! parsed, too deep, too large): the upstream never receives a raw value.
+
+mod routes;
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -265,5 +269,132 @@ async fn nothing_leaks_through_the_whole_stack() {
         "the tracing sink wrote records"
     );
     assert_clean("tracing output", &logs);
+    server.shutdown().await;
+}
+
+const LABELS: [Option<&str>; 4] = [
+    Some("application/json"),
+    Some("text/plain"),
+    Some("application/x-www-form-urlencoded"),
+    None,
+];
+
+fn request(uri: http::Uri, label: Option<&str>, body: Bytes) -> Request<Full<Bytes>> {
+    let mut b = Request::post(uri);
+    if let Some(l) = label {
+        b = b.header("content-type", l);
+    }
+    b.body(Full::new(body)).unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_route_of_pii_over_loopback() {
+    use routes::*;
+    let server = MockServer::start().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<BufferedBody>();
+    let log = WriterSink::new(Vec::new());
+    let audit = AuditLayer::builder()
+        .hmac_key(b"audit-key-0123456789".to_vec())
+        .sink(log.clone())
+        .build()
+        .unwrap();
+    let handle = audit.handle();
+    // The defaults: fail closed.
+    let svc = audit.layer(RedactLayer::new().layer(client));
+    let call = |req: Request<Full<Bytes>>| {
+        let svc = svc.clone();
+        async move {
+            let res = svc.oneshot(req).await?;
+            let status = res.status();
+            let body = res.into_body().collect().await?.to_bytes();
+            Ok::<_, tower_deepseek_core::BoxError>((status, body))
+        }
+    };
+
+    // 1. Every field, under every label: masked upstream, restored in the answer.
+    let mut calls = 0;
+    for label in LABELS {
+        for (what, body) in field_cases() {
+            let path = if body.get("prompt").is_some() {
+                "/beta/completions"
+            } else {
+                "/chat/completions"
+            };
+            let (status, answer) = call(request(
+                server.uri(path),
+                label,
+                Bytes::from(body.to_string()),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{what} {label:?}: {e}"));
+            calls += 1;
+            let got = server.requests();
+            assert_eq!(got.len(), calls, "{what}");
+            assert_no_raw_value(what, &got[calls - 1].body);
+            let answer = String::from_utf8(answer.to_vec()).unwrap();
+            // No placeholder is left for the caller: each one was restored.
+            for ph in ["<CN_MOBILE_", "<EMAIL_", "<CN_ID_CARD_"] {
+                assert!(!answer.contains(ph), "{what} {label:?}: {answer}");
+            }
+            if what.starts_with("messages[].content") {
+                assert_eq!(status, 200, "{what}");
+                assert!(
+                    answer.contains("Echo: call 13800138000") || answer.contains(MAIL),
+                    "{what}: {answer}"
+                );
+            }
+            if what == "FIM prompt" {
+                assert_eq!(status, 200, "{what}: {answer}");
+            }
+        }
+    }
+
+    // 2. Bodies that cannot be parsed, under every label: refused, nothing sent.
+    for label in LABELS {
+        for (what, body, reason) in unparseable_bodies() {
+            let err = call(request(server.uri("/chat/completions"), label, body))
+                .await
+                .unwrap_err();
+            let e = err
+                .downcast_ref::<tower_deepseek_redact::InvalidJsonBody>()
+                .unwrap_or_else(|| panic!("{what}: {err}"));
+            assert_eq!(e.reason().as_str(), reason, "{what}");
+            assert_no_raw_value(what, format!("{err} {err:?}").as_bytes());
+        }
+    }
+    // 3. Over the limit (8 MiB by default): refused, nothing sent.
+    let big = format!(
+        r#"{{"messages":[{{"role":"user","content":"{PHONE} {}"}}]}}"#,
+        "x".repeat(8 << 20)
+    );
+    let err = call(request(
+        server.uri("/chat/completions"),
+        Some("text/plain"),
+        Bytes::from(big),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        err.is::<tower_deepseek_core::error::BodyTooLarge>(),
+        "{err}"
+    );
+    assert_eq!(
+        server.requests().len(),
+        calls,
+        "nothing more reached the upstream"
+    );
+
+    // The audit records count what was masked, whatever the label.
+    handle.flush().unwrap();
+    let records = log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
+    let text_plain_content = records
+        .lines()
+        .nth(field_cases().len())
+        .expect("the first text/plain record");
+    assert!(
+        text_plain_content.contains("\"CN_MOBILE\":1"),
+        "{text_plain_content}"
+    );
+    assert_no_raw_value("audit records", records.as_bytes());
     server.shutdown().await;
 }

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `BodyTooLarge` | 413 | `request_too_large` |
 //! | `PiiBlocked` (redact) | 422 | `pii_blocked` |
-//! | `InvalidJsonBody` (redact) | 400 | `invalid_json` |
+//! | `InvalidJsonBody` (redact: not JSON, not UTF-8, nested too deep) | 400 | `invalid_json` |
 //! | `RequestTooLarge` (rate limit: more tokens than the burst) | 413 | `request_exceeds_quota` |
 //! | `RateLimited` (rate limit: the wait would pass its maximum) | 429 + `Retry-After` | `rate_limit_exceeded` |
 //! | `AuditUnavailable` (audit sink failing, fail-closed policy) | 503 | `audit_unavailable` |
@@ -291,6 +291,19 @@ mod tests {
                 .unwrap()
                 .contains("CN_ID_CARD")
         );
+
+        use tower_deepseek_redact::{InvalidJsonBody, InvalidJsonReason};
+        for reason in [
+            InvalidJsonReason::Syntax,
+            InvalidJsonReason::NotUtf8,
+            InvalidJsonReason::TooDeep,
+        ] {
+            let res = error_response(&InvalidJsonBody::new(reason));
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+            let v = json(&res);
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+            assert_eq!(v["error"]["code"], "invalid_json");
+        }
 
         let all = AllEndpointsUnavailable::new(Duration::from_secs(4));
         let res = error_response(&all);
