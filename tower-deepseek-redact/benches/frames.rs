@@ -9,6 +9,15 @@
 //!     target/release/deps/frames-<hash> audit <case> 1000
 //! ```
 //!
+//! ```text
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*frames*request_call*' \
+//!     target/release/deps/frames-<hash> request <case> 200
+//! ```
+//!
+//! Request cases (the request side of `RedactLayer`, to the inner service and no further, the
+//! bodies of `redact.rs`'s `redact_request`): `chat_64k`, `chat_no_pii_64k`,
+//! `history_reasoning_tools_64k`, `short_fields_tools`.
+//!
 //! Body cases (the response body only, polled frame by frame, 401 frames per iteration):
 //! `bare`, `floor` (bare + one `memchr` per frame), `no_pii`, `vault`, `restore5`. Audit cases
 //! (one whole call, request to the end of the response body): `bare`, `audit`, `chain`.
@@ -51,8 +60,8 @@ fn block_on<F: Future>(f: F) -> F::Output {
 
 mod fixture;
 use fixture::{
-    Chunks, LOOPBACK_CASES, Loopback, Scanned, chat_req, loopback_req, poll_to_end, sse_response,
-    stream,
+    Chunks, LOOPBACK_CASES, Loopback, Scanned, chat_req, loopback_req, poll_to_end, request_bodies,
+    sse_response, stream,
 };
 
 /// The measured part of a body case: every frame, as the criterion harness polls them.
@@ -300,12 +309,48 @@ fn time_loopback(rounds: u32) {
     });
 }
 
+/// The measured part of a request case: one call through the layer to an inner service that
+/// takes the (masked) body and answers empty.
+#[inline(never)]
+fn request_call<S>(svc: &S, body: &Bytes) -> usize
+where
+    S: tower::Service<Request<Full<Bytes>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let req = Request::post("/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    black_box(block_on(svc.clone().oneshot(req)).unwrap());
+    1
+}
+
+fn request_case(case: &str, iters: u64) {
+    let body = Bytes::from(
+        request_bodies()
+            .into_iter()
+            .find(|(n, _)| *n == case)
+            .unwrap_or_else(|| panic!("no request case {case}"))
+            .1,
+    );
+    let svc = RedactLayer::new().layer(service_fn(|req: Request<BufferedBody>| async move {
+        black_box(req.into_body().into_bytes());
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    }));
+    let mut n = 0;
+    for _ in 0..iters {
+        n += request_call(&svc, &body);
+    }
+    black_box(n);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["body", case, iters] => body_case(case, iters.parse().expect("iterations")),
         ["audit", case, iters] => audit_case(case, iters.parse().expect("iterations")),
+        ["request", case, iters] => request_case(case, iters.parse().expect("iterations")),
         ["time", "body", rounds] => time_body(rounds.parse().expect("rounds")),
         ["time", "audit", rounds] => time_audit(rounds.parse().expect("rounds")),
         ["time", "loopback", rounds] => time_loopback(rounds.parse().expect("rounds")),
@@ -316,6 +361,9 @@ fn main() {
             }
             for case in ["bare", "audit", "chain"] {
                 audit_case(case, 1);
+            }
+            for (case, _) in request_bodies() {
+                request_case(case, 1);
             }
         }
     }

@@ -1,5 +1,5 @@
-//! Redaction throughput, streaming restore against passthrough (in memory and over a loopback
-//! HTTP/1.1 connection), audit record cost.
+//! Redaction throughput (text, and whole request bodies through the layer), streaming restore
+//! against passthrough (in memory and over a loopback HTTP/1.1 connection), audit record cost.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -17,41 +17,6 @@ use tower_deepseek_core::body::BufferedBody;
 use tower_deepseek_redact::audit::{AuditLayer, WriterSink};
 use tower_deepseek_redact::{Detectors, RedactContext, RedactLayer, Redactor};
 use tower_layer::Layer;
-
-/// Mixed Chinese/English chat text with a PII value every ~2 KB.
-fn chat_text(size: usize, fullwidth: bool) -> String {
-    let para = [
-        "你好，请帮我总结一下这份会议纪要。会议于2024年6月15日上午10:30召开，参会人员共12人，讨论了第三季度的预算（约1,200万元）和招聘计划。",
-        "The quarterly report shows revenue grew 14.5% year over year, while operating costs fell by 3%. See section 4.2 for details on the 2025 roadmap. ",
-        "请注意：新的报销流程将于下月1日生效，所有申请需在系统中提交，并附上发票照片。如有疑问，请联系财务部。",
-        "Can you rewrite this paragraph in a more formal tone? Keep it under 200 words and avoid jargon; the audience is the board of directors. ",
-    ];
-    let pii = if fullwidth {
-        [
-            "联系人手机１３８００１３８０００。",
-            " mail zhang.san@example.com ",
-            "身份证11010519491231002X，",
-            " server 192.168.1.20 ",
-        ]
-    } else {
-        [
-            "联系人手机13800138000。",
-            " mail zhang.san@example.com ",
-            "身份证11010519491231002X，",
-            " server 192.168.1.20 ",
-        ]
-    };
-    let mut s = String::with_capacity(size + 512);
-    let mut i = 0;
-    while s.len() < size {
-        s.push_str(para[i % para.len()]);
-        if i % 6 == 5 {
-            s.push_str(pii[(i / 6) % pii.len()]);
-        }
-        i += 1;
-    }
-    s
-}
 
 /// Mixed chat text with a value of every kind (secrets, landlines with `+86`, bare SSNs after
 /// `SSN`, passports, passwords in URLs) and look-alikes (versions, invoice codes, file names
@@ -156,10 +121,35 @@ fn bench_detect(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_request(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let svc = RedactLayer::new().layer(service_fn(|req: Request<BufferedBody>| async move {
+        Ok::<_, Infallible>(Response::new(Full::new(req.into_body().into_bytes())))
+    }));
+    let mut g = c.benchmark_group("redact_request");
+    for (name, body) in request_bodies() {
+        let body = Bytes::from(body);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let req = Request::post("/chat/completions")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let res = rt.block_on(svc.clone().oneshot(req)).unwrap();
+                black_box(res)
+            })
+        });
+    }
+    g.finish();
+}
+
 mod fixture;
 use fixture::{
-    Chunks, LOOPBACK_CASES, Loopback, Scanned, chat_req, loopback_req, poll_to_end, sse_response,
-    stream,
+    Chunks, LOOPBACK_CASES, Loopback, Scanned, chat_req, chat_text, loopback_req, poll_to_end,
+    request_bodies, sse_response, stream,
 };
 
 /// Times only the response body (the streaming part), not the request (made by `req`): its
@@ -406,6 +396,7 @@ fn bench_restore_loopback(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_detect,
+    bench_request,
     bench_restore,
     bench_restore_loopback,
     bench_audit
