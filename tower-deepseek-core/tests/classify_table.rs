@@ -216,3 +216,20 @@ fn every_class_row() {
         assert_eq!(class.to_string(), display, "{class:?}");
     }
 }
+
+#[test]
+fn event_stream_content_types() {
+    use http::HeaderMap;
+    use tower_deepseek_core::classify::is_event_stream;
+    let with = |v: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, v.parse().unwrap());
+        is_event_stream(&h)
+    };
+    assert!(with("text/event-stream"));
+    assert!(with("Text/Event-Stream; charset=utf-8"));
+    assert!(with("  text/event-stream"));
+    assert!(!with("application/json"));
+    assert!(!with("text/event"));
+    assert!(!is_event_stream(&HeaderMap::new()));
+}
