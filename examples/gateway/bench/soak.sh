@@ -3,8 +3,9 @@
 # redact, cache, rate limit, retry, breaker, bearer auth, timeouts) with inbound keys, in front
 # of the mock upstream, for at least REQUESTS requests (default 1,000,000) over loopback, driven
 # by wrk. The gateway's resident memory (VmRSS) is sampled every SAMPLE_SECONDS; at the end the
-# script prints whether RSS after warm-up (the first WARMUP_PERCENT % of the samples) stayed
-# within 10 % of its first post-warm-up value, and exits 1 if it did not.
+# script prints whether RSS after warm-up (the wrk rounds until WARMUP_REQUESTS requests, default
+# a quarter of REQUESTS: L1 fills, allocator arenas grow) stayed within 10 % of its value at the
+# end of the warm-up, and exits 1 if it did not.
 #
 #   examples/gateway/bench/soak.sh
 #   REQUESTS=200000 UPSTREAM_KIND=fast examples/gateway/bench/soak.sh
@@ -22,7 +23,7 @@ CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 ROUND=${ROUND:-30s}
 SAMPLE_SECONDS=${SAMPLE_SECONDS:-3}
-WARMUP_PERCENT=${WARMUP_PERCENT:-20}
+WARMUP_REQUESTS=${WARMUP_REQUESTS:-$((REQUESTS / 4))}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d)
@@ -100,7 +101,7 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 SAMPLER_PID=$!
 
 echo "gateway $GATEWAY -> $UPSTREAM_KIND upstream $UPSTREAM; $REQUESTS requests in wrk rounds of $ROUND (-t$THREADS -c$CONNECTIONS); $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-total=0 non2xx=0 errors=0 round=0 started=$(date +%s)
+total=0 non2xx=0 errors=0 round=0 started=$(date +%s) warm_end=
 while [ "$total" -lt "$REQUESTS" ]; do
   round=$((round + 1))
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$ROUND" --latency -s "$WORK/mix.lua" "$GATEWAY" > "$WORK/round.wrk"
@@ -108,6 +109,7 @@ while [ "$total" -lt "$REQUESTS" ]; do
   bad=$(awk '/Non-2xx/ {print $NF}' "$WORK/round.wrk"); bad=${bad:-0}
   sock=$(awk '/Socket errors/ {s=0; for (i=4;i<=NF;i+=2) s+=$i; print s}' "$WORK/round.wrk"); sock=${sock:-0}
   total=$((total + n)); non2xx=$((non2xx + bad)); errors=$((errors + sock))
+  if [ -z "$warm_end" ] && [ "$total" -ge "$WARMUP_REQUESTS" ]; then warm_end=$(date +%s); echo "$warm_end $(rss "$GW_PID") 0" >> "$WORK/rss.log"; fi
   printf 'round %3d: %8s requests (%s req/s, p50 %s, p99 %s), total %9d, gateway RSS %s kB\n' "$round" "$n" \
     "$(awk '/Requests\/sec/ {print $2}' "$WORK/round.wrk")" "$(awk '$1 == "50%" {print $2}' "$WORK/round.wrk")" \
     "$(awk '$1 == "99%" {print $2}' "$WORK/round.wrk")" "$total" "$(rss "$GW_PID")"
@@ -117,15 +119,17 @@ kill $SAMPLER_PID 2>/dev/null || true; wait $SAMPLER_PID 2>/dev/null || true; SA
 
 echo "total: $total requests in ${elapsed}s, non-2xx $non2xx, socket errors $errors"
 curl -s "$GATEWAY/metrics" | grep -E '^deepseek_cache_requests_total|^deepseek_gateway_requests_total' || true
-awk -v warm="$WARMUP_PERCENT" '
-  { t[NR] = $1; r[NR] = $2; u[NR] = $3 }
+sort -n -s -k1,1 "$WORK/rss.log" > "$WORK/rss.sorted"
+awk -v warm_end="$warm_end" -v warm_n="$WARMUP_REQUESTS" '
+  { t[NR] = $1; r[NR] = $2; if ($3 > 0) { u0 = u0 ? u0 : $3; u1 = $3 } }
   END {
-    first = int(NR * warm / 100) + 1
-    base = r[first]; lo = base; hi = base
-    for (i = first; i <= NR; i++) { if (r[i] < lo) lo = r[i]; if (r[i] > hi) hi = r[i] }
-    printf "RSS samples: %d (every few s); start %d kB, after warm-up (sample %d) %d kB, then min %d kB, max %d kB, last %d kB; upstream RSS %d -> %d kB\n", NR, r[1], first, base, lo, hi, r[NR], u[1], u[NR]
+    first = NR
+    for (i = NR; i >= 1; i--) if (t[i] >= warm_end) first = i
+    base = r[first]; lo = base; hi = base; n = 0
+    for (i = first; i <= NR; i++) { n++; if (r[i] < lo) lo = r[i]; if (r[i] > hi) hi = r[i] }
+    printf "RSS samples: %d (every few s); start %d kB; after warm-up (%d requests) %d kB, then over %d samples min %d kB, max %d kB, last %d kB; upstream RSS %d -> %d kB\n", NR, r[1], warm_n, base, n, lo, hi, r[NR], u0, u1
     drift = (hi - base) / base * 100; dip = (base - lo) / base * 100
     flat = (drift <= 10 && dip <= 10)
     printf "RSS after warm-up: %+.1f %% max drift, -%.1f %% min: %s\n", drift, dip, flat ? "FLAT (within 10 %)" : "NOT FLAT"
     exit flat ? 0 : 1
-  }' "$WORK/rss.log"
+  }' "$WORK/rss.sorted"
