@@ -289,6 +289,9 @@ async fn token_store_survives_redis_kill_restart_and_freeze() {
     redis.signal("-CONT");
     let took = store_round_trip(&server, &url, &prefix, &a, "thaw", Duration::from_secs(5)).await;
     eprintln!("token store back after thaw in {took:?}");
+    // Traffic after the thaw, as long as after the other events (the store may answer within
+    // milliseconds, before the callers have made the phase's calls).
+    tokio::time::sleep(Duration::from_millis(800)).await;
     phase("thawed");
 
     stop.store(true, Ordering::Relaxed);

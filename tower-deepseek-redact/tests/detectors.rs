@@ -399,6 +399,25 @@ fn cards_and_invoice_codes_are_kept_apart() {
     none("订单号 4111111111111111");
     // 18 digits: no Visa card has 18.
     none("no. 411111111111111110");
+    // Two cards one after the other: both are cards (the fuzzer's case: the second one went
+    // upstream raw as the "tail" of the first).
+    let both = found("4111 1111 1111 1111 5500 0000 0000 0004");
+    assert_eq!(
+        both,
+        [
+            ("BANK_CARD".to_owned(), "4111 1111 1111 1111".to_owned()),
+            ("BANK_CARD".to_owned(), "5500 0000 0000 0004".to_owned()),
+        ],
+        "{both:?}"
+    );
+    let same = found("卡 \"x\" 4111 1111 1111 1111 4111 1111 1111 1111");
+    assert_eq!(same.len(), 2, "{same:?}");
+    let three = found("4111 1111 1111 1111 4111 1111 1111 1111 5500 0000 0000 0004");
+    assert_eq!(three.len(), 3, "{three:?}");
+    // After a phone number and one space (not a group of the card's run).
+    let after_phone = found("13800138000 4111 1111 1111 1111");
+    assert_eq!(after_phone.len(), 2, "{after_phone:?}");
+    assert_eq!(after_phone[1].1, "4111 1111 1111 1111");
 }
 
 #[test]

@@ -108,8 +108,11 @@ pub(super) fn negative(kind: Kind) -> Vec<&'static str> {
     }
 }
 
-/// The clause before `start`: at most [`WINDOW`] bytes, after the last line break or
-/// sentence punctuation.
+/// The clause before `start`: at most [`WINDOW`] bytes, after the last line break, sentence
+/// punctuation, or the end of another value: a digit or `@` (a number, an address), or a
+/// closing `]`/`>` (a placeholder such as `[CN_ID_CARD]` or `<BANK_CARD_1>`). So the window
+/// of a value is the same before and after the values near it are masked (masking twice finds
+/// nothing new), and a placeholder's label is no context word.
 pub(super) fn window(b: &[u8], start: usize) -> &[u8] {
     let from = start.saturating_sub(WINDOW);
     let w = &b[from..start];
@@ -118,8 +121,9 @@ pub(super) fn window(b: &[u8], start: usize) -> &[u8] {
     while i < w.len() {
         let c = w[i];
         let len = match c {
-            b'\n' | b';' | b'!' | b'?' | b'0'..=b'9' => 1,
-            b',' if w.get(i + 1) == Some(&b' ') => 1,
+            // `,` like `，`: the text is matched with its full-width forms folded, and the
+            // window must be the same either way.
+            b'\n' | b';' | b'!' | b'?' | b',' | b'0'..=b'9' | b'@' | b']' | b'>' => 1,
             // 。，；！？ (E3 80 82, EF BC 8C, EF BC 9B, EF BC 81, EF BC 9F)
             0xE3 if w.get(i + 1) == Some(&0x80) && w.get(i + 2) == Some(&0x82) => 3,
             0xEF if w.get(i + 1) == Some(&0xBC)

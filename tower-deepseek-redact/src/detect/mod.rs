@@ -865,8 +865,13 @@ impl Detectors {
 
 /// A card at `p` (greedy match `m`): the longest prefix that ends at a digit-group boundary,
 /// passes `end_ok` and validates. A number written in groups must not continue a grouped run
-/// that starts before it (the last groups of a 20-digit invoice check code are no card).
+/// that starts before it (the last groups of a 20-digit invoice check code are no card),
+/// unless that run is a whole card itself (two cards written one after the other) or what
+/// stands before is no group at all (a phone number, an amount: longer than a group).
 fn card_at(b: &[u8], p: usize, m: &str, end_ok: impl Fn(usize) -> bool) -> Option<(usize, f32)> {
+    // The longest digit group of a number written in groups (invoice codes: 4 or 5; cards: 4
+    // to 6).
+    const MAX_GROUP: usize = 6;
     let mb = m.as_bytes();
     let sep = mb.iter().copied().find(|c| !c.is_ascii_digit());
     if let Some(sp) = sep
@@ -874,7 +879,28 @@ fn card_at(b: &[u8], p: usize, m: &str, end_ok: impl Fn(usize) -> bool) -> Optio
         && b[p - 1] == sp
         && b[p - 2].is_ascii_digit()
     {
-        return None;
+        let run = p - 1;
+        let group = run
+            - b[..run]
+                .iter()
+                .rposition(|c| !c.is_ascii_digit())
+                .map_or(0, |i| i + 1);
+        let start = b[..run]
+            .iter()
+            .rposition(|c| !c.is_ascii_digit() && *c != sp)
+            .map_or(0, |i| i + 1);
+        // Whether the run ends with a whole card: its groups from some group start on.
+        let ends_with_card = (start..run)
+            .filter(|&i| b[i].is_ascii_digit() && (i == start || b[i - 1] == sp))
+            .any(|i| {
+                std::str::from_utf8(&b[i..run])
+                    .ok()
+                    .and_then(numbers::card_score)
+                    .is_some()
+            });
+        if group <= MAX_GROUP && !ends_with_card {
+            return None;
+        }
     }
     let mut ends: Vec<usize> = vec![mb.len()];
     if sep.is_some() {
