@@ -8,9 +8,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,88 +16,7 @@ use common::*;
 use serde_json::json;
 use tower::{Layer, ServiceExt};
 use tower_deepseek_cache::{CacheKey, CacheLayer};
-use tower_deepseek_testkit::MockServer;
-
-/// A `redis-server` child on a port of its own, killed when dropped.
-struct RedisProc {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl RedisProc {
-    /// Starts one, or `None` (with a notice) when the binary is missing and `CI` is not `true`.
-    fn start() -> Option<RedisProc> {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut p = RedisProc { child: None, port };
-        match p.spawn() {
-            Ok(()) => Some(p),
-            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("cannot start redis-server ({e}) and CI=true")
-            }
-            Err(e) => {
-                eprintln!("notice: cannot start redis-server ({e}); Redis chaos test skipped");
-                None
-            }
-        }
-    }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        let start = Instant::now();
-        while !self.pings() {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "redis-server never answered PING"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let st = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill {sig} {pid}");
-    }
-}
-
-impl Drop for RedisProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use tower_deepseek_testkit::{MockServer, RedisServer};
 
 /// What the traffic saw: calls, failures, and the slowest call of each phase.
 #[derive(Default)]
@@ -194,7 +110,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_survives_redis_kill_restart_and_freeze() {
-    let Some(mut redis) = RedisProc::start() else {
+    let Some(mut redis) = RedisServer::start() else {
         return;
     };
     let url = redis.url();

@@ -104,6 +104,7 @@ mod fault;
 mod handler;
 mod oauth;
 mod record;
+mod redis_server;
 mod server;
 mod state;
 
@@ -118,6 +119,7 @@ use tokio::net::TcpListener;
 
 pub use crate::fault::{Fault, Match};
 pub use crate::record::RecordedRequest;
+pub use crate::redis_server::RedisServer;
 use crate::state::{Config, Phase, Shared};
 
 /// The path of the OAuth2 token endpoint (the integration guide's token URL).
