@@ -278,6 +278,25 @@ async fn first_token_timeout_below_retry_is_retried_with_a_longer_timeout() {
 
 // --- the defaults bound every wait ---
 
+/// Calls `inner` once through a default `TimeoutLayer` and reads the body to its end: what
+/// came, the phase of the timeout that ended it, and when.
+async fn through_default_timeouts<S>(inner: S) -> (Vec<u8>, TimeoutPhase, Duration)
+where
+    S: Service<http::Request<()>, Response = http::Response<TestBody>, Error = BoxError>,
+{
+    let mut svc = TimeoutLayer::builder().build().unwrap().layer(inner);
+    let start = Instant::now();
+    let resp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
+    let (body, err) = read_body(resp.into_body()).await;
+    (body, phase(&err.expect("a timeout")), start.elapsed())
+}
+
 #[tokio::test(start_paused = true)]
 async fn by_default_a_head_that_never_comes_fails_after_a_minute() {
     let mut svc = TimeoutLayer::builder()
@@ -298,51 +317,29 @@ async fn by_default_a_head_that_never_comes_fails_after_a_minute() {
 
 #[tokio::test(start_paused = true)]
 async fn by_default_keepalives_without_a_token_fail_after_two_minutes() {
-    let mut svc = TimeoutLayer::builder()
-        .build()
-        .unwrap()
-        .layer(sse_service(|| {
-            drip(vec![": keep-alive\n\n"; 400], Duration::from_secs(1))
-        }));
-    let start = Instant::now();
-    let resp = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap();
-    let (_, err) = read_body(resp.into_body()).await;
-    assert_eq!(phase(&err.unwrap()), TimeoutPhase::FirstToken);
-    assert_eq!(start.elapsed(), TimeoutConfig::DEFAULT_FIRST_TOKEN);
+    let (_, phase_hit, elapsed) = through_default_timeouts(sse_service(|| {
+        drip(vec![": keep-alive\n\n"; 400], Duration::from_secs(1))
+    }))
+    .await;
+    assert_eq!(phase_hit, TimeoutPhase::FirstToken);
+    assert_eq!(elapsed, TimeoutConfig::DEFAULT_FIRST_TOKEN);
 }
 
 #[tokio::test(start_paused = true)]
 async fn by_default_a_stream_that_pauses_200_s_fails_after_a_minute_of_silence() {
-    let mut svc = TimeoutLayer::builder()
-        .build()
-        .unwrap()
-        .layer(sse_service(|| {
-            let (tx, body) = TestBody::channel();
-            tokio::spawn(async move {
-                let token = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
-                let _ = tx.send(Ok(Bytes::from_static(token.as_bytes())));
-                tokio::time::sleep(Duration::from_secs(200)).await;
-                let _ = tx.send(Ok(Bytes::from_static(token.as_bytes())));
-            });
-            body
-        }));
-    let start = Instant::now();
-    let resp = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap();
-    let (body, err) = read_body(resp.into_body()).await;
-    assert_eq!(phase(&err.unwrap()), TimeoutPhase::Idle);
-    assert_eq!(start.elapsed(), TimeoutConfig::DEFAULT_IDLE);
+    let (body, phase_hit, elapsed) = through_default_timeouts(sse_service(|| {
+        let (tx, body) = TestBody::channel();
+        tokio::spawn(async move {
+            let token = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+            let _ = tx.send(Ok(Bytes::from_static(token.as_bytes())));
+            tokio::time::sleep(Duration::from_secs(200)).await;
+            let _ = tx.send(Ok(Bytes::from_static(token.as_bytes())));
+        });
+        body
+    }))
+    .await;
+    assert_eq!(phase_hit, TimeoutPhase::Idle);
+    assert_eq!(elapsed, TimeoutConfig::DEFAULT_IDLE);
     assert!(
         body.starts_with(b"data: "),
         "the token that came is delivered"
@@ -351,26 +348,15 @@ async fn by_default_a_stream_that_pauses_200_s_fails_after_a_minute_of_silence()
 
 #[tokio::test(start_paused = true)]
 async fn by_default_an_endless_stream_fails_after_twenty_minutes() {
-    let mut svc = TimeoutLayer::builder()
-        .build()
-        .unwrap()
-        .layer(sse_service(|| {
-            drip(
-                vec!["data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"; 100_000],
-                Duration::from_secs(30),
-            )
-        }));
-    let start = Instant::now();
-    let resp = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(()))
-        .await
-        .unwrap();
-    let (_, err) = read_body(resp.into_body()).await;
-    assert_eq!(phase(&err.unwrap()), TimeoutPhase::Total);
-    assert_eq!(start.elapsed(), TimeoutConfig::DEFAULT_TOTAL);
+    let (_, phase_hit, elapsed) = through_default_timeouts(sse_service(|| {
+        drip(
+            vec!["data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"; 100_000],
+            Duration::from_secs(30),
+        )
+    }))
+    .await;
+    assert_eq!(phase_hit, TimeoutPhase::Total);
+    assert_eq!(elapsed, TimeoutConfig::DEFAULT_TOTAL);
 }
 
 #[tokio::test(start_paused = true)]
