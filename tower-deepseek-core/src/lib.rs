@@ -11,6 +11,8 @@
 //!   fields.
 //! - [`classify`]: the one classification of outcomes (status codes, transport errors, empty
 //!   200s, cut streams, in-band errors) that retry, breaker, cache and audit all consume.
+//! - [`config`]: the one [`ConfigError`](config::ConfigError) and the `*_ms` duration serde
+//!   helpers every layer's configuration uses.
 //! - [`meta`]: request id, client IP and tenant id in [`http::Extensions`].
 //! - [`error`]: small public error types to downcast a [`BoxError`] to.
 //!
@@ -25,6 +27,7 @@
 pub mod body;
 pub mod chat;
 pub mod classify;
+pub mod config;
 pub mod error;
 pub mod meta;
 pub mod sse;
