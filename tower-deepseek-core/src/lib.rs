@@ -13,6 +13,8 @@
 //!   200s, cut streams, in-band errors) that retry, breaker, cache and audit all consume.
 //! - [`config`]: the one [`ConfigError`](config::ConfigError) and the `*_ms` duration serde
 //!   helpers every layer's configuration uses.
+//! - [`protocol`]: every extension and marker type one layer writes for another, with its
+//!   writer, readers and invariants in one table.
 //! - [`meta`]: request id, client IP and tenant id in [`http::Extensions`].
 //! - [`error`]: small public error types to downcast a [`BoxError`] to.
 //!
@@ -30,6 +32,7 @@ pub mod classify;
 pub mod config;
 pub mod error;
 pub mod meta;
+pub mod protocol;
 pub mod sse;
 
 /// The error type of client-side layers, as in tower.

@@ -20,153 +20,16 @@
 //! assert!(req.extensions().get::<RequestId>().is_some());
 //! ```
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Request};
+use http::{HeaderName, Request};
 use ipnet::IpNet;
 
-/// The standard request-id header.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of one call, kept from the caller's `x-request-id` or generated.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(Arc<str>);
-
-impl RequestId {
-    /// A fresh random id: 32 lowercase hex digits (128 random bits).
-    pub fn generate() -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let v = fastrand::u128(..);
-        // Hex by table into a stack buffer: one allocation (the `Arc<str>`), no formatter.
-        let mut buf = [0u8; 32];
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
-        }
-        Self(std::str::from_utf8(&buf).expect("hex digits").into())
-    }
-
-    /// Takes a caller-supplied id if it is acceptable: 1 to 128 visible ASCII characters.
-    pub fn parse(value: &str) -> Option<Self> {
-        let ok =
-            !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
-        ok.then(|| Self(value.into()))
-    }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The id as a header value.
-    pub fn to_header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.0).expect("ids are visible ASCII")
-    }
-}
-
-impl fmt::Debug for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("RequestId").field(&&*self.0).finish()
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The address of the TCP peer, inserted by the server that accepted the connection.
-///
-/// axum users can copy it from `ConnectInfo<SocketAddr>`; a plain `SocketAddr` in the
-/// extensions is accepted too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// The IP address of the client that made the call (after trusted proxies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientIp(pub IpAddr);
-
-/// The tenant a call belongs to. Caches, limits and audit records are scoped by it.
-///
-/// It is an identifier, not a secret: derive it from a credential with a hash, never use the
-/// credential itself.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(Arc<str>);
-
-impl TenantId {
-    /// A tenant id.
-    pub fn new(id: impl Into<Arc<str>>) -> Self {
-        Self(id.into())
-    }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("TenantId").field(&&*self.0).finish()
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A request extension by which an outer layer (audit) asks the layers below for the facts
-/// they can put on the response for it ([`UpstreamAttempts`], [`BreakerStatus`]).
-///
-/// Without it, those layers skip that work: inserting a response extension costs an
-/// allocation per call (tens of nanoseconds), which a stack without an audit layer should not
-/// pay. `AuditLayer` inserts it; insert it yourself to read those facts in your own layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct CollectCallFacts;
-
-/// How many times an inner layer sent the request upstream (1 when it was not retried).
-///
-/// Set on the response by the retry layer when the request carries [`CollectCallFacts`]; read
-/// by outer layers (audit) that cannot depend on the retry crate. Facts about a call travel in
-/// response extensions, never in headers that would leak to the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UpstreamAttempts(pub u32);
-
-/// The state of the circuit breaker that let the call through (`closed`, `half_open`, ...).
-///
-/// Set on the response by the breaker layer when the request carries [`CollectCallFacts`];
-/// read by outer layers (audit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BreakerStatus(pub &'static str);
-
-/// A request extension by which a layer above offers to send the request again after a 401
-/// that a credential layer below answered with [`CredentialRefreshed`].
-///
-/// The retry layer sets it on each attempt whose body it keeps; `OAuth2Layer` then keeps no
-/// copy of its own: after a 401 it obtains a new token, marks the 401 [`CredentialRefreshed`]
-/// and lets the retry layer replay the request (once, at once, outside its budget). In the
-/// recommended stack the request head is thus copied once per attempt, not twice. Layers that
-/// see neither extension behave on their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ReplayOn401 {
-    /// The layer above will replay this request once if its 401 is marked
-    /// [`CredentialRefreshed`].
-    Offered,
-    /// This request is that replay: a 401 to it is final (nothing to invalidate, nothing to
-    /// mark).
-    Replaying,
-}
-
-/// A response extension on a 401: the credential layer below has replaced the credential the
-/// upstream refused, so sending the request again would use a new one. Set only on a request
-/// that carried [`ReplayOn401::Offered`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CredentialRefreshed;
+#[doc(hidden)]
+pub use crate::protocol::{
+    BreakerStatus, CollectCallFacts, CredentialRefreshed, ReplayOn401, UpstreamAttempts,
+};
+pub use crate::protocol::{ClientIp, PeerAddr, RequestId, TenantId, X_REQUEST_ID};
 
 /// How to fill in request metadata. See the [module docs](self).
 #[derive(Debug, Clone)]

@@ -67,6 +67,23 @@ pub use tower_deepseek_redact as redact;
 #[cfg(feature = "retry")]
 pub use tower_deepseek_retry as retry;
 
+// Every layer at the root, as `tower_deepseek::RetryLayer`.
+pub use client::BaseUrlLayer;
+pub use meta::RequestMetadataLayer;
+#[cfg(feature = "auth")]
+pub use tower_deepseek_auth::{BearerAuthLayer, OAuth2Layer};
+#[cfg(feature = "breaker")]
+pub use tower_deepseek_breaker::{CircuitBreakerLayer, FailoverLayer, KeyedCircuitBreakerLayer};
+#[cfg(feature = "cache")]
+pub use tower_deepseek_cache::CacheLayer;
+#[cfg(feature = "redact")]
+pub use tower_deepseek_redact::{AuditLayer, ContentFilterLayer, RedactLayer};
+#[cfg(feature = "retry")]
+pub use tower_deepseek_retry::{
+    concurrency::AdaptiveConcurrencyLayer, rate_limit::RateLimitLayer, retry::RetryLayer,
+    timeout::TimeoutLayer,
+};
+
 /// The README's Rust examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -112,7 +112,7 @@ impl Classifier {
         self
     }
 
-    /// Classifies a response head. See the [module docs](self).
+    /// Classifies a response head. See the [module docs](crate::classify).
     pub fn classify_head(&self, status: StatusCode, headers: &HeaderMap) -> ClassifiedResponse {
         let class = match status.as_u16() {
             200..=299 => {
