@@ -14,7 +14,7 @@
 //! | `GET /healthz` | `{"status":"ok"}` |
 //! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
 //!
-//! Proxied requests go through the recommended stack of the workspace's DESIGN.md, outermost
+//! Proxied requests go through the recommended stack of the workspace's ARCHITECTURE.md, outermost
 //! first: audit, redact, cache, rate limit (per tenant), retry, circuit breaker, auth
 //! (API key or OAuth2), attempt timeouts, the pooled rustls client. Responses stream through
 //! as they arrive; every error is answered as `{"error":{"message","type","code"}}`.

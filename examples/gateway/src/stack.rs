@@ -1,4 +1,4 @@
-//! The recommended stack of DESIGN.md around the upstream client, outermost first:
+//! The recommended stack (ARCHITECTURE.md, "the recommended stack") around the upstream client, outermost first:
 //! Audit, Redact, Cache, RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout, client.
 //!
 //! It is the facade's [`RecommendedStack`](tower_deepseek::stack::RecommendedStack): one

@@ -129,7 +129,7 @@ impl FailureClass {
         )
     }
 
-    /// The breaker's default verdict (DESIGN.md): 429, client errors and local rejections are
+    /// The breaker's default verdict (ARCHITECTURE.md's classifier table): 429, client errors and local rejections are
     /// ignored, everything else is a failure.
     pub fn default_verdict(&self) -> Verdict {
         match self {

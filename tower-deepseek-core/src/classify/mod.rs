@@ -15,7 +15,7 @@
 //!    have been (a reset or read timeout: retrying may bill twice).
 //!
 //! The result, a [`FailureClass`], carries facts; each layer maps it to a decision, with these
-//! defaults (DESIGN.md's table):
+//! defaults (the classifier table of ARCHITECTURE.md):
 //!
 //! | outcome | class | retry (default) | breaker (default) |
 //! |---|---|---|---|

@@ -82,7 +82,7 @@ fn balanced_object_tells_whole_events_from_cut_ones() {
     assert!(!balanced_object(br#"{"a":1} {"#));
 }
 
-// --- one test per row of DESIGN.md's table ---
+// --- one test per row of the classifier table (ARCHITECTURE.md, module docs) ---
 
 #[test]
 fn row_2xx_complete_is_success() {
