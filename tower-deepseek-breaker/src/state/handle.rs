@@ -112,6 +112,7 @@ impl BreakerHandle {
 }
 
 impl Breaker {
+    /// The rates and counts now, with time-driven transitions applied first.
     pub(super) fn snapshot(self: &Arc<Self>) -> BreakerMetrics {
         let now = Instant::now();
         let mut inner = self.lock();
