@@ -102,3 +102,35 @@ impl FailoverConfig {
         b.build()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_keep_their_ms_names_and_zero_turns_latency_ejection_off() {
+        let c: FailoverConfig = serde_json::from_str(
+            r#"{"endpoints":[{"base":"http://a.test"}],
+                "latency_threshold_ms":0,"probe_interval_ms":250}"#,
+        )
+        .unwrap();
+        assert_eq!(c.latency_threshold, Some(Duration::ZERO));
+        assert_eq!(c.probe_interval, Some(Duration::from_millis(250)));
+        assert_eq!(c.endpoints[0].weight, 1);
+        FailoverLayer::from_config(c).unwrap();
+
+        let c: FailoverConfig =
+            serde_json::from_str(r#"{"endpoints":[{"base":"http://a.test"}]}"#).unwrap();
+        assert_eq!((c.latency_threshold, c.probe_interval), (None, None));
+        assert!(serde_json::from_str::<FailoverConfig>(r#"{"latency_threshold":5}"#).is_err());
+
+        let c: FailoverConfig = serde_json::from_str(
+            r#"{"endpoints":[{"base":"http://a.test"}],"probe_interval_ms":0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            FailoverLayer::from_config(c).unwrap_err().field(),
+            "probe_interval_ms"
+        );
+    }
+}
