@@ -131,9 +131,9 @@
 //!
 //! # Per key
 //!
-//! [`Builder::build_keyed`] gives a [`KeyedCircuitBreakerLayer`]: a breaker per key over a
-//! bounded registry (moka, least recently used keys dropped beyond
-//! [`Builder::max_keys`], default 1,000). The default key is the upstream authority, plus
+//! [`CircuitBreakerLayerBuilder::build_keyed`] gives a [`KeyedCircuitBreakerLayer`]: a breaker
+//! per key over a bounded registry (moka, least recently used keys dropped beyond
+//! [`CircuitBreakerLayerBuilder::max_keys`], default 1,000). The default key is the upstream authority, plus
 //! `/<model>` when the request carries a [`ModelHint`] extension: the breaker never buffers
 //! the body to find the model. [`KeyedCircuitBreakerLayer::key_fn`] takes any
 //! `Fn(&RequestHead<'_>) -> K` (a tenant id, a route). A key dropped from the registry starts
@@ -141,7 +141,7 @@
 //!
 //! # failsafe
 //!
-//! With the `failsafe` feature, `Builder::failure_policy` lets any
+//! With the `failsafe` feature, `CircuitBreakerLayerBuilder::failure_policy` lets any
 //! `failsafe::FailurePolicy` (consecutive failures, success-rate EMA, `or_else`) replace the
 //! failure-rate rule of the closed state; when it declares the upstream dead, the breaker opens
 //! for the duration the policy's backoff returns. The state machine stays ours, because
@@ -171,34 +171,33 @@
 //!
 //! [`CircuitBreakerConfig`] implements `serde::Deserialize` (durations as `*_ms` integers);
 //! its docs list every setting with its default and Resilience4j name. Settings are validated
-//! at `build()` ([`ConfigError`]).
+//! at `build()` ([`ConfigError`], core's: it names the field and the reason).
 //!
 //! # Feature flags
 //!
-//! - `failsafe`: `Builder::failure_policy` (see above).
+//! - `failsafe`: `CircuitBreakerLayerBuilder::failure_policy` (see above).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body;
-mod config;
+mod circuit_breaker;
 pub mod failover;
-mod future;
 mod keyed;
-mod layer;
 mod policy;
 mod state;
 mod window;
 
-pub use crate::body::ResponseBody;
-pub use crate::config::{CircuitBreakerConfig, ConfigError, SlidingWindowType};
-pub use crate::failover::{
-    AllEndpointsUnavailable, Endpoint, Failover, FailoverBuilder, FailoverLayer,
+pub use crate::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerLayerBuilder,
+    DEFAULT_MAX_KEYS, ResponseBody, ResponseFuture, SlidingWindowType,
 };
-pub use crate::future::ResponseFuture;
+pub use crate::failover::{
+    AllEndpointsUnavailable, Endpoint, EndpointConfig, Failover, FailoverConfig, FailoverLayer,
+    FailoverLayerBuilder,
+};
 pub use crate::keyed::{
     DefaultKey, KeyedCircuitBreaker, KeyedCircuitBreakerLayer, MakeKey, ModelHint, RequestHead,
 };
-pub use crate::layer::{Builder, CircuitBreaker, CircuitBreakerLayer, DEFAULT_MAX_KEYS};
 pub use crate::policy::{Accrual, DefaultOutcomePolicy, OutcomePolicy};
 pub use crate::state::{BreakerHandle, BreakerMetrics, State};
 pub use tower_deepseek_core::BoxError;
+pub use tower_deepseek_core::config::ConfigError;
 pub use tower_deepseek_core::error::{BodyTooLarge, BreakerOpen};

@@ -295,23 +295,28 @@ async fn an_oversized_body_is_refused_before_anything_is_sent() {
 
 #[test]
 fn builder_validates() {
-    assert!(FailoverLayer::builder().build().is_err());
+    assert_eq!(
+        FailoverLayer::builder().build().unwrap_err().field(),
+        "endpoints"
+    );
     let err = FailoverLayer::builder()
         .endpoint(Endpoint::new("/relative".parse().unwrap()))
         .build()
         .unwrap_err();
+    assert_eq!(err.field(), "endpoints");
     assert!(err.to_string().contains("scheme"));
     let config: tower_deepseek_breaker::failover::FailoverConfig =
         serde_json::from_str(r#"{"endpoints":[{"base":"http://a b"}]}"#).unwrap();
-    assert!(config.into_layer().unwrap_err().to_string().contains("URI"));
+    let err = config.into_layer().unwrap_err();
+    assert_eq!(err.field(), "endpoints");
+    assert!(err.to_string().contains("URI"));
     let config: tower_deepseek_breaker::failover::FailoverConfig = serde_json::from_str(
         r#"{"endpoints":[{"base":"http://a.test"}],"breaker":{"failure_rate_threshold":0}}"#,
     )
     .unwrap();
-    assert_eq!(
-        config.into_layer().unwrap_err(),
-        tower_deepseek_breaker::ConfigError::FailureRateThreshold(0.0)
-    );
+    let err = FailoverLayer::from_config(config).unwrap_err();
+    assert_eq!(err.field(), "failure_rate_threshold");
+    assert!(err.reason().contains("got 0"), "{err}");
     assert!(
         serde_json::from_str::<tower_deepseek_breaker::failover::FailoverConfig>(r#"{"nope":1}"#)
             .is_err()

@@ -9,7 +9,7 @@ use http::Request;
 use http_body_util::Full;
 use tower::Layer;
 use tower_deepseek_breaker::{
-    CircuitBreakerConfig, CircuitBreakerLayer, ConfigError, ModelHint, RequestHead, State,
+    CircuitBreakerConfig, CircuitBreakerLayer, ModelHint, RequestHead, State,
 };
 use tower_deepseek_core::meta::TenantId;
 
@@ -121,8 +121,8 @@ fn config_reads_from_json_with_defaults_and_is_validated() {
     let bad: CircuitBreakerConfig =
         serde_json::from_str(r#"{"permitted_calls_in_half_open":0}"#).unwrap();
     assert_eq!(
-        CircuitBreakerLayer::from_config(bad).unwrap_err(),
-        ConfigError::PermittedCallsInHalfOpen
+        CircuitBreakerLayer::from_config(bad).unwrap_err().field(),
+        "permitted_calls_in_half_open"
     );
 }
 

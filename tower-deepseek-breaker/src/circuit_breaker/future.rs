@@ -12,7 +12,7 @@ use tower_deepseek_core::classify::{ClassifiedResponse, SharedOutcome};
 use tower_deepseek_core::error::BreakerOpen;
 use tower_deepseek_core::meta::BreakerStatus;
 
-use crate::body::{EndObserver, ResponseBody};
+use super::body::{EndObserver, ResponseBody};
 use crate::state::Permit;
 
 pin_project! {

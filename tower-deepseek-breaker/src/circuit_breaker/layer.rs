@@ -1,20 +1,15 @@
-//! The layer, its builder, and the service.
+//! The layer and its builder.
 
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
-use tower_deepseek_core::BoxError;
 use tower_deepseek_core::classify::Classifier;
-use tower_deepseek_core::meta::CollectCallFacts;
+use tower_deepseek_core::config::ConfigError;
 use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::body::ResponseBody;
-use crate::config::{CircuitBreakerConfig, ConfigError, SlidingWindowType};
-use crate::future::ResponseFuture;
+use super::config::{CircuitBreakerConfig, SlidingWindowType};
+use super::service::CircuitBreaker;
 use crate::keyed::{DefaultKey, KeyedCircuitBreakerLayer, Registry};
 use crate::policy::{DefaultOutcomePolicy, OutcomePolicy};
 use crate::state::{Breaker, BreakerHandle, Spec, Striped};
@@ -25,7 +20,7 @@ pub const DEFAULT_MAX_KEYS: u64 = 1_000;
 /// Builds a [`CircuitBreakerLayer`] (or a [`KeyedCircuitBreakerLayer`]); every setting defaults
 /// as in [`CircuitBreakerConfig`]. See the [crate docs](crate).
 #[must_use]
-pub struct Builder {
+pub struct CircuitBreakerLayerBuilder {
     config: CircuitBreakerConfig,
     policy: Arc<dyn OutcomePolicy>,
     classifier: Classifier,
@@ -34,16 +29,16 @@ pub struct Builder {
     trip_rule: Option<crate::state::TripRuleFactory>,
 }
 
-impl fmt::Debug for Builder {
+impl fmt::Debug for CircuitBreakerLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
+        f.debug_struct("CircuitBreakerLayerBuilder")
             .field("config", &self.config)
             .field("max_keys", &self.max_keys)
             .finish_non_exhaustive()
     }
 }
 
-impl Default for Builder {
+impl Default for CircuitBreakerLayerBuilder {
     fn default() -> Self {
         Self {
             config: CircuitBreakerConfig::default(),
@@ -56,7 +51,7 @@ impl Default for Builder {
     }
 }
 
-impl Builder {
+impl CircuitBreakerLayerBuilder {
     /// Starts from `config` (e.g. read from TOML), keeping the other settings.
     pub fn config(mut self, config: CircuitBreakerConfig) -> Self {
         self.config = config;
@@ -189,7 +184,7 @@ impl Builder {
     fn spec(self) -> Result<(Arc<Spec>, u64), ConfigError> {
         self.config.validate()?;
         if self.max_keys == 0 {
-            return Err(ConfigError::Failover("max_keys must be at least 1"));
+            return Err(ConfigError::new("max_keys", "must be at least 1"));
         }
         let min_calls = self.config.effective_minimum_calls();
         let timed = self.config.slow_call_detection
@@ -257,13 +252,13 @@ impl fmt::Debug for CircuitBreakerLayer {
 
 impl CircuitBreakerLayer {
     /// A builder with the defaults of [`CircuitBreakerConfig`].
-    pub fn builder() -> Builder {
-        Builder::default()
+    pub fn builder() -> CircuitBreakerLayerBuilder {
+        CircuitBreakerLayerBuilder::default()
     }
 
     /// The layer with the defaults (Resilience4j's, with the guide's 30 s wait and 5 probes).
     pub fn new() -> Self {
-        Builder::default()
+        CircuitBreakerLayerBuilder::default()
             .build()
             .expect("the default configuration is valid")
     }
@@ -274,7 +269,7 @@ impl CircuitBreakerLayer {
     ///
     /// A [`ConfigError`] naming the first invalid setting.
     pub fn from_config(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
-        Builder::default().config(config).build()
+        CircuitBreakerLayerBuilder::default().config(config).build()
     }
 
     /// A handle on the shared breaker.
@@ -295,89 +290,6 @@ impl<S> Layer<S> for CircuitBreakerLayer {
     type Service = CircuitBreaker<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker {
-            inner,
-            breaker: self.breaker.clone(),
-        }
-    }
-}
-
-/// A service guarded by a circuit breaker. See the [crate docs](crate).
-///
-/// `poll_ready` delegates to the inner service (an open breaker does not make it pending);
-/// `call` fails at once with [`BreakerOpen`](crate::BreakerOpen) while the breaker rejects.
-pub struct CircuitBreaker<S> {
-    inner: S,
-    breaker: Arc<Striped>,
-}
-
-impl<S: Clone> Clone for CircuitBreaker<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            breaker: self.breaker.clone(),
-        }
-    }
-}
-
-impl<S: fmt::Debug> fmt::Debug for CircuitBreaker<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CircuitBreaker")
-            .field("inner", &self.inner)
-            .field("breaker", &self.breaker)
-            .finish()
-    }
-}
-
-impl<S> CircuitBreaker<S> {
-    /// Wraps `inner` in the breaker of `layer`.
-    pub fn new(inner: S, layer: &CircuitBreakerLayer) -> Self {
-        layer.layer(inner)
-    }
-
-    /// A handle on the breaker.
-    pub fn handle(&self) -> BreakerHandle {
-        BreakerHandle {
-            breaker: self.breaker.breaker().clone(),
-        }
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, consuming the breaker service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CircuitBreaker<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        match self.breaker.try_acquire() {
-            Ok(permit) => {
-                let facts = req.extensions().get::<CollectCallFacts>().is_some();
-                ResponseFuture::called(self.inner.call(req), permit, facts)
-            }
-            Err(open) => ResponseFuture::rejected(open),
-        }
+        CircuitBreaker::from_shared(inner, self.breaker.clone())
     }
 }

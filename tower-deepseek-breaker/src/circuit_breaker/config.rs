@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tower_deepseek_core::config::ConfigError;
 
 /// Which kind of sliding window the failure and slow-call rates are computed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -58,7 +59,10 @@ pub struct CircuitBreakerConfig {
     /// Open when the slow-call rate is at or above this percentage.
     pub slow_call_rate_threshold: f32,
     /// A call longer than this is slow.
-    #[serde(rename = "slow_call_duration_threshold_ms", with = "ms")]
+    #[serde(
+        rename = "slow_call_duration_threshold_ms",
+        with = "tower_deepseek_core::config::duration_ms"
+    )]
     pub slow_call_duration_threshold: Duration,
     /// Time every call to detect slow calls (default true). Off, the slow-call rule and the
     /// latency average are gone, and a count-based breaker reads no clock at all.
@@ -72,15 +76,24 @@ pub struct CircuitBreakerConfig {
     /// Concurrent probes admitted in half-open; their outcome decides.
     pub permitted_calls_in_half_open: u32,
     /// How long the breaker stays open (the first time).
-    #[serde(rename = "wait_duration_in_open_ms", with = "ms")]
+    #[serde(
+        rename = "wait_duration_in_open_ms",
+        with = "tower_deepseek_core::config::duration_ms"
+    )]
     pub wait_duration_in_open: Duration,
     /// Each consecutive open (half-open probes failing again) multiplies the wait by this.
     pub wait_multiplier: f64,
     /// The longest wait a growing wait reaches.
-    #[serde(rename = "max_wait_duration_in_open_ms", with = "ms")]
+    #[serde(
+        rename = "max_wait_duration_in_open_ms",
+        with = "tower_deepseek_core::config::duration_ms"
+    )]
     pub max_wait_duration_in_open: Duration,
     /// If set, a half-open state whose probes have not decided within this time opens again.
-    #[serde(rename = "max_wait_in_half_open_ms", with = "opt_ms")]
+    #[serde(
+        rename = "max_wait_in_half_open_ms",
+        with = "tower_deepseek_core::config::option_duration_ms"
+    )]
     pub max_wait_in_half_open: Option<Duration>,
     /// Move from open to half-open on a timer, without waiting for traffic.
     pub automatic_transition: bool,
@@ -142,45 +155,60 @@ impl CircuitBreakerConfig {
     /// A [`ConfigError`] naming the first invalid setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let rate_ok = |r: f32| r > 0.0 && r <= 100.0;
+        let rate = |field: &'static str, r: f32| {
+            ConfigError::new(field, format!("must be a percentage in (0, 100], got {r}"))
+        };
+        let positive = |field: &'static str| ConfigError::new(field, "must be longer than zero");
         if !rate_ok(self.failure_rate_threshold) {
-            return Err(ConfigError::FailureRateThreshold(
-                self.failure_rate_threshold,
-            ));
+            return Err(rate("failure_rate_threshold", self.failure_rate_threshold));
         }
         if !rate_ok(self.slow_call_rate_threshold) {
-            return Err(ConfigError::SlowCallRateThreshold(
+            return Err(rate(
+                "slow_call_rate_threshold",
                 self.slow_call_rate_threshold,
             ));
         }
         if self.slow_call_duration_threshold.is_zero() {
-            return Err(ConfigError::ZeroDuration("slow_call_duration_threshold"));
+            return Err(positive("slow_call_duration_threshold_ms"));
         }
-        if self.sliding_window_size == 0 {
-            return Err(ConfigError::SlidingWindowSize);
-        }
-        if self.sliding_window_size > 1_000_000 {
-            return Err(ConfigError::SlidingWindowSize);
+        if self.sliding_window_size == 0 || self.sliding_window_size > 1_000_000 {
+            return Err(ConfigError::new(
+                "sliding_window_size",
+                "must be between 1 and 1,000,000",
+            ));
         }
         if self.minimum_number_of_calls == 0 {
-            return Err(ConfigError::MinimumNumberOfCalls);
+            return Err(ConfigError::new(
+                "minimum_number_of_calls",
+                "must be at least 1",
+            ));
         }
         if self.permitted_calls_in_half_open == 0 {
-            return Err(ConfigError::PermittedCallsInHalfOpen);
+            return Err(ConfigError::new(
+                "permitted_calls_in_half_open",
+                "must be at least 1",
+            ));
         }
         if self.wait_duration_in_open.is_zero() {
-            return Err(ConfigError::ZeroDuration("wait_duration_in_open"));
+            return Err(positive("wait_duration_in_open_ms"));
         }
         if !(self.wait_multiplier.is_finite() && self.wait_multiplier >= 1.0) {
-            return Err(ConfigError::WaitMultiplier(self.wait_multiplier));
+            return Err(ConfigError::new(
+                "wait_multiplier",
+                format!("must be a finite number >= 1, got {}", self.wait_multiplier),
+            ));
         }
         if self.max_wait_duration_in_open < self.wait_duration_in_open {
-            return Err(ConfigError::MaxWaitBelowWait);
+            return Err(ConfigError::new(
+                "max_wait_duration_in_open_ms",
+                "must be at least wait_duration_in_open_ms",
+            ));
         }
         if self.max_wait_in_half_open.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::ZeroDuration("max_wait_in_half_open"));
+            return Err(positive("max_wait_in_half_open_ms"));
         }
         if self.name.is_empty() {
-            return Err(ConfigError::EmptyName);
+            return Err(ConfigError::new("name", "must not be empty"));
         }
         Ok(())
     }
@@ -213,89 +241,6 @@ impl CircuitBreakerConfig {
     }
 }
 
-/// An invalid breaker setting, found at `build()`.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// `failure_rate_threshold` is not in `(0, 100]`.
-    FailureRateThreshold(f32),
-    /// `slow_call_rate_threshold` is not in `(0, 100]`.
-    SlowCallRateThreshold(f32),
-    /// `sliding_window_size` is 0 or above 1,000,000.
-    SlidingWindowSize,
-    /// `minimum_number_of_calls` is 0.
-    MinimumNumberOfCalls,
-    /// `permitted_calls_in_half_open` is 0.
-    PermittedCallsInHalfOpen,
-    /// A duration that must be positive is zero.
-    ZeroDuration(&'static str),
-    /// `wait_multiplier` is below 1 or not finite.
-    WaitMultiplier(f64),
-    /// `max_wait_duration_in_open` is shorter than `wait_duration_in_open`.
-    MaxWaitBelowWait,
-    /// The name is empty.
-    EmptyName,
-    /// A failover setting is invalid (the message says which).
-    Failover(&'static str),
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::FailureRateThreshold(v) => write!(
-                f,
-                "failure_rate_threshold must be a percentage in (0, 100], got {v}"
-            ),
-            ConfigError::SlowCallRateThreshold(v) => write!(
-                f,
-                "slow_call_rate_threshold must be a percentage in (0, 100], got {v}"
-            ),
-            ConfigError::SlidingWindowSize => {
-                f.write_str("sliding_window_size must be between 1 and 1,000,000")
-            }
-            ConfigError::MinimumNumberOfCalls => {
-                f.write_str("minimum_number_of_calls must be at least 1")
-            }
-            ConfigError::PermittedCallsInHalfOpen => {
-                f.write_str("permitted_calls_in_half_open must be at least 1")
-            }
-            ConfigError::ZeroDuration(which) => write!(f, "{which} must be longer than zero"),
-            ConfigError::WaitMultiplier(v) => {
-                write!(f, "wait_multiplier must be a finite number >= 1, got {v}")
-            }
-            ConfigError::MaxWaitBelowWait => {
-                f.write_str("max_wait_duration_in_open must be at least wait_duration_in_open")
-            }
-            ConfigError::EmptyName => f.write_str("the breaker name must not be empty"),
-            ConfigError::Failover(msg) => write!(f, "invalid failover setting: {msg}"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-pub(crate) mod ms {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
-}
-
-pub(crate) mod opt_ms {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,26 +265,23 @@ mod tests {
             f(&mut c);
             c.validate().unwrap_err()
         };
+        let e = bad(|c| c.failure_rate_threshold = 0.0);
+        assert_eq!(e.field(), "failure_rate_threshold");
+        assert!(e.reason().contains("got 0"), "{e}");
+        let e = bad(|c| c.failure_rate_threshold = 100.5);
+        assert_eq!(e.field(), "failure_rate_threshold");
+        assert!(e.reason().contains("got 100.5"), "{e}");
         assert_eq!(
-            bad(|c| c.failure_rate_threshold = 0.0),
-            ConfigError::FailureRateThreshold(0.0)
+            bad(|c| c.sliding_window_size = 0).field(),
+            "sliding_window_size"
         );
         assert_eq!(
-            bad(|c| c.failure_rate_threshold = 100.5),
-            ConfigError::FailureRateThreshold(100.5)
+            bad(|c| c.permitted_calls_in_half_open = 0).field(),
+            "permitted_calls_in_half_open"
         );
-        assert_eq!(
-            bad(|c| c.sliding_window_size = 0),
-            ConfigError::SlidingWindowSize
-        );
-        assert_eq!(
-            bad(|c| c.permitted_calls_in_half_open = 0),
-            ConfigError::PermittedCallsInHalfOpen
-        );
-        assert_eq!(
-            bad(|c| c.wait_multiplier = 0.5),
-            ConfigError::WaitMultiplier(0.5)
-        );
+        let e = bad(|c| c.wait_multiplier = 0.5);
+        assert_eq!(e.field(), "wait_multiplier");
+        assert!(e.reason().contains("got 0.5"), "{e}");
         assert!(
             bad(|c| c.minimum_number_of_calls = 0)
                 .to_string()
