@@ -50,7 +50,7 @@ where
     }
 }
 
-/// The default policy: [`FailureClass::default_verdict`] (DESIGN.md's breaker column: 429 and
+/// The default policy: [`FailureClass::default_verdict`] (ARCHITECTURE.md's classifier table, breaker column: 429 and
 /// client errors ignored, 5xx, timeouts, connect and transport errors, empty and cut 2xx bodies
 /// failures), with two switches.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]

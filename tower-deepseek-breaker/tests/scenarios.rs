@@ -537,7 +537,7 @@ async fn responses_carry_the_breaker_state_for_outer_layers_that_ask() {
 async fn a_classified_body_is_shared_with_outer_layers_that_ask() {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    use tower_deepseek_core::classify::{FailureClass, SharedOutcome};
+    use tower_deepseek_core::classify::{FailureClass, FrameTrace, SharedOutcome};
 
     let layer = CircuitBreakerLayer::builder().build().unwrap();
     let mut svc = layer.layer(scripted());
@@ -563,9 +563,16 @@ async fn a_classified_body_is_shared_with_outer_layers_that_ask() {
             .await
             .unwrap();
         let slot = res.extensions().get::<SharedOutcome>().cloned().unwrap();
-        assert!(slot.get().is_none(), "filled only at the end of the body");
-        let _ = res.into_body().collect().await;
-        let outcome = slot.get().expect("filled at the end");
+        assert!(!slot.is_published(), "filled only at the end of the body");
+        // The verdict is about the very frames the caller received.
+        let mut seen = FrameTrace::new();
+        let mut body = res.into_body();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                seen.record(d);
+            }
+        }
+        let outcome = slot.verdict_for(&seen).expect("filled at the end");
         assert_eq!(outcome.result, expected, "{answer:?}");
         if answer == Answer::Ok {
             assert_eq!(outcome.summary.model.as_deref(), Some("deepseek-chat"));

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BodyEnd, BodyObserver, ObservedBody};
-use tower_deepseek_core::classify::{EosClassifier, SharedOutcome};
+use tower_deepseek_core::classify::{EosClassifier, FrameTrace, SharedOutcome};
 
 use crate::state::Permit;
 
@@ -26,8 +26,9 @@ struct ObserverState {
     eos: EosClassifier,
     permit: Option<Permit>,
     first_content: Option<Instant>,
-    /// The slot this breaker published for the layers above (see [`SharedOutcome`]).
-    share: Option<SharedOutcome>,
+    /// The slot this breaker published for the layers above (see [`SharedOutcome`]), and the
+    /// frames it passed up, which its verdict is about.
+    share: Option<(SharedOutcome, FrameTrace)>,
 }
 
 impl EndObserver {
@@ -36,7 +37,7 @@ impl EndObserver {
             eos,
             permit: Some(permit),
             first_content: None,
-            share,
+            share: share.map(|slot| (slot, FrameTrace::new())),
         }))
     }
 }
@@ -45,6 +46,9 @@ impl BodyObserver for EndObserver {
     fn on_data(&mut self, chunk: &Bytes) {
         let s = &mut *self.0;
         s.eos.on_data(chunk);
+        if let Some((_, frames)) = &mut s.share {
+            frames.record(chunk);
+        }
         if s.first_content.is_none() && s.eos.has_content() {
             s.first_content = s.permit.as_ref().map(|p| p.breaker().now());
         }
@@ -62,8 +66,8 @@ impl BodyObserver for EndObserver {
             }
         };
         // Before the end goes up: the layers above read the outcome when they see it.
-        if let Some(slot) = s.share.take() {
-            slot.set(result.clone(), s.eos.take_summary());
+        if let Some((slot, frames)) = s.share.take() {
+            slot.publish(result.clone(), s.eos.take_summary(), frames);
         }
         if let Some(permit) = s.permit.take() {
             let now = permit.breaker().now();

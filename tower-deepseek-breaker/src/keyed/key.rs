@@ -3,36 +3,10 @@
 
 use std::fmt;
 use std::hash::Hash;
-use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, Method, Request, Uri};
 
-/// The model a request is for, when a layer or the caller already knows it.
-///
-/// The breaker never reads the request body (that would mean buffering it). Insert this
-/// extension where the model is known (the caller, or a layer that parsed the body) to give the
-/// default key its model part:
-///
-/// ```
-/// use tower_deepseek_breaker::ModelHint;
-///
-/// let mut req = http::Request::new(());
-/// req.extensions_mut().insert(ModelHint::new("deepseek-chat"));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ModelHint(Arc<str>);
-
-impl ModelHint {
-    /// A hint for `model`.
-    pub fn new(model: impl Into<Arc<str>>) -> Self {
-        Self(model.into())
-    }
-
-    /// The model.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+pub use tower_deepseek_core::protocol::ModelHint;
 
 /// The parts of a request a key function may look at (everything but the body).
 #[derive(Debug, Clone, Copy)]
