@@ -1,7 +1,9 @@
 //! [`ServiceBuilderExt`]: one method per tower-deepseek layer on tower's `ServiceBuilder`.
 //!
-//! Each method is `self.layer(that_layer)`; the names say what the layer does and stay clear of
-//! `ServiceBuilder`'s own `retry`, `timeout` and `rate_limit`. The trait is sealed: only
+//! Each method is `self.layer(that_layer)` and is named after its layer, in snake case:
+//! `RetryLayer` is `.retry_layer(…)`, `CircuitBreakerLayer` is `.circuit_breaker_layer(…)`. (The
+//! `_layer` ending keeps them clear of `ServiceBuilder`'s own `retry`, `timeout` and
+//! `rate_limit`, which would win over a trait method of the same name.) The trait is sealed: only
 //! `ServiceBuilder` implements it, so methods can be added without breaking anyone.
 //!
 //! ```
@@ -16,9 +18,9 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_deepseek::BoxError> {
 //! let mut svc = ServiceBuilder::new()
-//!     .status_retry(RetryLayer::builder().build()?)
-//!     .circuit_breaker(CircuitBreakerLayer::builder().name("deepseek").build()?)
-//!     .bearer_auth(BearerAuthLayer::new("sk-example")?)
+//!     .retry_layer(RetryLayer::builder().build()?)
+//!     .circuit_breaker_layer(CircuitBreakerLayer::builder().name("deepseek").build()?)
+//!     .bearer_auth_layer(BearerAuthLayer::new("sk-example")?)
 //!     .service_fn(|req: http::Request<RetryBody<Full<Bytes>>>| async move {
 //!         assert!(req.headers().contains_key("authorization"));
 //!         let res = http::Response::builder()
@@ -57,13 +59,27 @@ macro_rules! ext_methods {
             )*
 
             /// Fills in request id and client IP ([`RequestMetadataLayer`]).
-            fn request_metadata(
+            fn request_metadata_layer(
                 self,
                 layer: RequestMetadataLayer,
             ) -> ServiceBuilder<Stack<RequestMetadataLayer, L>>;
 
             /// Joins relative request URIs onto the upstream's base URL ([`BaseUrlLayer`]).
-            fn base_url(self, layer: BaseUrlLayer) -> ServiceBuilder<Stack<BaseUrlLayer, L>>;
+            fn base_url_layer(self, layer: BaseUrlLayer) -> ServiceBuilder<Stack<BaseUrlLayer, L>>;
+
+            /// OAuth2 client credentials (`tower_deepseek_auth::OAuth2Layer`).
+            #[cfg(feature = "auth")]
+            fn oauth2_layer<T>(
+                self,
+                layer: tower_deepseek_auth::OAuth2Layer<T>,
+            ) -> ServiceBuilder<Stack<tower_deepseek_auth::OAuth2Layer<T>, L>>;
+
+            /// One circuit breaker per key (`tower_deepseek_breaker::KeyedCircuitBreakerLayer`).
+            #[cfg(feature = "breaker")]
+            fn keyed_circuit_breaker_layer<M: tower_deepseek_breaker::MakeKey>(
+                self,
+                layer: tower_deepseek_breaker::KeyedCircuitBreakerLayer<M>,
+            ) -> ServiceBuilder<Stack<tower_deepseek_breaker::KeyedCircuitBreakerLayer<M>, L>>;
         }
 
         impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -74,14 +90,30 @@ macro_rules! ext_methods {
                 }
             )*
 
-            fn request_metadata(
+            fn request_metadata_layer(
                 self,
                 layer: RequestMetadataLayer,
             ) -> ServiceBuilder<Stack<RequestMetadataLayer, L>> {
                 self.layer(layer)
             }
 
-            fn base_url(self, layer: BaseUrlLayer) -> ServiceBuilder<Stack<BaseUrlLayer, L>> {
+            fn base_url_layer(self, layer: BaseUrlLayer) -> ServiceBuilder<Stack<BaseUrlLayer, L>> {
+                self.layer(layer)
+            }
+
+            #[cfg(feature = "auth")]
+            fn oauth2_layer<T>(
+                self,
+                layer: tower_deepseek_auth::OAuth2Layer<T>,
+            ) -> ServiceBuilder<Stack<tower_deepseek_auth::OAuth2Layer<T>, L>> {
+                self.layer(layer)
+            }
+
+            #[cfg(feature = "breaker")]
+            fn keyed_circuit_breaker_layer<M: tower_deepseek_breaker::MakeKey>(
+                self,
+                layer: tower_deepseek_breaker::KeyedCircuitBreakerLayer<M>,
+            ) -> ServiceBuilder<Stack<tower_deepseek_breaker::KeyedCircuitBreakerLayer<M>, L>> {
                 self.layer(layer)
             }
         }
@@ -90,25 +122,25 @@ macro_rules! ext_methods {
 
 ext_methods! {
     /// Writes one audit record per call (`tower_deepseek_redact::AuditLayer`).
-    "redact" => audit(tower_deepseek_redact::AuditLayer);
+    "redact" => audit_layer(tower_deepseek_redact::AuditLayer);
     /// Masks PII in requests and restores it in answers (`tower_deepseek_redact::RedactLayer`).
-    "redact" => redact(tower_deepseek_redact::RedactLayer);
+    "redact" => redact_layer(tower_deepseek_redact::RedactLayer);
     /// Filters model output (`tower_deepseek_redact::ContentFilterLayer`).
-    "redact" => content_filter(tower_deepseek_redact::ContentFilterLayer);
+    "redact" => content_filter_layer(tower_deepseek_redact::ContentFilterLayer);
     /// Two-level response cache (`tower_deepseek_cache::CacheLayer`).
-    "cache" => cache(tower_deepseek_cache::CacheLayer);
+    "cache" => cache_layer(tower_deepseek_cache::CacheLayer);
     /// Requests and tokens per minute (`tower_deepseek_retry::rate_limit::RateLimitLayer`).
-    "retry" => token_rate_limit(tower_deepseek_retry::rate_limit::RateLimitLayer);
+    "retry" => rate_limit_layer(tower_deepseek_retry::rate_limit::RateLimitLayer);
     /// AIMD in-flight limit that backs off on 429 (`tower_deepseek_retry::concurrency::AdaptiveConcurrencyLayer`).
-    "retry" => adaptive_concurrency(tower_deepseek_retry::concurrency::AdaptiveConcurrencyLayer);
+    "retry" => adaptive_concurrency_layer(tower_deepseek_retry::concurrency::AdaptiveConcurrencyLayer);
     /// The guide's status-aware retries (`tower_deepseek_retry::retry::RetryLayer`).
-    "retry" => status_retry(tower_deepseek_retry::retry::RetryLayer);
+    "retry" => retry_layer(tower_deepseek_retry::retry::RetryLayer);
     /// Header, first-token and idle timeouts (`tower_deepseek_retry::timeout::TimeoutLayer`).
-    "retry" => stream_timeout(tower_deepseek_retry::timeout::TimeoutLayer);
+    "retry" => timeout_layer(tower_deepseek_retry::timeout::TimeoutLayer);
     /// Resilience4j-style circuit breaker (`tower_deepseek_breaker::CircuitBreakerLayer`).
-    "breaker" => circuit_breaker(tower_deepseek_breaker::CircuitBreakerLayer);
+    "breaker" => circuit_breaker_layer(tower_deepseek_breaker::CircuitBreakerLayer);
     /// Weighted failover across endpoints, each behind a breaker (`tower_deepseek_breaker::FailoverLayer`).
-    "breaker" => failover(tower_deepseek_breaker::FailoverLayer);
+    "breaker" => failover_layer(tower_deepseek_breaker::FailoverLayer);
     /// Static API key (`tower_deepseek_auth::BearerAuthLayer`).
-    "auth" => bearer_auth(tower_deepseek_auth::BearerAuthLayer);
+    "auth" => bearer_auth_layer(tower_deepseek_auth::BearerAuthLayer);
 }

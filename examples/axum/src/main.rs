@@ -51,12 +51,12 @@ struct AppState {
 fn deepseek_client(base_url: &str, api_key: String) -> Result<DeepSeek, BoxError> {
     let svc = ServiceBuilder::new()
         .map_response(|res: http::Response<_>| res.map(Body::new))
-        .redact(RedactLayer::new())
-        .cache(CacheLayer::builder().build()?)
-        .status_retry(RetryLayer::builder().build()?)
-        .circuit_breaker(CircuitBreakerLayer::builder().name("deepseek").build()?)
-        .bearer_auth(BearerAuthLayer::new(api_key)?)
-        .base_url(BaseUrlLayer::new(base_url)?)
+        .redact_layer(RedactLayer::new())
+        .cache_layer(CacheLayer::builder().build()?)
+        .retry_layer(RetryLayer::builder().build()?)
+        .circuit_breaker_layer(CircuitBreakerLayer::builder().name("deepseek").build()?)
+        .bearer_auth_layer(BearerAuthLayer::new(api_key)?)
+        .base_url_layer(BaseUrlLayer::new(base_url)?)
         .service(upstream_client(&ClientConfig::default()));
     Ok(BoxCloneSyncService::new(svc))
 }
@@ -71,16 +71,16 @@ fn app(base_url: &str, api_key: String) -> Result<Router, BoxError> {
             tower_deepseek::error::error_response(&*err).map(Body::new)
         }))
         .map_response(|res: http::Response<_>| res.map(Body::new))
-        .request_metadata(RequestMetadataLayer::new(MetadataConfig::new()))
-        .redact(RedactLayer::new())
-        .status_retry(RetryLayer::builder().build()?)
-        .circuit_breaker(
+        .request_metadata_layer(RequestMetadataLayer::new(MetadataConfig::new()))
+        .redact_layer(RedactLayer::new())
+        .retry_layer(RetryLayer::builder().build()?)
+        .circuit_breaker_layer(
             CircuitBreakerLayer::builder()
                 .name("deepseek-route")
                 .build()?,
         )
-        .bearer_auth(BearerAuthLayer::new(api_key)?.overwrite(true))
-        .base_url(BaseUrlLayer::new(base_url)?.replace_absolute(true))
+        .bearer_auth_layer(BearerAuthLayer::new(api_key)?.overwrite(true))
+        .base_url_layer(BaseUrlLayer::new(base_url)?.replace_absolute(true))
         .service(upstream_client(&ClientConfig::default()));
 
     Ok(Router::new()

@@ -66,20 +66,20 @@ async fn main() -> Result<(), BoxError> {
 
     // The recommended stack, outermost first.
     let client = ServiceBuilder::new()
-        .request_metadata(RequestMetadataLayer::new(MetadataConfig::new()))
-        .redact(RedactLayer::new())
-        .cache(CacheLayer::builder().build()?)
-        .token_rate_limit(RateLimitLayer::builder().build()?)
-        .status_retry(RetryLayer::builder().build()?)
-        .stream_timeout(
+        .request_metadata_layer(RequestMetadataLayer::new(MetadataConfig::new()))
+        .redact_layer(RedactLayer::new())
+        .cache_layer(CacheLayer::builder().build()?)
+        .rate_limit_layer(RateLimitLayer::builder().build()?)
+        .retry_layer(RetryLayer::builder().build()?)
+        .timeout_layer(
             TimeoutLayer::builder()
                 .first_token(Duration::from_secs(120))
                 .idle(Duration::from_secs(60))
                 .build()?,
         )
-        .circuit_breaker(CircuitBreakerLayer::builder().name("deepseek").build()?)
-        .bearer_auth(BearerAuthLayer::new(key)?)
-        .base_url(BaseUrlLayer::new(&base)?)
+        .circuit_breaker_layer(CircuitBreakerLayer::builder().name("deepseek").build()?)
+        .bearer_auth_layer(BearerAuthLayer::new(key)?)
+        .base_url_layer(BaseUrlLayer::new(&base)?)
         .service(upstream_client(&ClientConfig::default()));
 
     let body = serde_json::json!({
