@@ -1,5 +1,5 @@
-//! The statically typed pieces the recommended stack is made of: [`Optional`], [`Left`],
-//! [`Right`], [`Auth`] and [`PerTenant`], and their futures.
+//! The statically typed pieces the recommended stack is made of: [`Optional`], [`Left`] and
+//! [`Right`] (one [`Branch`] type), [`Auth`] and [`PerTenant`], and their futures.
 //!
 //! They are public so that the stack's type can be named, and so that a stack of another
 //! shape can be composed from them (see [`Optional`]).
@@ -139,71 +139,54 @@ where
 
 /// The inner service of a layer that is on: hands the layer's request body `X` down as
 /// `Either::Left(X)`. `B` is the request body of the path around the layer ([`Right`]).
-pub struct Left<S, B> {
-    inner: S,
-    _body: PhantomData<fn(B)>,
-}
-
-impl<S, B> Left<S, B> {
-    /// Wraps `inner`, which takes `Request<Either<X, B>>`.
-    pub const fn new(inner: S) -> Self {
-        Self {
-            inner,
-            _body: PhantomData,
-        }
-    }
-
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// Consumes `self`, returning the wrapped service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S: Clone, B> Clone for Left<S, B> {
-    fn clone(&self) -> Self {
-        Self::new(self.inner.clone())
-    }
-}
-
-impl<S: fmt::Debug, B> fmt::Debug for Left<S, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Left").field(&self.inner).finish()
-    }
-}
-
-impl<S, B, X> Service<Request<X>> for Left<S, B>
-where
-    S: Service<Request<Either<X, B>>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<X>) -> S::Future {
-        self.inner.call(req.map(Either::Left))
-    }
-}
+pub type Left<S, B> = Branch<S, B, OnLeft>;
 
 /// The path around a layer that is off: hands the caller's request body `B` down as
 /// `Either::Right(B)`. `X` is the request body the layer would have handed down ([`Left`]).
-pub struct Right<S, X> {
+pub type Right<S, X> = Branch<S, X, OnRight>;
+
+/// One side of the `Either` request body that the service below a stage takes: [`Left`] or
+/// [`Right`]. `O` is the body type of the other side; `P` ([`OnLeft`] or [`OnRight`]) says
+/// which side this one is.
+pub struct Branch<S, O, P> {
     inner: S,
-    _body: PhantomData<fn(X)>,
+    _body: PhantomData<fn(O, P)>,
 }
 
-impl<S, X> Right<S, X> {
-    /// Wraps `inner`, which takes `Request<Either<X, B>>`.
+/// Which side of an `Either` a [`Branch`] puts its request body on.
+pub trait Side<T, O> {
+    /// The `Either` the body goes into (`Either<T, O>` on the left, `Either<O, T>` on the right).
+    type Body;
+    /// Puts `body` on this side.
+    fn place(body: T) -> Self::Body;
+}
+
+/// The left side: the body of a layer that is on.
+#[derive(Debug, Clone, Copy)]
+pub enum OnLeft {}
+
+/// The right side: the caller's body, around a layer that is off.
+#[derive(Debug, Clone, Copy)]
+pub enum OnRight {}
+
+impl<T, O> Side<T, O> for OnLeft {
+    type Body = Either<T, O>;
+    #[inline]
+    fn place(body: T) -> Either<T, O> {
+        Either::Left(body)
+    }
+}
+
+impl<T, O> Side<T, O> for OnRight {
+    type Body = Either<O, T>;
+    #[inline]
+    fn place(body: T) -> Either<O, T> {
+        Either::Right(body)
+    }
+}
+
+impl<S, O, P> Branch<S, O, P> {
+    /// Wraps `inner`, which takes the `Either` of both sides' bodies.
     pub const fn new(inner: S) -> Self {
         Self {
             inner,
@@ -222,21 +205,22 @@ impl<S, X> Right<S, X> {
     }
 }
 
-impl<S: Clone, X> Clone for Right<S, X> {
+impl<S: Clone, O, P> Clone for Branch<S, O, P> {
     fn clone(&self) -> Self {
         Self::new(self.inner.clone())
     }
 }
 
-impl<S: fmt::Debug, X> fmt::Debug for Right<S, X> {
+impl<S: fmt::Debug, O, P> fmt::Debug for Branch<S, O, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Right").field(&self.inner).finish()
+        f.debug_tuple("Branch").field(&self.inner).finish()
     }
 }
 
-impl<S, X, B> Service<Request<B>> for Right<S, X>
+impl<S, O, P, T> Service<Request<T>> for Branch<S, O, P>
 where
-    S: Service<Request<Either<X, B>>>,
+    P: Side<T, O>,
+    S: Service<Request<P::Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -248,8 +232,8 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<B>) -> S::Future {
-        self.inner.call(req.map(Either::Right))
+    fn call(&mut self, req: Request<T>) -> S::Future {
+        self.inner.call(req.map(P::place))
     }
 }
 
