@@ -152,7 +152,7 @@ use tower_deepseek_core::meta::{
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::detect::ConfigError;
+use crate::ConfigError;
 use crate::redactor::PiiCounts;
 
 mod chain;
@@ -947,7 +947,7 @@ impl AuditLayerBuilder {
         let key = self
             .key
             .filter(|k| k.expose_secret().len() >= 16)
-            .ok_or_else(|| ConfigError::new("AuditLayer needs an hmac_key of at least 16 bytes"))?;
+            .ok_or_else(|| ConfigError::new("hmac_key", "must be at least 16 bytes"))?;
         if self.sinks.is_empty() {
             self.sinks.push(Arc::new(TracingSink));
         }

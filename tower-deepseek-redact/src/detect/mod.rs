@@ -43,6 +43,8 @@ use std::sync::Arc;
 
 use regex::Regex;
 
+use crate::ConfigError;
+
 mod context;
 mod network;
 mod numbers;
@@ -105,9 +107,12 @@ impl EntityType {
         if ok {
             Ok(Self(Cow::Owned(up)))
         } else {
-            Err(ConfigError::new(format!(
-                "entity type names are 1-32 characters of A-Z, 0-9 and _, starting with a letter; got {name:?}"
-            )))
+            Err(ConfigError::new(
+                "name",
+                format!(
+                    "must be 1-32 characters of A-Z, 0-9 and _, starting with a letter (got {name:?})"
+                ),
+            ))
         }
     }
 
@@ -175,29 +180,6 @@ impl<'de> serde::Deserialize<'de> for EntityType {
         Self::custom(&s).map_err(serde::de::Error::custom)
     }
 }
-
-/// An invalid configuration, with a message that says what to fix.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ConfigError {
-    message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid redaction configuration: {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// One detected entity: its byte range in the scanned text, its type and its score.
 #[derive(Debug, Clone, PartialEq)]
@@ -403,9 +385,10 @@ impl DetectorsBuilder {
     /// permit number without `通行证`), raise it to keep only validated forms.
     pub fn min_score(mut self, score: f32) -> Self {
         if !(0.0..=1.0).contains(&score) {
-            self.error = Some(ConfigError::new(format!(
-                "min_score must be between 0 and 1, got {score}"
-            )));
+            self.error = Some(ConfigError::new(
+                "min_score",
+                format!("must be between 0 and 1 (got {score})"),
+            ));
         }
         self.min_score = score;
         self
@@ -481,9 +464,10 @@ impl DetectorsBuilder {
             }
         };
         if Kind::from_entity(&entity).is_some() {
-            self.error = Some(ConfigError::new(format!(
-                "custom detector {name:?} uses the name of a built-in detector"
-            )));
+            self.error = Some(ConfigError::new(
+                "name",
+                format!("must not be the name of a built-in detector (got {name:?})"),
+            ));
             return self;
         }
         match Regex::new(pattern) {
@@ -493,9 +477,10 @@ impl DetectorsBuilder {
                 validator,
             }),
             Err(e) => {
-                self.error = Some(ConfigError::new(format!(
-                    "custom detector {name:?}: invalid regex: {e}"
-                )))
+                self.error = Some(ConfigError::new(
+                    "pattern",
+                    format!("of custom detector {name:?} is not a valid regex: {e}"),
+                ))
             }
         }
         self
