@@ -99,7 +99,10 @@ mod json;
 mod redact;
 mod redactor;
 
-pub use audit::{Audit, AuditLayer, AuditLayerBuilder, PromptRecorder};
+pub use audit::{
+    Audit, AuditHandle, AuditLayer, AuditLayerBuilder, AuditUnavailable, PromptRecorder,
+    SinkFailurePolicy,
+};
 pub use detect::{Detection, Detectors, DetectorsBuilder, EntityType};
 pub use filter::{
     ContentFilter, ContentFilterConfig, ContentFilterLayer, ContentFilterLayerBuilder, FilterAction,
