@@ -121,6 +121,15 @@
 //! # }
 //! ```
 
+#[cfg(doc)]
+use tower_deepseek_core::body::ObservedBody;
+#[cfg(doc)]
+use tower_deepseek_core::classify::{Classifier, EosClassifier, FailureClass, SharedOutcome};
+#[cfg(doc)]
+use tower_deepseek_core::meta::{
+    BreakerStatus, ClientIp, CollectCallFacts, PeerAddr, RequestId, TenantId, UpstreamAttempts,
+};
+
 mod body;
 mod chain;
 mod config;

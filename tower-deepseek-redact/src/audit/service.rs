@@ -16,6 +16,8 @@ use tower_deepseek_core::meta::{
 };
 use tower_service::Service;
 
+#[cfg(doc)]
+use super::AuditLayer;
 use super::body::ResponseBody;
 use super::date::rfc3339_bytes;
 use super::future::ResponseFuture;

@@ -52,7 +52,7 @@ impl DetectorsBuilder {
         self
     }
 
-    /// The score a detection needs to be reported (default [`DEFAULT_MIN_SCORE`], 0.5).
+    /// The score a detection needs to be reported (default [`DEFAULT_MIN_SCORE`](super::DEFAULT_MIN_SCORE), 0.5).
     /// Lower it to also catch weak forms without context (nine bare digits as an SSN, a
     /// permit number without `通行证`), raise it to keep only validated forms.
     pub fn min_score(mut self, score: f32) -> Self {

@@ -1,5 +1,7 @@
 //! The serde configuration of [`RedactLayer`](super::RedactLayer) and its policies.
 
+#[cfg(doc)]
+use super::error::InvalidJsonBody;
 use crate::redactor::Mode;
 
 /// What to do, on endpoints other than chat and FIM, with a body that is not JSON (see
@@ -34,7 +36,7 @@ pub enum UnparseablePolicy {
     PassThroughUnsafe,
 }
 
-/// A serde configuration for [`RedactLayer`] (e.g. from TOML).
+/// A serde configuration for [`RedactLayer`](super::RedactLayer) (e.g. from TOML).
 ///
 /// ```toml
 /// default_mode = "placeholder"

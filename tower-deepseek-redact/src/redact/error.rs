@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+#[cfg(doc)]
+use super::config::{NonJsonPolicy, UnparseablePolicy};
+
 /// Why a request body could not be parsed ([`InvalidJsonBody::reason`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
