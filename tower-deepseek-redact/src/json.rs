@@ -82,7 +82,7 @@ impl JsonPath {
     /// (text parts), `messages[].tool_calls[].function.arguments`, `prompt` and `suffix`.
     #[deprecated(
         since = "0.1.0",
-        note = "RedactLayer now scans every string value of a request except its structural fields (see the redact module docs); JsonPath only names extra paths"
+        note = "RedactLayer now scans every string value of a request except its structural fields (see the docs of RedactLayer); JsonPath only names extra paths"
     )]
     pub fn defaults() -> Vec<JsonPath> {
         let p = |s: &str| JsonPath::parse(s).expect("built-in path");
