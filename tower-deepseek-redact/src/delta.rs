@@ -473,3 +473,75 @@ impl<E: DeltaEdit> ChunkTransform for DeltaRewriter<E> {
         self.blocked
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Upper-cases text and holds back a trailing `x` (as if it might start a match).
+    struct Upper;
+
+    impl DeltaEdit for Upper {
+        fn wants(&self, delta: &str) -> bool {
+            !delta.is_empty()
+        }
+
+        fn edit(&mut self, text: String, last: bool) -> Result<(String, String), Blocked> {
+            let mut text = text.to_uppercase();
+            let keep = if !last && text.ends_with('X') {
+                text.split_off(text.len() - 1)
+            } else {
+                String::new()
+            };
+            Ok((text, keep))
+        }
+
+        fn flush(&mut self, text: String) -> Result<String, Blocked> {
+            Ok(text)
+        }
+    }
+
+    #[test]
+    fn event_lengths() {
+        assert_eq!(complete_len(b"data: a\n\ndata: b"), 9);
+        assert_eq!(complete_len(b"data: a\r\n\r\n"), 11);
+        // A CR at the end may be half of a CRLF.
+        assert_eq!(complete_len(b"data: a\r\n\r"), 0);
+        assert_eq!(complete_len_first(b"data: a\n\ndata: b\n\n"), 9);
+        assert!(ends_events(b"data: a\n\n") && !ends_events(b"data: a\n"));
+    }
+
+    #[test]
+    fn held_text_is_flushed_before_done_and_ids_are_kept() {
+        let mut r = DeltaRewriter::with_edit(Upper);
+        let mut out = Vec::new();
+        for chunk in [
+            &b"id: 7\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ax\"}}]}\n"[..],
+            b"\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n",
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"cx\"}}]}\n\ndata: [DONE]\n\n",
+        ] {
+            out.extend_from_slice(&r.transform(Bytes::copy_from_slice(chunk)));
+        }
+        out.extend_from_slice(&r.finish());
+        let mut contents = Vec::new();
+        let mut ids = Vec::new();
+        let mut parser = SseParser::new();
+        parser
+            .push(&Bytes::from(out), |e| {
+                ids.push(e.id().map(<[u8]>::to_vec));
+                if !e.is_done() {
+                    let v: Value = serde_json::from_slice(e.data()).unwrap();
+                    contents.push(
+                        v["choices"][0]["delta"]["content"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    );
+                }
+            })
+            .unwrap();
+        assert_eq!(contents, ["A", "XB", "C", "X"]);
+        assert_eq!(ids[0].as_deref(), Some(&b"7"[..]));
+        assert!(r.finish().is_empty());
+    }
+}
