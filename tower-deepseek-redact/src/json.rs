@@ -6,12 +6,12 @@
 //! - at given [`JsonPath`]s (the content filter's answer fields);
 //! - every string value of a request except its structural fields ([`find_request_strings`]),
 //!   plus extra paths that put structural ones back; the field list is in the
-//!   [`redact`](crate::redact) module docs.
+//!   [`RedactLayer`](crate::RedactLayer) docs.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::detect::ConfigError;
+use crate::ConfigError;
 
 /// One segment of a [`JsonPath`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl JsonPath {
     pub fn parse(path: &str) -> Result<Self, ConfigError> {
         let mut segs = Vec::new();
         if path.is_empty() {
-            return Err(ConfigError::new("empty JSON path"));
+            return Err(ConfigError::new("path", "must not be empty"));
         }
         for part in path.split('.') {
             let mut key = part;
@@ -55,9 +55,12 @@ impl JsonPath {
                 idx += 1;
             }
             if key.is_empty() || key.contains(['[', ']']) {
-                return Err(ConfigError::new(format!(
-                    "invalid JSON path {path:?}: use keys joined with '.', and '[]' for array elements"
-                )));
+                return Err(ConfigError::new(
+                    "path",
+                    format!(
+                        "{path:?} is invalid: use keys joined with '.', and '[]' for array elements"
+                    ),
+                ));
             }
             segs.push(Seg::Key(key.to_owned()));
             segs.extend(std::iter::repeat_n(Seg::AnyIndex, idx));
@@ -79,7 +82,7 @@ impl JsonPath {
     /// (text parts), `messages[].tool_calls[].function.arguments`, `prompt` and `suffix`.
     #[deprecated(
         since = "0.1.0",
-        note = "RedactLayer now scans every string value of a request except its structural fields (see the redact module docs); JsonPath only names extra paths"
+        note = "RedactLayer now scans every string value of a request except its structural fields (see the docs of RedactLayer); JsonPath only names extra paths"
     )]
     pub fn defaults() -> Vec<JsonPath> {
         let p = |s: &str| JsonPath::parse(s).expect("built-in path");

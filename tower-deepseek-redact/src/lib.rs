@@ -1,7 +1,7 @@
 //! Compliance layers for DeepSeek and OpenAI-compatible chat APIs: PII masking with restore in
 //! streamed answers, tamper-evident audit records, and output filtering.
 //!
-//! - [`RedactLayer`] ([`redact`]): finds personal data and secrets in every text field of a
+//! - [`RedactLayer`]: finds personal data and secrets in every text field of a
 //!   request ([`detect`]: CN mobile and landline numbers, resident ID cards, bank cards, e-mail,
 //!   IPv4/6, passports, US SSNs, API keys, AWS keys, JWTs, private keys, passwords and tokens
 //!   by context, webhooks, custom regexes; full-width digits included; each with a score and
@@ -11,7 +11,7 @@
 //!   names) and every byte outside a masked value stay byte-identical. It fails closed: a
 //!   chat or FIM body is parsed whatever its `Content-Type`, and one it cannot parse (invalid
 //!   JSON, not UTF-8, too deep, too large) is refused, never forwarded raw. The field list,
-//!   and what other endpoints get, are in the [`redact`] module docs.
+//!   and what other endpoints get, are in [`RedactLayer`]'s docs.
 //! - [`AuditLayer`] ([`audit`]): one structured record per call (who, what, outcome, tokens,
 //!   PII counts, prompt HMAC), to tracing, JSON Lines files with rotation or any writer, with an
 //!   optional hash chain and [`audit::verify_chain`]. Never a prompt, answer, PII value or secret.
@@ -92,19 +92,26 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audit;
+mod delta;
 pub mod detect;
 pub mod filter;
 mod json;
-pub mod redact;
+mod redact;
 mod redactor;
-mod restore;
 
-pub use audit::{Audit, AuditLayer, PromptRecorder};
-pub use detect::{ConfigError, Detection, Detectors, DetectorsBuilder, EntityType};
-pub use filter::{ContentFilter, ContentFilterLayer, FilterAction};
+pub use audit::{
+    Audit, AuditHandle, AuditLayer, AuditLayerBuilder, AuditUnavailable, PromptRecorder,
+    SinkFailurePolicy,
+};
+pub use detect::{Detection, Detectors, DetectorsBuilder, EntityType};
+pub use filter::{
+    ContentFilter, ContentFilterConfig, ContentFilterLayer, ContentFilterLayerBuilder, FilterAction,
+};
 pub use json::JsonPath;
 pub use redact::{
-    InvalidJsonBody, InvalidJsonReason, NonJsonPolicy, Redact, RedactConfig, RedactLayer,
+    CustomDetectorConfig, InvalidJsonBody, InvalidJsonReason, NonJsonPolicy, Redact, RedactConfig,
+    RedactLayer, ResponseBody as RedactResponseBody, ResponseFuture as RedactResponseFuture,
     UnparseablePolicy,
 };
 pub use redactor::{Mode, PiiBlocked, PiiCounts, RedactContext, Redactor, RedactorBuilder, Vault};
+pub use tower_deepseek_core::config::ConfigError;

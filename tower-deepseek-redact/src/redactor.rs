@@ -8,7 +8,8 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
-use crate::detect::{ConfigError, Detectors, EntityType};
+use crate::ConfigError;
+use crate::detect::{Detectors, EntityType};
 
 /// What replaces an entity of a given type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -287,7 +288,8 @@ impl RedactorBuilder {
                 .is_none_or(|k| k.expose_secret().len() < 16)
         {
             return Err(ConfigError::new(
-                "Mode::Hash needs a hash_key of at least 16 bytes",
+                "hash_key",
+                "must be at least 16 bytes when a mode is `hash`",
             ));
         }
         Ok(Redactor {

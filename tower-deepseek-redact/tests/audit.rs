@@ -419,12 +419,17 @@ async fn fail_open_serves_and_counts() {
 
 #[test]
 fn builder_validates() {
-    assert!(AuditLayer::builder().build().is_err());
-    assert!(
+    assert_eq!(
+        AuditLayer::builder().build().unwrap_err().field(),
+        "hmac_key"
+    );
+    assert_eq!(
         AuditLayer::builder()
             .hmac_key(b"short".to_vec())
             .build()
-            .is_err()
+            .unwrap_err()
+            .field(),
+        "hmac_key"
     );
 }
 

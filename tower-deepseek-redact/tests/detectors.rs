@@ -236,14 +236,11 @@ fn custom_detectors() {
             ("EVEN".to_string(), "N12")
         ]
     );
-    assert!(
-        Detectors::builder()
-            .custom("bad name", "x")
-            .build()
-            .is_err()
-    );
-    assert!(Detectors::builder().custom("X", "(").build().is_err());
-    assert!(Detectors::builder().custom("EMAIL", "x").build().is_err());
+    let field =
+        |b: tower_deepseek_redact::DetectorsBuilder| b.build().unwrap_err().field().to_owned();
+    assert_eq!(field(Detectors::builder().custom("bad name", "x")), "name");
+    assert_eq!(field(Detectors::builder().custom("X", "(")), "pattern");
+    assert_eq!(field(Detectors::builder().custom("EMAIL", "x")), "name");
 }
 
 #[test]
@@ -591,9 +588,12 @@ fn allow_mode_leaves_the_value_and_config_sets_policy() {
         "negative_context_words": {"BANK_CARD": {"zh": ["会员卡"]}}
     }))
     .unwrap();
-    assert!(RedactLayer::from_config(&config, None).is_ok());
+    assert!(RedactLayer::from_config(config, None).is_ok());
     let bad: RedactConfig = serde_json::from_value(serde_json::json!({"min_score": 2.0})).unwrap();
-    assert!(RedactLayer::from_config(&bad, None).is_err());
+    assert_eq!(
+        RedactLayer::from_config(bad, None).unwrap_err().field(),
+        "min_score"
+    );
 }
 
 #[test]

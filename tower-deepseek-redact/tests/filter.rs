@@ -229,13 +229,25 @@ async fn clean_stream_keeps_its_text() {
 
 #[test]
 fn config_is_validated() {
-    assert!(ContentFilterLayer::builder().build().is_err());
-    assert!(ContentFilterLayer::builder().regex("(").build().is_err());
-    assert!(
+    assert_eq!(
+        ContentFilterLayer::builder().build().unwrap_err().field(),
+        "keywords"
+    );
+    assert_eq!(
+        ContentFilterLayer::builder()
+            .regex("(")
+            .build()
+            .unwrap_err()
+            .field(),
+        "regexes"
+    );
+    assert_eq!(
         ContentFilterLayer::builder()
             .keywords(["x"])
             .block_status(StatusCode::OK)
             .build()
-            .is_err()
+            .unwrap_err()
+            .field(),
+        "block_status"
     );
 }

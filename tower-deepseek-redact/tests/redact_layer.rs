@@ -204,7 +204,10 @@ async fn oversized_body_is_a_typed_error() {
 async fn extra_paths_and_counts_in_extensions() {
     // `model` is structural: only an extra path has it scanned.
     let layer = RedactLayer::new().extra_path("model").unwrap();
-    assert!(RedactLayer::new().extra_path("a..b").is_err());
+    assert_eq!(
+        RedactLayer::new().extra_path("a..b").unwrap_err().field(),
+        "extra_paths"
+    );
     let body = r#"{"model":"a@b.com","metadata":{"other":"c@d.com"},"messages":[{"role":"user","content":"13800138000 13900139000"}]}"#;
     let seen = Seen::default();
     let inner = echo(seen.clone());
@@ -272,7 +275,7 @@ async fn from_serde_config() {
         "non_json": "reject"
     }))
     .unwrap();
-    let layer = RedactLayer::from_config(&cfg, None).unwrap();
+    let layer = RedactLayer::from_config(cfg, None).unwrap();
     let body = r#"{"metadata":{"note":"EMP-123456"},"messages":[{"role":"user","content":"13800138000 10.0.0.1 ab@example.com"}]}"#;
     let (_, seen) = run(layer.clone(), post(body)).await;
     let v: serde_json::Value = serde_json::from_slice(&seen.lock().unwrap()[0]).unwrap();
@@ -292,8 +295,13 @@ async fn from_serde_config() {
     // Hash mode without a key is a config error.
     let cfg: tower_deepseek_redact::RedactConfig =
         serde_json::from_value(serde_json::json!({"default_mode": "hash"})).unwrap();
-    assert!(RedactLayer::from_config(&cfg, None).is_err());
-    assert!(RedactLayer::from_config(&cfg, Some(b"0123456789abcdef".to_vec())).is_ok());
+    assert_eq!(
+        RedactLayer::from_config(cfg.clone(), None)
+            .unwrap_err()
+            .field(),
+        "hash_key"
+    );
+    assert!(RedactLayer::from_config(cfg, Some(b"0123456789abcdef".to_vec())).is_ok());
 }
 
 #[tokio::test]
@@ -560,10 +568,10 @@ async fn passing_unparseable_chat_bodies_is_an_explicit_opt_in() {
     // The same from a config; the default config refuses.
     let cfg: tower_deepseek_redact::RedactConfig =
         serde_json::from_value(serde_json::json!({"unparseable": "pass_through_unsafe"})).unwrap();
-    let (out, _) = run(RedactLayer::from_config(&cfg, None).unwrap(), post("nope")).await;
+    let (out, _) = run(RedactLayer::from_config(cfg, None).unwrap(), post("nope")).await;
     assert_eq!(out.unwrap(), Bytes::from("nope"));
     let cfg = tower_deepseek_redact::RedactConfig::default();
-    let (out, _) = run(RedactLayer::from_config(&cfg, None).unwrap(), post("nope")).await;
+    let (out, _) = run(RedactLayer::from_config(cfg, None).unwrap(), post("nope")).await;
     assert!(out.unwrap_err().is::<InvalidJsonBody>());
     // `pass_through` is no value of `unparseable`: the opt-in says it is unsafe.
     assert!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::hex_lower;
+use super::json::hex_lower;
 
 /// A broken hash chain: the first line (1-based) that does not verify, and its file when the
 /// log was read from files.

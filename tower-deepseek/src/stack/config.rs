@@ -78,7 +78,7 @@ impl StackConfig {
         let mut b = RecommendedStack::builder();
         if let Some(c) = &self.redact {
             b = b.redact(
-                RedactLayer::from_config(c, redact_hash_key)
+                RedactLayer::from_config(c.clone(), redact_hash_key)
                     .map_err(|e| StackConfigError::new("redact", e))?,
             );
         }

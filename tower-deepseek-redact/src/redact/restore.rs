@@ -1,12 +1,10 @@
-//! Puts placeholders back in responses, JSON answers and SSE streams alike.
-
-use std::collections::HashMap;
+//! Puts placeholders back in responses, JSON answers and SSE streams alike (SSE through the
+//! crate's shared [`DeltaRewriter`]).
 
 use bytes::{Bytes, BytesMut};
-use serde_json::Value;
 use tower_deepseek_core::body::ChunkTransform;
-use tower_deepseek_core::sse::{SseEvent, SseParser};
 
+use crate::delta::{Blocked, DeltaEdit, DeltaRewriter};
 use crate::json::escape_into;
 use crate::redactor::Vault;
 
@@ -357,203 +355,29 @@ impl TextRestorer {
     }
 }
 
-/// Which string of a chunk a carried fragment belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Field {
-    Content,
-    Reasoning,
-    Text,
-    Arguments(u64),
-}
-
 /// Restores placeholders inside the JSON string deltas of an SSE stream: a placeholder split
 /// across chunks or across events (`<CN_MO` in one delta, `BILE_1>` in the next) is
 /// reassembled. Events without a placeholder, or a fragment of one, are forwarded as their
 /// original bytes; a changed event is re-encoded.
-#[derive(Debug)]
-pub(crate) struct SseRestorer {
-    index: Index,
-    /// Bytes of an event not yet terminated by a blank line.
-    partial: BytesMut,
-    /// Held-back fragments, per (choice index, field).
-    carry: HashMap<(u64, Field), String>,
-    /// The last parsed chunk, as the envelope of synthetic flush events.
-    template: Option<Value>,
-    finder: LtOrEscape,
-}
+pub(crate) type SseRestorer = DeltaRewriter<RestoreEdit>;
 
 impl SseRestorer {
     pub(crate) fn new(vault: Vault) -> Self {
-        Self {
+        DeltaRewriter::with_edit(RestoreEdit {
             index: Index::new(&vault),
-            partial: BytesMut::new(),
-            carry: HashMap::new(),
-            template: None,
             finder: LtOrEscape::new(),
-        }
+        })
     }
+}
 
-    /// Splits `data` into complete raw events (ending in a blank line) and a rest.
-    pub(crate) fn complete_len(data: &[u8]) -> usize {
-        let mut i = 0;
-        let mut line_start = 0;
-        let mut last_end = 0;
-        while let Some(off) = memchr::memchr2(b'\n', b'\r', &data[i..]) {
-            let t = i + off;
-            let term_len = if data[t] == b'\r' {
-                match data.get(t + 1) {
-                    Some(b'\n') => 2,
-                    Some(_) => 1,
-                    // A CR at the end may be the first half of a CRLF: wait.
-                    None => break,
-                }
-            } else {
-                1
-            };
-            if t == line_start {
-                last_end = t + term_len;
-            }
-            i = t + term_len;
-            line_start = i;
-        }
-        last_end
-    }
+/// The [`DeltaEdit`] of the SSE restore: placeholders back to their values.
+#[derive(Debug)]
+pub(crate) struct RestoreEdit {
+    index: Index,
+    finder: LtOrEscape,
+}
 
-    /// Restores whole events in place in their raw bytes (no parse): every placeholder is
-    /// replaced by its JSON-escaped value. `None` when a fragment ends a string (it may
-    /// continue in the next event) and the event-aware path is needed; `Some(None)` when there
-    /// is nothing to restore (the caller keeps its bytes: zero copy).
-    fn in_place(&self, raw: &[u8]) -> Option<Option<Bytes>> {
-        let mut out = None;
-        match self.index.restore(raw, true, true, &mut out) {
-            Scan::Slow => None,
-            Scan::Done { changed: true, .. } => Some(out.map(BytesMut::freeze)),
-            Scan::Done { .. } => Some(None),
-        }
-    }
-
-    fn process(&mut self, raw: Bytes, out: &mut BytesMut) {
-        if self.carry.is_empty() {
-            if let Some(b) = self.in_place(&raw) {
-                out.extend_from_slice(b.as_deref().unwrap_or(&raw));
-                return;
-            }
-        }
-        let mut parser = SseParser::new();
-        let mut events = Vec::new();
-        if parser.push(&raw, |e| events.push(e)).is_err() || events.is_empty() {
-            out.extend_from_slice(&raw);
-            return;
-        }
-        let mut changed = false;
-        let mut encoded = BytesMut::new();
-        for ev in events {
-            if ev.is_done() {
-                self.flush_all(&mut encoded);
-                changed = true;
-                ev.encode(&mut encoded);
-                continue;
-            }
-            let mut value: Value = match serde_json::from_slice(ev.data()) {
-                Ok(v) => v,
-                Err(_) => {
-                    ev.encode(&mut encoded);
-                    continue;
-                }
-            };
-            if self.rewrite(&mut value) {
-                changed = true;
-                let data = serde_json::to_vec(&value).expect("a Value serializes");
-                let mut ne = SseEvent::new(data);
-                if let Some(name) = ev.event() {
-                    ne = ne.with_event(Bytes::copy_from_slice(name));
-                }
-                if let Some(id) = ev.id() {
-                    ne = ne.with_id(Bytes::copy_from_slice(id));
-                }
-                ne.encode(&mut encoded);
-            } else {
-                ev.encode(&mut encoded);
-            }
-            if value.get("choices").is_some() {
-                self.template = Some(value);
-            }
-        }
-        if changed {
-            out.extend_from_slice(&encoded);
-        } else {
-            out.extend_from_slice(&raw);
-        }
-    }
-
-    /// Rewrites the string deltas of one chunk; returns whether anything changed.
-    fn rewrite(&mut self, v: &mut Value) -> bool {
-        let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
-            return false;
-        };
-        let mut changed = false;
-        for (pos, choice) in choices.iter_mut().enumerate() {
-            let idx = choice
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(pos as u64);
-            let finished = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-            let Some(obj) = choice.as_object_mut() else {
-                continue;
-            };
-            if obj.contains_key("text") || self.carry.contains_key(&(idx, Field::Text)) {
-                changed |= self.field(idx, Field::Text, obj, "text", finished);
-            }
-            let Some(delta) = obj.get_mut("delta").and_then(Value::as_object_mut) else {
-                continue;
-            };
-            changed |= self.field(idx, Field::Content, delta, "content", finished);
-            if delta.get("reasoning_content").is_some_and(Value::is_string)
-                || self.carry.contains_key(&(idx, Field::Reasoning))
-            {
-                changed |= self.field(idx, Field::Reasoning, delta, "reasoning_content", finished);
-            }
-            if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
-                for (tpos, call) in calls.iter_mut().enumerate() {
-                    let t = call
-                        .get("index")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(tpos as u64);
-                    if let Some(f) = call.get_mut("function").and_then(Value::as_object_mut) {
-                        changed |= self.field(idx, Field::Arguments(t), f, "arguments", finished);
-                    }
-                }
-            }
-        }
-        changed
-    }
-
-    fn field(
-        &mut self,
-        idx: u64,
-        field: Field,
-        obj: &mut serde_json::Map<String, Value>,
-        name: &str,
-        finished: bool,
-    ) -> bool {
-        let carried = self.carry.remove(&(idx, field));
-        let current = obj.get(name).and_then(Value::as_str);
-        if carried.is_none() && current.is_none_or(|s| !s.contains('<')) {
-            return false;
-        }
-        let mut text = carried.unwrap_or_default();
-        text.push_str(current.unwrap_or(""));
-        let (new, used) = self.restore_text(&text, !finished);
-        if used < text.len() {
-            self.carry.insert((idx, field), text[used..].to_owned());
-        }
-        if current == Some(new.as_str()) {
-            return false;
-        }
-        obj.insert(name.to_owned(), Value::String(new));
-        true
-    }
-
+impl RestoreEdit {
     /// Restores decoded string text; with `hold`, a tail that may start a placeholder is left
     /// out. Returns the new text and how much of `text` it covers.
     fn restore_text(&self, text: &str, hold: bool) -> (String, usize) {
@@ -575,171 +399,38 @@ impl SseRestorer {
             (new, text.len())
         }
     }
+}
 
-    /// Emits every held fragment as a synthetic event (before `[DONE]` or at the end).
-    fn flush_all(&mut self, out: &mut BytesMut) {
-        let mut keys: Vec<(u64, Field)> = self.carry.keys().copied().collect();
-        keys.sort_by_key(|(i, f)| {
-            (
-                *i,
-                match f {
-                    Field::Reasoning => 0,
-                    Field::Content => 1,
-                    Field::Text => 2,
-                    Field::Arguments(t) => 3 + *t,
-                },
-            )
-        });
-        for key in keys {
-            let text = self.carry.remove(&key).unwrap_or_default();
-            let mut envelope = self
-                .template
-                .clone()
-                .unwrap_or_else(|| serde_json::json!({"object": "chat.completion.chunk"}));
-            if let Some(o) = envelope.as_object_mut() {
-                o.remove("usage");
-            }
-            let (idx, field) = key;
-            let choice = match field {
-                Field::Content => {
-                    serde_json::json!({"index": idx, "delta": {"content": text}, "finish_reason": null})
-                }
-                Field::Reasoning => {
-                    serde_json::json!({"index": idx, "delta": {"reasoning_content": text}, "finish_reason": null})
-                }
-                Field::Text => {
-                    serde_json::json!({"index": idx, "text": text, "finish_reason": null})
-                }
-                Field::Arguments(t) => serde_json::json!({"index": idx, "delta": {"tool_calls": [
-                    {"index": t, "function": {"arguments": text}}
-                ]}, "finish_reason": null}),
-            };
-            envelope["choices"] = Value::Array(vec![choice]);
-            let data = serde_json::to_vec(&envelope).expect("a Value serializes");
-            SseEvent::new(data).encode(out);
-        }
+impl DeltaEdit for RestoreEdit {
+    fn wants(&self, delta: &str) -> bool {
+        delta.contains('<')
     }
-}
 
-/// Whether a chunk ends with a blank line, i.e. holds whole events only.
-#[inline]
-fn ends_events(chunk: &[u8]) -> bool {
-    chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n")
-}
+    fn edit(&mut self, mut text: String, last: bool) -> Result<(String, String), Blocked> {
+        let (new, used) = self.restore_text(&text, !last);
+        Ok((new, text.split_off(used)))
+    }
 
-impl SseRestorer {
-    /// Whether `chunk` goes out unchanged: whole events, nothing held or carried, no `<` and
-    /// no escape. Inlined into the body's poll: a few comparisons and one `memchr2`, and the
-    /// very same frame is forwarded.
+    fn flush(&mut self, text: String) -> Result<String, Blocked> {
+        Ok(text)
+    }
+
+    /// No `<` and no escape.
     #[inline(always)]
-    pub(crate) fn passes(&self, chunk: &[u8]) -> bool {
-        self.partial.is_empty()
-            && self.carry.is_empty()
-            && ends_events(chunk)
-            && self.finder.absent(chunk)
-    }
-}
-
-impl ChunkTransform for SseRestorer {
-    #[inline]
-    fn transform(&mut self, chunk: Bytes) -> Bytes {
-        if self.passes(&chunk) {
-            return chunk;
-        }
-        self.transform_failed(chunk)
+    fn passes(&self, chunk: &[u8]) -> bool {
+        self.finder.absent(chunk)
     }
 
-    fn finish(&mut self) -> Bytes {
-        let mut out = BytesMut::new();
-        self.flush_all(&mut out);
-        out.extend_from_slice(&self.partial.split());
-        out.freeze()
-    }
-}
-
-impl SseRestorer {
-    /// [`ChunkTransform::transform`] of a chunk that did not [`pass`](Self::passes): its
-    /// `memchr2` is not repeated.
-    pub(crate) fn transform_failed(&mut self, chunk: Bytes) -> Bytes {
-        if self.partial.is_empty() && self.carry.is_empty() && ends_events(&chunk) {
-            self.whole_events(chunk)
-        } else {
-            self.general(chunk)
+    /// Restores whole events in place in their raw bytes (no parse): every placeholder is
+    /// replaced by its JSON-escaped value. `None` when a fragment ends a string (it may
+    /// continue in the next event) and the event-aware path is needed.
+    fn in_place(&self, raw: &[u8]) -> Option<Option<Bytes>> {
+        let mut out = None;
+        match self.index.restore(raw, true, true, &mut out) {
+            Scan::Slow => None,
+            Scan::Done { changed: true, .. } => Some(out.map(BytesMut::freeze)),
+            Scan::Done { .. } => Some(None),
         }
-    }
-
-    /// Whole events, nothing held or carried, something that may be a placeholder: restored
-    /// in place when possible (the same bytes when nothing changes).
-    #[inline(never)]
-    fn whole_events(&mut self, chunk: Bytes) -> Bytes {
-        match self.in_place(&chunk) {
-            Some(out) => out.unwrap_or(chunk),
-            None => self.general(chunk),
-        }
-    }
-
-    /// Any chunk: complete events are restored, the rest of an event is held until its blank
-    /// line arrives.
-    #[inline(never)]
-    fn general(&mut self, chunk: Bytes) -> Bytes {
-        let data = if self.partial.is_empty() {
-            chunk
-        } else {
-            self.partial.extend_from_slice(&chunk);
-            self.partial.split().freeze()
-        };
-        let n = Self::complete_len(&data);
-        let mut out = BytesMut::new();
-        if n > 0 {
-            let complete = data.slice(..n);
-            // The whole events as a block when nothing is carried (a zero-copy slice when
-            // nothing changes); event by event otherwise.
-            let block = if self.carry.is_empty() {
-                self.in_place(&complete)
-            } else {
-                None
-            };
-            match block {
-                Some(b) => {
-                    if n < data.len() {
-                        self.partial.extend_from_slice(&data[n..]);
-                    }
-                    return b.unwrap_or(complete);
-                }
-                None => {
-                    let mut start = 0;
-                    while start < n {
-                        let len = Self::complete_len_first(&complete[start..]);
-                        self.process(complete.slice(start..start + len), &mut out);
-                        start += len;
-                    }
-                }
-            }
-        }
-        if n < data.len() {
-            self.partial.extend_from_slice(&data[n..]);
-        }
-        out.freeze()
-    }
-
-    /// The length of the first complete event in `data` (which holds only complete events).
-    pub(crate) fn complete_len_first(data: &[u8]) -> usize {
-        let mut i = 0;
-        let mut line_start = 0;
-        while let Some(off) = memchr::memchr2(b'\n', b'\r', &data[i..]) {
-            let t = i + off;
-            let term_len = if data[t] == b'\r' && data.get(t + 1) == Some(&b'\n') {
-                2
-            } else {
-                1
-            };
-            i = t + term_len;
-            if t == line_start {
-                return i;
-            }
-            line_start = i;
-        }
-        data.len()
     }
 }
 
@@ -747,6 +438,8 @@ impl SseRestorer {
 mod tests {
     use super::*;
     use crate::detect::EntityType;
+    use serde_json::Value;
+    use tower_deepseek_core::sse::SseParser;
 
     #[test]
     fn lt_or_escape_agrees_with_memchr2_at_every_length_and_offset() {
