@@ -86,47 +86,9 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// A configuration value was refused when a layer or store was built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The token URL is not an absolute `http` or `https` URL.
-    InvalidTokenUrl,
-    /// The client id is empty.
-    EmptyClientId,
-    /// The client secret is empty.
-    EmptyClientSecret,
-    /// A duration or size that must be positive is zero (names the setting).
-    Zero(&'static str),
-    /// The jitter is larger than the refresh margin.
-    JitterAboveMargin,
-    /// The per-attempt timeout is longer than the whole deadline.
-    AttemptTimeoutAboveDeadline,
-    /// The Redis URL could not be parsed (the URL itself is not repeated: it may hold a password).
-    InvalidRedisUrl,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::InvalidTokenUrl => {
-                f.write_str("token_url must be an absolute http:// or https:// URL")
-            }
-            ConfigError::EmptyClientId => f.write_str("client_id must not be empty"),
-            ConfigError::EmptyClientSecret => f.write_str("client_secret must not be empty"),
-            ConfigError::Zero(name) => write!(f, "{name} must be greater than zero"),
-            ConfigError::JitterAboveMargin => {
-                f.write_str("refresh_jitter must not be larger than refresh_margin")
-            }
-            ConfigError::AttemptTimeoutAboveDeadline => {
-                f.write_str("attempt_timeout must not be longer than deadline")
-            }
-            ConfigError::InvalidRedisUrl => f.write_str("the Redis URL is not valid"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// A configuration value was refused when a layer or store was built: core's one
+/// configuration error, naming the field (as the serde config spells it) and the reason.
+pub use tower_deepseek_core::config::ConfigError;
 
 /// Why a token could not be obtained. See [`TokenFetchFailed::kind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -52,4 +52,4 @@ pub mod store;
 
 pub use bearer::{BearerAuth, BearerAuthLayer};
 pub use error::{ConfigError, KeyError, TokenFetchErrorKind, TokenFetchFailed};
-pub use oauth2::{OAuth2, OAuth2Config, OAuth2Layer};
+pub use oauth2::{OAuth2, OAuth2Config, OAuth2Layer, OAuth2LayerBuilder};

@@ -11,7 +11,7 @@ use redis::{AsyncCommands, RedisResult};
 use tokio::sync::OnceCell;
 use tokio::time::{Instant, timeout};
 
-use crate::config::{CacheConfig, ConfigError, ErrorKind};
+use crate::cache::{CacheConfig, ConfigError};
 use crate::key::CacheKey;
 use crate::metrics;
 
@@ -28,6 +28,10 @@ enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
+
+/// Why a Redis URL was refused (the URL itself is never repeated: it may hold a password).
+const URL_REASON: &str = "does not parse (expected redis://, rediss:// or redis+unix:// with host, \
+                          port, optional user:password@ and /db)";
 
 pub(crate) struct L2 {
     target: Target,
@@ -63,15 +67,15 @@ impl L2 {
         let target = if let Some(url) = &cfg.redis_url {
             Target::Single(
                 redis::Client::open(url.as_str())
-                    .map_err(|_| ConfigError::new(ErrorKind::RedisUrl))?,
+                    .map_err(|_| ConfigError::new("redis_url", URL_REASON))?,
             )
         } else if !cfg.redis_cluster_urls.is_empty() {
             Target::Cluster(
                 ClusterClient::builder(cfg.redis_cluster_urls.iter().map(String::as_str))
-                    .connection_timeout(cfg.redis_timeout())
-                    .response_timeout(cfg.redis_timeout())
+                    .connection_timeout(cfg.redis_timeout)
+                    .response_timeout(cfg.redis_timeout)
                     .build()
-                    .map_err(|_| ConfigError::new(ErrorKind::RedisUrl))?,
+                    .map_err(|_| ConfigError::new("redis_cluster_urls", URL_REASON))?,
             )
         } else {
             return Ok(None);
@@ -81,9 +85,9 @@ impl L2 {
             conn: OnceCell::new(),
             down_until: Mutex::new(None),
             prefix: format!("{}:v{}:", cfg.key_prefix, crate::entry::STORED_VERSION),
-            ttl_ms: cfg.l2_ttl_ms,
-            op_timeout: cfg.redis_timeout(),
-            retry: Duration::from_millis(cfg.redis_retry_ms),
+            ttl_ms: u64::try_from(cfg.l2_ttl.as_millis()).unwrap_or(u64::MAX),
+            op_timeout: cfg.redis_timeout,
+            retry: cfg.redis_retry,
         }))
     }
 

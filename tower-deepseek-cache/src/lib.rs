@@ -47,7 +47,7 @@
 //! Only `POST` requests to a chat (`…/chat/completions`) or FIM/text (`…/completions`)
 //! endpoint with a JSON object body, and by default only with `"temperature": 0` (an absent
 //! temperature means DeepSeek's default of 1). Other temperatures opt in through
-//! [`CacheBuilder::cache_nonzero_temperature`] or per request with [`CacheOptions`].
+//! [`CacheLayerBuilder::cache_nonzero_temperature`] or per request with [`CacheOptions`].
 //!
 //! Only complete, successful answers are stored: a 2xx JSON completion where every choice has
 //! a `finish_reason`, or an SSE stream that reached `data: [DONE]`, both judged by core's
@@ -103,11 +103,11 @@
 //! L1 is a `moka` cache bounded by bytes (each entry weighed by its rendered size), with
 //! TinyLFU admission and a TTL (5 minutes by default), checked on tokio's clock. L2 is Redis
 //! (feature `redis`, default on): a reconnecting `ConnectionManager` for one node or a
-//! `ClusterConnection` for Redis Cluster ([`CacheBuilder::redis_cluster`]); `rediss://` and
+//! `ClusterConnection` for Redis Cluster ([`CacheLayerBuilder::redis_cluster`]); `rediss://` and
 //! `user:password@` work through the URL. TTL 60 minutes by default. Redis is fail-open:
 //! every operation has a short time limit (100 ms by default), an error or timeout is a miss,
 //! counted in `deepseek_cache_redis_errors_total`, and L2 is then skipped for
-//! [`CacheBuilder::redis_retry`] so that a dead Redis costs at most one time limit per retry
+//! [`CacheLayerBuilder::redis_retry`] so that a dead Redis costs at most one time limit per retry
 //! period. Writes to Redis happen in the background, never on the response path. An L2 hit
 //! is promoted to L1.
 //!
@@ -115,7 +115,7 @@
 //!
 //! In the recommended stack the cache sits below audit and redaction (it keys and stores
 //! masked requests and answers) and above rate limiting, retry, breaker and auth: a hit
-//! touches nothing below. It buffers the request body (limit [`CacheBuilder::max_request_bytes`],
+//! touches nothing below. It buffers the request body (limit [`CacheLayerBuilder::max_request_bytes`],
 //! a [`BodyTooLarge`](tower_deepseek_core::error::BodyTooLarge) error over it), so the inner
 //! service receives `Request<BufferedBody>`, cheap to replay for a retry layer below. If
 //! auth is below the cache (as recommended), no `Authorization` header is seen: multi-tenant
@@ -137,22 +137,19 @@
 //! only the hex key, never a prompt, an answer or a credential.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body;
-mod config;
+mod cache;
 mod entry;
 mod flight;
-pub mod future;
 pub mod key;
 #[cfg(feature = "redis")]
 mod l2;
-mod layer;
 pub mod metrics;
 mod options;
-mod service;
+mod record;
 
-pub use crate::body::ResponseBody;
-pub use crate::config::{CacheConfig, ConfigError};
+pub use crate::cache::{
+    Cache, CacheConfig, CacheLayer, CacheLayerBuilder, ConfigError, ResponseBody, ResponseFuture,
+    X_CACHE,
+};
 pub use crate::key::{CacheKey, Scope};
-pub use crate::layer::{CacheBuilder, CacheLayer};
 pub use crate::options::CacheOptions;
-pub use crate::service::{Cache, X_CACHE};

@@ -6,6 +6,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tower_deepseek_core::body::DEFAULT_BODY_LIMIT;
 
+use tower_deepseek_core::config::duration_ms;
+
 use crate::error::ConfigError;
 
 /// The guide's token lifetime, used when the token endpoint sends no `expires_in`: 2 hours.
@@ -53,37 +55,37 @@ pub struct OAuth2Config {
     #[serde(
         default = "defaults::margin",
         rename = "refresh_margin_ms",
-        with = "millis"
+        with = "duration_ms"
     )]
     refresh_margin: Duration,
     #[serde(
         default = "defaults::jitter",
         rename = "refresh_jitter_ms",
-        with = "millis"
+        with = "duration_ms"
     )]
     refresh_jitter: Duration,
     #[serde(
         default = "defaults::lifetime",
         rename = "default_lifetime_ms",
-        with = "millis"
+        with = "duration_ms"
     )]
     default_lifetime: Duration,
     #[serde(
         default = "defaults::deadline",
         rename = "deadline_ms",
-        with = "millis"
+        with = "duration_ms"
     )]
     deadline: Duration,
     #[serde(
         default = "defaults::attempt",
         rename = "attempt_timeout_ms",
-        with = "millis"
+        with = "duration_ms"
     )]
     attempt_timeout: Duration,
     #[serde(
         default = "defaults::store_wait",
         rename = "store_wait_ms",
-        with = "millis"
+        with = "duration_ms"
     )]
     store_wait: Duration,
     #[serde(default = "defaults::body_limit")]
@@ -120,15 +122,6 @@ mod defaults {
     }
     pub(super) fn body_limit() -> usize {
         super::DEFAULT_BODY_LIMIT
-    }
-}
-
-mod millis {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 
@@ -304,36 +297,43 @@ impl OAuth2Config {
     }
 
     pub(crate) fn token_uri(&self) -> Result<Uri, ConfigError> {
+        const URL: &str = "must be an absolute http:// or https:// URL";
         let uri: Uri = self
             .token_url
             .parse()
-            .map_err(|_| ConfigError::InvalidTokenUrl)?;
+            .map_err(|_| ConfigError::new("token_url", URL))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(ConfigError::InvalidTokenUrl);
+            return Err(ConfigError::new("token_url", URL));
         }
         if self.client_id.is_empty() {
-            return Err(ConfigError::EmptyClientId);
+            return Err(ConfigError::new("client_id", "must not be empty"));
         }
         if secrecy::ExposeSecret::expose_secret(&self.client_secret).is_empty() {
-            return Err(ConfigError::EmptyClientSecret);
+            return Err(ConfigError::new("client_secret", "must not be empty"));
         }
         for (name, d) in [
-            ("default_lifetime", self.default_lifetime),
-            ("deadline", self.deadline),
-            ("attempt_timeout", self.attempt_timeout),
+            ("default_lifetime_ms", self.default_lifetime),
+            ("deadline_ms", self.deadline),
+            ("attempt_timeout_ms", self.attempt_timeout),
         ] {
             if d.is_zero() {
-                return Err(ConfigError::Zero(name));
+                return Err(ConfigError::new(name, "must be greater than zero"));
             }
         }
         if self.body_limit == 0 {
-            return Err(ConfigError::Zero("body_limit"));
+            return Err(ConfigError::new("body_limit", "must be greater than zero"));
         }
         if self.refresh_jitter > self.refresh_margin {
-            return Err(ConfigError::JitterAboveMargin);
+            return Err(ConfigError::new(
+                "refresh_jitter_ms",
+                "must not be larger than refresh_margin_ms",
+            ));
         }
         if self.attempt_timeout > self.deadline {
-            return Err(ConfigError::AttemptTimeoutAboveDeadline);
+            return Err(ConfigError::new(
+                "attempt_timeout_ms",
+                "must not be longer than deadline_ms",
+            ));
         }
         Ok(uri)
     }
@@ -370,31 +370,43 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_setting() {
+        let field = |c: OAuth2Config| c.validate().unwrap_err().field().to_owned();
         assert!(base().validate().is_ok());
-        let bad = OAuth2Config::new("/relative", "id", "s");
-        assert_eq!(bad.validate(), Err(ConfigError::InvalidTokenUrl));
-        let bad = OAuth2Config::new("ftp://x/y", "id", "s");
-        assert_eq!(bad.validate(), Err(ConfigError::InvalidTokenUrl));
-        let bad = OAuth2Config::new("https://x/y", "", "s");
-        assert_eq!(bad.validate(), Err(ConfigError::EmptyClientId));
-        let bad = OAuth2Config::new("https://x/y", "id", "");
-        assert_eq!(bad.validate(), Err(ConfigError::EmptyClientSecret));
         assert_eq!(
-            base().deadline(Duration::ZERO).validate(),
-            Err(ConfigError::Zero("deadline"))
+            field(OAuth2Config::new("/relative", "id", "s")),
+            "token_url"
         );
         assert_eq!(
-            base().body_limit(0).validate(),
-            Err(ConfigError::Zero("body_limit"))
+            field(OAuth2Config::new("ftp://x/y", "id", "s")),
+            "token_url"
         );
         assert_eq!(
-            base().refresh_margin(Duration::from_secs(1)).validate(),
-            Err(ConfigError::JitterAboveMargin)
+            field(OAuth2Config::new("https://x/y", "", "s")),
+            "client_id"
         );
         assert_eq!(
-            base().deadline(Duration::from_secs(1)).validate(),
-            Err(ConfigError::AttemptTimeoutAboveDeadline)
+            field(OAuth2Config::new("https://x/y", "id", "")),
+            "client_secret"
         );
+        let zero = base().deadline(Duration::ZERO).validate().unwrap_err();
+        assert_eq!(zero.field(), "deadline_ms");
+        assert_eq!(zero.reason(), "must be greater than zero");
+        assert_eq!(field(base().body_limit(0)), "body_limit");
+        let jitter = base()
+            .refresh_margin(Duration::from_secs(1))
+            .validate()
+            .unwrap_err();
+        assert_eq!(jitter.field(), "refresh_jitter_ms");
+        assert!(jitter.reason().contains("refresh_margin_ms"), "{jitter}");
+        let attempt = base()
+            .deadline(Duration::from_secs(1))
+            .validate()
+            .unwrap_err();
+        assert_eq!(attempt.field(), "attempt_timeout_ms");
+        assert!(attempt.reason().contains("deadline_ms"), "{attempt}");
+        // The secret is never part of the error.
+        let shown = format!("{zero} {zero:?} {jitter} {attempt}");
+        assert!(!shown.contains("secret-xyz"), "{shown}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::header::AUTHORIZATION;
 use http::request::Parts;
@@ -12,6 +13,7 @@ use http::{
     Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::Body;
+use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_deepseek_core::BoxError;
@@ -458,7 +460,7 @@ where
         Ok((header, _)) => header,
         Err(_) => return Ok(response),
     };
-    super::drain(response.into_body()).await;
+    drain(response.into_body()).await;
     metrics::counter!("deepseek_auth_401_replays_total").increment(1);
     tracing::debug!(
         target: "tower_deepseek_auth",
@@ -478,4 +480,26 @@ where
         .call(req)
         .await
         .map_err(Into::into)
+}
+
+/// The most of a 401 body read (then dropped) before a replay, and for how long.
+const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Reads a little of a body we are discarding so that its connection can be reused; bounded
+/// in size and time.
+pub(crate) async fn drain<B: Body>(body: B) {
+    let drained = async {
+        let mut body = std::pin::pin!(body);
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read += bytes::Buf::remaining(data);
+                if read > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
 }

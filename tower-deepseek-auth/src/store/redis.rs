@@ -46,15 +46,17 @@ impl RedisTokenStore<ConnectionManager> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::InvalidRedisUrl`] when the URL cannot be parsed.
+    /// [`ConfigError`] (field `redis_url`) when the URL cannot be parsed; the URL itself is
+    /// not repeated (it may hold a password).
     pub fn open(url: &str) -> Result<Self, ConfigError> {
-        let client = redis::Client::open(url).map_err(|_| ConfigError::InvalidRedisUrl)?;
+        let client = redis::Client::open(url)
+            .map_err(|_| ConfigError::new("redis_url", "does not parse"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(DEFAULT_OP_TIMEOUT))
             .set_response_timeout(Some(DEFAULT_OP_TIMEOUT))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|_| ConfigError::InvalidRedisUrl)?;
+            .map_err(|_| ConfigError::new("redis_url", "does not parse"))?;
         Ok(Self::new(conn))
     }
 }

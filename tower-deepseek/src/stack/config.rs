@@ -83,7 +83,10 @@ impl StackConfig {
             );
         }
         if let Some(c) = &self.cache {
-            b = b.cache(CacheLayer::from_config(c).map_err(|e| StackConfigError::new("cache", e))?);
+            b = b.cache(
+                CacheLayer::from_config(c.clone())
+                    .map_err(|e| StackConfigError::new("cache", e))?,
+            );
         }
         let limiter = match &self.rate_limit {
             Some(c) => Some(

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use http::Response;
 use tower_deepseek_core::BoxError;
 
-use crate::body::ResponseBody;
+use super::body::ResponseBody;
 
 type Inner<B> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, BoxError>> + Send + 'static>>;

@@ -13,9 +13,9 @@ use tower_deepseek_core::BoxError;
 use tower_deepseek_core::classify::{EosClassifier, SharedOutcome};
 use tower_deepseek_core::error::IncompleteResponse;
 
-use crate::entry::Recorder;
+use super::service::Shared;
 use crate::flight::{End, Flight, FlightKey, Follower};
-use crate::service::Shared;
+use crate::record::Recorder;
 
 pub(crate) type BoxBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send + 'static>>;
 

@@ -13,15 +13,17 @@ use tower_deepseek_core::body::{BufferedBody, buffer_or_reject};
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, SharedOutcome};
 use tower_service::Service;
 
-use crate::body::{BoxBody, FollowerBody, Judge, LeaderBody, ResponseBody};
-use crate::config::CacheConfig;
-use crate::entry::{Entry, Kind, Recorder, Stored};
+use super::body::{BoxBody, FollowerBody, Judge, LeaderBody, ResponseBody};
+use super::config::CacheConfig;
+use super::error::ConfigError;
+use super::future::ResponseFuture;
+use super::layer::CacheLayer;
+use crate::entry::{Entry, Kind, Stored};
 use crate::flight::{FlightKey, Flights, Head, Joined, Role};
-use crate::future::ResponseFuture;
 use crate::key::{CacheKey, Canon, Scope};
-use crate::layer::CacheLayer;
 use crate::metrics;
 use crate::options::CacheOptions;
+use crate::record::Recorder;
 
 /// The `x-cache` response header: `hit-l1`, `hit-l2`, `miss` or `bypass`.
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -80,7 +82,7 @@ pub(crate) struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("Shared");
-        d.field("l1_ttl_ms", &self.cfg.l1_ttl_ms)
+        d.field("l1_ttl", &self.cfg.l1_ttl)
             .field("l1_max_bytes", &self.cfg.l1_max_bytes);
         #[cfg(feature = "redis")]
         d.field("l2", &self.l2);
@@ -89,7 +91,7 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: CacheConfig) -> Result<Shared, crate::ConfigError> {
+    pub(crate) fn new(cfg: CacheConfig) -> Result<Shared, ConfigError> {
         cfg.validate()?;
         let l1 = (cfg.l1_max_bytes > 0).then(|| {
             moka::sync::Cache::builder()
@@ -97,7 +99,7 @@ impl Shared {
                 .weigher(|_k: &CacheKey, v: &L1Value| {
                     u32::try_from(v.entry.weight()).unwrap_or(u32::MAX)
                 })
-                .time_to_live(cfg.l1_ttl())
+                .time_to_live(cfg.l1_ttl)
                 .eviction_listener(|_k, _v, cause| match cause {
                     moka::notification::RemovalCause::Size => metrics::eviction("size"),
                     moka::notification::RemovalCause::Expired => metrics::eviction("expired"),
@@ -110,7 +112,7 @@ impl Shared {
                 // A quarter of L1's budget: aliases hold request bodies, entries hold answers.
                 .max_capacity((cfg.l1_max_bytes / 4).max(1))
                 .weigher(|k: &RawKey, _v: &RawPlan| k.weight())
-                .time_to_live(cfg.l1_ttl())
+                .time_to_live(cfg.l1_ttl)
                 .build()
         });
         #[cfg(feature = "redis")]
@@ -138,7 +140,7 @@ impl Shared {
 
     fn l1_put(&self, key: CacheKey, entry: Arc<Entry>) {
         if let Some(l1) = &self.l1 {
-            let expires = tokio::time::Instant::now() + self.cfg.l1_ttl();
+            let expires = tokio::time::Instant::now() + self.cfg.l1_ttl;
             l1.insert(key, L1Value { entry, expires });
             // Apply the insertion (and any eviction it causes) so that the gauge is current.
             // Inserts happen once per stored answer, never on the hit path.
@@ -549,7 +551,7 @@ where
     // the caller drives the body itself.
     let body = match (tokio::runtime::Handle::try_current(), flight.join()) {
         (Ok(rt), Some(subscription)) => {
-            rt.spawn(crate::body::drive(leader));
+            rt.spawn(super::body::drive(leader));
             ResponseBody::follower(FollowerBody::new(subscription))
         }
         _ => ResponseBody::leader(leader),

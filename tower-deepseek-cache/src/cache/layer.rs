@@ -1,12 +1,13 @@
-//! [`CacheLayer`] and its builder.
+//! [`CacheLayer`] and its builder, [`CacheLayerBuilder`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
 
-use crate::config::{CacheConfig, ConfigError};
-use crate::service::{Cache, Shared};
+use super::config::CacheConfig;
+use super::error::ConfigError;
+use super::service::{Cache, Shared};
 
 /// Applies [`Cache`] to a service. See the [crate docs](crate).
 ///
@@ -26,8 +27,8 @@ impl CacheLayer {
     }
 
     /// A builder, starting from the defaults.
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder {
+    pub fn builder() -> CacheLayerBuilder {
+        CacheLayerBuilder {
             config: CacheConfig::default(),
         }
     }
@@ -36,12 +37,9 @@ impl CacheLayer {
     ///
     /// # Errors
     ///
-    /// As [`CacheBuilder::build`].
-    pub fn from_config(config: &CacheConfig) -> Result<Self, ConfigError> {
-        CacheBuilder {
-            config: config.clone(),
-        }
-        .build()
+    /// As [`CacheLayerBuilder::build`].
+    pub fn from_config(config: CacheConfig) -> Result<Self, ConfigError> {
+        CacheLayerBuilder { config }.build()
     }
 }
 
@@ -62,14 +60,14 @@ impl<S> Layer<S> for CacheLayer {
 /// Builds a [`CacheLayer`]; defaults as in [`CacheConfig`].
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct CacheBuilder {
+pub struct CacheLayerBuilder {
     config: CacheConfig,
 }
 
-impl CacheBuilder {
+impl CacheLayerBuilder {
     /// How long an answer stays in L1. Default 5 minutes.
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {
-        self.config.l1_ttl_ms = ttl.as_millis() as u64;
+        self.config.l1_ttl = ttl;
         self
     }
 
@@ -81,7 +79,7 @@ impl CacheBuilder {
 
     /// How long an answer stays in Redis. Default 60 minutes.
     pub fn l2_ttl(mut self, ttl: Duration) -> Self {
-        self.config.l2_ttl_ms = ttl.as_millis() as u64;
+        self.config.l2_ttl = ttl;
         self
     }
 
@@ -110,13 +108,13 @@ impl CacheBuilder {
 
     /// Time limit of each Redis operation. Default 100 ms.
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
-        self.config.redis_timeout_ms = timeout.as_millis() as u64;
+        self.config.redis_timeout = timeout;
         self
     }
 
     /// How long L2 is skipped after a Redis failure. Default 1 s.
     pub fn redis_retry(mut self, after: Duration) -> Self {
-        self.config.redis_retry_ms = after.as_millis() as u64;
+        self.config.redis_retry = after;
         self
     }
 
@@ -143,9 +141,10 @@ impl CacheBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for a zero TTL, limit or timeout, an empty key prefix, both a single
-    /// and a cluster Redis, an unparseable Redis URL, or a Redis URL without the `redis`
-    /// feature.
+    /// [`ConfigError`] naming the field, for a zero TTL, limit or timeout (`l1_ttl_ms`,
+    /// `max_request_bytes`, ...), an empty `key_prefix`, both a single and a cluster Redis
+    /// (`redis_cluster_urls`), an unparseable Redis URL (`redis_url` or `redis_cluster_urls`),
+    /// or a Redis URL without the `redis` feature.
     pub fn build(self) -> Result<CacheLayer, ConfigError> {
         Ok(CacheLayer {
             shared: Arc::new(Shared::new(self.config)?),
