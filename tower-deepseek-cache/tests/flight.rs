@@ -398,7 +398,7 @@ async fn l1_is_bounded_by_bytes() {
 /// parsing the body again. The body is a valid answer either way; only the verdict differs.
 #[tokio::test(start_paused = true)]
 async fn a_verdict_shared_from_below_decides_what_is_stored() {
-    use tower_deepseek_core::classify::{FailureClass, ResponseSummary, SharedOutcome};
+    use tower_deepseek_core::classify::{FailureClass, FrameTrace, ResponseSummary, SharedOutcome};
 
     for (verdict, stored) in [(Ok(()), true), (Err(FailureClass::InBandError), false)] {
         let calls = Arc::new(AtomicUsize::new(0));
@@ -407,10 +407,14 @@ async fn a_verdict_shared_from_below_decides_what_is_stored() {
             c.fetch_add(1, Ordering::SeqCst);
             let verdict = verdict.clone();
             async move {
-                let mut res = Response::new(BufferedBody::new(json_answer("x")));
+                let answer = json_answer("x");
+                // The verdict is about the very frame the cache will see.
+                let mut frames = FrameTrace::new();
+                frames.record(&answer);
+                let mut res = Response::new(BufferedBody::new(answer));
                 let slot = SharedOutcome::new();
                 // Filled before the end reaches the cache, as the breaker does.
-                slot.set(verdict, ResponseSummary::default());
+                slot.publish(verdict, ResponseSummary::default(), frames);
                 res.extensions_mut().insert(slot);
                 Ok::<_, Infallible>(res)
             }

@@ -10,7 +10,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::classify::{EosClassifier, SharedOutcome};
+use tower_deepseek_core::classify::EndJudge;
 use tower_deepseek_core::error::IncompleteResponse;
 
 use super::service::Shared;
@@ -125,33 +125,10 @@ where
     }
 }
 
-/// Who judges whether a recorded answer ended whole (and so may be stored).
-// The classifier stays inline, as it was before the shared variant: boxing it would add an
-// allocation to every recorded miss that has no layer below to share with.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Judge {
-    /// This layer's own classifier, fed as the body passes.
-    Own(EosClassifier),
-    /// A layer below classifies the same body and shares its outcome (core's
-    /// [`SharedOutcome`]): read at the end instead of parsing the body again.
-    Shared(SharedOutcome),
-}
-
-impl Judge {
-    fn on_data(&mut self, data: &Bytes) {
-        if let Judge::Own(eos) = self {
-            eos.on_data(data);
-        }
-    }
-
-    /// At a complete end: whether the answer is whole and good.
-    fn passes(&mut self) -> bool {
-        match self {
-            Judge::Own(eos) => eos.finish().is_ok(),
-            Judge::Shared(s) => s.get().is_some_and(|o| o.result.is_ok()),
-        }
-    }
-}
+/// Who judges whether a recorded answer ended whole (and so may be stored): core's
+/// [`EndJudge`], which takes the verdict a layer below shares only when it is about the very
+/// frames this layer records, else classifies them itself.
+pub(crate) type Judge = EndJudge;
 
 /// Records the upstream answer of a miss while forwarding it, and fans it out to followers.
 pub(crate) struct LeaderBody {
@@ -187,7 +164,7 @@ impl LeaderBody {
         self.body = None;
         if end == End::Complete {
             if let Some((recorder, mut judge)) = self.recording.take() {
-                if judge.passes() {
+                if judge.finish().is_ok() {
                     if let Some(stored) = recorder.finish() {
                         self.shared.store(&self.fkey.key, &stored);
                     }
@@ -236,8 +213,8 @@ impl Body for LeaderBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                if let Some((_, Judge::Own(eos))) = &mut this.recording {
-                    let class = eos.fail(&*e);
+                if let Some((_, judge)) = &mut this.recording {
+                    let class = judge.fail(&*e);
                     tracing::debug!(target: "tower_deepseek_cache", key = %this.fkey.key, class = class.as_str(), "upstream body failed; not stored");
                 }
                 this.finish(End::Failed);

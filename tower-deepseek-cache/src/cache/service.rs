@@ -10,10 +10,10 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer_or_reject};
-use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, SharedOutcome};
+use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
 use tower_service::Service;
 
-use super::body::{BoxBody, FollowerBody, Judge, LeaderBody, ResponseBody};
+use super::body::{BoxBody, FollowerBody, LeaderBody, ResponseBody};
 use super::config::CacheConfig;
 use super::error::ConfigError;
 use super::future::ResponseFuture;
@@ -512,11 +512,8 @@ where
             .classify_head(parts.status, &parts.headers)
         {
             ClassifiedResponse::RequiresEos(eos) if eos.is_stream() == fkey.stream => {
-                // A layer below that classifies this body shares its verdict: judged by it.
-                let judge = match parts.extensions.get::<SharedOutcome>() {
-                    Some(s) => Judge::Shared(s.clone()),
-                    None => Judge::Own(eos),
-                };
+                // Judged by the verdict a layer below shares when it is about these very frames.
+                let judge = EndJudge::from_extensions(eos, &parts.extensions);
                 Some((
                     Recorder::new(fkey.stream, kind, shared.cfg.max_entry_bytes),
                     judge,
