@@ -665,7 +665,7 @@ impl http_body::Body for Chunks {
 #[tokio::test]
 async fn an_outcome_shared_from_below_is_used_instead_of_parsing_again() {
     use tower_deepseek_core::chat::Usage;
-    use tower_deepseek_core::classify::{FailureClass, ResponseSummary, SharedOutcome};
+    use tower_deepseek_core::classify::{FailureClass, FrameTrace, ResponseSummary, SharedOutcome};
     use tower_deepseek_core::meta::CollectCallFacts;
 
     let (audit, log) = audit_to_memory();
@@ -675,11 +675,15 @@ async fn an_outcome_shared_from_below_is_used_instead_of_parsing_again() {
                 req.extensions().get::<CollectCallFacts>().is_some(),
                 "audit asks the layers below for their facts"
             );
+            let answer = Bytes::from_static(
+                br#"{"model":"from-body","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+            );
+            // The verdict below is about the very frame audit will see.
+            let mut frames = FrameTrace::new();
+            frames.record(&answer);
             let mut res = Response::builder()
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from_static(
-                    br#"{"model":"from-body","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
-                )))
+                .body(Full::new(answer))
                 .unwrap();
             let slot = SharedOutcome::new();
             let mut summary = ResponseSummary::default();
@@ -689,7 +693,7 @@ async fn an_outcome_shared_from_below_is_used_instead_of_parsing_again() {
                 ..Default::default()
             });
             summary.model = Some("from-below".into());
-            slot.set(Err(FailureClass::InBandError), summary);
+            slot.publish(Err(FailureClass::InBandError), summary, frames);
             res.extensions_mut().insert(slot);
             Ok::<_, Infallible>(res)
         },
@@ -704,13 +708,14 @@ async fn an_outcome_shared_from_below_is_used_instead_of_parsing_again() {
     assert_eq!(record["model"], "from-below", "{record}");
 }
 
-/// A layer between that rewrites the answer (the content filter blocking it) drops the
-/// outcome shared from below, so the record says what the caller got: the blocked stream
-/// (an error event, no `[DONE]`) and the blocked JSON answer (a 400), not the upstream's
-/// clean verdict.
+/// A layer between that rewrites the answer (the content filter blocking it) makes the
+/// outcome shared from below about other bytes than audit sees, so the record says what the
+/// caller got: the blocked stream (an error event, no `[DONE]`) and the blocked JSON answer
+/// (a 400), not the upstream's clean verdict. (The filter leaves the slot alone: the frames
+/// tell.)
 #[tokio::test]
 async fn a_filter_between_hides_the_shared_outcome_from_audit() {
-    use tower_deepseek_core::classify::{ResponseSummary, SharedOutcome};
+    use tower_deepseek_core::classify::{FrameTrace, ResponseSummary, SharedOutcome};
     use tower_deepseek_redact::{ContentFilterLayer, FilterAction};
 
     for stream in [true, false] {
@@ -732,13 +737,16 @@ async fn a_filter_between_hides_the_shared_outcome_from_audit() {
                     r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"a forbidden word"},"finish_reason":"stop"}]}"#,
                 )
             };
+            let answer = Bytes::from_static(body.as_bytes());
+            let mut frames = FrameTrace::new();
+            frames.record(&answer);
             let mut res = Response::builder()
                 .header("content-type", ct)
-                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .body(Full::new(answer))
                 .unwrap();
             // The layer below judged the upstream's answer clean.
             let slot = SharedOutcome::new();
-            slot.set(Ok(()), ResponseSummary::default());
+            slot.publish(Ok(()), ResponseSummary::default(), frames);
             res.extensions_mut().insert(slot);
             Ok::<_, Infallible>(res)
         });

@@ -10,7 +10,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BodyEnd, BodyObserver, ObservedBody};
-use tower_deepseek_core::classify::{Classifier, EosClassifier, FailureClass, SharedOutcome};
+use tower_deepseek_core::classify::{Classifier, EndJudge, FailureClass};
 
 use super::error::AuditUnavailable;
 use super::record::{Pending, outcome_of};
@@ -20,9 +20,9 @@ use super::{Audit, SinkFailurePolicy};
 
 pub(super) enum Eos {
     Ready(Result<(), FailureClass>),
-    Body(Box<EosClassifier>),
-    /// Classified by a layer below, which fills the slot before the end reaches this layer.
-    Shared(SharedOutcome),
+    /// Judged at the end: by the verdict a layer below shares when it is about the very frames
+    /// this layer saw, else by this layer's own classifier.
+    Body(Box<EndJudge>),
 }
 
 /// Watches the response body and writes the record at its end.
@@ -51,28 +51,6 @@ impl BodyObserver for AuditObserver {
         };
         let status = Some(self.status);
         match (&mut self.eos, end) {
-            (Eos::Shared(s), end) => match (s.get(), end) {
-                (Some(o), BodyEnd::Complete) => p.finish(
-                    status,
-                    outcome_of(&o.result),
-                    Some(Cow::Borrowed(&o.summary)),
-                ),
-                (Some(o), BodyEnd::Error(_)) if o.result.is_err() => p.finish(
-                    status,
-                    outcome_of(&o.result),
-                    Some(Cow::Borrowed(&o.summary)),
-                ),
-                // An error from a layer between (the body below ended well, or not at all).
-                (o, BodyEnd::Error(e)) => {
-                    let c = Classifier::new().classify_error(e);
-                    p.finish(status, c.as_str(), o.map(|o| Cow::Borrowed(&o.summary)))
-                }
-                (o, BodyEnd::Dropped) => {
-                    p.finish(status, "cancelled", o.map(|o| Cow::Borrowed(&o.summary)))
-                }
-                // Ended by a layer between before the body below ended: no verdict.
-                (_, _) => p.finish(status, "unknown", None),
-            },
             (Eos::Body(c), BodyEnd::Dropped) => {
                 p.finish(status, "cancelled", Some(Cow::Owned(c.take_summary())))
             }

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, SharedOutcome};
+use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
 use tower_deepseek_core::meta::{BreakerStatus, UpstreamAttempts};
 
 use super::body::{AuditObserver, Eos, ResponseBody};
@@ -120,10 +120,7 @@ where
                 let state = match this.classifier.classify_head(status, res.headers()) {
                     ClassifiedResponse::Ready(r) => Eos::Ready(r),
                     ClassifiedResponse::RequiresEos(c) => {
-                        match res.extensions().get::<SharedOutcome>() {
-                            Some(shared) => Eos::Shared(shared.clone()),
-                            None => Eos::Body(Box::new(c)),
-                        }
+                        Eos::Body(Box::new(EndJudge::from_extensions(c, res.extensions())))
                     }
                 };
                 let watch = pending

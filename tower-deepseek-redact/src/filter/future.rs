@@ -14,7 +14,7 @@ use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{TransformBody, buffer};
-use tower_deepseek_core::classify::{SharedOutcome, is_event_stream};
+use tower_deepseek_core::classify::is_event_stream;
 
 use super::body::{RBody, ResponseBody, SseFilter, error_json};
 use super::config::FilterAction;
@@ -75,11 +75,11 @@ where
                     if !res.status().is_success() {
                         return Poll::Ready(Ok(res.map(|b| ResponseBody::plain(b))));
                     }
+                    // This layer may rewrite the answer (block it, end a stream early); a
+                    // verdict shared from below then stays where it is: the layers above take
+                    // it only for the very frames it is about (core's `EndJudge`), so they
+                    // judge what this layer sends.
                     let mut res = res;
-                    // This layer may rewrite the answer (block it, end a stream early), so a
-                    // classification shared from below no longer describes what goes up: the
-                    // layers above classify what this layer sends.
-                    res.extensions_mut().remove::<SharedOutcome>();
                     if is_event_stream(res.headers()) {
                         res.headers_mut().remove(CONTENT_LENGTH);
                         let t = SseFilter::new(this.shared.clone());
