@@ -122,25 +122,34 @@ impl MetadataConfig {
 
     /// Fills in [`RequestId`] and [`ClientIp`] where the request does not carry them yet.
     pub fn apply<B>(&self, req: &mut Request<B>) {
-        if req.extensions().get::<RequestId>().is_none() {
-            let id = req
-                .headers()
-                .get(&self.request_id_header)
-                .and_then(|v| v.to_str().ok())
-                .and_then(RequestId::parse)
-                .unwrap_or_else(RequestId::generate);
-            if self.echo_request_id {
-                req.headers_mut()
-                    .insert(self.request_id_header.clone(), id.to_header_value());
-            }
-            req.extensions_mut().insert(id);
-        }
+        ensure_request_id(req, &self.request_id_header, self.echo_request_id);
         if req.extensions().get::<ClientIp>().is_none() {
             if let Some(ip) = self.client_ip(req) {
                 req.extensions_mut().insert(ClientIp(ip));
             }
         }
     }
+}
+
+/// Gives `req` a [`RequestId`] unless it has one: the caller's, from `header`, if acceptable
+/// (see [`RequestId::parse`]), else a fresh one; with `echo`, the id is also written to
+/// `header`, so that the upstream logs the same id. The one place this rule lives:
+/// [`MetadataConfig::apply`] and the audit layer both call it.
+pub fn ensure_request_id<B>(req: &mut Request<B>, header: &HeaderName, echo: bool) {
+    if req.extensions().get::<RequestId>().is_some() {
+        return;
+    }
+    let id = req
+        .headers()
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .unwrap_or_else(RequestId::generate);
+    if echo {
+        req.headers_mut()
+            .insert(header.clone(), id.to_header_value());
+    }
+    req.extensions_mut().insert(id);
 }
 
 #[cfg(test)]

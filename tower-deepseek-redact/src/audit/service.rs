@@ -80,17 +80,7 @@ where
         // Every record has a request id: the caller's (extension or `x-request-id`), or a new
         // one, which is also sent upstream so that both sides log the same id.
         let mut req = req;
-        if req.extensions().get::<RequestId>().is_none() {
-            let id = req
-                .headers()
-                .get(&X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .and_then(RequestId::parse)
-                .unwrap_or_else(RequestId::generate);
-            req.headers_mut()
-                .insert(X_REQUEST_ID.clone(), id.to_header_value());
-            req.extensions_mut().insert(id);
-        }
+        tower_deepseek_core::meta::ensure_request_id(&mut req, &X_REQUEST_ID, true);
         let ext = req.extensions();
         let h = req.headers();
         let request_id = ext.get::<RequestId>().cloned();
