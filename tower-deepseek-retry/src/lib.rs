@@ -32,7 +32,8 @@
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //! use tower_deepseek_retry::concurrency::AdaptiveConcurrencyLayer;
 //! use tower_deepseek_retry::rate_limit::{KeyBy, RateLimitLayer};
-//! use tower_deepseek_retry::retry::{Attempts, RetryBody, RetryLayer};
+//! use tower_deepseek_core::body::ReplayBody;
+//! use tower_deepseek_retry::retry::{Attempts, RetryLayer};
 //! use tower_deepseek_retry::timeout::TimeoutLayer;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -55,8 +56,8 @@
 //!     .layer(AdaptiveConcurrencyLayer::builder().build()?)
 //!     .layer(retry)
 //!     .layer(timeouts)
-//!     // in a real program: a hyper-util client taking `RetryBody<RetryBody<Full<Bytes>>>`
-//!     .service_fn(|_req: http::Request<RetryBody<RetryBody<Full<Bytes>>>>| async {
+//!     // in a real program: a hyper-util client taking `ReplayBody<ReplayBody<Full<Bytes>>>`
+//!     .service_fn(|_req: http::Request<ReplayBody<ReplayBody<Full<Bytes>>>>| async {
 //!         let body = r#"{"choices":[{"message":{"content":"Hi"},"finish_reason":"stop"}]}"#;
 //!         Ok::<_, tower::BoxError>(
 //!             http::Response::builder()

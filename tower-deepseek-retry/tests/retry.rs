@@ -820,7 +820,7 @@ async fn streamed_request_bodies_are_buffered_then_replayed() {
     let s2 = seen.clone();
     let mut n = 0;
     let inner = tower::service_fn(
-        move |req: http::Request<tower_deepseek_retry::retry::RetryBody<TestBody>>| {
+        move |req: http::Request<tower_deepseek_core::body::ReplayBody<TestBody>>| {
             let s2 = s2.clone();
             n += 1;
             let fail = n == 1;

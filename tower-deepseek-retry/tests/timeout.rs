@@ -234,7 +234,7 @@ async fn first_token_timeout_below_retry_is_retried_with_a_longer_timeout() {
     // cut and retried with 6 s, which this time is enough.
     let inner = tower::service_fn(
         move |req: http::Request<
-            tower_deepseek_retry::retry::RetryBody<http_body_util::Full<Bytes>>,
+            tower_deepseek_core::body::ReplayBody<http_body_util::Full<Bytes>>,
         >| {
             c2.lock()
                 .unwrap()

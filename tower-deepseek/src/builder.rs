@@ -11,7 +11,8 @@
 //! use tower_deepseek::ServiceBuilderExt;
 //! use tower_deepseek::auth::BearerAuthLayer;
 //! use tower_deepseek::breaker::CircuitBreakerLayer;
-//! use tower_deepseek::retry::retry::{RetryBody, RetryLayer};
+//! use tower_deepseek::core::body::ReplayBody;
+//! use tower_deepseek::retry::retry::RetryLayer;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_deepseek::BoxError> {
@@ -19,7 +20,7 @@
 //!     .status_retry(RetryLayer::builder().build()?)
 //!     .circuit_breaker(CircuitBreakerLayer::builder().name("deepseek").build()?)
 //!     .bearer_auth(BearerAuthLayer::new("sk-example")?)
-//!     .service_fn(|req: http::Request<RetryBody<Full<Bytes>>>| async move {
+//!     .service_fn(|req: http::Request<ReplayBody<Full<Bytes>>>| async move {
 //!         assert!(req.headers().contains_key("authorization"));
 //!         let res = http::Response::builder()
 //!             .header("content-type", "application/json")

@@ -152,13 +152,11 @@ use tower_deepseek_core::body::BufferedBody;
 use tower_layer::Layer;
 use tower_service::Service;
 
-mod body;
 mod config;
 mod fetch;
 pub mod future;
 mod state;
 
-pub use self::body::ReplayBody;
 pub use self::config::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_LIFETIME, DEFAULT_REFRESH_JITTER,
     DEFAULT_REFRESH_MARGIN, DEFAULT_STORE_WAIT, OAuth2Config,
@@ -168,6 +166,7 @@ use self::future::ResponseFuture;
 use self::state::{Shared, Tuning};
 use crate::error::ConfigError;
 use crate::store::{MemoryTokenStore, TokenStore};
+pub use tower_deepseek_core::body::ReplayBody;
 
 /// The most of a 401 body read (then dropped) before a replay, and for how long.
 const DRAIN_LIMIT: usize = 64 * 1024;

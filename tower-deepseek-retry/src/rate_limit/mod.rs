@@ -50,7 +50,7 @@
 //! use http_body_util::Full;
 //! use tower::{ServiceBuilder, ServiceExt, Service};
 //! use tower_deepseek_retry::rate_limit::{KeyBy, RateLimitLayer};
-//! use tower_deepseek_retry::retry::RetryBody;
+//! use tower_deepseek_core::body::ReplayBody;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower::BoxError> {
@@ -59,7 +59,7 @@
 //!     .tokens_per_minute(1_000_000)
 //!     .key_by(KeyBy::Model)
 //!     .build()?;
-//! let mut svc = ServiceBuilder::new().layer(limiter).service_fn(|_req: http::Request<RetryBody<Full<Bytes>>>| async {
+//! let mut svc = ServiceBuilder::new().layer(limiter).service_fn(|_req: http::Request<ReplayBody<Full<Bytes>>>| async {
 //!     Ok::<_, tower::BoxError>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
 //! });
 //! let req = http::Request::post("https://api.deepseek.com/chat/completions")
@@ -96,14 +96,13 @@ use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::body::{BodyEnd, BodyObserver, Buffered, ObservedBody};
+use tower_deepseek_core::body::{BodyEnd, BodyObserver, Buffered, ObservedBody, ReplayBody};
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EosClassifier, SharedOutcome};
 use tower_deepseek_core::meta::TenantId;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::ConfigError;
-use crate::retry::RetryBody;
 use bucket::TokenBucket;
 pub use error::{RateLimited, RequestTooLarge};
 
@@ -750,7 +749,7 @@ impl Shared {
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
 where
-    S: Service<Request<RetryBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     ReqB: Body + Unpin + Send + 'static,
@@ -775,7 +774,7 @@ where
             // Fast path: no body to read; admitted at once unless the key must queue.
             let key = shared.key(None, req.extensions().get::<TenantId>());
             if let Some(admitted) = shared.admit_now(key) {
-                let fut = inner.call(req.map(RetryBody::plain));
+                let fut = inner.call(req.map(ReplayBody::passthrough));
                 return ResponseFuture {
                     kind: Kind::Fast {
                         fut,
@@ -792,7 +791,6 @@ where
                     let tenant = parts.extensions.get::<TenantId>();
                     let (body, key, estimate) = if shared.needs_body() {
                         let limit = shared.cfg.body_limit;
-                        let body = crate::retry::Prepend::new(None, body);
                         match tower_deepseek_core::body::buffer(body, limit).await? {
                             Buffered::Complete(b) => {
                                 let probe = serde_json::from_slice::<Probe<'_>>(b.bytes()).ok();
@@ -803,16 +801,16 @@ where
                                     .unwrap_or(shared.cfg.default_max_tokens);
                                 let est = b.bytes().len() as u64 / 4 + max_tokens;
                                 let key = shared.key(model, tenant);
-                                (RetryBody::buffered(b), key, est)
+                                (ReplayBody::buffered(b), key, est)
                             }
                             Buffered::Overflow(o) => {
                                 let est = limit as u64 / 4 + shared.cfg.default_max_tokens;
                                 let key = shared.key(None, tenant);
-                                (RetryBody::overflow(Box::new(o)), key, est)
+                                (ReplayBody::overflow(o), key, est)
                             }
                         }
                     } else {
-                        (RetryBody::plain(body), shared.key(None, tenant), 0)
+                        (ReplayBody::passthrough(body), shared.key(None, tenant), 0)
                     };
                     let admitted = shared.admit(key, estimate).await?;
                     let result = inner.call(Request::from_parts(parts, body)).await;

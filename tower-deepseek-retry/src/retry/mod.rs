@@ -78,7 +78,8 @@
 //! The request body is buffered once (up to `body_limit`, 8 MiB) with core's `buffer`, and
 //! each attempt sends a clone of the same [`Bytes`](bytes::Bytes), without copying. A larger
 //! body is streamed through once and never retried ([`StopReason::BodyNotReplayable`]). The
-//! inner service therefore receives a [`RetryBody<B>`]. Request and response bodies must be
+//! inner service therefore receives a
+//! [`ReplayBody<B>`](tower_deepseek_core::body::ReplayBody), core's one replayable body. Request and response bodies must be
 //! `Unpin`, as every hyper and http-body-util body is (box others).
 //!
 //! # Replays after a 401 for the auth layer
@@ -110,13 +111,14 @@
 //! use http_body_util::Full;
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, Service};
-//! use tower_deepseek_retry::retry::{Attempts, RetryBody, RetryLayer};
+//! use tower_deepseek_core::body::ReplayBody;
+//! use tower_deepseek_retry::retry::{Attempts, RetryLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower::BoxError> {
 //! let mut svc = ServiceBuilder::new()
 //!     .layer(RetryLayer::builder().max_attempts(4).total_deadline(Duration::from_secs(60)).build()?)
-//!     .service_fn(|_req: http::Request<RetryBody<Full<Bytes>>>| async {
+//!     .service_fn(|_req: http::Request<ReplayBody<Full<Bytes>>>| async {
 //!         let resp = http::Response::builder()
 //!             .header("content-type", "application/json")
 //!             .body(Full::new(Bytes::from_static(br#"{"choices":[{"finish_reason":"stop"}]}"#)))?;
@@ -143,11 +145,11 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use http_body::Body;
 use tower_deepseek_core::BoxError;
+use tower_deepseek_core::body::ReplayBody;
 use tower_deepseek_core::classify::FailureClass;
 use tower_service::Service;
 
-pub(crate) use body::Prepend;
-pub use body::{ResponseBody, RetryBody};
+pub use body::ResponseBody;
 pub use error::{RetriesExhausted, StopReason};
 pub use future::ResponseFuture;
 pub use layer::{BudgetConfig, RetryConfig, RetryLayer, RetryLayerBuilder};
@@ -226,7 +228,7 @@ impl<S> Retry<S> {
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Retry<S>
 where
-    S: Service<Request<RetryBody<ReqB>>, Response = Response<ResB>> + Clone,
+    S: Service<Request<ReplayBody<ReqB>>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
     ReqB: Body + Unpin + Send + 'static,
     ReqB::Data: Send,
