@@ -12,8 +12,8 @@ use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::ReplayBody;
 use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_retry::RetryLayer;
 use tower_deepseek_retry::rate_limit::{KeyBy, RateLimitLayer};
-use tower_deepseek_retry::retry::RetryLayer;
 
 const REQ: &[u8] = br#"{"model":"deepseek-chat","max_tokens":256,"messages":[{"role":"user","content":"Hello there"}]}"#;
 const CHAT: &[u8] = br#"{"id":"1","object":"chat.completion","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}"#;

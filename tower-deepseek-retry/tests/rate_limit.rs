@@ -13,8 +13,8 @@ use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::ReplayBody;
 use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_retry::RetryLayer;
 use tower_deepseek_retry::rate_limit::{KeyBy, RateLimitLayer, RateLimited, RequestTooLarge};
-use tower_deepseek_retry::retry::RetryLayer;
 
 type Req = http::Request<ReplayBody<Full<Bytes>>>;
 type Answer = Arc<dyn Fn(&str) -> http::Response<Full<Bytes>> + Send + Sync>;

@@ -27,8 +27,8 @@ use tower_deepseek::core::body::BufferedBody;
 use tower_deepseek::core::body::ReplayBody;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditLayer, AuditRequestBody, WriterSink};
+use tower_deepseek::retry::RetryLayer;
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
-use tower_deepseek::retry::retry::RetryLayer;
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::stack::RecommendedStack;
 

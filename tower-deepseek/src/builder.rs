@@ -12,7 +12,7 @@
 //! use tower_deepseek::auth::BearerAuthLayer;
 //! use tower_deepseek::breaker::CircuitBreakerLayer;
 //! use tower_deepseek::core::body::ReplayBody;
-//! use tower_deepseek::retry::retry::RetryLayer;
+//! use tower_deepseek::retry::RetryLayer;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_deepseek::BoxError> {
@@ -102,8 +102,8 @@ ext_methods! {
     "retry" => token_rate_limit(tower_deepseek_retry::rate_limit::RateLimitLayer);
     /// AIMD in-flight limit that backs off on 429 (`tower_deepseek_retry::concurrency::AdaptiveConcurrencyLayer`).
     "retry" => adaptive_concurrency(tower_deepseek_retry::concurrency::AdaptiveConcurrencyLayer);
-    /// The guide's status-aware retries (`tower_deepseek_retry::retry::RetryLayer`).
-    "retry" => status_retry(tower_deepseek_retry::retry::RetryLayer);
+    /// The guide's status-aware retries (`tower_deepseek_retry::RetryLayer`).
+    "retry" => status_retry(tower_deepseek_retry::RetryLayer);
     /// Header, first-token and idle timeouts (`tower_deepseek_retry::timeout::TimeoutLayer`).
     "retry" => stream_timeout(tower_deepseek_retry::timeout::TimeoutLayer);
     /// Resilience4j-style circuit breaker (`tower_deepseek_breaker::CircuitBreakerLayer`).

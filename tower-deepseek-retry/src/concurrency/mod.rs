@@ -59,7 +59,7 @@ use tower_deepseek_core::BoxError;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::ConfigError;
+use tower_deepseek_core::config::ConfigError;
 
 /// The configuration (serde).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -193,22 +193,19 @@ impl AdaptiveConcurrencyLayer {
     /// [`ConfigError`] unless `1 <= min <= initial <= max` and `0 < decrease_factor < 1`.
     pub fn from_config(cfg: AdaptiveConcurrencyConfig) -> Result<Self, ConfigError> {
         if !(1 <= cfg.min && cfg.min <= cfg.initial && cfg.initial <= cfg.max) {
-            return Err(ConfigError::Invalid {
-                field: "initial",
-                reason: "must satisfy 1 <= min <= initial <= max",
-            });
+            return Err(ConfigError::new(
+                "initial",
+                "must satisfy 1 <= min <= initial <= max",
+            ));
         }
         if cfg.max as usize > Semaphore::MAX_PERMITS {
-            return Err(ConfigError::Invalid {
-                field: "max",
-                reason: "is too large",
-            });
+            return Err(ConfigError::new("max", "is too large"));
         }
         if !(cfg.decrease_factor > 0.0 && cfg.decrease_factor < 1.0) {
-            return Err(ConfigError::Invalid {
-                field: "decrease_factor",
-                reason: "must be between 0 and 1 (exclusive)",
-            });
+            return Err(ConfigError::new(
+                "decrease_factor",
+                "must be between 0 and 1 (exclusive)",
+            ));
         }
         Ok(Self {
             shared: Arc::new(Shared {

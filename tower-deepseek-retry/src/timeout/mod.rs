@@ -66,7 +66,7 @@ use tower_deepseek_core::sse::SseParser;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::ConfigError;
+use tower_deepseek_core::config::{ConfigError, option_duration_ms};
 
 /// Request extension set by the retry layer: multiply the attempt timeouts (headers, first
 /// token, idle) by this factor.
@@ -96,14 +96,19 @@ pub struct AttemptTimeout(pub Duration);
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TimeoutConfig {
-    /// Until the response head.
-    pub headers_ms: Option<u64>,
-    /// Until the first SSE event / first non-whitespace JSON byte, from the call.
-    pub first_token_ms: Option<u64>,
-    /// Longest gap between chunks once content flows.
-    pub idle_ms: Option<u64>,
-    /// Until the end of the body, from the call.
-    pub total_ms: Option<u64>,
+    /// Until the response head (serde `headers_ms`).
+    #[serde(rename = "headers_ms", with = "option_duration_ms")]
+    pub headers: Option<Duration>,
+    /// Until the first SSE event / first non-whitespace JSON byte, from the call (serde
+    /// `first_token_ms`).
+    #[serde(rename = "first_token_ms", with = "option_duration_ms")]
+    pub first_token: Option<Duration>,
+    /// Longest gap between chunks once content flows (serde `idle_ms`).
+    #[serde(rename = "idle_ms", with = "option_duration_ms")]
+    pub idle: Option<Duration>,
+    /// Until the end of the body, from the call (serde `total_ms`).
+    #[serde(rename = "total_ms", with = "option_duration_ms")]
+    pub total: Option<Duration>,
 }
 
 impl TimeoutConfig {
@@ -120,22 +125,21 @@ impl TimeoutConfig {
     /// by other means.
     pub fn none() -> Self {
         Self {
-            headers_ms: None,
-            first_token_ms: None,
-            idle_ms: None,
-            total_ms: None,
+            headers: None,
+            first_token: None,
+            idle: None,
+            total: None,
         }
     }
 }
 
 impl Default for TimeoutConfig {
     fn default() -> Self {
-        let ms = |d: Duration| Some(d.as_millis() as u64);
         Self {
-            headers_ms: ms(Self::DEFAULT_HEADERS),
-            first_token_ms: ms(Self::DEFAULT_FIRST_TOKEN),
-            idle_ms: ms(Self::DEFAULT_IDLE),
-            total_ms: ms(Self::DEFAULT_TOTAL),
+            headers: Some(Self::DEFAULT_HEADERS),
+            first_token: Some(Self::DEFAULT_FIRST_TOKEN),
+            idle: Some(Self::DEFAULT_IDLE),
+            total: Some(Self::DEFAULT_TOTAL),
         }
     }
 }
@@ -170,25 +174,25 @@ impl TimeoutLayer {
     /// [`ConfigError`] for a zero timeout.
     pub fn from_config(cfg: TimeoutConfig) -> Result<Self, ConfigError> {
         for (field, v) in [
-            ("headers_ms", cfg.headers_ms),
-            ("first_token_ms", cfg.first_token_ms),
-            ("idle_ms", cfg.idle_ms),
-            ("total_ms", cfg.total_ms),
+            ("headers_ms", cfg.headers),
+            ("first_token_ms", cfg.first_token),
+            ("idle_ms", cfg.idle),
+            ("total_ms", cfg.total),
         ] {
-            if v == Some(0) {
-                return Err(ConfigError::Invalid {
+            // Zero milliseconds, as the serde config counts them.
+            if v.is_some_and(|d| d.as_millis() == 0) {
+                return Err(ConfigError::new(
                     field,
-                    reason: "must be more than 0 (null for no timeout)",
-                });
+                    "must be more than 0 (null for no timeout)",
+                ));
             }
         }
-        let d = |v: Option<u64>| v.map(Duration::from_millis);
         Ok(Self {
             limits: Limits {
-                headers: d(cfg.headers_ms),
-                first_token: d(cfg.first_token_ms),
-                idle: d(cfg.idle_ms),
-                total: d(cfg.total_ms),
+                headers: cfg.headers,
+                first_token: cfg.first_token,
+                idle: cfg.idle,
+                total: cfg.total,
             },
         })
     }
@@ -204,25 +208,25 @@ pub struct TimeoutLayerBuilder {
 impl TimeoutLayerBuilder {
     /// Timeout until the response head; `None` for no bound.
     pub fn headers(mut self, d: impl Into<Option<Duration>>) -> Self {
-        self.cfg.headers_ms = d.into().map(|d| d.as_millis() as u64);
+        self.cfg.headers = d.into();
         self
     }
 
     /// Timeout until the first token (keep-alives ignored), from the call; `None` for no bound.
     pub fn first_token(mut self, d: impl Into<Option<Duration>>) -> Self {
-        self.cfg.first_token_ms = d.into().map(|d| d.as_millis() as u64);
+        self.cfg.first_token = d.into();
         self
     }
 
     /// Longest gap between chunks once content flows; `None` for no bound.
     pub fn idle(mut self, d: impl Into<Option<Duration>>) -> Self {
-        self.cfg.idle_ms = d.into().map(|d| d.as_millis() as u64);
+        self.cfg.idle = d.into();
         self
     }
 
     /// Timeout until the body ends, from the call; `None` for no bound.
     pub fn total(mut self, d: impl Into<Option<Duration>>) -> Self {
-        self.cfg.total_ms = d.into().map(|d| d.as_millis() as u64);
+        self.cfg.total = d.into();
         self
     }
 

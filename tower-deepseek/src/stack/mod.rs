@@ -34,7 +34,7 @@
 //! use tower_deepseek::auth::BearerAuthLayer;
 //! use tower_deepseek::breaker::CircuitBreakerLayer;
 //! use tower_deepseek::cache::CacheLayer;
-//! use tower_deepseek::retry::retry::RetryLayer;
+//! use tower_deepseek::retry::RetryLayer;
 //! use tower_deepseek::stack::{RecommendedStack, StackRequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -100,8 +100,8 @@ use tower_deepseek_core::meta::TenantId;
 use tower_deepseek_redact::audit::{Audit, AuditLayer, AuditRequestBody};
 use tower_deepseek_redact::{Redact, RedactLayer};
 use tower_deepseek_retry::rate_limit::{RateLimit, RateLimitLayer};
-use tower_deepseek_retry::retry::{Retry, RetryLayer};
 use tower_deepseek_retry::timeout::{Timeout, TimeoutLayer};
+use tower_deepseek_retry::{Retry, RetryLayer};
 use tower_layer::Layer;
 
 pub use self::config::{StackConfig, StackConfigError};
