@@ -91,5 +91,7 @@ pub use retry::{
     Attempts, Backoff, BudgetConfig, Jitter, ResponseBody, ResponseFuture, RetriesExhausted, Retry,
     RetryAfterPolicy, RetryConfig, RetryLayer, RetryLayerBuilder, Schedule, Schedules, StopReason,
 };
-pub use timeout::{Timeout, TimeoutConfig, TimeoutLayer, TimeoutLayerBuilder, TimeoutScale};
+pub use timeout::{
+    AttemptTimeout, Timeout, TimeoutConfig, TimeoutLayer, TimeoutLayerBuilder, TimeoutScale,
+};
 pub use tower_deepseek_core::config::ConfigError;

@@ -13,7 +13,7 @@ use tower_deepseek_core::body::ObservedBody;
 use super::state::*;
 
 pin_project! {
-    /// Response body of [`RateLimit`]: passes the upstream body through and settles the token
+    /// Response body of [`RateLimit`](crate::RateLimit): passes the upstream body through and settles the token
     /// estimate when it ends.
     pub struct ResponseBody<B> {
         #[pin]

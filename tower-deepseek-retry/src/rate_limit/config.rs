@@ -20,7 +20,7 @@ pub enum KeyBy {
     Global,
     /// One quota per `model` of the request body.
     Model,
-    /// One quota per [`TenantId`] extension.
+    /// One quota per [`TenantId`](tower_deepseek_core::meta::TenantId) extension.
     Tenant,
     /// One quota per model and tenant.
     ModelAndTenant,
@@ -41,7 +41,7 @@ pub struct RateLimitConfig {
     pub token_burst: Option<u64>,
     /// What quotas are kept per (default global).
     pub key_by: KeyBy,
-    /// Longest wait before a request fails with [`RateLimited`] (default 30 s; serde
+    /// Longest wait before a request fails with [`RateLimited`](crate::RateLimited) (default 30 s; serde
     /// `max_wait_ms`, in milliseconds).
     #[serde(rename = "max_wait_ms", with = "duration_ms")]
     pub max_wait: Duration,

@@ -17,7 +17,7 @@ pub(crate) type SlowFuture<B> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, BoxError>> + Send>>;
 
 pin_project! {
-    /// Response future of [`RateLimit`].
+    /// Response future of [`RateLimit`](crate::RateLimit).
     pub struct ResponseFuture<F, B> {
         #[pin]
         pub(crate) kind: Kind<F, B>,

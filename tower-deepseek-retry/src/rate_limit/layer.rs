@@ -1,4 +1,4 @@
-//! [`RateLimitLayer`] and its builder.
+//! [`RateLimitLayer`](crate::RateLimitLayer) and its builder.
 
 use std::hash::RandomState;
 use std::sync::{Arc, RwLock};
@@ -11,7 +11,7 @@ use super::config::{KeyBy, RateLimitConfig};
 use super::service::RateLimit;
 use super::state::*;
 
-/// Paces requests and tokens per minute. See the [module docs](self).
+/// Paces requests and tokens per minute. See the [module docs](super).
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     pub(crate) shared: Arc<Shared>,
@@ -94,7 +94,7 @@ impl RateLimitLayer {
     }
 }
 
-/// Builds a [`RateLimitLayer`].
+/// Builds a [`RateLimitLayer`](crate::RateLimitLayer).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RateLimitLayerBuilder {
@@ -132,7 +132,7 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Longest wait before [`RateLimited`] (default 30 s).
+    /// Longest wait before [`RateLimited`](crate::RateLimited) (default 30 s).
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.cfg.max_wait = d;
         self

@@ -14,12 +14,12 @@
 //!   replaces it (the difference is taken or given back). Governor cannot give cells back,
 //!   hence the own bucket. A response that is an HTTP error gives the whole estimate back (the
 //!   upstream billed nothing); a cancelled or broken one keeps it. The usage is read from the
-//!   summary a layer below shares when there is one (core's [`SharedOutcome`]: the breaker
+//!   summary a layer below shares when there is one (core's [`SharedOutcome`](tower_deepseek_core::classify::SharedOutcome): the breaker
 //!   publishes it when audit asks for call facts), so that the body is not parsed twice;
 //!   otherwise this layer classifies the body itself as it passes.
 //!
 //! Keys ([`KeyBy`]): one global quota, per model (read from the request body), per tenant
-//! (core's [`TenantId`] extension; requests without one
+//! (core's [`TenantId`](tower_deepseek_core::meta::TenantId) extension; requests without one
 //! share a quota), or per model and tenant.
 //!
 //! # Waiting, not rejecting
@@ -33,7 +33,7 @@
 //! # 429 pauses everyone
 //!
 //! DeepSeek's 429 is account-wide. A 429 with `Retry-After` seen by this layer pauses the whole
-//! limiter (every key) until then. A [`RetryLayer`](crate::retry::RetryLayer) below it sees the
+//! limiter (every key) until then. A [`RetryLayer`](crate::RetryLayer) below it sees the
 //! 429s first: give it [`RateLimitLayer::pause_handle`] with
 //! [`RetryLayerBuilder::pause_on_rate_limit`](crate::RetryLayerBuilder::pause_on_rate_limit)
 //! so that every 429 it retries pauses the limiter too.

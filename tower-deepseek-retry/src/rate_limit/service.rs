@@ -1,4 +1,4 @@
-//! The [`RateLimit`] service.
+//! The [`RateLimit`](crate::RateLimit) service.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,7 +15,7 @@ use super::body::ResponseBody;
 use super::future::{Kind, ResponseFuture};
 use super::state::*;
 
-/// Paces requests and tokens per minute. See the [module docs](self).
+/// Paces requests and tokens per minute. See the [module docs](super).
 #[derive(Debug)]
 pub struct RateLimit<S> {
     pub(crate) inner: S,

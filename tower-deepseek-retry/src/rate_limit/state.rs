@@ -132,7 +132,7 @@ impl fmt::Debug for Shared {
     }
 }
 
-/// Pauses the whole limiter; cheap to clone. Get one from [`RateLimitLayer::pause_handle`].
+/// Pauses the whole limiter; cheap to clone. Get one from [`RateLimitLayer::pause_handle`](crate::RateLimitLayer::pause_handle).
 #[derive(Clone)]
 pub struct PauseHandle {
     pub(crate) until: Arc<AtomicU64>,
@@ -451,7 +451,7 @@ pub(crate) struct Settle {
 pub(crate) enum UsageFrom {
     /// This layer's own classifier, fed as the body passes.
     Own(EosClassifier),
-    /// The summary a layer below shares (core's [`SharedOutcome`]), filled before the end
+    /// The summary a layer below shares (core's [`SharedOutcome`](tower_deepseek_core::classify::SharedOutcome)), filled before the end
     /// reaches this layer; empty if the body below did not end.
     Shared(SharedOutcome),
 }

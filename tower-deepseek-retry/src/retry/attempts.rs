@@ -1,4 +1,4 @@
-//! The [`Attempts`] response extension.
+//! The [`Attempts`](crate::Attempts) response extension.
 
 use tower_deepseek_core::classify::FailureClass;
 
@@ -23,7 +23,7 @@ impl Attempts {
         &self.classes
     }
 
-    /// Why no further attempt was made ([`StopReason::Success`] for a success).
+    /// Why no further attempt was made ([`StopReason::Success`](crate::StopReason::Success) for a success).
     pub fn stop_reason(&self) -> StopReason {
         self.stop
     }

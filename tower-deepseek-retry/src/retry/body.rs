@@ -29,7 +29,7 @@ pub struct ResponseBody<B> {
 pub(crate) enum Watch {
     /// By this layer's classifier, fed as the body passes.
     Own(Box<EosClassifier>),
-    /// By the verdict a layer below shares (core's [`SharedOutcome`]: the breaker, asked for
+    /// By the verdict a layer below shares (core's [`SharedOutcome`](tower_deepseek_core::classify::SharedOutcome): the breaker, asked for
     /// call facts, classifies the same body). Empty at the end means the body below did not
     /// end: cut, so incomplete.
     Shared(SharedOutcome),

@@ -46,7 +46,7 @@ impl Default for BudgetConfig {
 pub struct RetryConfig {
     /// Attempts in total, the first included. Default 7 (room for the guide's 429 schedule:
     /// 1, 2, 4, 8, 16, 32 s). Each outcome's own `max_retries` bounds it further (see
-    /// [`Schedules`]).
+    /// [`Schedules`](crate::Schedules)).
     pub max_attempts: u32,
     /// No attempt starts (and no wait is begun that would end) after this long since the call
     /// began. Default 60 000 (1 min); `null` for none. An attempt already in flight is bounded

@@ -1,4 +1,4 @@
-//! [`RetryLayer`] and its builder.
+//! [`RetryLayer`](crate::RetryLayer) and its builder.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -48,7 +48,7 @@ impl fmt::Debug for Shared {
 /// | reset or read error after sending | never, unless `retry_after_send(true)` (it may bill twice) |
 /// | 400, 401, 402, 403, 404, 422, local rejections | never |
 /// | 401 marked [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) by the auth layer below | once, at once, outside the budget, `max_attempts` and the deadline (see below) |
-/// | breaker open ([`BreakerOpen`](tower_deepseek_core::error::BreakerOpen) from below) | never: the caller gets the breaker's error at once ([`StopReason::BreakerOpen`]); with `wait_for_open_breaker(true)` (batch callers), after its wait, if that fits `max_retry_after` and the total deadline |
+/// | breaker open ([`BreakerOpen`](tower_deepseek_core::error::BreakerOpen) from below) | never: the caller gets the breaker's error at once ([`StopReason::BreakerOpen`](crate::StopReason::BreakerOpen)); with `wait_for_open_breaker(true)` (batch callers), after its wait, if that fits `max_retry_after` and the total deadline |
 ///
 /// All retries are bounded by `max_attempts` (7 in total), each outcome's own number of
 /// retries, a total deadline (1 min: no attempt starts, and no wait ends, later),
@@ -109,7 +109,7 @@ impl fmt::Debug for Shared {
 ///
 /// The request body is buffered once (up to `body_limit`, 8 MiB) with core's `buffer`, and
 /// each attempt sends a clone of the same [`Bytes`](bytes::Bytes), without copying. A larger
-/// body is streamed through once and never retried ([`StopReason::BodyNotReplayable`]). The
+/// body is streamed through once and never retried ([`StopReason::BodyNotReplayable`](crate::StopReason::BodyNotReplayable)). The
 /// inner service therefore receives a
 /// [`ReplayBody<B>`](tower_deepseek_core::body::ReplayBody), core's one replayable body. Request and response bodies must be
 /// `Unpin`, as every hyper and http-body-util body is (box others).
@@ -246,7 +246,7 @@ impl<S> Layer<S> for RetryLayer {
     }
 }
 
-/// Builds a [`RetryLayer`]; every setter defaults to the guide's value (see [`RetryConfig`]).
+/// Builds a [`RetryLayer`](crate::RetryLayer); every setter defaults to the guide's value (see [`RetryConfig`](crate::RetryConfig)).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RetryLayerBuilder {
@@ -280,7 +280,7 @@ impl RetryLayerBuilder {
     }
 
     /// Wait for an open circuit breaker below and try again, within `max_retry_after` and the
-    /// total deadline (default off: fail fast; see [`RetryConfig::wait_for_open_breaker`]).
+    /// total deadline (default off: fail fast; see [`RetryConfig::wait_for_open_breaker`](crate::RetryConfig::wait_for_open_breaker)).
     pub fn wait_for_open_breaker(mut self, yes: bool) -> Self {
         self.cfg.wait_for_open_breaker = yes;
         self
@@ -311,7 +311,7 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// The retry budget (see [`BudgetConfig`]).
+    /// The retry budget (see [`BudgetConfig`](crate::BudgetConfig)).
     pub fn budget(mut self, ttl: Duration, min_per_sec: u32, retry_percent: f32) -> Self {
         self.cfg.budget = BudgetConfig {
             enabled: true,
@@ -329,7 +329,7 @@ impl RetryLayerBuilder {
     }
 
     /// Whether to offer the credential layer below the replay after a 401 (default `true`;
-    /// see [`RetryConfig::credential_replay`]).
+    /// see [`RetryConfig::credential_replay`](crate::RetryConfig::credential_replay)).
     pub fn credential_replay(mut self, yes: bool) -> Self {
         self.cfg.credential_replay = yes;
         self

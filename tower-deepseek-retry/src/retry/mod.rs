@@ -1,4 +1,4 @@
-//! Status-aware retries driven by the shared classifier, safe for streams: [`RetryLayer`]
+//! Status-aware retries driven by the shared classifier, safe for streams: [`RetryLayer`](crate::RetryLayer)
 //! (its docs hold the schedule table, the worst cases, stream safety and body replay).
 
 mod attempts;

@@ -1,4 +1,4 @@
-//! The [`Retry`] service.
+//! The [`Retry`](crate::Retry) service.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +13,7 @@ use super::body::ResponseBody;
 use super::future::ResponseFuture;
 use super::layer::{RetryLayer, Shared};
 
-/// Retries requests with the guide's per-status schedule. See [`RetryLayer`].
+/// Retries requests with the guide's per-status schedule. See [`RetryLayer`](crate::RetryLayer).
 #[derive(Debug)]
 pub struct Retry<S> {
     pub(crate) inner: S,
@@ -38,7 +38,7 @@ impl<S> Retry<S> {
         }
     }
 
-    /// A default [`RetryLayer`].
+    /// A default [`RetryLayer`](crate::RetryLayer).
     pub fn layer() -> RetryLayer {
         RetryLayer::new()
     }
