@@ -10,9 +10,10 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_core::BoxError;
+use tower_deepseek_core::body::ReplayBody;
 use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_retry::RetryLayer;
 use tower_deepseek_retry::rate_limit::{KeyBy, RateLimitLayer};
-use tower_deepseek_retry::retry::{RetryBody, RetryLayer};
 
 const REQ: &[u8] = br#"{"model":"deepseek-chat","max_tokens":256,"messages":[{"role":"user","content":"Hello there"}]}"#;
 const CHAT: &[u8] = br#"{"id":"1","object":"chat.completion","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}"#;
@@ -178,13 +179,13 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    let mut ours = RetryLayer::new().layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
+    let mut ours = RetryLayer::new().layer(tower::service_fn(handler::<ReplayBody<Full<Bytes>>>));
     g.bench_function("deepseek_retry_json_chat", |b| {
         b.iter_custom(|iters| rt.block_on(timed(iters, &mut ours)))
     });
 
     let mut ours_plain =
-        RetryLayer::new().layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>));
+        RetryLayer::new().layer(tower::service_fn(plain_handler::<ReplayBody<Full<Bytes>>>));
     g.bench_function("deepseek_retry_non_chat", |b| {
         b.iter_custom(|iters| rt.block_on(timed(iters, &mut ours_plain)))
     });
@@ -193,7 +194,7 @@ fn benches(c: &mut Criterion) {
         .credential_replay(false)
         .build()
         .unwrap()
-        .layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>));
+        .layer(tower::service_fn(plain_handler::<ReplayBody<Full<Bytes>>>));
     g.bench_function("deepseek_retry_non_chat_no_credential_replay", |b| {
         b.iter_custom(|iters| rt.block_on(timed(iters, &mut ours_plain_no_offer)))
     });
@@ -224,7 +225,7 @@ fn benches(c: &mut Criterion) {
         .key_by(KeyBy::Tenant)
         .build()
         .unwrap()
-        .layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
+        .layer(tower::service_fn(handler::<ReplayBody<Full<Bytes>>>));
     g.bench_function("keyed_rpm_per_tenant", |b| {
         b.iter_custom(|iters| rt.block_on(timed(iters, &mut tenant)))
     });
@@ -235,7 +236,7 @@ fn benches(c: &mut Criterion) {
         .key_by(KeyBy::Model)
         .build()
         .unwrap()
-        .layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>));
+        .layer(tower::service_fn(handler::<ReplayBody<Full<Bytes>>>));
     g.bench_function("keyed_rpm_tpm_per_model_settled", |b| {
         b.iter_custom(|iters| rt.block_on(timed(iters, &mut model)))
     });
@@ -307,11 +308,11 @@ fn interleaved(_c: &mut Criterion) {
         ),
         run!(
             "deepseek_retry_json_chat",
-            RetryLayer::new().layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>))
+            RetryLayer::new().layer(tower::service_fn(handler::<ReplayBody<Full<Bytes>>>))
         ),
         run!(
             "deepseek_retry_non_chat",
-            RetryLayer::new().layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>))
+            RetryLayer::new().layer(tower::service_fn(plain_handler::<ReplayBody<Full<Bytes>>>))
         ),
         run!(
             "deepseek_retry_non_chat_no_budget",
@@ -319,7 +320,7 @@ fn interleaved(_c: &mut Criterion) {
                 .no_budget()
                 .build()
                 .unwrap()
-                .layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>))
+                .layer(tower::service_fn(plain_handler::<ReplayBody<Full<Bytes>>>))
         ),
         run!(
             "deepseek_retry_non_chat_no_credential_replay",
@@ -327,7 +328,7 @@ fn interleaved(_c: &mut Criterion) {
                 .credential_replay(false)
                 .build()
                 .unwrap()
-                .layer(tower::service_fn(plain_handler::<RetryBody<Full<Bytes>>>))
+                .layer(tower::service_fn(plain_handler::<ReplayBody<Full<Bytes>>>))
         ),
         run!(
             "rate_limit_keyed_rpm_per_tenant",
@@ -337,7 +338,7 @@ fn interleaved(_c: &mut Criterion) {
                 .key_by(KeyBy::Tenant)
                 .build()
                 .unwrap()
-                .layer(tower::service_fn(handler::<RetryBody<Full<Bytes>>>))
+                .layer(tower::service_fn(handler::<ReplayBody<Full<Bytes>>>))
         ),
         run!(
             "ext/bare_service_fn",
@@ -354,12 +355,12 @@ fn interleaved(_c: &mut Criterion) {
         ),
         run!(
             "ext/deepseek_retry_json_chat",
-            RetryLayer::new().layer(tower::service_fn(ext_handler::<RetryBody<Full<Bytes>>>))
+            RetryLayer::new().layer(tower::service_fn(ext_handler::<ReplayBody<Full<Bytes>>>))
         ),
         run!(
             "ext/deepseek_retry_non_chat",
             RetryLayer::new().layer(tower::service_fn(
-                ext_plain_handler::<RetryBody<Full<Bytes>>>
+                ext_plain_handler::<ReplayBody<Full<Bytes>>>
             ))
         ),
     ];

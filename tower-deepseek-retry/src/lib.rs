@@ -1,16 +1,16 @@
 //! Status-aware retries, stream-safe timeouts, rate limits and adaptive concurrency for the
 //! DeepSeek API and any OpenAI-compatible chat API.
 //!
-//! - [`retry`]: [`RetryLayer`](retry::RetryLayer), the integration guide's per-status schedule
+//! - [`RetryLayer`], the integration guide's per-status schedule
 //!   (429, 502, 503, 504, 5xx, connect errors), `Retry-After`, a retry budget, a total deadline,
 //!   request-body replay without copying, and retry decisions taken only before any byte of
 //!   the response reached the caller.
-//! - [`timeout`]: [`TimeoutLayer`](timeout::TimeoutLayer): response headers per attempt,
+//! - [`timeout`]: [`TimeoutLayer`]: response headers per attempt,
 //!   time to first token (keep-alives ignored), idle gap and total.
-//! - [`concurrency`]: [`AdaptiveConcurrencyLayer`](concurrency::AdaptiveConcurrencyLayer): AIMD
+//! - [`concurrency`]: [`AdaptiveConcurrencyLayer`]: AIMD
 //!   limit on requests in flight, lowered on 429 (DeepSeek's account-wide concurrency cap),
 //!   raised on success.
-//! - [`rate_limit`]: [`RateLimitLayer`](rate_limit::RateLimitLayer): requests and tokens per
+//! - [`rate_limit`]: [`RateLimitLayer`]: requests and tokens per
 //!   minute, keyed per model or tenant, fair bounded waits, paused by a 429's `Retry-After`.
 //!
 //! Every layer classifies outcomes with the one shared classifier of `tower-deepseek-core`.
@@ -30,10 +30,8 @@
 //! use bytes::Bytes;
 //! use http_body_util::Full;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
-//! use tower_deepseek_retry::concurrency::AdaptiveConcurrencyLayer;
-//! use tower_deepseek_retry::rate_limit::{KeyBy, RateLimitLayer};
-//! use tower_deepseek_retry::retry::{Attempts, RetryBody, RetryLayer};
-//! use tower_deepseek_retry::timeout::TimeoutLayer;
+//! use tower_deepseek_core::body::ReplayBody;
+//! use tower_deepseek_retry::{AdaptiveConcurrencyLayer, Attempts, KeyBy, RateLimitLayer, RetryLayer, TimeoutLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower::BoxError> {
@@ -55,8 +53,8 @@
 //!     .layer(AdaptiveConcurrencyLayer::builder().build()?)
 //!     .layer(retry)
 //!     .layer(timeouts)
-//!     // in a real program: a hyper-util client taking `RetryBody<RetryBody<Full<Bytes>>>`
-//!     .service_fn(|_req: http::Request<RetryBody<RetryBody<Full<Bytes>>>>| async {
+//!     // in a real program: a hyper-util client taking `ReplayBody<ReplayBody<Full<Bytes>>>`
+//!     .service_fn(|_req: http::Request<ReplayBody<ReplayBody<Full<Bytes>>>>| async {
 //!         let body = r#"{"choices":[{"message":{"content":"Hi"},"finish_reason":"stop"}]}"#;
 //!         Ok::<_, tower::BoxError>(
 //!             http::Response::builder()
@@ -76,34 +74,24 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-use std::fmt;
-
 pub mod concurrency;
 pub mod rate_limit;
-pub mod retry;
+mod retry;
 pub mod timeout;
 
-/// A configuration value is out of range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// `field` is invalid for `reason`.
-    Invalid {
-        /// The field (as in the serde config).
-        field: &'static str,
-        /// Why.
-        reason: &'static str,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Invalid { field, reason } => {
-                write!(f, "invalid configuration: `{field}` {reason}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use concurrency::{
+    AdaptiveConcurrency, AdaptiveConcurrencyConfig, AdaptiveConcurrencyLayer,
+    AdaptiveConcurrencyLayerBuilder,
+};
+pub use rate_limit::{
+    KeyBy, PauseHandle, RateLimit, RateLimitConfig, RateLimitLayer, RateLimitLayerBuilder,
+    RateLimited, RequestTooLarge,
+};
+pub use retry::{
+    Attempts, Backoff, BudgetConfig, Jitter, ResponseBody, ResponseFuture, RetriesExhausted, Retry,
+    RetryAfterPolicy, RetryConfig, RetryLayer, RetryLayerBuilder, Schedule, Schedules, StopReason,
+};
+pub use timeout::{
+    AttemptTimeout, Timeout, TimeoutConfig, TimeoutLayer, TimeoutLayerBuilder, TimeoutScale,
+};
+pub use tower_deepseek_core::config::ConfigError;

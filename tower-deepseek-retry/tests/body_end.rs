@@ -9,9 +9,9 @@ use http_body_util::BodyExt;
 use support::*;
 use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_core::error::IncompleteResponse;
-use tower_deepseek_retry::retry::RetryLayer;
+use tower_deepseek_retry::RetryLayer;
 
-async fn call(script: &Script) -> tower_deepseek_retry::retry::ResponseBody<TestBody> {
+async fn call(script: &Script) -> tower_deepseek_retry::ResponseBody<TestBody> {
     let mut svc = RetryLayer::builder()
         .no_budget()
         .build()

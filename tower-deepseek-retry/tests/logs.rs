@@ -6,7 +6,7 @@ mod support;
 
 use support::*;
 use tower::{Layer, Service, ServiceExt};
-use tower_deepseek_retry::retry::RetryLayer;
+use tower_deepseek_retry::RetryLayer;
 
 #[tokio::test(start_paused = true)]
 async fn logs_hold_no_request_content() {

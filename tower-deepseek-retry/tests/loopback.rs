@@ -10,14 +10,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use support::read_body;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_deepseek_core::body::ReplayBody;
 use tower_deepseek_core::classify::FailureClass;
 use tower_deepseek_core::error::IncompleteResponse;
-use tower_deepseek_retry::retry::{Attempts, Backoff, RetryBody, RetryLayer, Schedule, StopReason};
 use tower_deepseek_retry::timeout::TimeoutLayer;
+use tower_deepseek_retry::{Attempts, Backoff, RetryLayer, Schedule, StopReason};
 use tower_deepseek_testkit::{Fault, MockServer};
 
 type HttpClient =
-    Client<hyper_util::client::legacy::connect::HttpConnector, RetryBody<Full<Bytes>>>;
+    Client<hyper_util::client::legacy::connect::HttpConnector, ReplayBody<Full<Bytes>>>;
 
 fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
@@ -209,7 +210,7 @@ async fn connect_refused_is_retried_then_typed() {
         .unwrap();
     let err = svc.oneshot(req).await.unwrap_err();
     let e = err
-        .downcast_ref::<tower_deepseek_retry::retry::RetriesExhausted>()
+        .downcast_ref::<tower_deepseek_retry::RetriesExhausted>()
         .expect("typed");
     assert_eq!(e.attempts(), 3);
     assert_eq!(e.reason(), StopReason::MaxAttempts);

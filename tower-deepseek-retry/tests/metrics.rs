@@ -5,7 +5,7 @@ mod support;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use support::*;
 use tower::{Layer, Service, ServiceExt};
-use tower_deepseek_retry::retry::RetryLayer;
+use tower_deepseek_retry::RetryLayer;
 
 #[test]
 fn retries_and_budget_exhaustion_are_counted() {

@@ -11,11 +11,12 @@ use support::read_body;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_core::BoxError;
+use tower_deepseek_core::body::ReplayBody;
 use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_retry::RetryLayer;
 use tower_deepseek_retry::rate_limit::{KeyBy, RateLimitLayer, RateLimited, RequestTooLarge};
-use tower_deepseek_retry::retry::{RetryBody, RetryLayer};
 
-type Req = http::Request<RetryBody<Full<Bytes>>>;
+type Req = http::Request<ReplayBody<Full<Bytes>>>;
 type Answer = Arc<dyn Fn(&str) -> http::Response<Full<Bytes>> + Send + Sync>;
 
 /// Records the admission time and a tag of each request; answers with `answer`.
@@ -397,7 +398,7 @@ async fn the_retry_layer_below_pauses_the_limiter() {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let c2 = calls.clone();
     let inner = tower::service_fn(
-        move |req: http::Request<RetryBody<RetryBody<Full<Bytes>>>>| {
+        move |req: http::Request<ReplayBody<ReplayBody<Full<Bytes>>>>| {
             let tag = req.headers()["x-tag"].to_str().unwrap().to_owned();
             let mut c = c2.lock().unwrap();
             let first_a = tag == "a" && !c.iter().any(|(t, _): &(String, Instant)| t == "a");
@@ -535,5 +536,54 @@ async fn request_only_quotas_are_pruned_and_a_recent_key_still_waits() {
     assert!(
         waited >= Duration::from_millis(450) && waited <= Duration::from_millis(550),
         "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_buffered_by_the_limiter_reaches_every_retry_attempt_uncopied() {
+    // Both layers buffer: the limiter to estimate tokens, the retry layer to replay. The
+    // request's one `Bytes` goes through both, and through a retry, without a copy.
+    let limiter = RateLimitLayer::builder()
+        .tokens_per_minute(1_000_000)
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder().rng_seed(1).build().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let inner = tower::service_fn(
+        move |req: http::Request<ReplayBody<ReplayBody<Full<Bytes>>>>| {
+            let body = req.body();
+            assert!(body.is_buffered());
+            let ptr = body.buffered_bytes().unwrap().as_ptr() as usize;
+            let mut s = s2.lock().unwrap();
+            s.push(ptr);
+            let first = s.len() == 1;
+            async move {
+                Ok::<_, BoxError>(if first {
+                    http::Response::builder()
+                        .status(502)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap()
+                } else {
+                    json_usage(None)
+                })
+            }
+        },
+    );
+    let svc = tower::ServiceBuilder::new()
+        .layer(limiter)
+        .layer(retry)
+        .service(inner);
+    let bytes = Bytes::from_static(br#"{"model":"m","max_tokens":1,"messages":[]}"#);
+    let ptr = bytes.as_ptr() as usize;
+    let req = http::Request::post("http://upstream/chat/completions")
+        .body(Full::new(bytes))
+        .unwrap();
+    let resp = svc.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![ptr, ptr],
+        "one `Bytes`, never copied"
     );
 }

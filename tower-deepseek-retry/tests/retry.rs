@@ -8,7 +8,7 @@ use support::*;
 use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_core::classify::FailureClass;
 use tower_deepseek_core::error::{BreakerOpen, IncompleteResponse};
-use tower_deepseek_retry::retry::{
+use tower_deepseek_retry::{
     Attempts, Backoff, RetriesExhausted, RetryLayer, RetryLayerBuilder, Schedule, Schedules,
     StopReason,
 };
@@ -23,7 +23,7 @@ fn layer() -> RetryLayerBuilder {
 async fn run(
     layer: RetryLayer,
     script: &Script,
-) -> Result<http::Response<tower_deepseek_retry::retry::ResponseBody<TestBody>>, tower::BoxError> {
+) -> Result<http::Response<tower_deepseek_retry::ResponseBody<TestBody>>, tower::BoxError> {
     let mut svc = layer.layer(script.clone());
     svc.ready()
         .await?
@@ -88,7 +88,7 @@ async fn retry_after_seconds_larger_than_backoff_wins() {
 async fn retry_after_smaller_than_backoff_keeps_backoff() {
     // Third 429 backoff ceiling is 4 s; a Retry-After of 0 must not shorten it.
     let b = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(32))
-        .with_jitter(tower_deepseek_retry::retry::Jitter::None);
+        .with_jitter(tower_deepseek_retry::Jitter::None);
     let script = Script::new([
         status_with(429, "retry-after", "0"),
         status_with(429, "retry-after", "1"),
@@ -447,7 +447,7 @@ async fn waiting_for_an_open_breaker_is_opt_in_and_bounded_by_the_deadline() {
     assert!(std::error::Error::source(e).unwrap().is::<BreakerOpen>());
 
     // The option from a config file.
-    let cfg: tower_deepseek_retry::retry::RetryConfig =
+    let cfg: tower_deepseek_retry::RetryConfig =
         serde_json::from_str(r#"{"wait_for_open_breaker":true}"#).unwrap();
     assert!(cfg.wait_for_open_breaker);
     assert!(
@@ -506,7 +506,7 @@ async fn a_dead_upstream_holds_a_caller_at_most_the_documented_worst_case() {
         .no_budget()
         .on_rate_limited(Schedule::new(
             Backoff::exponential(Duration::from_secs(1), Duration::from_secs(32))
-                .with_jitter(tower_deepseek_retry::retry::Jitter::None),
+                .with_jitter(tower_deepseek_retry::Jitter::None),
         ))
         .build()
         .unwrap();
@@ -790,18 +790,17 @@ fn config_is_validated_and_deserializable() {
             .build()
             .is_err()
     );
-    let cfg: tower_deepseek_retry::retry::RetryConfig = serde_json::from_str(
+    let cfg: tower_deepseek_retry::RetryConfig = serde_json::from_str(
         r#"{"max_attempts":3,"total_deadline_ms":null,"budget":{"retry_percent":0.5},
             "schedules":{"bad_gateway":{"backoff":{"kind":"fixed","delay_ms":100},"max_retries":1}}}"#,
     )
     .unwrap();
     assert_eq!(cfg.max_attempts, 3);
-    assert_eq!(cfg.total_deadline_ms, None);
+    assert_eq!(cfg.total_deadline, None);
     let l = RetryLayer::from_config(cfg).unwrap();
     assert_eq!(l.config().schedules.bad_gateway.max_retries, 1);
     assert!(
-        serde_json::from_str::<tower_deepseek_retry::retry::RetryConfig>(r#"{"max_atempts":3}"#)
-            .is_err()
+        serde_json::from_str::<tower_deepseek_retry::RetryConfig>(r#"{"max_atempts":3}"#).is_err()
     );
 }
 
@@ -820,7 +819,7 @@ async fn streamed_request_bodies_are_buffered_then_replayed() {
     let s2 = seen.clone();
     let mut n = 0;
     let inner = tower::service_fn(
-        move |req: http::Request<tower_deepseek_retry::retry::RetryBody<TestBody>>| {
+        move |req: http::Request<tower_deepseek_core::body::ReplayBody<TestBody>>| {
             let s2 = s2.clone();
             n += 1;
             let fail = n == 1;
@@ -887,7 +886,7 @@ async fn streamed_request_bodies_are_buffered_then_replayed() {
 async fn retry_after_http_date_in_the_past_keeps_the_backoff() {
     let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
     let b = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(32))
-        .with_jitter(tower_deepseek_retry::retry::Jitter::None);
+        .with_jitter(tower_deepseek_retry::Jitter::None);
     let script = Script::new([status_with(429, "retry-after", &past), ok()]);
     let l = layer().on_rate_limited(Schedule::new(b)).build().unwrap();
     run(l, &script).await.unwrap();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tower_deepseek_retry::retry::{Backoff, Jitter, RetryConfig, RetryLayer, Schedule};
+use tower_deepseek_retry::{Backoff, Jitter, RetryConfig, RetryLayer, Schedule};
 
 #[test]
 fn equal_jitter_spans_the_upper_half_of_the_ceiling() {

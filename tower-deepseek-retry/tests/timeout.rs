@@ -12,8 +12,8 @@ use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::classify::FailureClass;
 use tower_deepseek_core::error::{TimeoutPhase, UpstreamTimeout};
-use tower_deepseek_retry::retry::{Attempts, RetryLayer};
 use tower_deepseek_retry::timeout::{AttemptTimeout, TimeoutConfig, TimeoutLayer, TimeoutScale};
+use tower_deepseek_retry::{Attempts, RetryLayer};
 
 fn phase(e: &BoxError) -> TimeoutPhase {
     e.downcast_ref::<UpstreamTimeout>()
@@ -222,7 +222,7 @@ async fn zero_is_rejected() {
     );
     let cfg: tower_deepseek_retry::timeout::TimeoutConfig =
         serde_json::from_str(r#"{"first_token_ms":30000,"idle_ms":null}"#).unwrap();
-    assert_eq!(cfg.first_token_ms, Some(30_000));
+    assert_eq!(cfg.first_token, Some(Duration::from_millis(30_000)));
     assert!(TimeoutLayer::from_config(cfg).is_ok());
 }
 
@@ -234,7 +234,7 @@ async fn first_token_timeout_below_retry_is_retried_with_a_longer_timeout() {
     // cut and retried with 6 s, which this time is enough.
     let inner = tower::service_fn(
         move |req: http::Request<
-            tower_deepseek_retry::retry::RetryBody<http_body_util::Full<Bytes>>,
+            tower_deepseek_core::body::ReplayBody<http_body_util::Full<Bytes>>,
         >| {
             c2.lock()
                 .unwrap()
@@ -376,9 +376,9 @@ async fn none_leaves_a_wait_unbounded_and_serde_null_means_none() {
     );
     let absent: TimeoutConfig = serde_json::from_str("{}").unwrap();
     assert_eq!(absent, TimeoutConfig::default());
-    assert_eq!(absent.headers_ms, Some(60_000));
+    assert_eq!(absent.headers, Some(Duration::from_millis(60_000)));
     let null: TimeoutConfig = serde_json::from_str(r#"{"headers_ms": null}"#).unwrap();
-    assert_eq!(null.headers_ms, None);
-    assert_eq!(null.idle_ms, Some(60_000));
-    assert_eq!(TimeoutConfig::none().total_ms, None);
+    assert_eq!(null.headers, None);
+    assert_eq!(null.idle, Some(Duration::from_millis(60_000)));
+    assert_eq!(TimeoutConfig::none().total, None);
 }

@@ -24,10 +24,11 @@ use tower_deepseek::auth::BearerAuthLayer;
 use tower_deepseek::breaker::CircuitBreakerLayer;
 use tower_deepseek::cache::CacheLayer;
 use tower_deepseek::core::body::BufferedBody;
+use tower_deepseek::core::body::ReplayBody;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditLayer, AuditRequestBody, WriterSink};
+use tower_deepseek::retry::RetryLayer;
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
-use tower_deepseek::retry::retry::{RetryBody, RetryLayer};
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::stack::RecommendedStack;
 
@@ -166,8 +167,8 @@ fn erased(l: &Layers) -> Svc {
     let svc = boxed(l.timeout.layer(svc));
     let svc = boxed(l.auth.layer(svc));
     let svc = boxed(l.breaker.layer(svc));
-    let svc = boxed(l.retry.layer(adapt::<RetryBody<Body>>(svc)));
-    let svc = boxed(l.rate_limit.layer(adapt::<RetryBody<Body>>(svc)));
+    let svc = boxed(l.retry.layer(adapt::<ReplayBody<Body>>(svc)));
+    let svc = boxed(l.rate_limit.layer(adapt::<ReplayBody<Body>>(svc)));
     let svc = boxed(l.cache.layer(adapt::<BufferedBody>(svc)));
     let svc = boxed(l.redact.layer(adapt::<BufferedBody>(svc)));
     boxed(l.audit.layer(adapt::<AuditRequestBody<Body>>(svc)))

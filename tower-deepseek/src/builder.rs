@@ -13,7 +13,8 @@
 //! use tower_deepseek::ServiceBuilderExt;
 //! use tower_deepseek::auth::BearerAuthLayer;
 //! use tower_deepseek::breaker::CircuitBreakerLayer;
-//! use tower_deepseek::retry::retry::{RetryBody, RetryLayer};
+//! use tower_deepseek::RetryLayer;
+//! use tower_deepseek::core::body::ReplayBody;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_deepseek::BoxError> {
@@ -21,7 +22,7 @@
 //!     .retry_layer(RetryLayer::builder().build()?)
 //!     .circuit_breaker_layer(CircuitBreakerLayer::builder().name("deepseek").build()?)
 //!     .bearer_auth_layer(BearerAuthLayer::new("sk-example")?)
-//!     .service_fn(|req: http::Request<RetryBody<Full<Bytes>>>| async move {
+//!     .service_fn(|req: http::Request<ReplayBody<Full<Bytes>>>| async move {
 //!         assert!(req.headers().contains_key("authorization"));
 //!         let res = http::Response::builder()
 //!             .header("content-type", "application/json")
@@ -129,14 +130,14 @@ ext_methods! {
     "redact" => content_filter_layer(tower_deepseek_redact::ContentFilterLayer);
     /// Two-level response cache (`tower_deepseek_cache::CacheLayer`).
     "cache" => cache_layer(tower_deepseek_cache::CacheLayer);
-    /// Requests and tokens per minute (`tower_deepseek_retry::rate_limit::RateLimitLayer`).
-    "retry" => rate_limit_layer(tower_deepseek_retry::rate_limit::RateLimitLayer);
-    /// AIMD in-flight limit that backs off on 429 (`tower_deepseek_retry::concurrency::AdaptiveConcurrencyLayer`).
-    "retry" => adaptive_concurrency_layer(tower_deepseek_retry::concurrency::AdaptiveConcurrencyLayer);
-    /// The guide's status-aware retries (`tower_deepseek_retry::retry::RetryLayer`).
-    "retry" => retry_layer(tower_deepseek_retry::retry::RetryLayer);
-    /// Header, first-token and idle timeouts (`tower_deepseek_retry::timeout::TimeoutLayer`).
-    "retry" => timeout_layer(tower_deepseek_retry::timeout::TimeoutLayer);
+    /// Requests and tokens per minute (`tower_deepseek_retry::RateLimitLayer`).
+    "retry" => rate_limit_layer(tower_deepseek_retry::RateLimitLayer);
+    /// AIMD in-flight limit that backs off on 429 (`tower_deepseek_retry::AdaptiveConcurrencyLayer`).
+    "retry" => adaptive_concurrency_layer(tower_deepseek_retry::AdaptiveConcurrencyLayer);
+    /// The guide's status-aware retries (`tower_deepseek_retry::RetryLayer`).
+    "retry" => retry_layer(tower_deepseek_retry::RetryLayer);
+    /// Header, first-token and idle timeouts (`tower_deepseek_retry::TimeoutLayer`).
+    "retry" => timeout_layer(tower_deepseek_retry::TimeoutLayer);
     /// Resilience4j-style circuit breaker (`tower_deepseek_breaker::CircuitBreakerLayer`).
     "breaker" => circuit_breaker_layer(tower_deepseek_breaker::CircuitBreakerLayer);
     /// Weighted failover across endpoints, each behind a breaker (`tower_deepseek_breaker::FailoverLayer`).

@@ -80,8 +80,7 @@ pub use tower_deepseek_cache::CacheLayer;
 pub use tower_deepseek_redact::{AuditLayer, ContentFilterLayer, RedactLayer};
 #[cfg(feature = "retry")]
 pub use tower_deepseek_retry::{
-    concurrency::AdaptiveConcurrencyLayer, rate_limit::RateLimitLayer, retry::RetryLayer,
-    timeout::TimeoutLayer,
+    AdaptiveConcurrencyLayer, RateLimitLayer, RetryLayer, TimeoutLayer,
 };
 
 /// The README's Rust examples, compiled as doc tests so they stay true.

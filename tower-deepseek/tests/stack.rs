@@ -16,8 +16,8 @@ use tower_deepseek::core::meta::TenantId;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditLayer, WriterSink};
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
-use tower_deepseek::retry::retry::{Attempts, RetryLayer};
 use tower_deepseek::retry::timeout::TimeoutLayer;
+use tower_deepseek::retry::{Attempts, RetryLayer};
 use tower_deepseek::stack::{
     Recommended, RecommendedStack, StackBuilder, StackConfig, StackRequestBody,
 };

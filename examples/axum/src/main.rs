@@ -36,7 +36,7 @@ use tower_deepseek::client::{BaseUrlLayer, ClientConfig, upstream_client};
 use tower_deepseek::core::meta::MetadataConfig;
 use tower_deepseek::meta::RequestMetadataLayer;
 use tower_deepseek::redact::RedactLayer;
-use tower_deepseek::retry::retry::RetryLayer;
+use tower_deepseek::retry::RetryLayer;
 use tower_deepseek::{BoxError, ServiceBuilderExt};
 
 /// The DeepSeek client kept in the app's state: any request body in, an axum body out.

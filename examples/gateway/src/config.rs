@@ -22,7 +22,7 @@
 //! connect_timeout_ms = 5000
 //! [timeout]       # tower_deepseek_retry::timeout::TimeoutConfig
 //! first_token_ms = 60000
-//! [retry]         # tower_deepseek_retry::retry::RetryConfig
+//! [retry]         # tower_deepseek_retry::RetryConfig
 //! max_attempts = 5
 //! [rate_limit]    # tower_deepseek_retry::rate_limit::RateLimitConfig (defaults for keys without own limits)
 //! requests_per_minute = 3000
@@ -51,8 +51,8 @@ use tower_deepseek::cache::CacheConfig;
 use tower_deepseek::client::ClientConfig;
 use tower_deepseek::redact::RedactConfig;
 use tower_deepseek::redact::audit::SinkFailurePolicy;
+use tower_deepseek::retry::RetryConfig;
 use tower_deepseek::retry::rate_limit::RateLimitConfig;
-use tower_deepseek::retry::retry::RetryConfig;
 use tower_deepseek::retry::timeout::TimeoutConfig;
 
 /// The whole configuration file. See the [module docs](self).

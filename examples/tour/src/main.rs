@@ -28,7 +28,7 @@ use tower_deepseek::core::sse::SseParser;
 use tower_deepseek::redact::audit::WriterSink;
 use tower_deepseek::redact::{AuditLayer, RedactLayer};
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
-use tower_deepseek::retry::retry::{Attempts, RetryLayer};
+use tower_deepseek::retry::{Attempts, RetryLayer};
 use tower_deepseek_testkit::{Fault, MockServer};
 
 const TOUR_KEY: &str = "sk-tour-0123456789abcdef";

@@ -21,9 +21,9 @@ use tower_deepseek_core::body::{BufferFuture, Buffered, BufferedBody, buffer};
 use tower_deepseek_core::meta::{CredentialRefreshed, ReplayOn401};
 use tower_service::Service;
 
-use super::body::ReplayBody;
 use super::state::Shared;
 use crate::error::TokenFetchFailed;
+use tower_deepseek_core::body::ReplayBody;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 

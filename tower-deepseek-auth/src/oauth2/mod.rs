@@ -140,7 +140,6 @@
 //! The layer owns the token state in an `Arc`: every service it makes, and every clone of
 //! them, shares one token and one fetch. Build one layer per credential.
 
-mod body;
 mod config;
 mod fetch;
 pub mod future;
@@ -148,10 +147,10 @@ mod layer;
 mod service;
 mod state;
 
-pub use self::body::ReplayBody;
 pub use self::config::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_LIFETIME, DEFAULT_REFRESH_JITTER,
     DEFAULT_REFRESH_MARGIN, DEFAULT_STORE_WAIT, OAuth2Config,
 };
 pub use self::layer::{OAuth2Layer, OAuth2LayerBuilder};
 pub use self::service::OAuth2;
+pub use tower_deepseek_core::body::ReplayBody;

@@ -12,10 +12,10 @@ use tower_deepseek_core::body::BufferedBody;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::body::ReplayBody;
 use super::future::ResponseFuture;
 use super::layer::OAuth2Layer;
 use super::state::Shared;
+use tower_deepseek_core::body::ReplayBody;
 
 /// The service made by [`OAuth2Layer`]. See the [module docs](crate::oauth2).
 pub struct OAuth2<S, T> {

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub(super) struct TokenBucket {
+pub(crate) struct TokenBucket {
     /// Theoretical arrival time, in nanoseconds on the limiter's clock.
     tat: AtomicU64,
     /// Nanoseconds per token.

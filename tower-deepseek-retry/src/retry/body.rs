@@ -1,4 +1,4 @@
-//! The request body the inner service receives, and the response body the caller receives.
+//! The response body the caller receives.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -8,163 +8,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::body::{BufferedBody, Overflow};
 use tower_deepseek_core::classify::{EosClassifier, FailureClass, SharedOutcome};
 use tower_deepseek_core::error::IncompleteResponse;
-
-/// The request body handed to the inner service: the buffered body (a cheap clone of the same
-/// [`Bytes`] on every attempt), or, for a body over the buffering limit, the original body
-/// (sent once, never retried). The rate limiter, which reads the body only when it needs the
-/// model or a token estimate, passes it on in the same type.
-pub struct RetryBody<B> {
-    kind: Kind<B>,
-}
-
-enum Kind<B> {
-    Buffered(BufferedBody),
-    // Boxed: rare, and it keeps the common (buffered) body small to move.
-    Overflow(Box<Overflow<Prepend<B>>>),
-    Plain(B),
-}
-
-impl<B> RetryBody<B> {
-    pub(crate) fn buffered(b: BufferedBody) -> Self {
-        Self {
-            kind: Kind::Buffered(b),
-        }
-    }
-
-    pub(crate) fn overflow(o: Box<Overflow<Prepend<B>>>) -> Self {
-        Self {
-            kind: Kind::Overflow(o),
-        }
-    }
-
-    pub(crate) fn plain(b: B) -> Self {
-        Self {
-            kind: Kind::Plain(b),
-        }
-    }
-
-    /// The buffered bytes, when the body fit the limit.
-    pub fn as_bytes(&self) -> Option<&Bytes> {
-        match &self.kind {
-            Kind::Buffered(b) => Some(b.bytes()),
-            Kind::Overflow(_) | Kind::Plain(_) => None,
-        }
-    }
-
-    /// Whether the body is replayable (it fit the buffering limit).
-    pub fn is_replayable(&self) -> bool {
-        matches!(self.kind, Kind::Buffered(_))
-    }
-}
-
-impl<B> fmt::Debug for RetryBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            Kind::Buffered(b) => f
-                .debug_struct("RetryBody")
-                .field("buffered_len", &b.bytes().len())
-                .finish(),
-            Kind::Overflow(o) => f.debug_struct("RetryBody").field("overflow", o).finish(),
-            Kind::Plain(_) => f.debug_struct("RetryBody").finish_non_exhaustive(),
-        }
-    }
-}
-
-impl<B> Body for RetryBody<B>
-where
-    B: Body + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().kind {
-            Kind::Buffered(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
-            Kind::Overflow(o) => Pin::new(&mut **o).poll_frame(cx).map_err(Into::into),
-            Kind::Plain(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_ok(to_bytes_frame)
-                .map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Buffered(b) => b.is_end_stream(),
-            Kind::Overflow(o) => o.is_end_stream(),
-            Kind::Plain(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Buffered(b) => b.size_hint(),
-            Kind::Overflow(o) => o.size_hint(),
-            Kind::Plain(b) => b.size_hint(),
-        }
-    }
-}
-
-/// A body with one frame (or error) read ahead put back in front: what the retry layer hands
-/// to core's `buffer` after peeking at the first frame.
-pub(crate) struct Prepend<B> {
-    first: Option<Result<Frame<Bytes>, BoxError>>,
-    rest: B,
-}
-
-impl<B> Prepend<B> {
-    pub(crate) fn new(first: Option<Result<Frame<Bytes>, BoxError>>, rest: B) -> Self {
-        Self { first, rest }
-    }
-}
-
-impl<B> Body for Prepend<B>
-where
-    B: Body + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(first));
-        }
-        Pin::new(&mut this.rest)
-            .poll_frame(cx)
-            .map_ok(to_bytes_frame)
-            .map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let first = match &self.first {
-            Some(Ok(f)) => f.data_ref().map_or(0, |d| d.len() as u64),
-            _ => 0,
-        };
-        let rest = self.rest.size_hint();
-        let mut h = SizeHint::new();
-        h.set_lower(rest.lower() + first);
-        if let Some(u) = rest.upper() {
-            h.set_upper(u + first);
-        }
-        h
-    }
-}
 
 /// The response body the caller receives.
 ///
@@ -184,7 +29,7 @@ pub struct ResponseBody<B> {
 pub(crate) enum Watch {
     /// By this layer's classifier, fed as the body passes.
     Own(Box<EosClassifier>),
-    /// By the verdict a layer below shares (core's [`SharedOutcome`]: the breaker, asked for
+    /// By the verdict a layer below shares (core's [`SharedOutcome`](tower_deepseek_core::classify::SharedOutcome): the breaker, asked for
     /// call facts, classifies the same body). Empty at the end means the body below did not
     /// end: cut, so incomplete.
     Shared(SharedOutcome),

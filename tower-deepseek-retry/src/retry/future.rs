@@ -12,7 +12,7 @@ use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::body::{Buffered, BufferedBody, Overflow};
+use tower_deepseek_core::body::{Buffered, BufferedBody, ReplayBody};
 use tower_deepseek_core::classify::{
     ClassifiedResponse, EosClassifier, FailureClass, SharedOutcome,
 };
@@ -21,16 +21,14 @@ use tower_deepseek_core::meta::{CollectCallFacts, CredentialRefreshed, ReplayOn4
 use tower_service::Service;
 
 use super::Attempts;
-use super::body::{
-    Prefix, Prepend, ResponseBody, RetryBody, Watch, incomplete_error, to_bytes_frame,
-};
+use super::body::{Prefix, ResponseBody, Watch, incomplete_error, to_bytes_frame};
 use super::error::{RetriesExhausted, StopReason};
 use super::layer::Shared;
 use super::schedule::{KINDS, Kind, RetryAfterPolicy};
 use crate::timeout::TimeoutScale;
 
 type BufferFuture<B> =
-    Pin<Box<dyn Future<Output = Result<Buffered<Prepend<B>>, BoxError>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = Result<Buffered<B>, BoxError>> + Send + 'static>>;
 
 pin_project! {
     #[project = StateProj]
@@ -59,7 +57,8 @@ struct Template {
 enum Replay<B> {
     Pending,
     Buffered(BufferedBody),
-    Overflow(Option<Box<Overflow<Prepend<B>>>>),
+    // Sent once: taken by the first attempt.
+    Overflow(Option<ReplayBody<B>>),
 }
 
 struct Inspect<R> {
@@ -74,7 +73,7 @@ pin_project! {
     /// Response future of [`Retry`](super::Retry).
     pub struct ResponseFuture<S, ReqB, ResB>
     where
-        S: Service<Request<RetryBody<ReqB>>>,
+        S: Service<Request<ReplayBody<ReqB>>>,
     {
         #[pin]
         state: State<S::Future, ReqB, ResB>,
@@ -96,7 +95,7 @@ pin_project! {
 
 impl<S, ReqB, ResB> fmt::Debug for ResponseFuture<S, ReqB, ResB>
 where
-    S: Service<Request<RetryBody<ReqB>>>,
+    S: Service<Request<ReplayBody<ReqB>>>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
@@ -108,7 +107,7 @@ where
 
 impl<S, ReqB, ResB> ResponseFuture<S, ReqB, ResB>
 where
-    S: Service<Request<RetryBody<ReqB>>>,
+    S: Service<Request<ReplayBody<ReqB>>>,
     ReqB: Body + Unpin + Send + 'static,
     ReqB::Data: Send,
     ReqB::Error: Into<BoxError>,
@@ -144,10 +143,12 @@ where
         let (state, replay) = match peeked {
             Ok(b) => (State::Ready, Replay::Buffered(b)),
             Err(first) => {
-                let fut: BufferFuture<ReqB> = Box::pin(tower_deepseek_core::body::buffer(
-                    Prepend::new(first, body),
-                    limit,
-                ));
+                let fut: BufferFuture<ReqB> = match first {
+                    None => Box::pin(tower_deepseek_core::body::buffer(body, limit)),
+                    Some(first) => {
+                        Box::pin(tower_deepseek_core::body::buffer_after(first, body, limit))
+                    }
+                };
                 (State::Buffering { fut }, Replay::Pending)
             }
         };
@@ -283,7 +284,7 @@ enum Outcome<R> {
 
 impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB, ResB>
 where
-    S: Service<Request<RetryBody<ReqB>>, Response = Response<ResB>>,
+    S: Service<Request<ReplayBody<ReqB>>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
     ReqB: Body + Unpin,
     ReqB::Error: Into<BoxError>,
@@ -305,7 +306,7 @@ where
                     match ready!(fut.as_mut().poll(cx)) {
                         Ok(Buffered::Complete(b)) => *this.replay = Replay::Buffered(b),
                         Ok(Buffered::Overflow(o)) => {
-                            *this.replay = Replay::Overflow(Some(Box::new(o)))
+                            *this.replay = Replay::Overflow(Some(ReplayBody::overflow(o)))
                         }
                         Err(e) => return Poll::Ready(Err(e)),
                     }
@@ -323,10 +324,8 @@ where
                     }
                     let offer = this.shared.cfg.credential_replay;
                     let body = match this.replay {
-                        Replay::Buffered(b) => RetryBody::buffered(b.replay()),
-                        Replay::Overflow(o) => {
-                            RetryBody::overflow(o.take().expect("an overflow body is sent once"))
-                        }
+                        Replay::Buffered(b) => ReplayBody::buffered(b.replay()),
+                        Replay::Overflow(o) => o.take().expect("an overflow body is sent once"),
                         Replay::Pending => unreachable!("the body is buffered before any attempt"),
                     };
                     let t = &*this.template;
@@ -339,7 +338,7 @@ where
                     if *this.scale != 1.0 {
                         req.extensions_mut().insert(TimeoutScale(*this.scale));
                     }
-                    if offer && req.body().is_replayable() {
+                    if offer && req.body().is_buffered() {
                         req.extensions_mut().insert(if *this.credential_replayed {
                             ReplayOn401::Replaying
                         } else {

@@ -1,143 +1,16 @@
+//! [`RetryLayer`](crate::RetryLayer) and its builder.
+
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
-use tower_deepseek_core::body::DEFAULT_BODY_LIMIT;
 use tower_deepseek_core::classify::Classifier;
+use tower_deepseek_core::config::ConfigError;
 use tower_layer::Layer;
 
-use super::Retry;
+use super::config::{BudgetConfig, RetryConfig};
 use super::schedule::{Schedule, Schedules};
-use crate::ConfigError;
-
-/// The retry budget: how many retries the layer may make compared to the requests it sees,
-/// with the semantics of tower's [`TpsBudget`](tower::retry::budget::TpsBudget) (Finagle's
-/// design), lock-free. An outage then costs at most `retry_percent` extra load plus a small
-/// reserve, instead of a retry storm.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct BudgetConfig {
-    /// Whether the budget applies at all.
-    pub enabled: bool,
-    /// How long a deposit counts, in milliseconds (1 000 to 60 000).
-    pub ttl_ms: u64,
-    /// Retries allowed per second whatever the traffic (the reserve).
-    pub min_per_sec: u32,
-    /// Retries allowed per request, on top of the reserve (0.2 = one retry per five requests).
-    pub retry_percent: f32,
-}
-
-impl Default for BudgetConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ttl_ms: 10_000,
-            min_per_sec: 10,
-            retry_percent: 0.2,
-        }
-    }
-}
-
-/// The retry layer's configuration, readable from TOML/JSON with `serde`. Durations are
-/// milliseconds in `*_ms` fields. Every field has the default shown in its docs.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct RetryConfig {
-    /// Attempts in total, the first included. Default 7 (room for the guide's 429 schedule:
-    /// 1, 2, 4, 8, 16, 32 s). Each outcome's own `max_retries` bounds it further (see
-    /// [`Schedules`]).
-    pub max_attempts: u32,
-    /// No attempt starts (and no wait is begun that would end) after this long since the call
-    /// began. Default 60 000 (1 min); `null` for none. An attempt already in flight is bounded
-    /// by the [`TimeoutLayer`](crate::timeout::TimeoutLayer) below, not cut by this.
-    pub total_deadline_ms: Option<u64>,
-    /// The longest `Retry-After` (or, with `wait_for_open_breaker`, breaker wait) the layer is
-    /// willing to sleep; a longer one stops the retries and returns the response. Default
-    /// 60 000 (the total deadline bounds it too).
-    pub max_retry_after_ms: u64,
-    /// Wait for an open circuit breaker below (its [`BreakerOpen`] error's `retry_after`) and
-    /// try again, within `max_retry_after` and the total deadline, instead of failing fast.
-    /// For batch callers that prefer a late answer to an error. Default `false`: a caller gets
-    /// the breaker's error at once, without an upstream call (the point of a breaker).
-    ///
-    /// [`BreakerOpen`]: tower_deepseek_core::error::BreakerOpen
-    pub wait_for_open_breaker: bool,
-    /// Retry transport errors after the request may have been sent (reset, read timeout).
-    /// DeepSeek may then bill twice. Default `false`.
-    pub retry_after_send: bool,
-    /// Each retry after a 504 or an attempt timeout multiplies the attempt timeouts of the
-    /// timeout layer below by this. Default 2.0.
-    pub timeout_multiplier: f64,
-    /// Largest request body buffered for replay, in bytes. A larger body is sent once and never
-    /// retried. Default 8 MiB.
-    pub body_limit: usize,
-    /// How much of a non-streaming (JSON) 2xx body is read before deciding, in bytes, so that an
-    /// empty, truncated or in-band-error answer can be retried. A longer body is handed over
-    /// after this much and watched to its end. Default 1 MiB. (SSE streams are only read to
-    /// their first event.)
-    pub json_inspect_limit: usize,
-    /// The retry budget.
-    pub budget: BudgetConfig,
-    /// The per-outcome schedules.
-    pub schedules: Schedules,
-    /// Seed of the jitter's random generator (tests); random when `None`.
-    pub rng_seed: Option<u64>,
-    /// Offer the credential layer below (`OAuth2Layer`) to replay a request after a 401 for
-    /// it, so that it keeps no copy of its own: each attempt whose body is kept carries
-    /// [`ReplayOn401`](tower_deepseek_core::meta::ReplayOn401), and a 401 marked
-    /// [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) is sent again
-    /// once, at once, outside the budget, `max_attempts` and the total deadline. Default `true`.
-    pub credential_replay: bool,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            max_attempts: 7,
-            total_deadline_ms: Some(60_000),
-            max_retry_after_ms: 60_000,
-            wait_for_open_breaker: false,
-            retry_after_send: false,
-            timeout_multiplier: 2.0,
-            body_limit: DEFAULT_BODY_LIMIT,
-            json_inspect_limit: 1024 * 1024,
-            budget: BudgetConfig::default(),
-            schedules: Schedules::default(),
-            rng_seed: None,
-            credential_replay: true,
-        }
-    }
-}
-
-impl RetryConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, reason| Err(ConfigError::Invalid { field, reason });
-        if self.max_attempts == 0 {
-            return bad("max_attempts", "must be at least 1");
-        }
-        if !(self.timeout_multiplier.is_finite() && self.timeout_multiplier >= 1.0) {
-            return bad("timeout_multiplier", "must be a finite number >= 1.0");
-        }
-        if self.budget.enabled {
-            if !(1_000..=60_000).contains(&self.budget.ttl_ms) {
-                return bad("budget.ttl_ms", "must be between 1000 and 60000");
-            }
-            if !(0.0..=1000.0).contains(&self.budget.retry_percent) {
-                return bad("budget.retry_percent", "must be between 0 and 1000");
-            }
-            if self.budget.min_per_sec >= i32::MAX as u32 {
-                return bad("budget.min_per_sec", "is too large");
-            }
-        }
-        if let Err(reason) = self.schedules.validate() {
-            return bad("schedules", reason);
-        }
-        Ok(())
-    }
-}
+use super::service::Retry;
 
 pub(crate) struct Shared {
     pub(crate) cfg: RetryConfig,
@@ -157,8 +30,139 @@ impl fmt::Debug for Shared {
     }
 }
 
-/// Retries requests on the outcomes the shared classifier calls transient, with the guide's
-/// per-status schedule. See the [module docs](super).
+/// Status-aware retries driven by the shared classifier, safe for streams.
+///
+/// [`RetryLayer`](crate::RetryLayer) retries what [`Classifier`](tower_deepseek_core::classify::Classifier) calls
+/// transient, with one [`Schedule`](crate::Schedule) per kind of outcome. The defaults are the integration
+/// guide's table:
+///
+/// | outcome | default schedule |
+/// |---|---|
+/// | 429 | exponential 1 s doubling to 32 s, full jitter; with `Retry-After` (seconds or HTTP-date) the larger of the two, never earlier |
+/// | 502 | at once, at most 3 retries |
+/// | 503 | uniform 5 to 15 s, or exactly `Retry-After` when sent; at most 1 retry |
+/// | 504, 408, attempt timeout | at once, with the attempt timeouts of the [`TimeoutLayer`](crate::timeout::TimeoutLayer) below multiplied by `timeout_multiplier` (2); at most 2 retries |
+/// | 500, other 5xx | exponential 500 ms doubling (cap 8 s), full jitter; at most 3 retries |
+/// | empty / cut / in-band-error / out-of-resources 2xx, before a byte reached the caller | as 500 |
+/// | connect error (not sent) | at once, then exponential 500 ms to 8 s; at most 3 retries |
+/// | reset or read error after sending | never, unless `retry_after_send(true)` (it may bill twice) |
+/// | 400, 401, 402, 403, 404, 422, local rejections | never |
+/// | 401 marked [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) by the auth layer below | once, at once, outside the budget, `max_attempts` and the deadline (see below) |
+/// | breaker open ([`BreakerOpen`](tower_deepseek_core::error::BreakerOpen) from below) | never: the caller gets the breaker's error at once ([`StopReason::BreakerOpen`](crate::StopReason::BreakerOpen)); with `wait_for_open_breaker(true)` (batch callers), after its wait, if that fits `max_retry_after` and the total deadline |
+///
+/// All retries are bounded by `max_attempts` (7 in total), each outcome's own number of
+/// retries, a total deadline (1 min: no attempt starts, and no wait ends, later),
+/// `max_retry_after` (60 s: a longer `Retry-After` stops retrying rather than waking early)
+/// and a retry budget (the semantics of tower's
+/// [`TpsBudget`](tower::retry::budget::TpsBudget), lock-free: 20 % of the requests of the
+/// last 10 s plus 10 per second), so an outage cannot become a retry storm.
+///
+/// # Worst cases with the defaults
+///
+/// How long the layer can hold a caller in its waits between attempts (each attempt's own
+/// time comes on top, bounded by the [`TimeoutLayer`](crate::timeout::TimeoutLayer) below):
+///
+/// | the upstream answers every attempt with | attempts | waits, at most |
+/// |---|---|---|
+/// | 500 or another 5xx (a dead upstream), or a bad 2xx | 4 | 0.5 + 1 + 2 = **3.5 s** (full jitter: 1.75 s on average) |
+/// | 502 | 4 | **0 s** |
+/// | connection refused | 4 | 0 + 0.5 + 1 = **1.5 s** |
+/// | 504, or an attempt timeout | 3 | **0 s** (attempt timeouts ×1, ×2, ×4) |
+/// | 503 | 2 | **15 s**, or its `Retry-After` up to 60 s |
+/// | 429 | 7 | 1 + 2 + 4 + 8 + 16 + 32 s, cut by the total deadline: **60 s** |
+/// | anything, mixed | 7 | **60 s** (the total deadline) |
+/// | an open circuit breaker below | 1, not sent | **0 s**: its error at once |
+///
+/// Under an outage seen by many callers, the budget ends retries early (the caller gets the
+/// failed answer at once), and the circuit breaker below, once open, answers in microseconds.
+///
+/// # Stream safety
+///
+/// A retry decision is taken only before any byte of the response reaches the caller:
+///
+/// - an SSE 2xx is read up to its first `data:` event (keep-alive comments and blank lines do
+///   not count). A stream that ends, breaks or times out (first-token timeout of the
+///   [`TimeoutLayer`](crate::timeout::TimeoutLayer) below) before it is retried; so is a first
+///   event that is an in-band error;
+/// - a JSON 2xx is read to its end (up to `json_inspect_limit`, 1 MiB), so an empty answer
+///   after keep-alive blank lines, a truncated body, an in-band `{"error":…}` or
+///   `insufficient_system_resource` is retried. The caller does not lose the first byte of a
+///   non-streaming answer by this: it would read the whole body anyway.
+///
+/// What was read while deciding is handed to the caller first, in order, then the rest of the
+/// stream ([`ResponseBody`](crate::ResponseBody)). After that nothing is retried (it would duplicate output): a
+/// stream that breaks ends the caller's body with the transport error, and one that ends
+/// without `data: [DONE]` ends with an
+/// [`IncompleteResponse`](tower_deepseek_core::error::IncompleteResponse) error, never a
+/// silent truncation.
+///
+/// # When retries stop
+///
+/// The caller gets the last outcome: a failed **response** (the last 429, a 402) is returned
+/// as it is, since that is what a user of hyper expects to inspect; an **error** is returned
+/// as it is when it was never retryable, and wrapped in [`RetriesExhausted`](crate::RetriesExhausted) (with its
+/// [`StopReason`](crate::StopReason): budget exhausted, deadline, max attempts, ...) when retries were attempted
+/// or cut short. Every response carries an [`Attempts`](crate::Attempts) extension with the attempt count, the
+/// class of each failed attempt and why retrying stopped.
+///
+/// # Bodies
+///
+/// The request body is buffered once (up to `body_limit`, 8 MiB) with core's `buffer`, and
+/// each attempt sends a clone of the same [`Bytes`](bytes::Bytes), without copying. A larger
+/// body is streamed through once and never retried ([`StopReason::BodyNotReplayable`](crate::StopReason::BodyNotReplayable)). The
+/// inner service therefore receives a
+/// [`ReplayBody<B>`](tower_deepseek_core::body::ReplayBody), core's one replayable body. Request and response bodies must be
+/// `Unpin`, as every hyper and http-body-util body is (box others).
+///
+/// # Replays after a 401 for the auth layer
+///
+/// Each attempt whose body is kept carries
+/// [`ReplayOn401::Offered`](tower_deepseek_core::meta::ReplayOn401) (then `Replaying` once the
+/// offer is used): an `OAuth2Layer` below then keeps no copy of the request for its own 401
+/// replay, since this layer has one already. It answers a 401 for which it obtained a new token
+/// with the [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) mark, and
+/// this layer sends the request again, once per call. `credential_replay(false)` turns this off.
+///
+/// # Order
+///
+/// Put it below the rate limiter and the cache, and above the circuit breaker, auth and the
+/// [`TimeoutLayer`](crate::timeout::TimeoutLayer): each attempt then passes the breaker, gets a
+/// fresh credential, and has its own timeouts (which the retry layer lengthens after a 504).
+///
+/// # Events and metrics
+///
+/// Target `tower_deepseek_retry`: an `INFO` event per retry with `attempt`, `next_attempt`,
+/// `delay_ms` and `reason` (the class label, never request content), `DEBUG` when it stops.
+/// Metrics: `deepseek_retry_attempts_total{reason}`, `deepseek_retry_budget_exhausted_total`,
+/// `deepseek_retry_delay_seconds` (histogram).
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt, Service};
+/// use tower_deepseek_core::body::ReplayBody;
+/// use tower_deepseek_retry::{Attempts, RetryLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// let mut svc = ServiceBuilder::new()
+///     .layer(RetryLayer::builder().max_attempts(4).total_deadline(Duration::from_secs(60)).build()?)
+///     .service_fn(|_req: http::Request<ReplayBody<Full<Bytes>>>| async {
+///         let resp = http::Response::builder()
+///             .header("content-type", "application/json")
+///             .body(Full::new(Bytes::from_static(br#"{"choices":[{"finish_reason":"stop"}]}"#)))?;
+///         Ok::<_, tower::BoxError>(resp)
+///     });
+/// let req = http::Request::post("https://api.deepseek.com/chat/completions")
+///     .body(Full::new(Bytes::from_static(br#"{"model":"deepseek-chat","messages":[]}"#)))?;
+/// let resp = svc.ready().await?.call(req).await?;
+/// assert_eq!(resp.extensions().get::<Attempts>().unwrap().count(), 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
     pub(crate) shared: Arc<Shared>,
@@ -200,7 +204,7 @@ impl RetryLayer {
         cfg.validate()?;
         let budget = cfg.budget.enabled.then(|| {
             super::budget::RetryBudget::new(
-                Duration::from_millis(cfg.budget.ttl_ms),
+                cfg.budget.ttl,
                 cfg.budget.min_per_sec,
                 cfg.budget.retry_percent,
             )
@@ -217,8 +221,8 @@ impl RetryLayer {
                 classifier: Classifier::new()
                     .max_json_inspect(cfg.json_inspect_limit)
                     .summary(false),
-                total_deadline: cfg.total_deadline_ms.map(Duration::from_millis),
-                max_retry_after: Duration::from_millis(cfg.max_retry_after_ms),
+                total_deadline: cfg.total_deadline,
+                max_retry_after: cfg.max_retry_after,
                 pause,
                 cfg,
             }),
@@ -242,7 +246,7 @@ impl<S> Layer<S> for RetryLayer {
     }
 }
 
-/// Builds a [`RetryLayer`]; every setter defaults to the guide's value (see [`RetryConfig`]).
+/// Builds a [`RetryLayer`](crate::RetryLayer); every setter defaults to the guide's value (see [`RetryConfig`](crate::RetryConfig)).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RetryLayerBuilder {
@@ -259,24 +263,24 @@ impl RetryLayerBuilder {
 
     /// No attempt starts after this long since the call began (default 1 min).
     pub fn total_deadline(mut self, d: Duration) -> Self {
-        self.cfg.total_deadline_ms = Some(d.as_millis() as u64);
+        self.cfg.total_deadline = Some(d);
         self
     }
 
     /// No total deadline.
     pub fn no_total_deadline(mut self) -> Self {
-        self.cfg.total_deadline_ms = None;
+        self.cfg.total_deadline = None;
         self
     }
 
     /// The longest `Retry-After` honoured (default 60 s); a longer one stops retrying.
     pub fn max_retry_after(mut self, d: Duration) -> Self {
-        self.cfg.max_retry_after_ms = d.as_millis() as u64;
+        self.cfg.max_retry_after = d;
         self
     }
 
     /// Wait for an open circuit breaker below and try again, within `max_retry_after` and the
-    /// total deadline (default off: fail fast; see [`RetryConfig::wait_for_open_breaker`]).
+    /// total deadline (default off: fail fast; see [`RetryConfig::wait_for_open_breaker`](crate::RetryConfig::wait_for_open_breaker)).
     pub fn wait_for_open_breaker(mut self, yes: bool) -> Self {
         self.cfg.wait_for_open_breaker = yes;
         self
@@ -307,11 +311,11 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// The retry budget (see [`BudgetConfig`]).
+    /// The retry budget (see [`BudgetConfig`](crate::BudgetConfig)).
     pub fn budget(mut self, ttl: Duration, min_per_sec: u32, retry_percent: f32) -> Self {
         self.cfg.budget = BudgetConfig {
             enabled: true,
-            ttl_ms: ttl.as_millis() as u64,
+            ttl,
             min_per_sec,
             retry_percent,
         };
@@ -325,7 +329,7 @@ impl RetryLayerBuilder {
     }
 
     /// Whether to offer the credential layer below the replay after a 401 (default `true`;
-    /// see [`RetryConfig::credential_replay`]).
+    /// see [`RetryConfig::credential_replay`](crate::RetryConfig::credential_replay)).
     pub fn credential_replay(mut self, yes: bool) -> Self {
         self.cfg.credential_replay = yes;
         self

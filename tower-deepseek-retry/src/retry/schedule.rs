@@ -233,7 +233,7 @@ impl Schedule {
     }
 }
 
-/// The per-outcome schedules. Defaults: the guide's table (see the [module docs](super)),
+/// The per-outcome schedules. Defaults: the guide's table (see the [`RetryLayer` docs](crate::RetryLayer)),
 /// with a number of retries per outcome that keeps a caller from waiting long on a dead
 /// upstream (the worst cases are in the module docs, "Worst cases").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -163,7 +163,7 @@ impl Script {
 
 type B = http_body_util::Full<Bytes>;
 
-impl tower::Service<Request<tower_deepseek_retry::retry::RetryBody<B>>> for Script {
+impl tower::Service<Request<tower_deepseek_core::body::ReplayBody<B>>> for Script {
     type Response = Response<TestBody>;
     type Error = BoxError;
     type Future =
@@ -173,7 +173,7 @@ impl tower::Service<Request<tower_deepseek_retry::retry::RetryBody<B>>> for Scri
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<tower_deepseek_retry::retry::RetryBody<B>>) -> Self::Future {
+    fn call(&mut self, req: Request<tower_deepseek_core::body::ReplayBody<B>>) -> Self::Future {
         let scale = req
             .extensions()
             .get::<tower_deepseek_retry::timeout::TimeoutScale>()
@@ -182,8 +182,8 @@ impl tower::Service<Request<tower_deepseek_retry::retry::RetryBody<B>>> for Scri
             .extensions()
             .get::<tower_deepseek_core::meta::ReplayOn401>()
             .copied();
-        let body_bytes = req.body().as_bytes().cloned();
-        let replayable = req.body().is_replayable();
+        let body_bytes = req.body().buffered_bytes().cloned();
+        let replayable = req.body().is_buffered();
         let step = self
             .steps
             .lock()

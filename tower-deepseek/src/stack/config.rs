@@ -7,8 +7,8 @@ use tower_deepseek_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use tower_deepseek_cache::{CacheConfig, CacheLayer};
 use tower_deepseek_redact::{RedactConfig, RedactLayer};
 use tower_deepseek_retry::rate_limit::{RateLimitConfig, RateLimitLayer};
-use tower_deepseek_retry::retry::{RetryConfig, RetryLayer};
 use tower_deepseek_retry::timeout::{TimeoutConfig, TimeoutLayer};
+use tower_deepseek_retry::{RetryConfig, RetryLayer};
 
 use super::{RecommendedStack, StackBuilder};
 

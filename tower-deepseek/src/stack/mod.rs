@@ -34,7 +34,7 @@
 //! use tower_deepseek::auth::BearerAuthLayer;
 //! use tower_deepseek::breaker::CircuitBreakerLayer;
 //! use tower_deepseek::cache::CacheLayer;
-//! use tower_deepseek::retry::retry::RetryLayer;
+//! use tower_deepseek::retry::RetryLayer;
 //! use tower_deepseek::stack::{RecommendedStack, StackRequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -92,17 +92,16 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use http_body_util::Either;
-use tower_deepseek_auth::oauth2::ReplayBody;
 use tower_deepseek_auth::{BearerAuth, BearerAuthLayer, OAuth2, OAuth2Layer};
 use tower_deepseek_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use tower_deepseek_cache::{Cache, CacheLayer};
-use tower_deepseek_core::body::BufferedBody;
+use tower_deepseek_core::body::{BufferedBody, ReplayBody};
 use tower_deepseek_core::meta::TenantId;
 use tower_deepseek_redact::audit::{Audit, AuditLayer, AuditRequestBody};
 use tower_deepseek_redact::{Redact, RedactLayer};
 use tower_deepseek_retry::rate_limit::{RateLimit, RateLimitLayer};
-use tower_deepseek_retry::retry::{Retry, RetryBody, RetryLayer};
 use tower_deepseek_retry::timeout::{Timeout, TimeoutLayer};
+use tower_deepseek_retry::{Retry, RetryLayer};
 use tower_layer::Layer;
 
 pub use self::config::{StackConfig, StackConfigError};
@@ -119,9 +118,9 @@ pub type RedactedBody<B> = Either<BufferedBody, AuditedBody<B>>;
 /// The request body below the cache stage.
 pub type CachedBody<B> = Either<BufferedBody, RedactedBody<B>>;
 /// The request body below the rate-limit stage.
-pub type LimitedBody<B> = Either<RetryBody<CachedBody<B>>, CachedBody<B>>;
+pub type LimitedBody<B> = Either<ReplayBody<CachedBody<B>>, CachedBody<B>>;
 /// The request body below the retry stage (and the breaker, which keeps it).
-pub type RetriedBody<B> = Either<RetryBody<LimitedBody<B>>, LimitedBody<B>>;
+pub type RetriedBody<B> = Either<ReplayBody<LimitedBody<B>>, LimitedBody<B>>;
 /// The request body below the auth stage: what the service wrapped by the stack takes, for a
 /// caller's body `B`.
 pub type StackRequestBody<B> = Either<ReplayBody<RetriedBody<B>>, RetriedBody<B>>;
@@ -134,9 +133,9 @@ pub type AuthStage<S, B, T> =
 /// The circuit-breaker stage around `S`.
 pub type BreakerStage<S> = Optional<CircuitBreaker<S>, S>;
 /// The retry stage around `S`, taking bodies `B`.
-pub type RetryStage<S, B> = Optional<Retry<Left<S, B>>, Right<S, RetryBody<B>>>;
+pub type RetryStage<S, B> = Optional<Retry<Left<S, B>>, Right<S, ReplayBody<B>>>;
 /// The rate-limit stage around `S`, taking bodies `B`.
-pub type RateLimitStage<S, B> = Optional<PerTenant<RateLimit<Left<S, B>>>, Right<S, RetryBody<B>>>;
+pub type RateLimitStage<S, B> = Optional<PerTenant<RateLimit<Left<S, B>>>, Right<S, ReplayBody<B>>>;
 /// The cache stage around `S`, taking bodies `B`.
 pub type CacheStage<S, B> = Optional<Cache<Left<S, B>>, Right<S, BufferedBody>>;
 /// The redact stage around `S`, taking bodies `B`.

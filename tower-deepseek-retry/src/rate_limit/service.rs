@@ -1,0 +1,118 @@
+//! The [`RateLimit`](crate::RateLimit) service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_deepseek_core::BoxError;
+use tower_deepseek_core::body::{Buffered, ReplayBody};
+use tower_deepseek_core::meta::TenantId;
+use tower_service::Service;
+
+use super::body::ResponseBody;
+use super::future::{Kind, ResponseFuture};
+use super::state::*;
+
+/// Paces requests and tokens per minute. See the [module docs](super).
+#[derive(Debug)]
+pub struct RateLimit<S> {
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
+where
+    S: Service<Request<ReplayBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqB: Body + Unpin + Send + 'static,
+    ReqB::Data: Send,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        if !shared.needs_body() {
+            // Fast path: no body to read; admitted at once unless the key must queue.
+            let key = shared.key(None, req.extensions().get::<TenantId>());
+            if let Some(admitted) = shared.admit_now(key) {
+                let fut = inner.call(req.map(ReplayBody::passthrough));
+                return ResponseFuture {
+                    kind: Kind::Fast {
+                        fut,
+                        shared,
+                        admitted: Some(admitted),
+                    },
+                };
+            }
+        }
+        ResponseFuture {
+            kind: Kind::Slow {
+                fut: Box::pin(async move {
+                    let (parts, body) = req.into_parts();
+                    let tenant = parts.extensions.get::<TenantId>();
+                    let (body, key, estimate) = if shared.needs_body() {
+                        let limit = shared.cfg.body_limit;
+                        match tower_deepseek_core::body::buffer(body, limit).await? {
+                            Buffered::Complete(b) => {
+                                let probe = serde_json::from_slice::<Probe<'_>>(b.bytes()).ok();
+                                let model = probe.as_ref().and_then(|p| p.model.as_deref());
+                                let max_tokens = probe
+                                    .as_ref()
+                                    .and_then(|p| p.max_tokens.or(p.max_completion_tokens))
+                                    .unwrap_or(shared.cfg.default_max_tokens);
+                                let est = b.bytes().len() as u64 / 4 + max_tokens;
+                                let key = shared.key(model, tenant);
+                                (ReplayBody::buffered(b), key, est)
+                            }
+                            Buffered::Overflow(o) => {
+                                let est = limit as u64 / 4 + shared.cfg.default_max_tokens;
+                                let key = shared.key(None, tenant);
+                                (ReplayBody::overflow(o), key, est)
+                            }
+                        }
+                    } else {
+                        (ReplayBody::passthrough(body), shared.key(None, tenant), 0)
+                    };
+                    let admitted = shared.admit(key, estimate).await?;
+                    let result = inner.call(Request::from_parts(parts, body)).await;
+                    shared.finish(admitted, result)
+                }),
+            },
+        }
+    }
+}
