@@ -20,7 +20,7 @@ use tower::{Layer, Service, service_fn};
 use tower_deepseek_auth::oauth2::ReplayBody;
 use tower_deepseek_auth::{BearerAuthLayer, OAuth2Config, OAuth2Layer};
 use tower_deepseek_core::body::BufferedBody;
-use tower_deepseek_core::meta::ReplayOn401;
+use tower_deepseek_core::protocol::ReplayOn401;
 
 /// A realistic chat request: a parsed URI, two headers and a small JSON body.
 fn request() -> Request<Full<Bytes>> {

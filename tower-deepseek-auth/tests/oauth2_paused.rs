@@ -537,7 +537,7 @@ async fn metrics_count_fetches_refreshes_replays_and_store_errors() {
 
 // ---- the replay after a 401 offered by a layer above (the retry layer) ----
 
-use tower_deepseek_core::meta::{CredentialRefreshed, ReplayOn401};
+use tower_deepseek_core::protocol::{CredentialRefreshed, ReplayOn401};
 
 async fn call_marked<S>(svc: &S, body: &'static str, mark: ReplayOn401) -> Response<Full<Bytes>>
 where

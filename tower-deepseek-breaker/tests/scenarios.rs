@@ -11,7 +11,7 @@ use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_breaker::{BreakerOpen, CircuitBreakerLayer, DefaultOutcomePolicy, State};
-use tower_deepseek_core::meta::CollectCallFacts;
+use tower_deepseek_core::protocol::CollectCallFacts;
 
 use support::{Answer, answer, call, is_breaker_open, scripted, slow_request};
 
@@ -488,7 +488,7 @@ fn asking_for_facts(answer: Answer) -> Request<Full<Bytes>> {
 #[tokio::test(start_paused = true)]
 async fn responses_carry_the_breaker_state_for_outer_layers_that_ask() {
     use tower::ServiceExt;
-    use tower_deepseek_core::meta::BreakerStatus;
+    use tower_deepseek_core::protocol::BreakerStatus;
 
     let layer = CircuitBreakerLayer::builder()
         .count_based_window(3)

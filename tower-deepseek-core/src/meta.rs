@@ -25,10 +25,6 @@ use std::net::{IpAddr, SocketAddr};
 use http::{HeaderName, Request};
 use ipnet::IpNet;
 
-#[doc(hidden)]
-pub use crate::protocol::{
-    BreakerStatus, CollectCallFacts, CredentialRefreshed, ReplayOn401, UpstreamAttempts,
-};
 pub use crate::protocol::{ClientIp, PeerAddr, RequestId, TenantId, X_REQUEST_ID};
 
 /// How to fill in request metadata. See the [module docs](self).

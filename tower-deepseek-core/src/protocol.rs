@@ -339,8 +339,3 @@ impl CacheOptions {
         self
     }
 }
-
-/// Replaced by [`Attempts`], which the retry layer always sets (kept until the layers move).
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UpstreamAttempts(pub u32);

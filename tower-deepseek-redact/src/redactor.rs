@@ -70,8 +70,8 @@ impl std::error::Error for PiiBlocked {
 
 /// How many entities of each type a request carried.
 ///
-/// [`crate::RedactLayer`] puts it in the request's extensions (for layers below) and in the
-/// response's extensions (for [`crate::AuditLayer`] above).
+/// [`crate::RedactLayer`] puts it in the request's extensions (for your own layers below) and
+/// hands it to [`crate::AuditLayer`] above through its `PromptRecorder`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PiiCounts(BTreeMap<EntityType, u32>);
 

@@ -71,12 +71,20 @@ async fn schema_has_every_field() {
         move |req: Request<BufferedBody>| {
             *ub.lock().unwrap() = req.body().bytes().clone();
             async move {
+                // The facts of the layers below, in core's protocol types (headers such as
+                // an upstream gateway's `x-retry-attempts` are not read).
                 Ok::<_, Infallible>(
                     Response::builder()
                         .header("content-type", "text/event-stream")
                         .header("x-cache", "MISS")
-                        .header("x-retry-attempts", "2")
-                        .header("x-breaker-state", "closed")
+                        .header("x-retry-attempts", "9")
+                        .header("x-breaker-state", "open")
+                        .extension(tower_deepseek_core::protocol::Attempts::new(
+                            3,
+                            Vec::new(),
+                            tower_deepseek_core::protocol::StopReason::Success,
+                        ))
+                        .extension(tower_deepseek_core::protocol::BreakerStatus("closed"))
                         .body(Full::new(Bytes::from(sse_body())))
                         .unwrap(),
                 )
@@ -544,7 +552,8 @@ fn fastrand_like() -> u128 {
 
 #[tokio::test]
 async fn facts_from_inner_layers_and_a_generated_request_id() {
-    use tower_deepseek_core::meta::{BreakerStatus, UpstreamAttempts};
+    use tower_deepseek_core::classify::FailureClass;
+    use tower_deepseek_core::protocol::{Attempts, BreakerStatus, StopReason};
 
     let (audit, log) = audit_to_memory();
     let seen_id = Arc::new(Mutex::new(None::<String>));
@@ -558,7 +567,11 @@ async fn facts_from_inner_layers_and_a_generated_request_id() {
                 .map(|v| v.to_str().unwrap().to_owned());
             async {
                 let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
-                res.extensions_mut().insert(UpstreamAttempts(3));
+                res.extensions_mut().insert(Attempts::new(
+                    3,
+                    vec![FailureClass::BadGateway, FailureClass::BadGateway],
+                    StopReason::Success,
+                ));
                 res.extensions_mut().insert(BreakerStatus("half_open"));
                 Ok::<_, Infallible>(res)
             }
@@ -666,7 +679,7 @@ impl http_body::Body for Chunks {
 async fn an_outcome_shared_from_below_is_used_instead_of_parsing_again() {
     use tower_deepseek_core::chat::Usage;
     use tower_deepseek_core::classify::{FailureClass, FrameTrace, ResponseSummary, SharedOutcome};
-    use tower_deepseek_core::meta::CollectCallFacts;
+    use tower_deepseek_core::protocol::CollectCallFacts;
 
     let (audit, log) = audit_to_memory();
     let inner = service_fn(

@@ -251,10 +251,19 @@ async fn tokens_are_settled_against_real_usage() {
 #[tokio::test(start_paused = true)]
 async fn usage_shared_from_below_settles_the_tokens() {
     use tower_deepseek_core::chat::Usage;
-    use tower_deepseek_core::classify::{ResponseSummary, SharedOutcome};
+    use tower_deepseek_core::classify::{FrameTrace, ResponseSummary, SharedOutcome};
 
     let gap = admission_gap_after(Upstream::new(|_| {
-        let mut resp = json_usage(None);
+        let answer = Bytes::from_static(
+            br#"{"choices":[{"message":{"content":"x"},"finish_reason":"stop"}]}"#,
+        );
+        // The verdict below is about the very frame the rate limiter sees.
+        let mut frames = FrameTrace::new();
+        frames.record(&answer);
+        let mut resp = http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(answer))
+            .unwrap();
         let slot = SharedOutcome::new();
         let mut summary = ResponseSummary::default();
         summary.usage = Some(Usage {
@@ -262,7 +271,7 @@ async fn usage_shared_from_below_settles_the_tokens() {
             ..Usage::default()
         });
         // Filled before the end reaches the rate limiter, as the breaker does.
-        slot.set(Ok(()), summary);
+        slot.publish(Ok(()), summary, frames);
         resp.extensions_mut().insert(slot);
         resp
     }))

@@ -589,15 +589,20 @@ async fn json_truncated_or_in_band_error_is_retried() {
 /// in-band error is retried.
 #[tokio::test(start_paused = true)]
 async fn a_verdict_shared_from_below_decides_a_json_answer() {
-    use tower_deepseek_core::classify::{ResponseSummary, SharedOutcome};
+    use tower_deepseek_core::classify::{FrameTrace, ResponseSummary, SharedOutcome};
 
     let judged = |verdict: Result<(), FailureClass>| {
-        let Step::Resp(mut resp) = ok() else {
+        // One `&'static str`, so that the body's frame and the trace name the same buffer.
+        let answer: &'static str = JSON_OK;
+        let Step::Resp(mut resp) = json(TestBody::chunks([answer])) else {
             unreachable!()
         };
         let slot = SharedOutcome::new();
-        // Filled before the end reaches this layer, as the breaker does.
-        slot.set(verdict, ResponseSummary::default());
+        // Filled before the end reaches this layer, as the breaker does, and about the very
+        // frame this layer reads.
+        let mut frames = FrameTrace::new();
+        frames.record(&bytes::Bytes::from_static(answer.as_bytes()));
+        slot.publish(verdict, ResponseSummary::default(), frames);
         resp.extensions_mut().insert(slot);
         Step::Resp(resp)
     };
@@ -683,7 +688,7 @@ async fn stream_without_done_after_handover_ends_with_incomplete_error() {
 /// judged incomplete ends with the error, and one it judged whole ends cleanly.
 #[tokio::test(start_paused = true)]
 async fn a_verdict_shared_from_below_judges_the_end_of_a_handed_over_stream() {
-    use tower_deepseek_core::classify::{ResponseSummary, SharedOutcome};
+    use tower_deepseek_core::classify::{FrameTrace, ResponseSummary, SharedOutcome};
 
     for (verdict, events, clean) in [
         (
@@ -707,7 +712,11 @@ async fn a_verdict_shared_from_below_judges_the_end_of_a_handed_over_stream() {
             unreachable!()
         };
         let slot = SharedOutcome::new();
-        slot.set(verdict, ResponseSummary::default());
+        let mut frames = FrameTrace::new();
+        for e in events {
+            frames.record(&bytes::Bytes::from_static(e.as_bytes()));
+        }
+        slot.publish(verdict, ResponseSummary::default(), frames);
         resp.extensions_mut().insert(slot);
         let script = Script::new([Step::Resp(resp)]);
         let resp = run(layer().build().unwrap(), &script).await.unwrap();
@@ -895,7 +904,7 @@ async fn retry_after_http_date_in_the_past_keeps_the_backoff() {
 
 // ---- the credential replay offered to the auth layer below ----
 
-use tower_deepseek_core::meta::ReplayOn401;
+use tower_deepseek_core::protocol::ReplayOn401;
 
 #[tokio::test(start_paused = true)]
 async fn a_401_with_a_refreshed_credential_is_replayed_once_at_once() {
@@ -962,20 +971,22 @@ async fn credential_replay_off_offers_nothing_and_replays_nothing() {
     assert_eq!(calls[0].offer, None);
 }
 
+/// One fact, one route: the attempts travel as core's protocol `Attempts`, always, whether an
+/// outer layer asked for call facts (audit) or not; nothing else carries them.
 #[tokio::test(start_paused = true)]
-async fn core_upstream_attempts_only_for_outer_layers_that_ask() {
-    use tower_deepseek_core::meta::{CollectCallFacts, UpstreamAttempts};
+async fn attempts_are_cores_protocol_type_always() {
+    use tower_deepseek_core::protocol::{Attempts, CollectCallFacts, StopReason};
     let script = Script::new([status(502), ok(), ok()]);
     let mut svc = layer().build().unwrap().layer(script.clone());
     let mut asking = req(r#"{"model":"m","messages":[]}"#);
     asking.extensions_mut().insert(CollectCallFacts);
     let resp = svc.ready().await.unwrap().call(asking).await.unwrap();
-    assert_eq!(
-        resp.extensions().get::<UpstreamAttempts>(),
-        Some(&UpstreamAttempts(2)),
-        "core's extension for outer layers"
-    );
+    let a = resp
+        .extensions()
+        .get::<Attempts>()
+        .expect("for outer layers");
+    assert_eq!(a.count(), 2);
+    assert_eq!(a.stop_reason(), StopReason::Success);
     let resp = run(layer().build().unwrap(), &script).await.unwrap();
-    assert_eq!(resp.extensions().get::<UpstreamAttempts>(), None);
-    assert_eq!(attempts(&resp).count(), 1, "retry's own extension always");
+    assert_eq!(attempts(&resp).count(), 1, "without asking too");
 }

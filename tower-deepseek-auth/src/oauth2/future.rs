@@ -18,7 +18,7 @@ use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferFuture, Buffered, BufferedBody, buffer};
-use tower_deepseek_core::meta::{CredentialRefreshed, ReplayOn401};
+use tower_deepseek_core::protocol::{CredentialRefreshed, ReplayOn401};
 use tower_service::Service;
 
 use super::state::Shared;

@@ -91,13 +91,13 @@
 //!   A second 401 goes back to the caller. If no token can be obtained, the first 401 goes back.
 //! - **401 under a retry layer:** the retry layer above already keeps every attempt's request
 //!   to send it again, and offers that replay
-//!   ([`ReplayOn401::Offered`](tower_deepseek_core::meta::ReplayOn401) in the request's
+//!   ([`ReplayOn401::Offered`](tower_deepseek_core::protocol::ReplayOn401) in the request's
 //!   extensions). This layer then keeps no copy (no body buffering, no head clone: the fresh
 //!   token path costs what it costs with `replay_on_401(false)`). After a 401 it invalidates
 //!   the token, obtains a new one and returns the 401 marked
-//!   [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed); the retry layer
+//!   [`CredentialRefreshed`](tower_deepseek_core::protocol::CredentialRefreshed); the retry layer
 //!   sends the request again at once, marked
-//!   [`ReplayOn401::Replaying`](tower_deepseek_core::meta::ReplayOn401), and a 401 to that is
+//!   [`ReplayOn401::Replaying`](tower_deepseek_core::protocol::ReplayOn401), and a 401 to that is
 //!   final. One refresh and one replay per call, as on its own.
 //!
 //! # Request bodies

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::classify::{ClassifiedResponse, SharedOutcome};
 use tower_deepseek_core::error::BreakerOpen;
-use tower_deepseek_core::meta::BreakerStatus;
+use tower_deepseek_core::protocol::BreakerStatus;
 
 use super::body::{EndObserver, ResponseBody};
 use crate::state::Permit;
@@ -43,7 +43,7 @@ impl<F> ResponseFuture<F> {
     }
 
     /// `facts`: whether the request asked for [`BreakerStatus`] on the response
-    /// ([`CollectCallFacts`](tower_deepseek_core::meta::CollectCallFacts)).
+    /// ([`CollectCallFacts`](tower_deepseek_core::protocol::CollectCallFacts)).
     pub(crate) fn called(future: F, permit: Permit, facts: bool) -> Self {
         Self {
             kind: Kind::Called {

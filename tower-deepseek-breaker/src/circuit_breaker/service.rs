@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::meta::CollectCallFacts;
+use tower_deepseek_core::protocol::CollectCallFacts;
 use tower_layer::Layer;
 use tower_service::Service;
 

@@ -9,7 +9,7 @@ use http_body::Body;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer};
 use tower_deepseek_core::classify::ClassifiedResponse;
-use tower_deepseek_core::meta::CollectCallFacts;
+use tower_deepseek_core::protocol::CollectCallFacts;
 use tower_service::Service;
 
 use super::balance::{Pick, Shared};

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::meta::CollectCallFacts;
+use tower_deepseek_core::protocol::CollectCallFacts;
 use tower_service::Service;
 
 use super::key::{DefaultKey, MakeKey, RequestHead};

@@ -131,7 +131,7 @@ struct Published {
 /// knows nothing of it cannot make the layers above act on a verdict about other bytes.
 ///
 /// Layers publish it when a layer above asks for call facts
-/// ([`CollectCallFacts`](crate::meta::CollectCallFacts)), so that a layer alone pays nothing
+/// ([`CollectCallFacts`](crate::protocol::CollectCallFacts)), so that a layer alone pays nothing
 /// for it. The verdict is the publisher's: with classifiers configured differently (say a
 /// smaller [`Classifier::max_json_inspect`]) the layers above get the publisher's judgement.
 ///
@@ -386,20 +386,6 @@ impl EndJudge {
             Some(o) => std::mem::take(&mut o.summary),
             None => self.eos.take_summary(),
         }
-    }
-}
-
-impl SharedOutcome {
-    /// Deprecated form of [`publish`](Self::publish) without a trace: no reader will take it.
-    #[doc(hidden)]
-    pub fn set(&self, result: Result<(), FailureClass>, summary: ResponseSummary) -> bool {
-        self.publish(result, summary, FrameTrace::new())
-    }
-
-    /// Deprecated form of [`publisher_outcome`](Self::publisher_outcome).
-    #[doc(hidden)]
-    pub fn get(&self) -> Option<&BodyOutcome> {
-        self.publisher_outcome()
     }
 }
 

@@ -13,18 +13,15 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
-use tower_deepseek_core::meta::{BreakerStatus, UpstreamAttempts};
+use tower_deepseek_core::protocol::{Attempts, BreakerStatus};
 
 use super::body::{AuditObserver, Eos, ResponseBody};
 use super::error::AuditUnavailable;
 use super::record::Guard;
 #[cfg(doc)]
 use super::service::Audit;
-use crate::redactor::PiiCounts;
 
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-static X_RETRY_ATTEMPTS: HeaderName = HeaderName::from_static("x-retry-attempts");
-static X_BREAKER_STATE: HeaderName = HeaderName::from_static("x-breaker-state");
 
 /// A short `[A-Za-z0-9_-]` token header, lower-cased. `name` is a `HeaderName` (not a `&str`,
 /// which `HeaderMap::get` would parse again on every call).
@@ -90,28 +87,15 @@ where
                 }
                 Poll::Ready(Err(e))
             }
-            Ok(mut res) => {
+            Ok(res) => {
                 let mut pending = this.guard.0.take().expect("polled after completion");
                 let h = res.headers();
                 pending.record.cache = token_header(h, &X_CACHE);
-                // Facts from the layers below: core's response extensions first (set by the
-                // retry and breaker layers), then headers (an upstream gateway's).
+                // Facts from the layers below, in core's protocol types (set by the retry and
+                // breaker layers; the PII counts came through the prompt recorder).
                 let ext = res.extensions();
-                pending.record.retries = ext
-                    .get::<UpstreamAttempts>()
-                    .map(|a| a.0.saturating_sub(1))
-                    .or_else(|| {
-                        h.get(&X_RETRY_ATTEMPTS)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse().ok())
-                    });
-                pending.record.breaker = ext
-                    .get::<BreakerStatus>()
-                    .map(|b| Cow::Borrowed(b.0))
-                    .or_else(|| token_header(h, &X_BREAKER_STATE).map(Cow::Owned));
-                if let Some(c) = res.extensions_mut().get::<PiiCounts>() {
-                    pending.recorder.record_pii(c);
-                }
+                pending.record.retries = ext.get::<Attempts>().map(|a| a.count().saturating_sub(1));
+                pending.record.breaker = ext.get::<BreakerStatus>().map(|b| Cow::Borrowed(b.0));
                 let status = res.status();
                 // The head first (a layer between may have changed the status); when the
                 // outcome depends on the body and a layer below (the breaker) classifies it,

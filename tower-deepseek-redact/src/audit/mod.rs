@@ -24,14 +24,10 @@
 //!   [`SharedOutcome`]: the breaker does when this layer asks for call facts), that outcome is
 //!   read at the body's end instead of the body being parsed a second time.
 //! - cache status: the `x-cache` response header (the cache layer sets it for the caller too);
-//!   retry count (retries, i.e. attempts − 1): core's
-//!   [`UpstreamAttempts`] response extension, set
-//!   by the retry layer; breaker state: core's
-//!   [`BreakerStatus`] extension, set by the breaker
-//!   layer. This layer asks for both by inserting core's [`CollectCallFacts`] into the request
-//!   (without it those layers skip the work). Without them, the `x-retry-attempts` and `x-breaker-state` response headers of an
-//!   upstream gateway are read (values are kept only if they are short tokens of
-//!   `[A-Za-z0-9_-]`).
+//!   retry count (retries, i.e. attempts − 1): core's [`Attempts`] response extension, set
+//!   by the retry layer; breaker state: core's [`BreakerStatus`] extension, set by the breaker
+//!   layer when this layer asks for it by inserting core's [`CollectCallFacts`] into the
+//!   request. Headers never carry these facts (see `tower_deepseek_core::protocol`).
 //!
 //! # When a record is written
 //!
@@ -126,8 +122,8 @@ use tower_deepseek_core::body::ObservedBody;
 #[cfg(doc)]
 use tower_deepseek_core::classify::{Classifier, EosClassifier, FailureClass, SharedOutcome};
 #[cfg(doc)]
-use tower_deepseek_core::meta::{
-    BreakerStatus, ClientIp, CollectCallFacts, PeerAddr, RequestId, TenantId, UpstreamAttempts,
+use tower_deepseek_core::protocol::{
+    Attempts, BreakerStatus, ClientIp, CollectCallFacts, PeerAddr, RequestId, TenantId,
 };
 
 mod body;

@@ -19,7 +19,7 @@ use tower_service::Service;
 use super::body::{Kind, ResponseBody};
 #[cfg(doc)]
 use super::service::Redact;
-use crate::redactor::{PiiCounts, Vault};
+use crate::redactor::Vault;
 
 /// A request ready for the inner service, and the vault of its placeholders.
 pub(super) type Prepared = (Request<BufferedBody>, Vault);
@@ -40,7 +40,7 @@ pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request<BufferedBody>>> {
         Preparing { fut: PrepFuture, inner: Option<S> },
-        Calling { #[pin] fut: S::Future, vault: Option<Vault>, counts: Option<PiiCounts> },
+        Calling { #[pin] fut: S::Future, vault: Option<Vault> },
     }
 }
 
@@ -78,21 +78,16 @@ where
                         Ok(p) => p,
                         Err(PrepError(e)) => return Poll::Ready(Err(e)),
                     };
-                    let counts = req.extensions().get::<PiiCounts>().cloned();
                     let mut svc = inner.take().expect("polled after completion");
                     let fut = svc.call(req);
                     this.state.set(State::Calling {
                         fut,
                         vault: Some(vault),
-                        counts,
                     });
                 }
-                StateProj::Calling { fut, vault, counts } => {
+                StateProj::Calling { fut, vault } => {
                     let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
                     let vault = vault.take().unwrap_or_default();
-                    if let Some(c) = counts.take() {
-                        res.extensions_mut().insert(c);
-                    }
                     let kind = if vault.is_empty() {
                         Kind::Plain
                     } else if is_event_stream(res.headers()) {

@@ -138,8 +138,8 @@ use crate::{InvalidJsonBody, InvalidJsonReason, Mode, PiiBlocked, PiiCounts};
 /// Put it right under [`AuditLayer`](crate::AuditLayer) and above the cache, retry and the
 /// client: nothing below (cache keys, logs, the network) sees a raw value, and the cache stores
 /// masked answers that are restored per request. It puts [`PiiCounts`] in the request's
-/// extensions (for layers below) and in the response's extensions (for the audit layer above),
-/// and hands the masked body to the audit layer's prompt hash.
+/// extensions (for your own layers below), and hands the masked body and the counts to the
+/// audit layer above through its `PromptRecorder` (the one route by which they reach it).
 ///
 /// # Example
 ///

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BodyEnd, BodyObserver, ObservedBody};
-use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EosClassifier, SharedOutcome};
+use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
 use tower_deepseek_core::meta::TenantId;
 
 use super::body::ResponseBody;
@@ -345,12 +345,9 @@ impl Shared {
                         key: k.clone(),
                         estimate: admitted.estimate,
                         // A layer below that classifies the same body (the breaker, when audit
-                        // asks for call facts) shares its summary: read it at the end instead of
-                        // parsing the body a second time.
-                        usage: match resp.extensions().get::<SharedOutcome>() {
-                            Some(shared) => UsageFrom::Shared(shared.clone()),
-                            None => UsageFrom::Own(eos),
-                        },
+                        // asks for call facts) shares its summary: read at the end when it is
+                        // about these very frames, instead of parsing the body a second time.
+                        usage: EndJudge::from_extensions(eos, resp.extensions()),
                         clock: self.clock,
                     }),
                     ClassifiedResponse::Ready(Ok(())) => None,
@@ -441,48 +438,32 @@ impl KeyState {
 pub(crate) struct Settle {
     pub(crate) key: Arc<KeyState>,
     pub(crate) estimate: u64,
-    pub(crate) usage: UsageFrom,
+    /// Where the real usage is read at the end of the body.
+    pub(crate) usage: EndJudge,
     pub(crate) clock: TokioClock,
-}
-
-/// Where the real usage is read at the end of the body. Not boxed: the own classifier is the
-/// case of a layer alone, which should not pay an allocation for the shared case's sake.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum UsageFrom {
-    /// This layer's own classifier, fed as the body passes.
-    Own(EosClassifier),
-    /// The summary a layer below shares (core's [`SharedOutcome`](tower_deepseek_core::classify::SharedOutcome)), filled before the end
-    /// reaches this layer; empty if the body below did not end.
-    Shared(SharedOutcome),
 }
 
 pub(crate) struct SettleSlot(pub(crate) Option<Settle>);
 
 impl BodyObserver for SettleSlot {
     fn on_data(&mut self, chunk: &Bytes) {
-        if let Some(Settle {
-            usage: UsageFrom::Own(eos),
-            ..
-        }) = &mut self.0
-        {
-            eos.on_data(chunk);
+        if let Some(s) = &mut self.0 {
+            s.usage.on_data(chunk);
         }
     }
 
     fn on_end(&mut self, end: BodyEnd<'_>) {
         let Some(mut s) = self.0.take() else { return };
-        let total = match &mut s.usage {
-            UsageFrom::Own(eos) => {
-                if let BodyEnd::Complete = end {
-                    let _ = eos.finish();
-                }
-                eos.summary().usage.as_ref().map(|u| u.total_tokens)
+        match end {
+            BodyEnd::Complete => {
+                let _ = s.usage.finish();
             }
-            UsageFrom::Shared(shared) => shared
-                .get()
-                .and_then(|o| o.summary.usage.as_ref())
-                .map(|u| u.total_tokens),
-        };
+            BodyEnd::Error(e) => {
+                let _ = s.usage.fail(e);
+            }
+            _ => {}
+        }
+        let total = s.usage.summary().usage.as_ref().map(|u| u.total_tokens);
         if let Some(total) = total {
             let delta = total as i64 - s.estimate as i64;
             if let Some(b) = &s.key.tokens {

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::classify::{EosClassifier, FailureClass, SharedOutcome};
+use tower_deepseek_core::classify::{EndJudge, FailureClass};
 use tower_deepseek_core::error::IncompleteResponse;
 
 /// The response body the caller receives.
@@ -25,26 +25,10 @@ pub struct ResponseBody<B> {
     pending_error: Option<BoxError>,
 }
 
-/// How the rest of a handed-over body is judged at its end.
-pub(crate) enum Watch {
-    /// By this layer's classifier, fed as the body passes.
-    Own(Box<EosClassifier>),
-    /// By the verdict a layer below shares (core's [`SharedOutcome`](tower_deepseek_core::classify::SharedOutcome): the breaker, asked for
-    /// call facts, classifies the same body). Empty at the end means the body below did not
-    /// end: cut, so incomplete.
-    Shared(SharedOutcome),
-}
-
-impl Watch {
-    fn verdict(&mut self) -> Result<(), FailureClass> {
-        match self {
-            Watch::Own(eos) => eos.finish(),
-            Watch::Shared(s) => s
-                .get()
-                .map_or(Err(FailureClass::Incomplete), |o| o.result.clone()),
-        }
-    }
-}
+/// How the rest of a handed-over body is judged at its end: core's [`EndJudge`], by the
+/// verdict a layer below shares when it is about these very frames, else by this layer's
+/// classifier (a cut body below that never ended is judged here: incomplete).
+pub(crate) type Watch = Box<EndJudge>;
 
 impl<B> ResponseBody<B> {
     pub(crate) fn new(inner: B) -> Self {
@@ -79,7 +63,7 @@ impl<B> ResponseBody<B> {
 
     /// At the end of the inner body: the error for a watched answer that ended incomplete.
     fn judge_end(&mut self) -> Option<BoxError> {
-        let class = self.eos.take()?.verdict().err()?;
+        let class = self.eos.take()?.finish().err()?;
         let e = incomplete_error(&class)?;
         tracing::warn!(
             target: "tower_deepseek_retry",
@@ -195,8 +179,8 @@ where
         match ready!(inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 let frame = to_bytes_frame(frame);
-                if let (Some(Watch::Own(eos)), Some(data)) = (this.eos.as_mut(), frame.data_ref()) {
-                    eos.on_data(data);
+                if let (Some(judge), Some(data)) = (this.eos.as_mut(), frame.data_ref()) {
+                    judge.on_data(data);
                 }
                 // Read to its declared length: a server will not poll for the `None` (see core's
                 // `ObservedBody`), so judge the end now. An incomplete verdict goes up after

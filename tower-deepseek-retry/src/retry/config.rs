@@ -88,8 +88,8 @@ pub struct RetryConfig {
     pub rng_seed: Option<u64>,
     /// Offer the credential layer below (`OAuth2Layer`) to replay a request after a 401 for
     /// it, so that it keeps no copy of its own: each attempt whose body is kept carries
-    /// [`ReplayOn401`](tower_deepseek_core::meta::ReplayOn401), and a 401 marked
-    /// [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) is sent again
+    /// [`ReplayOn401`](tower_deepseek_core::protocol::ReplayOn401), and a 401 marked
+    /// [`CredentialRefreshed`](tower_deepseek_core::protocol::CredentialRefreshed) is sent again
     /// once, at once, outside the budget, `max_attempts` and the total deadline. Default `true`.
     pub credential_replay: bool,
 }

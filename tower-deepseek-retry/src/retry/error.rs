@@ -5,47 +5,7 @@ use std::fmt;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::classify::FailureClass;
 
-/// Why the retry layer stopped trying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum StopReason {
-    /// The last attempt succeeded, or its stream started flowing to the caller (its first
-    /// event was handed over; from then on nothing is retried, and a later failure ends the
-    /// caller's body with an error).
-    Success,
-    /// The last outcome is never retried (a client error, a local rejection, a transport error
-    /// after sending without `retry_after_send`).
-    NotRetryable,
-    /// `max_attempts`, or the outcome's own `max_retries`, was reached.
-    MaxAttempts,
-    /// The retry budget is spent: too many retries compared to requests lately.
-    BudgetExhausted,
-    /// The next attempt would start after the total deadline.
-    Deadline,
-    /// The upstream asked for a wait (`Retry-After`) longer than `max_retry_after`.
-    RetryAfterTooLong,
-    /// The request body was too large to buffer, so it could be sent only once.
-    BodyNotReplayable,
-    /// A circuit breaker below is open and `wait_for_open_breaker` is off: the caller fails
-    /// fast with the breaker's error.
-    BreakerOpen,
-}
-
-impl StopReason {
-    /// A stable snake_case name, usable as a metric label.
-    pub const fn as_str(&self) -> &'static str {
-        match self {
-            StopReason::Success => "success",
-            StopReason::NotRetryable => "not_retryable",
-            StopReason::MaxAttempts => "max_attempts",
-            StopReason::BudgetExhausted => "budget_exhausted",
-            StopReason::Deadline => "deadline",
-            StopReason::RetryAfterTooLong => "retry_after_too_long",
-            StopReason::BodyNotReplayable => "body_not_replayable",
-            StopReason::BreakerOpen => "breaker_open",
-        }
-    }
-}
+pub use tower_deepseek_core::protocol::StopReason;
 
 /// The retry layer gave up on a request whose last attempt failed with an error (not a
 /// response: a failed response is returned as it is, with an [`Attempts`](super::Attempts)

@@ -13,11 +13,9 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{Buffered, BufferedBody, ReplayBody};
-use tower_deepseek_core::classify::{
-    ClassifiedResponse, EosClassifier, FailureClass, SharedOutcome,
-};
+use tower_deepseek_core::classify::{ClassifiedResponse, EndJudge, FailureClass};
 use tower_deepseek_core::error::IncompleteResponse;
-use tower_deepseek_core::meta::{CollectCallFacts, CredentialRefreshed, ReplayOn401};
+use tower_deepseek_core::protocol::{CredentialRefreshed, ReplayOn401};
 use tower_service::Service;
 
 use super::Attempts;
@@ -64,7 +62,7 @@ enum Replay<B> {
 struct Inspect<R> {
     head: http::response::Parts,
     body: R,
-    eos: EosClassifier,
+    judge: EndJudge,
     frames: Prefix,
     read: usize,
 }
@@ -88,8 +86,6 @@ pin_project! {
         scale: f64,
         // Whether the one replay after a credential refresh below was made.
         credential_replayed: bool,
-        // Whether an outer layer asked for `UpstreamAttempts` (core's `CollectCallFacts`).
-        facts: bool,
     }
 }
 
@@ -157,12 +153,10 @@ where
         if let Some(b) = &shared.budget {
             b.deposit_at(start);
         }
-        let facts = parts.extensions.get::<CollectCallFacts>().is_some();
         Self {
             state,
             service,
             shared,
-            facts,
             template: Template {
                 method: parts.method,
                 uri: parts.uri,
@@ -368,7 +362,6 @@ where
                                     *this.attempt,
                                     std::mem::take(this.classes),
                                     StopReason::Success,
-                                    *this.facts,
                                 )));
                             }
                             ClassifiedResponse::Ready(Err(class)) => {
@@ -378,9 +371,9 @@ where
                                 let (head, body) = resp.into_parts();
                                 this.state.set(State::Inspecting {
                                     ins: Some(Box::new(Inspect {
+                                        judge: EndJudge::from_extensions(eos, &head.extensions),
                                         head,
                                         body,
-                                        eos,
                                         frames: Prefix::default(),
                                         read: 0,
                                     })),
@@ -393,11 +386,11 @@ where
                 StateProj::Inspecting { ins: slot } => {
                     let ins = slot.as_mut().expect("polled after completion");
                     let limit = this.shared.cfg.json_inspect_limit;
-                    let stream = ins.eos.is_stream();
+                    let stream = ins.judge.classifier().is_stream();
                     let mut ended = false;
                     let step = loop {
-                        if stream && ins.eos.has_content() {
-                            if ins.eos.summary().in_band_error {
+                        if stream && ins.judge.classifier().has_content() {
+                            if ins.judge.classifier().summary().in_band_error {
                                 break Some(Err(FailureClass::InBandError));
                             }
                             break None; // first event: hand over
@@ -409,19 +402,19 @@ where
                             Some(Ok(frame)) => {
                                 let frame = to_bytes_frame(frame);
                                 if let Some(d) = frame.data_ref() {
-                                    ins.eos.on_data(d);
+                                    ins.judge.on_data_now(d);
                                     ins.read += d.len();
                                 }
                                 ins.frames.push(frame);
                             }
                             Some(Err(e)) => {
                                 let e: BoxError = e.into();
-                                let class = ins.eos.fail(&*e);
+                                let class = ins.judge.fail(&*e);
                                 break Some(Ok((class, e)));
                             }
-                            // The body ended: a layer below that classified it (the breaker,
-                            // asked for call facts) has shared its verdict; else judge here.
-                            None => match shared_or_own(ins) {
+                            // The body ended: by the verdict a layer below shares if it is
+                            // about these very frames, else judged here.
+                            None => match ins.judge.finish() {
                                 Ok(()) => {
                                     let ins = *slot.take().expect("inspecting");
                                     let body =
@@ -431,7 +424,6 @@ where
                                         *this.attempt,
                                         std::mem::take(this.classes),
                                         StopReason::Success,
-                                        *this.facts,
                                     )));
                                 }
                                 Err(class) => {
@@ -446,12 +438,9 @@ where
                         None => {
                             // Content is flowing: the decision is taken, the caller gets the
                             // body (what was read first, then the rest, still watched: by the
-                            // verdict a layer below shares at the end, else by this layer's
-                            // classifier, boxed only now).
-                            let watch = match ins.head.extensions.get::<SharedOutcome>() {
-                                Some(shared) => Watch::Shared(shared.clone()),
-                                None => Watch::Own(Box::new(ins.eos)),
-                            };
+                            // verdict a layer below shares at the end when it is about these
+                            // very frames, else by this layer's classifier, boxed only now).
+                            let watch: Watch = Box::new(ins.judge);
                             let body = ResponseBody::with_parts(
                                 ins.frames,
                                 Some(ins.body),
@@ -463,7 +452,6 @@ where
                                 *this.attempt,
                                 std::mem::take(this.classes),
                                 StopReason::Success,
-                                *this.facts,
                             )));
                         }
                         Some(Err(class)) => {
@@ -475,7 +463,7 @@ where
                             let (inner, eos) = if ended {
                                 (None, None)
                             } else {
-                                (Some(ins.body), Some(Watch::Own(Box::new(ins.eos))))
+                                (Some(ins.body), Some(Box::new(ins.judge) as Watch))
                             };
                             let body = ResponseBody::with_parts(ins.frames, inner, eos, pending);
                             (
@@ -597,9 +585,7 @@ where
                                     as BoxError)
                             }
                         }
-                        Outcome::Response(resp) => {
-                            Ok(finish(resp, attempt, classes, reason, *this.facts))
-                        }
+                        Outcome::Response(resp) => Ok(finish(resp, attempt, classes, reason)),
                         Outcome::Error(e) => {
                             // Never retried: the error as it is (an open breaker's own
                             // `BreakerOpen`, to downcast).
@@ -627,31 +613,9 @@ fn finish<B>(
     attempts: u32,
     classes: Vec<FailureClass>,
     stop: StopReason,
-    facts: bool,
 ) -> Response<B> {
-    // Core's type too, for outer layers (audit) that do not depend on this crate, when asked.
-    if facts {
-        resp.extensions_mut()
-            .insert(tower_deepseek_core::meta::UpstreamAttempts(attempts));
-    }
-    resp.extensions_mut().insert(Attempts {
-        count: attempts,
-        classes,
-        stop,
-    });
+    // Always: the caller reads it, and so does audit (core's protocol type).
+    resp.extensions_mut()
+        .insert(Attempts::new(attempts, classes, stop));
     resp
-}
-
-/// The verdict on an inspected body that has ended: the one a layer below shared (the breaker,
-/// asked for call facts, classified the same body), else this layer's own.
-fn shared_or_own<B>(ins: &mut Inspect<B>) -> Result<(), FailureClass> {
-    match ins
-        .head
-        .extensions
-        .get::<SharedOutcome>()
-        .and_then(SharedOutcome::get)
-    {
-        Some(shared) => shared.result.clone(),
-        None => ins.eos.finish(),
-    }
 }

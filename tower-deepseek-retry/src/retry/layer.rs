@@ -47,7 +47,7 @@ impl fmt::Debug for Shared {
 /// | connect error (not sent) | at once, then exponential 500 ms to 8 s; at most 3 retries |
 /// | reset or read error after sending | never, unless `retry_after_send(true)` (it may bill twice) |
 /// | 400, 401, 402, 403, 404, 422, local rejections | never |
-/// | 401 marked [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) by the auth layer below | once, at once, outside the budget, `max_attempts` and the deadline (see below) |
+/// | 401 marked [`CredentialRefreshed`](tower_deepseek_core::protocol::CredentialRefreshed) by the auth layer below | once, at once, outside the budget, `max_attempts` and the deadline (see below) |
 /// | breaker open ([`BreakerOpen`](tower_deepseek_core::error::BreakerOpen) from below) | never: the caller gets the breaker's error at once ([`StopReason::BreakerOpen`](crate::StopReason::BreakerOpen)); with `wait_for_open_breaker(true)` (batch callers), after its wait, if that fits `max_retry_after` and the total deadline |
 ///
 /// All retries are bounded by `max_attempts` (7 in total), each outcome's own number of
@@ -117,10 +117,10 @@ impl fmt::Debug for Shared {
 /// # Replays after a 401 for the auth layer
 ///
 /// Each attempt whose body is kept carries
-/// [`ReplayOn401::Offered`](tower_deepseek_core::meta::ReplayOn401) (then `Replaying` once the
+/// [`ReplayOn401::Offered`](tower_deepseek_core::protocol::ReplayOn401) (then `Replaying` once the
 /// offer is used): an `OAuth2Layer` below then keeps no copy of the request for its own 401
 /// replay, since this layer has one already. It answers a 401 for which it obtained a new token
-/// with the [`CredentialRefreshed`](tower_deepseek_core::meta::CredentialRefreshed) mark, and
+/// with the [`CredentialRefreshed`](tower_deepseek_core::protocol::CredentialRefreshed) mark, and
 /// this layer sends the request again, once per call. `credential_replay(false)` turns this off.
 ///
 /// # Order

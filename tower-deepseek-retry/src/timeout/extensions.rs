@@ -1,12 +1,4 @@
-//! The request extensions the retry layer sets for this layer.
+//! The request extensions the retry layer (or the caller) sets for this layer: core's protocol
+//! types [`TimeoutScale`] and [`AttemptTimeout`], re-exported here.
 
-use std::time::Duration;
-
-/// Request extension set by the retry layer: multiply the attempt timeouts (headers, first
-/// token, idle) by this factor.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TimeoutScale(pub f64);
-
-/// Request extension: the response-headers timeout for this request, instead of the layer's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttemptTimeout(pub Duration);
+pub use tower_deepseek_core::protocol::{AttemptTimeout, TimeoutScale};

@@ -101,7 +101,7 @@ pub fn unauthorized_refreshed() -> Step {
         unreachable!()
     };
     r.extensions_mut()
-        .insert(tower_deepseek_core::meta::CredentialRefreshed);
+        .insert(tower_deepseek_core::protocol::CredentialRefreshed);
     Step::Resp(r)
 }
 
@@ -134,7 +134,7 @@ pub struct Call {
     pub replayable: bool,
     pub scale: Option<f64>,
     pub len: usize,
-    pub offer: Option<tower_deepseek_core::meta::ReplayOn401>,
+    pub offer: Option<tower_deepseek_core::protocol::ReplayOn401>,
 }
 
 /// A scripted inner service that records when and with what it was called.
@@ -180,7 +180,7 @@ impl tower::Service<Request<tower_deepseek_core::body::ReplayBody<B>>> for Scrip
             .map(|s| s.0);
         let offer = req
             .extensions()
-            .get::<tower_deepseek_core::meta::ReplayOn401>()
+            .get::<tower_deepseek_core::protocol::ReplayOn401>()
             .copied();
         let body_bytes = req.body().buffered_bytes().cloned();
         let replayable = req.body().is_buffered();
