@@ -3,9 +3,14 @@
 //!
 //! This facade re-exports each layer crate behind a feature of the same name, and adds what a
 //! user needs around them: [`ServiceBuilderExt`] (one method per layer on tower's
-//! `ServiceBuilder`), a pooled HTTPS [`client`] for the upstream with [`BaseUrlLayer`](client::BaseUrlLayer),
-//! [`RequestMetadataLayer`](meta::RequestMetadataLayer) for request ids and client IPs, and an
-//! [`error`] mapper that turns any layer's error into an OpenAI-style JSON response for servers.
+//! `ServiceBuilder`), a pooled HTTPS [`client`] for the upstream with [`BaseUrlLayer`],
+//! [`RequestMetadataLayer`] for request ids and client IPs, and an [`error`] mapper that turns
+//! any layer's error into an OpenAI-style JSON response for servers.
+//!
+//! Every layer is at the root (`tower_deepseek::RetryLayer`); each crate's module docs say
+//! more. The design, with the protocol between layers, is the repository's `ARCHITECTURE.md`;
+//! "the guide" in these docs is the integration guide whose figures are the defaults
+//! (`docs/guide-defaults.md`).
 //!
 //! # The recommended stack
 //!
