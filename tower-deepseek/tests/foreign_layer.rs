@@ -44,6 +44,16 @@ where
     res.map(|b| b.map_frame(|f| f.map_data(|d: Bytes| Bytes::copy_from_slice(&d[..d.len() / 2]))))
 }
 
+/// The audit layer, writing to `log`: it asks the layers below for their facts, so the
+/// breaker shares its verdict.
+fn audit(log: &WriterSink<Vec<u8>>) -> AuditLayer {
+    AuditLayer::builder()
+        .hmac_key(b"foreign-layer-audit-key-0123".to_vec())
+        .sink(log.clone())
+        .build()
+        .unwrap()
+}
+
 fn chat() -> Request<Full<Bytes>> {
     Request::post("/chat/completions")
         .header("content-type", "application/json")
@@ -58,13 +68,7 @@ async fn cache_and_audit_judge_the_bytes_they_see_not_the_breakers() {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let log = WriterSink::new(Vec::new());
     let svc = ServiceBuilder::new()
-        .layer(
-            AuditLayer::builder()
-                .hmac_key(b"foreign-layer-audit-key-0123".to_vec())
-                .sink(log.clone())
-                .build()
-                .unwrap(),
-        )
+        .layer(audit(&log))
         .layer(CacheLayer::new())
         .map_response(cut_in_half)
         .layer(CircuitBreakerLayer::new())
@@ -97,14 +101,7 @@ async fn retry_judges_the_bytes_it_sees_not_the_breakers() {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let log = WriterSink::new(Vec::new());
     let svc = ServiceBuilder::new()
-        // The audit layer asks the layers below for their facts: the breaker shares its verdict.
-        .layer(
-            AuditLayer::builder()
-                .hmac_key(b"foreign-layer-audit-key-0123".to_vec())
-                .sink(log.clone())
-                .build()
-                .unwrap(),
-        )
+        .layer(audit(&log))
         .layer(RetryLayer::builder().build().unwrap())
         .map_response(cut_in_half)
         .layer(CircuitBreakerLayer::new())
