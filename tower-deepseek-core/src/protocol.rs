@@ -15,6 +15,7 @@
 //! | [`ClientIp`] | `MetadataConfig::apply` | `AuditLayer` | at the edge | the peer, or the right-most untrusted `x-forwarded-for` hop behind a trusted proxy | core `meta::tests::trusted_chain_is_walked_from_the_right` |
 //! | [`TenantId`] | the caller, the gateway's key check | `CacheLayer` (key scope), `RateLimitLayer` (`KeyBy::Tenant`), `RedactLayer`, `AuditLayer` | before the stack | an identifier, never a credential (hash a key to derive it) | cache `key` tests, facade `stack` tests |
 //! | [`CollectCallFacts`] | `AuditLayer` | `RetryLayer`, the breaker layers | on `call`, before the inner call | a marker: without it, the layers below skip the work (a stack without audit pays nothing) | retry `retry` tests, breaker `scenarios` |
+//! | [`ShareVerdict`] | `RetryLayer`, `RateLimitLayer` (with a token quota), `CacheLayer` (on a miss) | the breaker layers | on `call`, before the inner call | a marker: the lowest classifying layer publishes its verdict ([`SharedOutcome`]) only when a layer above will read it; [`CollectCallFacts`] implies it | facade `tests/parse_once.rs` |
 //! | [`ReplayOn401`] | `RetryLayer`, per attempt whose body it keeps | `OAuth2Layer` | per attempt | `Offered`: OAuth2 keeps no copy and marks a refreshed 401 [`CredentialRefreshed`]; `Replaying`: a 401 is final | auth `oauth2` tests |
 //! | [`TimeoutScale`] | `RetryLayer`, on an attempt after a 504 or timeout | `TimeoutLayer` | per attempt | absent = 1.0; multiplies headers, first-token and idle timeouts | retry `timeout` tests |
 //! | [`AttemptTimeout`] | the caller | `TimeoutLayer` | before the timeout layer | replaces the headers timeout only | retry `timeout` tests |
@@ -25,7 +26,7 @@
 //!
 //! | type | written by | read by | when | invariants | test |
 //! |---|---|---|---|---|---|
-//! | [`SharedOutcome`] | the innermost classifying layer asked for call facts (the breaker layers), if no slot is there yet | `RetryLayer`, `RateLimitLayer`, `CacheLayer`, `AuditLayer`, through [`EndJudge`](crate::classify::EndJudge) | empty slot with the head; filled when the body ends, before that end goes up | **never about other bytes**: the verdict names the frames it judged ([`FrameTrace`]), and a reader takes it only for the very same buffers; any layer in between that rewrites, cuts, splits or merges the body (ours or a user's) makes the readers judge what they saw. No layer needs to remove it | core `classify::shared::tests`, facade `tests/foreign_layer.rs` |
+//! | [`SharedOutcome`] | the innermost classifying layer (the breaker layers) asked by [`ShareVerdict`] or [`CollectCallFacts`], if no slot is there yet | `RetryLayer`, `RateLimitLayer`, `CacheLayer`, `AuditLayer`, through [`EndJudge`](crate::classify::EndJudge) | empty slot with the head; filled when the body ends, before that end goes up | **never about other bytes**: the verdict names the frames it judged ([`FrameTrace`]), and a reader takes it only for the very same buffers; any layer in between that rewrites, cuts, splits or merges the body (ours or a user's) makes the readers judge what they saw. No layer needs to remove it | core `classify::shared::tests`, facade `tests/foreign_layer.rs` |
 //! | [`Attempts`] | `RetryLayer`, always | the caller, `AuditLayer` (`retries`) | on the response it returns | count (the first attempt included), the class of each failed attempt, the [`StopReason`] | retry `retry` tests |
 //! | [`BreakerStatus`] | the breaker layers, when asked for call facts | `AuditLayer` (`breaker`) | on the response head | the state after recording an outcome the head decides, else the state when the head arrived | breaker `scenarios` |
 //! | [`CredentialRefreshed`] | `OAuth2Layer`, on a 401 it obtained a new token for | `RetryLayer` (replays once, at once, outside its budget) | on the 401 | only when the request carried [`ReplayOn401::Offered`] | retry and auth tests |
@@ -150,6 +151,14 @@ pub struct CollectCallFacts;
 /// read by outer layers (audit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BreakerStatus(pub &'static str);
+
+/// A request extension by which a layer above says it judges the answer's end (retry, the
+/// rate limiter's settle, the cache): the lowest layer that classifies the answer (the breaker)
+/// then publishes its verdict in a [`SharedOutcome`], so that the answer is parsed once in the
+/// stack. Without it (and without [`CollectCallFacts`], which implies it) nothing is published:
+/// a layer alone pays nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ShareVerdict;
 
 /// A request extension by which a layer above offers to send the request again after a 401
 /// that a credential layer below answered with [`CredentialRefreshed`].

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::classify::{ClassifiedResponse, SharedOutcome};
 use tower_deepseek_core::error::BreakerOpen;
-use tower_deepseek_core::protocol::BreakerStatus;
+use tower_deepseek_core::protocol::{BreakerStatus, CollectCallFacts, ShareVerdict};
 
 use super::body::{EndObserver, ResponseBody};
 use crate::state::Permit;
@@ -31,7 +31,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Rejected { error: Option<BreakerOpen> },
-        Called { #[pin] future: F, permit: Option<Permit>, facts: bool },
+        Called { #[pin] future: F, permit: Option<Permit>, asks: Asks },
     }
 }
 
@@ -42,14 +42,13 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    /// `facts`: whether the request asked for [`BreakerStatus`] on the response
-    /// ([`CollectCallFacts`](tower_deepseek_core::protocol::CollectCallFacts)).
-    pub(crate) fn called(future: F, permit: Permit, facts: bool) -> Self {
+    /// `asks`: what the layers above asked this breaker for (see [`Asks`]).
+    pub(crate) fn called(future: F, permit: Permit, asks: Asks) -> Self {
         Self {
             kind: Kind::Called {
                 future,
                 permit: Some(permit),
-                facts,
+                asks,
             },
         }
     }
@@ -82,34 +81,35 @@ where
             KindProj::Called {
                 future,
                 permit,
-                facts,
+                asks,
             } => {
                 let result = ready!(future.poll(cx));
                 let permit = permit
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(complete(result, permit, *facts))
+                Poll::Ready(complete(result, permit, *asks))
             }
         }
     }
 }
 
 /// Classifies the head (or the error) and records the outcome now, or wraps the body to record
-/// it at its end. With `facts` (a layer above collects call facts), the response gets a
-/// [`BreakerStatus`], and a body whose outcome depends on its end gets a [`SharedOutcome`] this
-/// breaker fills at that end (unless a layer below already shares one), so that the layers
-/// above do not parse the same body again.
+/// it at its end. When a layer above collects call facts, the response gets a
+/// [`BreakerStatus`]; when one judges the answer's end (or collects facts), a body whose
+/// outcome depends on its end gets a [`SharedOutcome`] this breaker fills at that end (unless a
+/// layer below already shares one), so that the layers above do not parse the same body again.
 #[inline]
 pub(crate) fn complete<B, E>(
     result: Result<Response<B>, E>,
     permit: Permit,
-    facts: bool,
+    asks: Asks,
 ) -> Result<Response<ResponseBody<B>>, BoxError>
 where
     E: Into<BoxError>,
 {
+    let Asks { facts, share } = asks;
     let mut classifier = *permit.breaker().classifier();
-    if facts {
+    if share {
         // The layers above read usage and model from the shared outcome.
         classifier = classifier.summary(true);
     }
@@ -128,17 +128,17 @@ where
                 Ok(resp.map(ResponseBody::plain))
             }
             ClassifiedResponse::RequiresEos(eos) => {
-                let mut share = None;
+                let mut slot = None;
+                let ext = resp.extensions_mut();
                 if facts {
-                    let ext = resp.extensions_mut();
                     ext.insert(BreakerStatus(permit.breaker().state().as_str()));
-                    if ext.get::<SharedOutcome>().is_none() {
-                        let slot = SharedOutcome::new();
-                        ext.insert(slot.clone());
-                        share = Some(slot);
-                    }
                 }
-                let observer = EndObserver::new(eos, permit, share);
+                if share && ext.get::<SharedOutcome>().is_none() {
+                    let s = SharedOutcome::new();
+                    ext.insert(s.clone());
+                    slot = Some(s);
+                }
+                let observer = EndObserver::new(eos, permit, slot);
                 Ok(resp.map(|b| ResponseBody::observed(b, observer)))
             }
         },
@@ -148,6 +148,26 @@ where
             let now = permit.breaker().now();
             permit.record(Err(&class), now, now);
             Err(e)
+        }
+    }
+}
+
+/// What the layers above asked a breaker for, read from the request's extensions.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Asks {
+    /// [`CollectCallFacts`]: put the [`BreakerStatus`] on the response (and share the verdict).
+    pub(crate) facts: bool,
+    /// [`ShareVerdict`] (or `facts`): publish the verdict on the body's end.
+    pub(crate) share: bool,
+}
+
+impl Asks {
+    #[inline]
+    pub(crate) fn of(ext: &http::Extensions) -> Self {
+        let facts = ext.get::<CollectCallFacts>().is_some();
+        Self {
+            facts,
+            share: facts || ext.get::<ShareVerdict>().is_some(),
         }
     }
 }

@@ -17,6 +17,6 @@ mod service;
 pub use self::body::ResponseBody;
 pub use self::config::{CircuitBreakerConfig, SlidingWindowType};
 pub use self::future::ResponseFuture;
-pub(crate) use self::future::complete;
+pub(crate) use self::future::{Asks, complete};
 pub use self::layer::{CircuitBreakerLayer, CircuitBreakerLayerBuilder, DEFAULT_MAX_KEYS};
 pub use self::service::CircuitBreaker;

@@ -6,12 +6,11 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::protocol::CollectCallFacts;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::future::ResponseFuture;
+use super::future::{Asks, ResponseFuture};
 use super::layer::CircuitBreakerLayer;
 use crate::state::{BreakerHandle, Striped};
 
@@ -91,8 +90,8 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         match self.breaker.try_acquire() {
             Ok(permit) => {
-                let facts = req.extensions().get::<CollectCallFacts>().is_some();
-                ResponseFuture::called(self.inner.call(req), permit, facts)
+                let asks = Asks::of(req.extensions());
+                ResponseFuture::called(self.inner.call(req), permit, asks)
             }
             Err(open) => ResponseFuture::rejected(open),
         }

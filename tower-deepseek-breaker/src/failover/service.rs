@@ -9,13 +9,12 @@ use http_body::Body;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer};
 use tower_deepseek_core::classify::ClassifiedResponse;
-use tower_deepseek_core::protocol::CollectCallFacts;
 use tower_service::Service;
 
 use super::balance::{Pick, Shared};
 use super::error::AllEndpointsUnavailable;
 use super::future::ResponseFuture;
-use crate::circuit_breaker::ResponseBody;
+use crate::circuit_breaker::{Asks, ResponseBody};
 
 /// Sends each request to one of several endpoints through one inner client. See the
 /// [module docs](crate::failover).
@@ -138,8 +137,8 @@ where
         // A permit dropped here (readiness failed) records nothing.
         ready(&mut inner).await?;
         let classifier = *permit.breaker().classifier();
-        let facts = request.extensions().get::<CollectCallFacts>().is_some();
-        let result = crate::circuit_breaker::complete(inner.call(request).await, permit, facts);
+        let asks = Asks::of(request.extensions());
+        let result = crate::circuit_breaker::complete(inner.call(request).await, permit, asks);
         let class = match &result {
             Ok(resp) if resp.status().is_success() => None,
             Ok(resp) => match classifier.classify_head(resp.status(), resp.headers()) {

@@ -5,12 +5,11 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tower_deepseek_core::BoxError;
-use tower_deepseek_core::protocol::CollectCallFacts;
 use tower_service::Service;
 
 use super::key::{DefaultKey, MakeKey, RequestHead};
 use super::layer::KeyedCircuitBreakerLayer;
-use crate::circuit_breaker::{ResponseBody, ResponseFuture};
+use crate::circuit_breaker::{Asks, ResponseBody, ResponseFuture};
 
 /// A service guarded by one circuit breaker per key. See [`KeyedCircuitBreakerLayer`].
 pub struct KeyedCircuitBreaker<S, M: MakeKey = DefaultKey> {
@@ -80,8 +79,8 @@ where
         let key = self.layer.make_key.make_key(&RequestHead::of(&req));
         match self.layer.registry.get(&key).try_acquire_owned() {
             Ok(permit) => {
-                let facts = req.extensions().get::<CollectCallFacts>().is_some();
-                ResponseFuture::called(self.inner.call(req), permit, facts)
+                let asks = Asks::of(req.extensions());
+                ResponseFuture::called(self.inner.call(req), permit, asks)
             }
             Err(open) => ResponseFuture::rejected(open),
         }

@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer_or_reject};
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
+use tower_deepseek_core::protocol::ShareVerdict;
 use tower_service::Service;
 
 use super::body::{BoxBody, FollowerBody, LeaderBody, ResponseBody};
@@ -500,6 +501,10 @@ where
 
     tracing::debug!(target: TARGET, key = %fkey.key, refresh, "miss; going upstream");
     metrics::request(Outcome::Miss.label());
+    // This layer judges the answer's end before storing it: the layer below that classifies
+    // it (the breaker) shares its verdict, so that it is parsed once.
+    let mut req = req;
+    req.extensions_mut().insert(ShareVerdict);
     let resp = inner.call(req).await.map_err(Into::into)?;
     let (mut parts, body) = resp.into_parts();
     parts

@@ -318,6 +318,7 @@ impl EosClassifier {
         self.summary.bytes += chunk.len() as u64;
         match &mut self.mode {
             Mode::Sse(parser) => {
+                scanned(chunk.len());
                 let summary = &mut self.summary;
                 let fill = self.fill_summary;
                 let model_seen = &mut self.model_seen;
@@ -439,6 +440,7 @@ impl EosClassifier {
                             &joined
                         }
                     };
+                    scanned(bytes.len());
                     let object = bytes
                         .iter()
                         .find(|b| !b.is_ascii_whitespace())
@@ -567,4 +569,26 @@ where
             cb(result, self.classifier.summary());
         }
     }
+}
+
+#[cfg(feature = "scan-counter")]
+static SCANNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Notes `n` answer bytes scanned by a classifier (SSE events as they pass, a JSON answer at
+/// its end). Nothing without the `scan-counter` feature.
+#[inline(always)]
+fn scanned(n: usize) {
+    #[cfg(feature = "scan-counter")]
+    SCANNED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "scan-counter"))]
+    let _ = n;
+}
+
+/// The answer bytes the end-of-body classifiers of this process have scanned so far (feature
+/// `scan-counter`): a test reads it before and after a call to check that an answer is parsed
+/// once however many layers judge it.
+#[cfg(feature = "scan-counter")]
+#[cfg_attr(docsrs, doc(cfg(feature = "scan-counter")))]
+pub fn bytes_scanned() -> u64 {
+    SCANNED.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -9,6 +9,7 @@ use http_body::Body;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{Buffered, ReplayBody};
 use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_core::protocol::ShareVerdict;
 use tower_service::Service;
 
 use super::body::ResponseBody;
@@ -83,7 +84,12 @@ where
         ResponseFuture {
             kind: Kind::Slow {
                 fut: Box::pin(async move {
-                    let (parts, body) = req.into_parts();
+                    let (mut parts, body) = req.into_parts();
+                    if shared.needs_body() {
+                        // The token settle reads the answer's usage: the layer below that
+                        // classifies it (the breaker) shares its reading.
+                        parts.extensions.insert(ShareVerdict);
+                    }
                     let tenant = parts.extensions.get::<TenantId>();
                     let (body, key, estimate) = if shared.needs_body() {
                         let limit = shared.cfg.body_limit;

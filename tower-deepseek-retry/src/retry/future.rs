@@ -15,7 +15,7 @@ use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{Buffered, BufferedBody, ReplayBody};
 use tower_deepseek_core::classify::{ClassifiedResponse, EndJudge, FailureClass};
 use tower_deepseek_core::error::IncompleteResponse;
-use tower_deepseek_core::protocol::{CredentialRefreshed, ReplayOn401};
+use tower_deepseek_core::protocol::{CredentialRefreshed, ReplayOn401, ShareVerdict};
 use tower_service::Service;
 
 use super::Attempts;
@@ -153,6 +153,10 @@ where
         if let Some(b) = &shared.budget {
             b.deposit_at(start);
         }
+        // This layer judges the answers' ends: the layer below that classifies them (the
+        // breaker) publishes its verdict, so that each answer is parsed once.
+        let mut parts = parts;
+        parts.extensions.insert(ShareVerdict);
         Self {
             state,
             service,
