@@ -1,6 +1,8 @@
 //! The stored form of an answer, and how it is replayed as JSON or as SSE. How a passing
 //! response is recorded into it: [`record`](crate::record).
 
+use std::sync::OnceLock;
+
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -60,18 +62,22 @@ pub(crate) struct StoredToolCall {
     pub(crate) arguments: String,
 }
 
-/// A cached answer, ready to replay: both forms are rendered once, at insertion.
-#[derive(Clone)]
+/// A cached answer. Nothing is rendered at insertion (a miss stores the stored form as it was
+/// recorded); each form is rendered once, the first time it is asked for: the JSON completion
+/// by a non-streaming hit, the SSE events by a streaming one, the compact stored bytes by the
+/// L2 write (off the request path) or given as read from L2.
 pub(crate) struct Entry {
+    stored: Stored,
     /// The compact stored form (what L2 holds).
-    pub(crate) stored: Bytes,
+    stored_bytes: OnceLock<Bytes>,
     /// The answer as a JSON completion.
-    pub(crate) json: Bytes,
-    /// The answer as SSE events, without the usage chunk and `[DONE]`.
-    pub(crate) sse: Bytes,
-    /// The usage chunk (`choices: []`), sent when the request asked for
-    /// `stream_options.include_usage`.
-    pub(crate) sse_usage: Option<Bytes>,
+    json: OnceLock<Bytes>,
+    /// The answer as SSE events without the usage chunk and `[DONE]`, and the usage chunk
+    /// (`choices: []`), sent when the request asked for `stream_options.include_usage`.
+    sse: OnceLock<(Bytes, Option<Bytes>)>,
+    /// What the L1 weigher counts: an estimate of all three forms, fixed at insertion so that
+    /// rendering later never changes an entry's weight.
+    weight: usize,
 }
 
 impl std::fmt::Debug for Entry {
@@ -83,9 +89,16 @@ impl std::fmt::Debug for Entry {
 }
 
 impl Entry {
-    pub(crate) fn from_stored(stored: &Stored) -> Entry {
-        let bytes = Bytes::from(serde_json::to_vec(stored).expect("stored form serialises"));
-        Entry::render(stored, bytes)
+    /// An entry of `stored`, nothing rendered yet.
+    pub(crate) fn new(stored: Stored) -> Entry {
+        let weight = estimate_weight(&stored);
+        Entry {
+            stored,
+            stored_bytes: OnceLock::new(),
+            json: OnceLock::new(),
+            sse: OnceLock::new(),
+            weight,
+        }
     }
 
     /// Parses the stored form read from L2. `None` if it is not ours (another version, garbage).
@@ -94,41 +107,80 @@ impl Entry {
         if stored.v != STORED_VERSION || stored.choices.is_empty() {
             return None;
         }
-        Some(Entry::render(&stored, bytes))
+        let entry = Entry::new(stored);
+        let _ = entry.stored_bytes.set(bytes);
+        Some(entry)
     }
 
-    fn render(stored: &Stored, bytes: Bytes) -> Entry {
-        let json = Bytes::from(render_json(stored).to_string());
-        let (sse, sse_usage) = render_sse(stored);
-        Entry {
-            stored: bytes,
-            json,
-            sse,
-            sse_usage,
-        }
+    /// The compact stored form (what L2 holds), serialised the first time it is asked for.
+    pub(crate) fn stored_bytes(&self) -> Bytes {
+        self.stored_bytes
+            .get_or_init(|| {
+                Bytes::from(serde_json::to_vec(&self.stored).expect("stored form serialises"))
+            })
+            .clone()
     }
 
-    /// Bytes held by this entry (what the L1 weigher counts), plus a fixed overhead.
+    /// The answer as a JSON completion, rendered the first time it is asked for.
+    pub(crate) fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(render_json(&self.stored).to_string()))
+            .clone()
+    }
+
+    fn sse(&self) -> &(Bytes, Option<Bytes>) {
+        self.sse.get_or_init(|| render_sse(&self.stored))
+    }
+
+    /// Bytes held by this entry (what the L1 weigher counts), estimated at insertion.
     pub(crate) fn weight(&self) -> usize {
-        self.stored.len()
-            + self.json.len()
-            + self.sse.len()
-            + self.sse_usage.as_ref().map_or(0, Bytes::len)
-            + 160
+        self.weight
     }
 
-    /// The body frames of an SSE replay.
+    /// The body frames of an SSE replay, the events rendered the first time they are asked for.
     pub(crate) fn sse_frames(&self, include_usage: bool) -> Vec<Bytes> {
+        let (events, usage) = self.sse();
         let mut frames = Vec::with_capacity(3);
-        frames.push(self.sse.clone());
+        frames.push(events.clone());
         if include_usage {
-            if let Some(u) = &self.sse_usage {
+            if let Some(u) = usage {
                 frames.push(u.clone());
             }
         }
         frames.push(Bytes::from_static(DONE_EVENT));
         frames
     }
+
+    /// Which forms are rendered: (stored bytes, JSON, SSE).
+    #[cfg(test)]
+    pub(crate) fn rendered(&self) -> (bool, bool, bool) {
+        (
+            self.stored_bytes.get().is_some(),
+            self.json.get().is_some(),
+            self.sse.get().is_some(),
+        )
+    }
+}
+
+/// The weight of an entry's three forms, estimated from its text: each form carries the text
+/// once (JSON-escaped), plus its own framing (ids, field names, one SSE event per chunk).
+fn estimate_weight(s: &Stored) -> usize {
+    let text: usize = s
+        .choices
+        .iter()
+        .map(|c| {
+            c.content.as_ref().map_or(0, String::len)
+                + c.reasoning_content.as_ref().map_or(0, String::len)
+                + c.tool_calls
+                    .iter()
+                    .map(|t| t.arguments.len() + t.name.len() + 64)
+                    .sum::<usize>()
+                + c.logprobs.as_ref().map_or(0, |v| v.to_string().len())
+                + 128
+        })
+        .sum();
+    let head = s.id.len() + s.model.len() + s.system_fingerprint.as_ref().map_or(0, String::len);
+    3 * (text + head + 256) + 160
 }
 
 fn render_json(s: &Stored) -> Value {

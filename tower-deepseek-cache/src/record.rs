@@ -407,22 +407,36 @@ mod tests {
     #[test]
     fn replayed_sse_records_back_to_the_same_answer() {
         let s = record(&stream_fixture(), true).unwrap();
-        let e = Entry::from_stored(&s);
+        let e = Entry::new(s.clone());
+        // Stored without rendering anything; each form is rendered when first asked for.
+        assert_eq!(e.rendered(), (false, false, false));
         let again = record(&e.sse_frames(true), true).expect("replay is a complete stream");
+        assert_eq!(e.rendered(), (false, false, true));
         assert_eq!(again, s);
         // Without usage requested, no usage chunk.
         let no_usage = record(&e.sse_frames(false), true).unwrap();
         assert!(no_usage.usage.is_none());
         // As JSON, the same answer.
-        let from_json = stored_from_json(&e.json, Kind::Chat).unwrap();
+        let from_json = stored_from_json(&e.json(), Kind::Chat).unwrap();
         assert_eq!(from_json, s);
+        assert_eq!(e.rendered(), (false, true, true));
         // And a JSON answer replays as SSE with the same content.
-        let e2 = Entry::from_stored(&from_json);
+        let e2 = Entry::new(from_json);
         assert_eq!(record(&e2.sse_frames(true), true).unwrap(), s);
-        // The stored bytes round-trip.
-        let e3 = Entry::from_stored_bytes(e.stored.clone()).unwrap();
-        assert_eq!(e3.json, e.json);
-        assert_eq!(e3.sse, e.sse);
+        // The stored bytes round-trip; read from L2, they are not serialised again.
+        let e3 = Entry::from_stored_bytes(e.stored_bytes()).unwrap();
+        assert_eq!(e3.rendered(), (true, false, false));
+        assert_eq!(e3.json(), e.json());
+        assert_eq!(e3.sse_frames(true), e.sse_frames(true));
+        // The weight is fixed at insertion, in the range of what the three forms hold.
+        let held = e.stored_bytes().len()
+            + e.json().len()
+            + e.sse_frames(true).iter().map(Bytes::len).sum::<usize>();
+        assert!(
+            e.weight() >= held / 2 && e.weight() <= held * 4,
+            "{} vs {held}",
+            e.weight()
+        );
     }
 
     #[test]
@@ -453,12 +467,12 @@ mod tests {
     fn text_completions_round_trip() {
         let body = json!({"id":"f","object":"text_completion","created":3,"model":"m","choices":[{"index":0,"text":"fn main","logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}});
         let s = stored_from_json(body.to_string().as_bytes(), Kind::Text).unwrap();
-        let e = Entry::from_stored(&s);
+        let e = Entry::new(s.clone());
         let mut r = Recorder::new(true, Kind::Text, 1 << 20);
         for f in e.sse_frames(true) {
             r.on_data(&f);
         }
         assert_eq!(r.finish().unwrap(), s);
-        assert_eq!(stored_from_json(&e.json, Kind::Text).unwrap(), s);
+        assert_eq!(stored_from_json(&e.json(), Kind::Text).unwrap(), s);
     }
 }

@@ -166,7 +166,7 @@ impl LeaderBody {
             if let Some((recorder, mut judge)) = self.recording.take() {
                 if judge.finish().is_ok() {
                     if let Some(stored) = recorder.finish() {
-                        self.shared.store(&self.fkey.key, &stored);
+                        self.shared.store(&self.fkey.key, stored);
                     }
                 }
             }

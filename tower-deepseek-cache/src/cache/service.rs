@@ -151,17 +151,20 @@ impl Shared {
     }
 
     /// Stores a complete answer in L1, and (in the background) in L2.
-    pub(crate) fn store(self: &Arc<Self>, key: &CacheKey, stored: &Stored) {
-        let entry = Arc::new(Entry::from_stored(stored));
+    ///
+    /// Nothing is rendered here: the entry renders each form when a hit first asks for it,
+    /// and the L2 write serialises the stored form in its own task, off the request path.
+    pub(crate) fn store(self: &Arc<Self>, key: &CacheKey, stored: Stored) {
+        let entry = Arc::new(Entry::new(stored));
         #[cfg(feature = "redis")]
         if self.l2.is_some() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let bytes = entry.stored.clone();
+                let entry = entry.clone();
                 let key = *key;
                 let shared = self.clone();
                 handle.spawn(async move {
                     if let Some(l2) = &shared.l2 {
-                        if l2.set(&key, bytes).await {
+                        if l2.set(&key, entry.stored_bytes()).await {
                             metrics::stored("l2");
                         }
                     }
@@ -356,10 +359,7 @@ fn replay<B>(entry: &Entry, fkey: &FlightKey, outcome: Outcome) -> Response<Resp
             "text/event-stream",
         )
     } else {
-        (
-            ResponseBody::replay(vec![entry.json.clone()]),
-            "application/json",
-        )
+        (ResponseBody::replay(vec![entry.json()]), "application/json")
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
