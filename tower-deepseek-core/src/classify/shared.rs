@@ -263,6 +263,9 @@ struct Reader {
     fed: usize,
     /// The shared outcome was taken (at the end).
     accepted: Option<BodyOutcome>,
+    /// The end was judged by the own classifier: the slot is not looked at again, so that a
+    /// verdict published later cannot change an answer already given.
+    own: bool,
 }
 
 impl EndJudge {
@@ -276,6 +279,7 @@ impl EndJudge {
                     seen: FrameTrace::new(),
                     fed: 0,
                     accepted: None,
+                    own: false,
                 })
             }),
         }
@@ -337,9 +341,12 @@ impl EndJudge {
             if let Some(o) = &r.accepted {
                 return o.result.clone();
             }
-            if let Some(o) = r.slot.verdict_for(&r.seen) {
-                r.accepted = Some(o.clone());
-                return o.result.clone();
+            if !r.own {
+                if let Some(o) = r.slot.verdict_for(&r.seen) {
+                    r.accepted = Some(o.clone());
+                    return o.result.clone();
+                }
+                r.own = true;
             }
         }
         self.catch_up();
@@ -353,12 +360,15 @@ impl EndJudge {
             if let Some(Err(c)) = r.accepted.as_ref().map(|o| &o.result) {
                 return c.clone();
             }
-            if let Some(o) = r.slot.verdict_for(&r.seen) {
-                if let Err(c) = &o.result {
-                    let c = c.clone();
-                    r.accepted = Some(o.clone());
-                    return c;
+            if !r.own {
+                if let Some(o) = r.slot.verdict_for(&r.seen) {
+                    if let Err(c) = &o.result {
+                        let c = c.clone();
+                        r.accepted = Some(o.clone());
+                        return c;
+                    }
                 }
+                r.own = true;
             }
         }
         self.catch_up();
@@ -488,6 +498,28 @@ mod tests {
         j.on_data(&frames[0]);
         assert_eq!(j.classifier().summary().events, 1);
         assert!(!j.has_shared());
+    }
+
+    #[test]
+    fn an_end_judged_here_stays_judged_here() {
+        let frames = sse(&[E1, E2, DONE]);
+        let slot = SharedOutcome::new();
+        let mut j = EndJudge::new(eos("text/event-stream"), Some(slot.clone()));
+        for f in &frames {
+            j.on_data(f);
+        }
+        // Not published yet: judged by the own classifier.
+        assert_eq!(j.finish(), Ok(()));
+        // Published afterwards (about the same frames): the answer given does not change.
+        let mut t = FrameTrace::new();
+        frames.iter().for_each(|f| t.record(f));
+        slot.publish(
+            Err(FailureClass::InBandError),
+            ResponseSummary::default(),
+            t,
+        );
+        assert_eq!(j.finish(), Ok(()));
+        assert!(!j.used_shared());
     }
 
     #[test]
