@@ -310,10 +310,7 @@ impl EndJudge {
     pub fn on_data_now(&mut self, chunk: &Bytes) {
         if let Some(r) = &mut self.shared {
             r.seen.record(chunk);
-            for f in r.seen.iter().skip(r.fed) {
-                self.eos.on_data(f);
-            }
-            r.fed = r.seen.len();
+            self.catch_up();
         } else {
             self.eos.on_data(chunk);
         }

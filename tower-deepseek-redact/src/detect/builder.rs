@@ -75,13 +75,7 @@ impl DetectorsBuilder {
         W: AsRef<str>,
     {
         if let Some(k) = Kind::from_entity(entity) {
-            let c = &mut self.context[k as usize].positive;
-            c.extend(
-                words
-                    .into_iter()
-                    .map(|w| w.as_ref().to_ascii_lowercase().into_bytes()),
-            );
-            c.retain(|w| !w.is_empty());
+            add_words(&mut self.context[k as usize].positive, words);
         }
         self
     }
@@ -94,13 +88,7 @@ impl DetectorsBuilder {
         W: AsRef<str>,
     {
         if let Some(k) = Kind::from_entity(entity) {
-            let c = &mut self.context[k as usize].negative;
-            c.extend(
-                words
-                    .into_iter()
-                    .map(|w| w.as_ref().to_ascii_lowercase().into_bytes()),
-            );
-            c.retain(|w| !w.is_empty());
+            add_words(&mut self.context[k as usize].negative, words);
         }
         self
     }
@@ -177,4 +165,18 @@ impl DetectorsBuilder {
             }),
         })
     }
+}
+
+/// Adds `words` to a context word list, lower-cased (ASCII), empty words dropped.
+fn add_words<I, W>(list: &mut Vec<Vec<u8>>, words: I)
+where
+    I: IntoIterator<Item = W>,
+    W: AsRef<str>,
+{
+    list.extend(
+        words
+            .into_iter()
+            .map(|w| w.as_ref().to_ascii_lowercase().into_bytes()),
+    );
+    list.retain(|w| !w.is_empty());
 }
