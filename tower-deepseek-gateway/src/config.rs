@@ -27,7 +27,7 @@
 //! [rate_limit]    # tower_deepseek_retry::rate_limit::RateLimitConfig (defaults for keys without own limits)
 //! requests_per_minute = 3000
 //! key_by = "tenant"
-//! [cache]         # tower_deepseek_cache::CacheConfig (`--redis` sets redis_url)
+//! [cache]         # tower_deepseek_cache::CacheConfig (`--redis` sets redis_url; also the OAuth2 token store)
 //! l1_ttl_ms = 300000
 //! [breaker]       # tower_deepseek_breaker::CircuitBreakerConfig
 //! failure_rate_threshold = 50.0
@@ -42,6 +42,7 @@
 //! ```
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -60,6 +61,8 @@ use tower_deepseek::retry::timeout::TimeoutConfig;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct GatewayConfig {
+    /// The upstream's base URL (`--upstream`). Default `https://api.deepseek.com`.
+    pub upstream: Option<String>,
     /// The gateway's own server settings.
     pub server: ServerConfig,
     /// Client keys allowed in. Empty: any client, and only on a loopback address.
@@ -91,6 +94,8 @@ pub struct GatewayConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServerConfig {
+    /// The address to listen on (`--listen`). Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
     /// After SIGTERM, how long requests and streams in flight may take to finish. Default 30 000.
     pub drain_timeout_ms: u64,
     /// Proxies (CIDR) whose `x-forwarded-for` is believed for the client IP. Default none.
@@ -128,6 +133,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             drain_timeout_ms: 30_000,
             trusted_proxies: Vec::new(),
             allow_open_non_loopback: false,
@@ -248,7 +254,7 @@ impl Default for LayersConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AuditConfig {
-    /// The JSON Lines file (`--audit-log` wins).
+    /// The JSON Lines file (`--audit-log`).
     pub path: Option<PathBuf>,
     /// Rotate at this size. Default 100 MiB.
     pub max_bytes: u64,

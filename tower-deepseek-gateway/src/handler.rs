@@ -245,7 +245,8 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
         let res = refuse(&s, req, res).await;
         return finish(&s, route, start, guard, res, request_id);
     }
-    let client = match s.keys.check(req.headers()) {
+    let live = s.live();
+    let client = match live.keys.check(req.headers()) {
         inbound::Verdict::Allowed(c) => c,
         inbound::Verdict::Missing => {
             let res = error::json_error(
@@ -335,7 +336,7 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
     };
     let req = Request::from_parts(parts, Body::new(body));
     let mut audit_refused = None;
-    let res = match s.service.clone().oneshot(req).await {
+    let res = match live.service.clone().oneshot(req).await {
         // The one allocation for the body's type on the way out: axum's `Body`.
         Ok(res) => wrap_non_json_error(res.map(Body::new)),
         Err(e) => {

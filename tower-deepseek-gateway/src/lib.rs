@@ -50,6 +50,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{get, post};
 use secrecy::SecretString;
@@ -62,12 +63,16 @@ pub mod config;
 mod error;
 mod handler;
 pub mod inbound;
+mod reload;
 mod server;
+pub mod sources;
 mod stack;
 mod stream;
 pub mod telemetry;
 
 pub use config::GatewayConfig;
+pub use reload::{Reloader, reload_on_sighup};
+pub use sources::{LoadError, Overrides};
 
 /// Everything the gateway needs to start.
 #[derive(Debug, Clone)]
@@ -77,11 +82,12 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The upstream's base URL.
     pub upstream: String,
-    /// The configuration (file).
+    /// The configuration (see [`sources`] for the merge of file, environment and flags).
     pub config: GatewayConfig,
-    /// Redis for the L2 cache and the shared OAuth2 token.
+    /// Redis for the L2 cache and the shared OAuth2 token: when set, replaces
+    /// `config.cache.redis_url`.
     pub redis: Option<String>,
-    /// The audit log (JSON Lines).
+    /// The audit log (JSON Lines): when set, replaces `config.audit.path`.
     pub audit_log: Option<PathBuf>,
     /// The upstream API key (`DEEPSEEK_API_KEY`).
     pub api_key: Option<SecretString>,
@@ -97,6 +103,20 @@ impl Options {
             redis: None,
             audit_log: None,
             api_key: None,
+        }
+    }
+
+    /// The options of a merged configuration: its `server.listen` and `upstream` (default
+    /// `https://api.deepseek.com`), no upstream key.
+    pub fn from_config(config: GatewayConfig) -> Self {
+        Self {
+            listen: config.server.listen,
+            upstream: config
+                .upstream
+                .clone()
+                .unwrap_or_else(|| "https://api.deepseek.com".to_owned()),
+            config,
+            ..Self::new()
         }
     }
 
@@ -228,15 +248,28 @@ impl Route {
     }
 }
 
-struct Shared {
+/// What a reload replaces, as one snapshot: a request sees the keys and the limits of the
+/// same configuration.
+struct Live {
     keys: inbound::Keys,
+    service: stack::Svc,
+}
+
+struct Shared {
+    live: ArcSwap<Live>,
     meta: MetadataConfig,
     max_header_bytes: usize,
     max_body_bytes: usize,
     body_read_timeout: Duration,
-    service: stack::Svc,
     classifier: Classifier,
     audit_layer: Option<AuditLayer>,
+}
+
+impl Shared {
+    /// The running keys and stack (the ones of the last successful reload).
+    fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
 }
 
 /// A configured gateway, ready to [`serve`](Gateway::serve).
@@ -248,6 +281,7 @@ pub struct Gateway {
     open: bool,
     allow_open_non_loopback: bool,
     wired: Vec<&'static str>,
+    reloader: Reloader,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -268,14 +302,46 @@ impl Gateway {
     /// [`StartError`]: no keys on a non-loopback address, an invalid key hash, upstream URL or
     /// layer configuration.
     pub fn new(options: Options) -> Result<Self, StartError> {
+        Self::build(options, stack::AuditSink::File)
+    }
+
+    /// Checks `options` as [`new`](Self::new) does (every layer's builder, the keys, the
+    /// upstream URL, the server bounds) without opening the audit log or listening; returns
+    /// the layers that would be wired, outermost first. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The [`StartError`] that [`new`](Self::new) would return (short of the audit log's file
+    /// itself: only its directory is checked).
+    pub fn check(options: Options) -> Result<Vec<&'static str>, StartError> {
+        let gw = Self::build(options, stack::AuditSink::DryRun)?;
+        Ok(gw.wired)
+    }
+
+    fn build(options: Options, sink: stack::AuditSink) -> Result<Self, StartError> {
         let Options {
             listen,
             upstream,
-            config: cfg,
+            config: mut cfg,
             redis,
             audit_log,
             api_key,
         } = options;
+        if let Some(url) = redis {
+            cfg.cache.redis_url = Some(url);
+        }
+        if let Some(path) = audit_log {
+            cfg.audit.path = Some(path);
+        }
+        if let (true, Some(path)) = (cfg.layers.audit, &cfg.audit.path) {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return Err(StartError::Layer {
+                    layer: "audit",
+                    message: format!("path: the directory of {} does not exist", path.display()),
+                });
+            }
+        }
         let keys = inbound::Keys::new(&cfg.keys).map_err(|e| StartError::Keys(e.to_string()))?;
         let open = keys.is_empty();
         if open && !listen.ip().is_loopback() && !cfg.server.allow_open_non_loopback {
@@ -315,23 +381,19 @@ impl Gateway {
         };
         // The recorder must exist before the layers register their metrics.
         telemetry::handle();
-        let built = stack::build(
-            &cfg,
-            &upstream,
-            &credential,
-            redis.as_deref(),
-            audit_log.as_deref(),
-        )?;
+        let built = stack::build(&cfg, &upstream, &credential, sink)?;
         if open {
             tracing::warn!(target: "tower_deepseek_gateway", "no client keys configured: serving any client, on a loopback address only");
         }
         let shared = Arc::new(Shared {
-            keys,
+            live: ArcSwap::from_pointee(Live {
+                keys,
+                service: built.service,
+            }),
             meta,
             max_header_bytes: cfg.server.max_header_bytes,
             max_body_bytes: cfg.server.max_body_bytes,
             body_read_timeout: Duration::from_millis(cfg.server.body_read_timeout_ms),
-            service: built.service,
             classifier: Classifier::new(),
             audit_layer: built.audit_layer,
         });
@@ -345,7 +407,13 @@ impl Gateway {
             .route("/metrics", get(metrics_page))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
-            .with_state(shared);
+            .with_state(shared.clone());
+        let reloader = Reloader::new(
+            shared,
+            built.fixed,
+            listen,
+            cfg.server.allow_open_non_loopback,
+        );
         Ok(Self {
             router,
             audit: built.audit,
@@ -359,7 +427,14 @@ impl Gateway {
             open,
             allow_open_non_loopback: cfg.server.allow_open_non_loopback,
             wired: built.wired,
+            reloader,
         })
+    }
+
+    /// The handle that reloads the client keys and the limits of a running gateway (the
+    /// binary calls it on SIGHUP). Cheap to clone.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The layers wired, outermost first (`audit`, `redact`, `cache_l1`, ..., `client`).
