@@ -75,8 +75,13 @@ pub use config::GatewayConfig;
 pub struct Options {
     /// The address to listen on (checked against the inbound-key rule).
     pub listen: SocketAddr,
-    /// The upstream's base URL.
+    /// The upstream's base URL, when neither [`upstreams`](Self::upstreams) nor the
+    /// configuration's `[[upstreams]]` name any.
     pub upstream: String,
+    /// Upstream base URLs given on the command line (`--upstream`, repeated): each weight 1
+    /// with the global credential. When not empty they replace the configuration's
+    /// `[[upstreams]]` (a flag wins over the file).
+    pub upstreams: Vec<String>,
     /// The configuration (file).
     pub config: GatewayConfig,
     /// Redis for the L2 cache and the shared OAuth2 token.
@@ -93,6 +98,7 @@ impl Options {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream: "https://api.deepseek.com".to_owned(),
+            upstreams: Vec::new(),
             config: GatewayConfig::default(),
             redis: None,
             audit_log: None,
@@ -111,6 +117,13 @@ impl Options {
     #[must_use]
     pub fn upstream(mut self, url: impl Into<String>) -> Self {
         self.upstream = url.into();
+        self
+    }
+
+    /// Adds an upstream base URL (as `--upstream` repeated; see [`upstreams`](Self::upstreams)).
+    #[must_use]
+    pub fn add_upstream(mut self, url: impl Into<String>) -> Self {
+        self.upstreams.push(url.into());
         self
     }
 
@@ -271,11 +284,14 @@ impl Gateway {
         let Options {
             listen,
             upstream,
+            upstreams,
             config: cfg,
             redis,
             audit_log,
             api_key,
         } = options;
+        // Until the active-active pool is wired: the first upstream given.
+        let upstream = upstreams.into_iter().next().unwrap_or(upstream);
         let keys = inbound::Keys::new(&cfg.keys).map_err(|e| StartError::Keys(e.to_string()))?;
         let open = keys.is_empty();
         if open && !listen.ip().is_loopback() && !cfg.server.allow_open_non_loopback {

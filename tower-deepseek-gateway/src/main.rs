@@ -31,9 +31,10 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Base URL of the upstream API.
-    #[arg(long, default_value = "https://api.deepseek.com")]
-    upstream: String,
+    /// Base URL of an upstream API; repeat for active-active upstreams (replaces the config
+    /// file's `[[upstreams]]`). Default `https://api.deepseek.com` when neither names one.
+    #[arg(long)]
+    upstream: Vec<String>,
     /// TOML configuration file (client keys and every layer's settings).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -125,10 +126,10 @@ async fn start(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => GatewayConfig::load(path)?,
         None => GatewayConfig::default(),
     };
-    let mut options = Options::new()
-        .listen(cli.listen)
-        .upstream(cli.upstream)
-        .config(config);
+    let mut options = Options::new().listen(cli.listen).config(config);
+    for url in cli.upstream {
+        options = options.add_upstream(url);
+    }
     if let Some(url) = cli.redis {
         options = options.redis(url);
     }
