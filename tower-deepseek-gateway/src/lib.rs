@@ -80,8 +80,13 @@ pub use sources::{LoadError, Overrides};
 pub struct Options {
     /// The address to listen on (checked against the inbound-key rule).
     pub listen: SocketAddr,
-    /// The upstream's base URL.
+    /// The upstream's base URL, when neither [`upstreams`](Self::upstreams) nor the
+    /// configuration's `[[upstreams]]` name any.
     pub upstream: String,
+    /// Upstream base URLs given on the command line (`--upstream`, repeated): each weight 1
+    /// with the global credential. When not empty they replace the configuration's
+    /// `[[upstreams]]` (a flag wins over the file).
+    pub upstreams: Vec<String>,
     /// The configuration (see [`sources`] for the merge of file, environment and flags).
     pub config: GatewayConfig,
     /// Redis for the L2 cache and the shared OAuth2 token: when set, replaces
@@ -99,6 +104,7 @@ impl Options {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream: "https://api.deepseek.com".to_owned(),
+            upstreams: Vec::new(),
             config: GatewayConfig::default(),
             redis: None,
             audit_log: None,
@@ -106,15 +112,11 @@ impl Options {
         }
     }
 
-    /// The options of a merged configuration: its `server.listen` and `upstream` (default
-    /// `https://api.deepseek.com`), no upstream key.
+    /// The options of a merged configuration ([`sources::load`]): its `server.listen`, its
+    /// `[[upstreams]]`, no upstream key.
     pub fn from_config(config: GatewayConfig) -> Self {
         Self {
             listen: config.server.listen,
-            upstream: config
-                .upstream
-                .clone()
-                .unwrap_or_else(|| "https://api.deepseek.com".to_owned()),
             config,
             ..Self::new()
         }
@@ -131,6 +133,13 @@ impl Options {
     #[must_use]
     pub fn upstream(mut self, url: impl Into<String>) -> Self {
         self.upstream = url.into();
+        self
+    }
+
+    /// Adds an upstream base URL (as `--upstream` repeated; see [`upstreams`](Self::upstreams)).
+    #[must_use]
+    pub fn add_upstream(mut self, url: impl Into<String>) -> Self {
+        self.upstreams.push(url.into());
         self
     }
 
@@ -322,11 +331,18 @@ impl Gateway {
         let Options {
             listen,
             upstream,
+            upstreams,
             config: mut cfg,
             redis,
             audit_log,
             api_key,
         } = options;
+        // Until the active-active pool is wired: the first upstream given.
+        let upstream = upstreams
+            .into_iter()
+            .next()
+            .or_else(|| cfg.upstreams.first().map(|u| u.url.clone()))
+            .unwrap_or(upstream);
         if let Some(url) = redis {
             cfg.cache.redis_url = Some(url);
         }

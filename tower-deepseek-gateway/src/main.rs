@@ -42,9 +42,10 @@ struct Cli {
     /// Address to listen on (`server.listen`; default 127.0.0.1:8080).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Base URL of the upstream API (`upstream`; default https://api.deepseek.com).
+    /// Base URL of an upstream API; repeat for active-active upstreams (`upstreams`: they
+    /// replace the file's `[[upstreams]]`). Default https://api.deepseek.com when none is named.
     #[arg(long)]
-    upstream: Option<String>,
+    upstream: Vec<String>,
     /// TOML configuration file (client keys and every layer's settings).
     #[arg(long, env = "DEEPSEEK_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
@@ -67,7 +68,7 @@ impl Cli {
     fn overrides(&self) -> Overrides {
         let mut o = Overrides::new();
         o.listen = self.listen;
-        o.upstream = self.upstream.clone();
+        o.upstreams = self.upstream.clone();
         o.redis = self.redis.clone();
         o.audit_log = self.audit_log.clone();
         o.set = self.set.clone();

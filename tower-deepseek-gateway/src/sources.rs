@@ -9,8 +9,9 @@
 //! | environment | [`ENV_PREFIX`], then the path in upper case, tables separated by [`ENV_SEPARATOR`] | `DEEPSEEK_GATEWAY_RETRY__MAX_ATTEMPTS=3` |
 //! | command line | `--set PATH=VALUE` (repeatable), or a dedicated flag | `--set retry.max_attempts=3` |
 //!
-//! The dedicated flags are shorthands for a path: `--listen` is `server.listen`, `--upstream` is
-//! `upstream`, `--redis` is `cache.redis_url`, `--audit-log` is `audit.path`. Values from the
+//! The dedicated flags are shorthands for a path: `--listen` is `server.listen`, `--upstream`
+//! (repeatable) is `upstreams` (`[{ url = "…" }, …]`, weight 1 each), `--redis` is
+//! `cache.redis_url`, `--audit-log` is `audit.path`. Values from the
 //! environment and `--set` are read like TOML values (`3`, `true`, `[1, 2]`,
 //! `{ sha256 = "…", tenant = "acme" }`), and anything that does not parse is a string. A
 //! table given by a higher source is merged key by key into the lower ones; an array
@@ -44,8 +45,9 @@ pub const ENV_CONFIG_FILE: &str = "DEEPSEEK_GATEWAY_CONFIG";
 pub struct Overrides {
     /// `--listen` (`server.listen`).
     pub listen: Option<SocketAddr>,
-    /// `--upstream` (`upstream`).
-    pub upstream: Option<String>,
+    /// `--upstream`, repeated (`upstreams`: `[{ url = … }, …]`, replacing the lower sources'
+    /// `[[upstreams]]` whole).
+    pub upstreams: Vec<String>,
     /// `--redis` (`cache.redis_url`).
     pub redis: Option<String>,
     /// `--audit-log` (`audit.path`).
@@ -253,8 +255,13 @@ pub fn figment(file: Option<&Path>, flags: &Overrides) -> Result<Figment, LoadEr
     if let Some(addr) = flags.listen {
         fig = fig.merge(Serialized::default("server.listen", addr.to_string()));
     }
-    if let Some(url) = &flags.upstream {
-        fig = fig.merge(Serialized::default("upstream", url));
+    if !flags.upstreams.is_empty() {
+        let list: Vec<std::collections::BTreeMap<&str, &str>> = flags
+            .upstreams
+            .iter()
+            .map(|url| [("url", url.as_str())].into())
+            .collect();
+        fig = fig.merge(Serialized::default("upstreams", list));
     }
     if let Some(url) = &flags.redis {
         fig = fig.merge(Serialized::default("cache.redis_url", url));
