@@ -162,13 +162,18 @@ fn a_bad_value_names_its_variable_or_flag_and_never_the_value() {
             None,
             &flags(&["retry.max_attempts=2", "server.max_connections=sk-secret"]),
         )
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("command line") && e.contains("server.max_connections"), "{e}");
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("command line") && e.contains("server.max_connections"),
+            "{e}"
+        );
         assert!(!e.contains("sk-secret"), "{e}");
 
         jail.set_env("DEEPSEEK_GATEWAY_NO_SUCH_SETTING", "1");
-        let e = load(None, &flags(&["retry.max_attempts=2"])).unwrap_err().to_string();
+        let e = load(None, &flags(&["retry.max_attempts=2"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no_such_setting"), "{e}");
         Ok(())
     });
@@ -177,7 +182,10 @@ fn a_bad_value_names_its_variable_or_flag_and_never_the_value() {
 #[test]
 fn a_broken_file_is_reported_with_its_line_and_field() {
     Jail::expect_with(|jail| {
-        jail.create_file("bad.toml", "[server]\nmax_connections = 5\n\n[retry]\nmax_atempts = 3\n")?;
+        jail.create_file(
+            "bad.toml",
+            "[server]\nmax_connections = 5\n\n[retry]\nmax_atempts = 3\n",
+        )?;
         let e = load(Some("bad.toml"), &Overrides::new()).unwrap_err();
         let LoadError::File { line, field, .. } = &e else {
             panic!("{e:?}")
@@ -188,7 +196,11 @@ fn a_broken_file_is_reported_with_its_line_and_field() {
             e.to_string(),
             "bad.toml:5: invalid configuration at field `retry.max_atempts`"
         );
-        assert!(e.report().contains("unknown field `max_atempts`"), "{}", e.report());
+        assert!(
+            e.report().contains("unknown field `max_atempts`"),
+            "{}",
+            e.report()
+        );
 
         jail.create_file("type.toml", "[server]\nmax_connections = \"many\"\n")?;
         let e = load(Some("type.toml"), &Overrides::new()).unwrap_err();
@@ -204,7 +216,13 @@ fn a_broken_file_is_reported_with_its_line_and_field() {
 async fn the_redis_option_wins_over_the_file() {
     let cfg = GatewayConfig::from_toml("[cache]\nredis_url = \"not a url\"\n").unwrap();
     // The file's value alone is invalid ...
-    assert!(Options::from_config(cfg.clone()).config.cache.redis_url.is_some());
+    assert!(
+        Options::from_config(cfg.clone())
+            .config
+            .cache
+            .redis_url
+            .is_some()
+    );
     assert!(tower_deepseek_gateway::Gateway::check(Options::from_config(cfg.clone())).is_err());
     // ... and the option replaces it.
     let layers = tower_deepseek_gateway::Gateway::check(
@@ -263,12 +281,21 @@ fn check_config_on_a_broken_file_exits_1_with_the_line_and_the_field() {
     // An unknown key.
     let (code, out) = check_config("[layers]\ncache = true\n[retry]\nmax_atempts = 3\n", &[]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.starts_with("FILE:4: invalid configuration at field `retry.max_atempts`"), "{out}");
+    assert!(
+        out.starts_with("FILE:4: invalid configuration at field `retry.max_atempts`"),
+        "{out}"
+    );
 
     // A value a layer's builder refuses: the table's line and the field.
-    let (code, out) = check_config("[server]\nmax_connections = 5\n\n[retry]\nmax_attempts = 0\n", &[]);
+    let (code, out) = check_config(
+        "[server]\nmax_connections = 5\n\n[retry]\nmax_attempts = 0\n",
+        &[],
+    );
     assert_eq!(code, 1, "{out}");
-    assert!(out.starts_with("FILE:4: invalid [retry] configuration"), "{out}");
+    assert!(
+        out.starts_with("FILE:4: invalid [retry] configuration"),
+        "{out}"
+    );
     assert!(out.contains("max_attempts"), "{out}");
 
     // A bad key hash.
@@ -279,5 +306,8 @@ fn check_config_on_a_broken_file_exits_1_with_the_line_and_the_field() {
     // The environment is merged as at start: its error names the variable.
     let (code, out) = check_config("", &[("DEEPSEEK_GATEWAY_RETRY__MAX_ATTEMPTS", "x")]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("DEEPSEEK_GATEWAY_RETRY__MAX_ATTEMPTS"), "{out}");
+    assert!(
+        out.contains("DEEPSEEK_GATEWAY_RETRY__MAX_ATTEMPTS"),
+        "{out}"
+    );
 }
