@@ -52,10 +52,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
-use tower_deepseek::core::classify::Classifier;
 use tower_deepseek::core::meta::MetadataConfig;
 use tower_deepseek::redact::audit::{AuditHandle, AuditLayer};
 
@@ -63,6 +62,7 @@ pub mod config;
 mod error;
 mod handler;
 pub mod inbound;
+mod layers;
 mod reload;
 mod server;
 pub mod sources;
@@ -270,7 +270,6 @@ struct Shared {
     max_header_bytes: usize,
     max_body_bytes: usize,
     body_read_timeout: Duration,
-    classifier: Classifier,
     audit_layer: Option<AuditLayer>,
 }
 
@@ -410,20 +409,21 @@ impl Gateway {
             max_header_bytes: cfg.server.max_header_bytes,
             max_body_bytes: cfg.server.max_body_bytes,
             body_read_timeout: Duration::from_millis(cfg.server.body_read_timeout_ms),
-            classifier: Classifier::new(),
             audit_layer: built.audit_layer,
         });
         let router = Router::new()
-            .route("/v1/chat/completions", post(chat))
-            .route("/chat/completions", post(chat))
-            .route("/v1/models", get(models))
-            .route("/models", get(models))
-            .route("/beta/completions", post(fim))
+            .route(
+                "/v1/chat/completions",
+                layers::proxied(&shared, Route::Chat),
+            )
+            .route("/chat/completions", layers::proxied(&shared, Route::Chat))
+            .route("/v1/models", layers::proxied(&shared, Route::Models))
+            .route("/models", layers::proxied(&shared, Route::Models))
+            .route("/beta/completions", layers::proxied(&shared, Route::Fim))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics_page))
             .fallback(not_found)
-            .method_not_allowed_fallback(method_not_allowed)
-            .with_state(shared.clone());
+            .method_not_allowed_fallback(method_not_allowed);
         let reloader = Reloader::new(
             shared,
             built.fixed,
