@@ -1,5 +1,5 @@
 //! Inbound authentication: which clients may use the gateway, and which tenant each one is;
-//! and the layer that admits a request ([`InboundLayer`]: header size, client key).
+//! and the layer that admits a request (`InboundLayer`: header size, client key).
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -43,7 +43,7 @@ struct Cli {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Base URL of an upstream API; repeat for active-active upstreams (`upstreams`: they
-    /// replace the file's `[[upstreams]]`). Default https://api.deepseek.com when none is named.
+    /// replace the file's `[[upstreams]]`). Default `https://api.deepseek.com` when none is named.
     #[arg(long)]
     upstream: Vec<String>,
     /// TOML configuration file (client keys and every layer's settings).

@@ -1,5 +1,5 @@
 //! Where the configuration comes from: the TOML file, the environment and the command line,
-//! merged by [figment] with one precedence for every setting:
+//! merged by the `figment` crate with one precedence for every setting:
 //!
 //! **command line > environment > file > built-in default.**
 //!
