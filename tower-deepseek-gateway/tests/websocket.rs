@@ -93,10 +93,23 @@ async fn close_frame(ws: &mut Ws) -> (u16, String) {
     frame
 }
 
-/// Closes from the client's side and waits for the gateway's close frame.
+/// Closes from the client's side: the gateway answers with its close frame, then the stream
+/// ends cleanly (no reset without a closing handshake).
 async fn bye(mut ws: Ws) {
     ws.close(None).await.unwrap();
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    let mut answered = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("the gateway answers the close")
+        {
+            Some(Ok(Message::Close(_))) => answered = true,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("closing handshake failed: {e}"),
+            None => break,
+        }
+    }
+    assert!(answered, "the gateway sent its close frame back");
 }
 
 fn is_final(m: &Value) -> bool {
@@ -247,8 +260,27 @@ async fn two_requests_run_at_once_on_one_connection_each_tagged_and_whole() {
 async fn pii_is_masked_upstream_restored_in_the_messages_and_each_request_audited() {
     let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
     let (dir, log) = temp_log();
-    let gw = start(&upstream.url(), config(""), Some(&log)).await;
-    let mut ws = connect(&gw).await;
+    // Behind a trusted proxy: the client IP of every request on the connection is the one the
+    // upgrade request was forwarded for.
+    let text = format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[[keys]]\nsha256 = \"{}\"\ntenant = \"acme\"\n",
+        sha256_hex(CLIENT_KEY)
+    );
+    let gw = start(
+        &upstream.url(),
+        GatewayConfig::from_toml(&text).unwrap(),
+        Some(&log),
+    )
+    .await;
+    let mut ws = connect_with(
+        &gw,
+        &[
+            ("authorization", &format!("Bearer {CLIENT_KEY}")),
+            ("x-forwarded-for", "203.0.113.7"),
+        ],
+    )
+    .await
+    .unwrap();
 
     let prompt = format!("mail {EMAIL} or call {PHONE}");
     send(&mut ws, ask("s", &prompt, true)).await;
@@ -298,6 +330,8 @@ async fn pii_is_masked_upstream_restored_in_the_messages_and_each_request_audite
         assert_eq!(r["status"], 200);
         assert_eq!(r["outcome"], "ok");
         assert!(r["pii"]["EMAIL"].as_u64() >= Some(1), "{r}");
+        assert_eq!(r["client_ip"], "203.0.113.7");
+        assert!(r["tenant"].is_string());
         // The record's request id is the one the done message gave.
         assert!(ids.contains(&r["request_id"]), "{r} {ids:?}");
     }

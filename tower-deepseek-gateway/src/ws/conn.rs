@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::{Id, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use tower_deepseek::core::meta::ClientIp;
+use tower_deepseek::core::meta::{ClientIp, TenantId};
 
 use super::message::{self, gateway_error};
 use super::{Runtime, answer};
@@ -38,6 +38,9 @@ pub(crate) struct Conn {
     /// The client's credential headers, copied onto each request (the proxy checks them
     /// again: a key removed from the configuration stops working on open connections too).
     pub(crate) credentials: HeaderMap,
+    /// The client's tenant, as the check at the upgrade found it (set on each request, so
+    /// that limits, cache scope and audit never depend on where the check runs).
+    pub(crate) tenant: Option<TenantId>,
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) client_ip: Option<ClientIp>,
     pub(crate) config: Arc<WebSocketConfig>,
@@ -50,7 +53,9 @@ pub(crate) struct Conn {
 enum End {
     /// Send a close frame with this code and reason, then wait (bounded) for the peer's.
     Close(u16, &'static str),
-    /// The peer closed or is gone: nothing more to send.
+    /// The peer sent its close frame: the library's answer to it goes out, then the end.
+    Answered,
+    /// The peer is gone: nothing more to send.
     Gone,
 }
 
@@ -76,6 +81,9 @@ impl Conn {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        if let Some(t) = &self.tenant {
+            req.extensions_mut().insert(t.clone());
         }
         if let Some(ip) = self.client_ip {
             req.extensions_mut().insert(ip);
@@ -125,6 +133,14 @@ pub(crate) async fn run(mut socket: WebSocket, conn: Conn) {
             };
             let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
             code_label(code)
+        }
+        End::Answered => {
+            // Reading on sends the close frame the library queued in answer, then ends.
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                while let Some(Ok(_)) = socket.recv().await {}
+            })
+            .await;
+            "peer"
         }
         End::Gone => "peer",
     };
@@ -191,8 +207,7 @@ async fn serve(socket: &mut WebSocket, conn: &Conn) -> End {
                         );
                     }
                     Message::Ping(_) | Message::Pong(_) => {}
-                    // The library answers the peer's close frame; the stream ends after it.
-                    Message::Close(_) => return End::Gone,
+                    Message::Close(_) => return End::Answered,
                 }
             }
             Some(out) = rx.recv() => {

@@ -210,8 +210,12 @@ pub(crate) async fn upgrade(
     let client_ip = req.extensions().get::<ClientIp>().copied();
     let offered = offered(req.headers());
     let credentials = credentials(req.headers(), &offered);
+    let mut tenant = None;
     let refusal = match s.keys.check(&credentials) {
-        inbound::Verdict::Allowed(_) => None,
+        inbound::Verdict::Allowed(client) => {
+            tenant = client.map(|c| c.tenant);
+            None
+        }
         inbound::Verdict::Missing => Some(
             "missing API key: send `Authorization: Bearer <your gateway key>`, or the subprotocols `deepseek-gateway, bearer.<your gateway key>`",
         ),
@@ -300,6 +304,7 @@ pub(crate) async fn upgrade(
     let conn = conn::Conn {
         shared: s.clone(),
         credentials,
+        tenant,
         peer,
         client_ip,
         config: cfg.clone(),
