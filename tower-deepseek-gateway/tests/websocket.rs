@@ -11,6 +11,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use tower_deepseek_gateway::GatewayConfig;
@@ -445,7 +447,7 @@ async fn an_idle_connection_closes_with_1000_but_never_during_an_answer() {
 }
 
 #[tokio::test]
-async fn binary_messages_close_with_1003_and_oversized_ones_with_1009() {
+async fn binary_messages_close_with_1003_oversized_ones_with_1009_and_bad_utf8_with_1007() {
     let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
     let gw = start(&upstream.url(), config("max_message_bytes = 4096"), None).await;
 
@@ -461,11 +463,18 @@ async fn binary_messages_close_with_1003_and_oversized_ones_with_1009() {
     assert_eq!(code, 1009);
     assert!(reason.contains("max_message_bytes"), "{reason}");
 
+    // A text frame that is not UTF-8: 1007.
+    let mut ws = connect(&gw).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_frame(&mut ws).await.0, 1007);
+
     // A message under the limit is answered.
     let mut ws = connect(&gw).await;
     send(&mut ws, ask("ok", &"x".repeat(3000), false)).await;
     assert_eq!(read_finals(&mut ws, 1).await.last().unwrap()["done"], true);
     assert_eq!(upstream.chat_count(), 1);
+    bye(ws).await;
     gw.stop().await.unwrap();
     upstream.shutdown().await;
 }
