@@ -63,7 +63,13 @@ pub(crate) fn parse(text: &str) -> Result<ClientRequest, Refused> {
         ));
     };
     let tag = match map.remove(TAG_FIELD) {
-        None => None,
+        // Untagged: the body goes on as the client wrote it.
+        None => {
+            return Ok(ClientRequest {
+                tag: None,
+                body: text.as_bytes().to_vec(),
+            });
+        }
         Some(t @ (Value::String(_) | Value::Number(_))) => Some(t),
         Some(_) => {
             return Err(refuse(
@@ -226,8 +232,10 @@ mod tests {
 
         let r = parse(r#"{"id":7,"messages":[]}"#).unwrap();
         assert_eq!(r.tag, Some(Value::from(7)));
-        let r = parse(r#"{"messages":[]}"#).unwrap();
+        let text = r#"{ "messages": [], "temperature": 1e0 }"#;
+        let r = parse(text).unwrap();
         assert_eq!(r.tag, None);
+        assert_eq!(r.body, text.as_bytes());
     }
 
     #[test]
