@@ -52,6 +52,8 @@
 //! interval_ms = 10000
 //! [health]        # passive health: latency ejection
 //! latency_threshold_ms = 10000
+//! [websocket]     # WebSocketConfig: GET /v1/chat/completions/ws
+//! idle_timeout_ms = 300000
 //! ```
 
 use std::collections::BTreeMap;
@@ -70,6 +72,8 @@ use tower_deepseek::redact::audit::SinkFailurePolicy;
 use tower_deepseek::retry::RetryConfig;
 use tower_deepseek::retry::rate_limit::RateLimitConfig;
 use tower_deepseek::retry::timeout::TimeoutConfig;
+
+pub use crate::ws::config::WebSocketConfig;
 
 /// The whole configuration file. See the [module docs](self).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -104,6 +108,8 @@ pub struct GatewayConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// Passive and active health of the upstreams.
     pub health: HealthConfig,
+    /// The WebSocket route.
+    pub websocket: WebSocketConfig,
 }
 
 /// One upstream of an active-active set (`[[upstreams]]`): its own connection pool, circuit

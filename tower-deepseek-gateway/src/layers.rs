@@ -111,10 +111,21 @@ fn clean_response(mut res: Response<Body>) -> Response<Body> {
     res
 }
 
-/// The proxied route `route`: the handler inside the gateway's layers (module docs).
-pub(crate) fn proxied(shared: &Arc<Shared>, route: Route) -> MethodRouter<()> {
+/// The handler of the proxied route `route` inside the gateway's layers (module docs); also
+/// what each request of a WebSocket connection goes through.
+pub(crate) fn service(
+    shared: &Arc<Shared>,
+    route: Route,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static {
     let s = shared.clone();
-    let svc = ServiceBuilder::new()
+    ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new(
             sensitive_request_headers(),
         ))
@@ -129,7 +140,15 @@ pub(crate) fn proxied(shared: &Arc<Shared>, route: Route) -> MethodRouter<()> {
         .service_fn(move |req: Request<Body>| {
             let s = s.clone();
             async move { Ok::<_, Infallible>(proxy(s, req, route).await) }
-        });
+        })
+}
+
+/// The proxied route `route` for the router.
+pub(crate) fn proxied<S>(shared: &Arc<Shared>, route: Route) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let svc = service(shared, route);
     match route {
         Route::Models => axum::routing::get_service(svc),
         Route::Chat | Route::Fim => axum::routing::post_service(svc),

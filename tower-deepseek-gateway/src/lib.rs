@@ -11,6 +11,7 @@
 //! | `POST /v1/chat/completions`, `POST /chat/completions` | proxied to `<upstream>/chat/completions` |
 //! | `GET /v1/models`, `GET /models` | proxied to `<upstream>/models` |
 //! | `POST /beta/completions` | proxied to `<upstream>/beta/completions` |
+//! | `GET /v1/chat/completions/ws` | WebSocket: chat completions over one long connection (README, "WebSocket") |
 //! | `GET /healthz` | `{"status":"ok"}` |
 //! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
 //!
@@ -69,6 +70,7 @@ pub mod sources;
 mod stack;
 mod stream;
 pub mod telemetry;
+mod ws;
 
 pub use config::GatewayConfig;
 pub use reload::{Reloader, reload_on_sighup};
@@ -271,6 +273,7 @@ struct Shared {
     max_body_bytes: usize,
     body_read_timeout: Duration,
     audit_layer: Option<AuditLayer>,
+    ws: ws::Settings,
 }
 
 impl Shared {
@@ -290,6 +293,7 @@ pub struct Gateway {
     allow_open_non_loopback: bool,
     wired: Vec<&'static str>,
     reloader: Reloader,
+    ws: ws::Runtime,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -373,6 +377,10 @@ impl Gateway {
                 "[server]: max_connections and the timeouts must be above 0, max_header_bytes at least 1024".to_owned(),
             ));
         }
+        cfg.websocket.validate().map_err(|e| StartError::Layer {
+            layer: "websocket",
+            message: format!("`{}` {}", e.field(), e.reason()),
+        })?;
         let mut meta = MetadataConfig::new();
         for net in &cfg.server.trusted_proxies {
             let net = net.parse().map_err(|_| {
@@ -410,8 +418,14 @@ impl Gateway {
             max_body_bytes: cfg.server.max_body_bytes,
             body_read_timeout: Duration::from_millis(cfg.server.body_read_timeout_ms),
             audit_layer: built.audit_layer,
+            ws: ws::Settings::new(cfg.websocket.clone()),
         });
-        let router = Router::new()
+        let ws_runtime = shared.ws.runtime.clone();
+        let mut router = Router::new();
+        if cfg.websocket.enabled {
+            router = router.route(ws::PATH, get(ws::upgrade));
+        }
+        let router = router
             .route(
                 "/v1/chat/completions",
                 layers::proxied(&shared, Route::Chat),
@@ -423,7 +437,8 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics_page))
             .fallback(not_found)
-            .method_not_allowed_fallback(method_not_allowed);
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(shared.clone());
         let reloader = Reloader::new(
             shared,
             built.fixed,
@@ -444,6 +459,7 @@ impl Gateway {
             allow_open_non_loopback: cfg.server.allow_open_non_loopback,
             wired: built.wired,
             reloader,
+            ws: ws_runtime,
         })
     }
 
@@ -482,6 +498,12 @@ impl Gateway {
         let refusal = Router::new()
             .route("/healthz", get(healthz))
             .fallback(too_many_connections);
+        // WebSocket connections leave the HTTP server once upgraded: they drain on their own.
+        let ws = self.ws.clone();
+        let shutdown = async move {
+            shutdown.await;
+            ws.begin_shutdown();
+        };
         let result = server::run(
             listener,
             self.router.clone(),
@@ -491,6 +513,7 @@ impl Gateway {
             self.drain,
         )
         .await;
+        self.ws.drain(self.drain).await;
         if let Some(audit) = &self.audit {
             if let Err(e) = audit.shutdown() {
                 tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the audit log failed");
