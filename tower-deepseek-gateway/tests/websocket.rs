@@ -182,6 +182,35 @@ async fn a_streamed_answer_comes_as_chunk_messages_then_done() {
     assert_eq!(last["done"], true);
     assert!(last["request_id"].is_string());
 
+    // The same objects as the SSE stream of the HTTP route carries for the same request (but
+    // for the completion's own id and time, and the usage: the mock's prompt cache hits the
+    // second time).
+    let mut body: Value = serde_json::from_str(&ask("a", "stream me please", true)).unwrap();
+    body.as_object_mut().unwrap().remove("id");
+    let res = common::send(
+        &client(),
+        chat_request(&gw.url("/v1/chat/completions"), Some(CLIENT_KEY), body),
+    )
+    .await;
+    let sse = body_string(res).await;
+    let strip = |mut v: Value| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("id");
+        o.remove("created");
+        if let Some(u) = o.get_mut("usage") {
+            *u = json!("present");
+        }
+        v
+    };
+    let over_sse: Vec<Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| strip(serde_json::from_str(d).unwrap()))
+        .collect();
+    let over_ws: Vec<Value> = chunks.iter().map(|m| strip(m["chunk"].clone())).collect();
+    assert_eq!(over_ws, over_sse);
+
     // The tag never reaches the upstream.
     let sent = upstream.requests_to("/chat/completions")[0].json().unwrap();
     assert!(sent.get("id").is_none(), "{sent}");
@@ -415,6 +444,16 @@ async fn a_refused_key_is_a_401_before_any_upgrade_in_both_forms() {
     }
     // Only the one accepted request reached the upstream.
     assert_eq!(upstream.chat_count(), 1);
+    let metrics = body_string(get(&client(), &gw.url("/metrics"), None).await).await;
+    for line in [
+        "deepseek_gateway_websocket_upgrades_total{outcome=\"unauthorized\"}",
+        "deepseek_gateway_websocket_upgrades_total{outcome=\"invalid\"}",
+        "deepseek_gateway_websocket_upgrades_total{outcome=\"accepted\"}",
+        "deepseek_gateway_websocket_closed_total{code=\"peer\"}",
+        "deepseek_gateway_websocket_connections",
+    ] {
+        assert!(metrics.contains(line), "{line} missing");
+    }
     gw.stop().await.unwrap();
     upstream.shutdown().await;
 }
