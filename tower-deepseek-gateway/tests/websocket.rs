@@ -247,7 +247,12 @@ async fn two_requests_run_at_once_on_one_connection_each_tagged_and_whole() {
     let gw = start(&upstream.url(), config(""), None).await;
     let mut ws = connect(&gw).await;
 
-    send(&mut ws, ask("x", "one two three four five six", true)).await;
+    // x takes a dozen chunk delays longer than y needs to start.
+    send(
+        &mut ws,
+        ask("x", "one two three four five six a b c d e f g h i j", true),
+    )
+    .await;
     send(
         &mut ws,
         ask("y", "seven eight nine ten eleven twelve", true),
@@ -256,7 +261,7 @@ async fn two_requests_run_at_once_on_one_connection_each_tagged_and_whole() {
     let msgs = read_finals(&mut ws, 2).await;
     assert_eq!(
         content_of(&msgs, &json!("x")),
-        "Echo: one two three four five six"
+        "Echo: one two three four five six a b c d e f g h i j"
     );
     assert_eq!(
         content_of(&msgs, &json!("y")),
@@ -577,12 +582,12 @@ async fn bad_messages_get_an_error_message_and_the_connection_stays_open() {
 #[tokio::test]
 async fn the_gateway_pings_and_drops_a_peer_that_never_answers() {
     let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
-    let gw = start(&upstream.url(), config("ping_interval_ms = 100"), None).await;
+    let gw = start(&upstream.url(), config("ping_interval_ms = 150"), None).await;
 
     // A client that reads answers every ping (tungstenite does): it stays connected.
     let mut ws = connect(&gw).await;
     let mut pings = 0;
-    while pings < 4 {
+    while pings < 3 {
         match next_frame(&mut ws).await {
             Some(Message::Ping(_)) => pings += 1,
             other => panic!("{other:?}"),
@@ -591,9 +596,10 @@ async fn the_gateway_pings_and_drops_a_peer_that_never_answers() {
     send(&mut ws, ask("alive", "still", false)).await;
     assert_eq!(read_finals(&mut ws, 1).await.last().unwrap()["done"], true);
 
-    // A client that reads nothing (so answers no ping) is closed with 1001.
+    // A client that reads nothing (so answers no ping) is closed with 1001 after two
+    // intervals; it stays silent for four.
     let mut silent = connect(&gw).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let (code, reason) = close_frame(&mut silent).await;
     assert_eq!(code, 1001);
     assert!(reason.contains("pong"), "{reason}");
