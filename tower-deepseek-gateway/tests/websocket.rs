@@ -731,3 +731,68 @@ async fn the_route_is_off_when_disabled_and_bounded_in_connections() {
     gw.stop().await.unwrap();
     upstream.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_cache_and_the_per_key_limits_apply_as_on_the_http_route() {
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let text = format!(
+        "[[keys]]\nsha256 = \"{}\"\ntenant = \"tiny\"\nrequests_per_minute = 1\n\
+         [[keys]]\nsha256 = \"{}\"\n[rate_limit]\nmax_wait_ms = 50\n",
+        sha256_hex(CLIENT_KEY),
+        sha256_hex(OTHER_KEY)
+    );
+    let gw = start(
+        &upstream.url(),
+        GatewayConfig::from_toml(&text).unwrap(),
+        None,
+    )
+    .await;
+
+    // The key's own limit: one request a minute, then 429 with its Retry-After.
+    let mut tiny = connect(&gw).await;
+    send(&mut tiny, ask(1, "limit", false)).await;
+    assert_eq!(
+        read_finals(&mut tiny, 1).await.last().unwrap()["done"],
+        true
+    );
+    send(&mut tiny, ask(2, "limit again", false)).await;
+    let m = next_json(&mut tiny).await;
+    assert_eq!(m["id"], 2);
+    assert_eq!(m["status"], 429);
+    assert_eq!(m["error"]["type"], "rate_limit_error");
+    assert!(m["retry_after"].as_u64() >= Some(1), "{m}");
+    bye(tiny).await;
+
+    // The cache: a deterministic request asked twice over the socket, then over HTTP by the
+    // same key, reaches the upstream once.
+    let other = [("authorization", format!("Bearer {OTHER_KEY}"))];
+    let other: Vec<(&str, &str)> = other.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut ws = connect_with(&gw, &other).await.unwrap();
+    let mut body: Value = serde_json::from_str(&ask("c1", "cache me", false)).unwrap();
+    body["temperature"] = json!(0);
+    send(&mut ws, body.to_string()).await;
+    let mut msgs = read_finals(&mut ws, 1).await;
+    body["id"] = json!("c2");
+    send(&mut ws, body.to_string()).await;
+    msgs.extend(read_finals(&mut ws, 1).await);
+    let answers: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| m["completion"]["choices"][0]["message"]["content"].as_str())
+        .collect();
+    assert_eq!(answers, ["Echo: cache me", "Echo: cache me"], "{msgs:?}");
+    body.as_object_mut().unwrap().remove("id");
+    let res = common::send(
+        &client(),
+        chat_request(&gw.url("/v1/chat/completions"), Some(OTHER_KEY), body),
+    )
+    .await;
+    assert_eq!(res.headers()["x-cache"], "hit-l1");
+    assert_eq!(
+        upstream.chat_count(),
+        2,
+        "tiny's one call, and one for the cached answer"
+    );
+    bye(ws).await;
+    gw.stop().await.unwrap();
+    upstream.shutdown().await;
+}
