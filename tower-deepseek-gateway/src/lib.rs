@@ -41,7 +41,8 @@
 //! # Shutdown
 //!
 //! The future given to [`Gateway::serve`] (in the binary: SIGTERM or Ctrl-C) stops accepting
-//! connections; requests and streams in flight finish, up to `server.drain_timeout_ms`; audit
+//! connections; requests and streams in flight finish, up to `server.drain_timeout_ms`
+//! (WebSocket connections refuse new requests, finish their answers and close with 1001); audit
 //! records are flushed; then `serve` returns.
 
 use std::future::Future;

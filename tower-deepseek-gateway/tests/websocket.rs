@@ -182,6 +182,35 @@ async fn a_streamed_answer_comes_as_chunk_messages_then_done() {
     assert_eq!(last["done"], true);
     assert!(last["request_id"].is_string());
 
+    // The same objects as the SSE stream of the HTTP route carries for the same request (but
+    // for the completion's own id and time, and the usage: the mock's prompt cache hits the
+    // second time).
+    let mut body: Value = serde_json::from_str(&ask("a", "stream me please", true)).unwrap();
+    body.as_object_mut().unwrap().remove("id");
+    let res = common::send(
+        &client(),
+        chat_request(&gw.url("/v1/chat/completions"), Some(CLIENT_KEY), body),
+    )
+    .await;
+    let sse = body_string(res).await;
+    let strip = |mut v: Value| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("id");
+        o.remove("created");
+        if let Some(u) = o.get_mut("usage") {
+            *u = json!("present");
+        }
+        v
+    };
+    let over_sse: Vec<Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| strip(serde_json::from_str(d).unwrap()))
+        .collect();
+    let over_ws: Vec<Value> = chunks.iter().map(|m| strip(m["chunk"].clone())).collect();
+    assert_eq!(over_ws, over_sse);
+
     // The tag never reaches the upstream.
     let sent = upstream.requests_to("/chat/completions")[0].json().unwrap();
     assert!(sent.get("id").is_none(), "{sent}");
@@ -218,7 +247,12 @@ async fn two_requests_run_at_once_on_one_connection_each_tagged_and_whole() {
     let gw = start(&upstream.url(), config(""), None).await;
     let mut ws = connect(&gw).await;
 
-    send(&mut ws, ask("x", "one two three four five six", true)).await;
+    // x takes a dozen chunk delays longer than y needs to start.
+    send(
+        &mut ws,
+        ask("x", "one two three four five six a b c d e f g h i j", true),
+    )
+    .await;
     send(
         &mut ws,
         ask("y", "seven eight nine ten eleven twelve", true),
@@ -227,7 +261,7 @@ async fn two_requests_run_at_once_on_one_connection_each_tagged_and_whole() {
     let msgs = read_finals(&mut ws, 2).await;
     assert_eq!(
         content_of(&msgs, &json!("x")),
-        "Echo: one two three four five six"
+        "Echo: one two three four five six a b c d e f g h i j"
     );
     assert_eq!(
         content_of(&msgs, &json!("y")),
@@ -415,6 +449,16 @@ async fn a_refused_key_is_a_401_before_any_upgrade_in_both_forms() {
     }
     // Only the one accepted request reached the upstream.
     assert_eq!(upstream.chat_count(), 1);
+    let metrics = body_string(get(&client(), &gw.url("/metrics"), None).await).await;
+    for line in [
+        "deepseek_gateway_websocket_upgrades_total{outcome=\"unauthorized\"}",
+        "deepseek_gateway_websocket_upgrades_total{outcome=\"invalid\"}",
+        "deepseek_gateway_websocket_upgrades_total{outcome=\"accepted\"}",
+        "deepseek_gateway_websocket_closed_total{code=\"peer\"}",
+        "deepseek_gateway_websocket_connections",
+    ] {
+        assert!(metrics.contains(line), "{line} missing");
+    }
     gw.stop().await.unwrap();
     upstream.shutdown().await;
 }
@@ -538,12 +582,12 @@ async fn bad_messages_get_an_error_message_and_the_connection_stays_open() {
 #[tokio::test]
 async fn the_gateway_pings_and_drops_a_peer_that_never_answers() {
     let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
-    let gw = start(&upstream.url(), config("ping_interval_ms = 100"), None).await;
+    let gw = start(&upstream.url(), config("ping_interval_ms = 150"), None).await;
 
     // A client that reads answers every ping (tungstenite does): it stays connected.
     let mut ws = connect(&gw).await;
     let mut pings = 0;
-    while pings < 4 {
+    while pings < 3 {
         match next_frame(&mut ws).await {
             Some(Message::Ping(_)) => pings += 1,
             other => panic!("{other:?}"),
@@ -552,9 +596,10 @@ async fn the_gateway_pings_and_drops_a_peer_that_never_answers() {
     send(&mut ws, ask("alive", "still", false)).await;
     assert_eq!(read_finals(&mut ws, 1).await.last().unwrap()["done"], true);
 
-    // A client that reads nothing (so answers no ping) is closed with 1001.
+    // A client that reads nothing (so answers no ping) is closed with 1001 after two
+    // intervals; it stays silent for four.
     let mut silent = connect(&gw).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let (code, reason) = close_frame(&mut silent).await;
     assert_eq!(code, 1001);
     assert!(reason.contains("pong"), "{reason}");
@@ -683,6 +728,71 @@ async fn the_route_is_off_when_disabled_and_bounded_in_connections() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bye(again.expect("the connection's place was given back")).await;
+    gw.stop().await.unwrap();
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_cache_and_the_per_key_limits_apply_as_on_the_http_route() {
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let text = format!(
+        "[[keys]]\nsha256 = \"{}\"\ntenant = \"tiny\"\nrequests_per_minute = 1\n\
+         [[keys]]\nsha256 = \"{}\"\n[rate_limit]\nmax_wait_ms = 50\n",
+        sha256_hex(CLIENT_KEY),
+        sha256_hex(OTHER_KEY)
+    );
+    let gw = start(
+        &upstream.url(),
+        GatewayConfig::from_toml(&text).unwrap(),
+        None,
+    )
+    .await;
+
+    // The key's own limit: one request a minute, then 429 with its Retry-After.
+    let mut tiny = connect(&gw).await;
+    send(&mut tiny, ask(1, "limit", false)).await;
+    assert_eq!(
+        read_finals(&mut tiny, 1).await.last().unwrap()["done"],
+        true
+    );
+    send(&mut tiny, ask(2, "limit again", false)).await;
+    let m = next_json(&mut tiny).await;
+    assert_eq!(m["id"], 2);
+    assert_eq!(m["status"], 429);
+    assert_eq!(m["error"]["type"], "rate_limit_error");
+    assert!(m["retry_after"].as_u64() >= Some(1), "{m}");
+    bye(tiny).await;
+
+    // The cache: a deterministic request asked twice over the socket, then over HTTP by the
+    // same key, reaches the upstream once.
+    let other = [("authorization", format!("Bearer {OTHER_KEY}"))];
+    let other: Vec<(&str, &str)> = other.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut ws = connect_with(&gw, &other).await.unwrap();
+    let mut body: Value = serde_json::from_str(&ask("c1", "cache me", false)).unwrap();
+    body["temperature"] = json!(0);
+    send(&mut ws, body.to_string()).await;
+    let mut msgs = read_finals(&mut ws, 1).await;
+    body["id"] = json!("c2");
+    send(&mut ws, body.to_string()).await;
+    msgs.extend(read_finals(&mut ws, 1).await);
+    let answers: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| m["completion"]["choices"][0]["message"]["content"].as_str())
+        .collect();
+    assert_eq!(answers, ["Echo: cache me", "Echo: cache me"], "{msgs:?}");
+    body.as_object_mut().unwrap().remove("id");
+    let res = common::send(
+        &client(),
+        chat_request(&gw.url("/v1/chat/completions"), Some(OTHER_KEY), body),
+    )
+    .await;
+    assert_eq!(res.headers()["x-cache"], "hit-l1");
+    assert_eq!(
+        upstream.chat_count(),
+        2,
+        "tiny's one call, and one for the cached answer"
+    );
+    bye(ws).await;
     gw.stop().await.unwrap();
     upstream.shutdown().await;
 }
