@@ -326,6 +326,37 @@ mod tests {
         assert_eq!(RequestId::parse(text).unwrap().as_str(), text);
     }
 
+    #[tokio::test]
+    async fn credentials_and_cookies_are_marked_sensitive() {
+        use tower::ServiceExt;
+        let svc = ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new(
+                sensitive_request_headers(),
+            ))
+            .service_fn(|req: Request<()>| async move {
+                let marked: Vec<(String, bool)> = req
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.is_sensitive()))
+                    .collect();
+                Ok::<_, Infallible>(Response::new(marked))
+            });
+        let req = Request::builder()
+            .header("authorization", "Bearer sk-x")
+            .header("x-api-key", "sk-x")
+            .header("api-key", "sk-x")
+            .header("cookie", "s=1")
+            .header("proxy-authorization", "Basic x")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let marked = svc.oneshot(req).await.unwrap().into_body();
+        assert_eq!(marked.len(), 6);
+        for (name, sensitive) in marked {
+            assert_eq!(sensitive, name != "content-type", "{name}");
+        }
+    }
+
     #[test]
     fn responses_lose_hop_by_hop_headers_and_audit_refusals_close() {
         let mut res = Response::builder()
