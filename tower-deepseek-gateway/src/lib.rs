@@ -38,6 +38,14 @@
 //! answers and the rest gets a 503. An event stream that fails after its head was sent ends
 //! with a final error event in the OpenAI shape and a clean end, never a reset.
 //!
+//! # Configuration and reload
+//!
+//! [`sources::load`] merges the TOML file, the `DEEPSEEK_GATEWAY_*` environment and the
+//! command line into a [`GatewayConfig`], flag over environment over file, for every setting;
+//! [`Gateway::check`] validates it without starting. [`Gateway::reloader`] (SIGHUP in the
+//! binary, [`reload_on_sighup`]) swaps in new client keys and limits without dropping a
+//! request in flight.
+//!
 //! # Shutdown
 //!
 //! The future given to [`Gateway::serve`] (in the binary: SIGTERM or Ctrl-C) stops accepting

@@ -93,41 +93,50 @@ impl Reloader {
 /// Reloads on every SIGHUP, for as long as the returned future runs: `load` reads the
 /// configuration again (the binary: file, environment and flags), then
 /// [`Reloader::reload`] takes it. Each reload is logged: `configuration reloaded`, or
-/// `reload failed` with the reason (the running configuration stays). On a platform without
-/// SIGHUP, never completes and does nothing.
-pub async fn reload_on_sighup<F, E>(reloader: Reloader, load: F)
+/// `reload failed` with the reason (the running configuration stays).
+///
+/// The signal handler is installed when this function is called (call it inside a tokio
+/// runtime, before telling anyone the gateway is up): from then on a SIGHUP no longer ends the
+/// process. On a platform without SIGHUP, the future never completes and does nothing.
+pub fn reload_on_sighup<F, E>(
+    reloader: Reloader,
+    load: F,
+) -> impl std::future::Future<Output = ()> + Send + 'static
 where
-    F: Fn() -> Result<GatewayConfig, E>,
+    F: Fn() -> Result<GatewayConfig, E> + Send + 'static,
     E: std::fmt::Display,
 {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!(target: "tower_deepseek_gateway", "cannot listen for SIGHUP: reloads are off");
-            return std::future::pending().await;
-        };
-        while hup.recv().await.is_some() {
-            let result = match load() {
-                Ok(cfg) => reloader.reload(&cfg).map_err(|e| e.to_string()),
-                Err(e) => {
-                    metrics::counter!(RELOADS_TOTAL, "outcome" => "error").increment(1);
-                    Err(e.to_string())
-                }
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hup) = hup else {
+                tracing::warn!(target: "tower_deepseek_gateway", "cannot listen for SIGHUP: reloads are off");
+                return std::future::pending().await;
             };
-            match result {
-                Ok(()) => {
-                    tracing::info!(target: "tower_deepseek_gateway", "configuration reloaded (client keys and limits)")
-                }
-                Err(reason) => {
-                    tracing::error!(target: "tower_deepseek_gateway", %reason, "reload failed: keeping the running configuration")
+            while hup.recv().await.is_some() {
+                let result = match load() {
+                    Ok(cfg) => reloader.reload(&cfg).map_err(|e| e.to_string()),
+                    Err(e) => {
+                        metrics::counter!(RELOADS_TOTAL, "outcome" => "error").increment(1);
+                        Err(e.to_string())
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(target: "tower_deepseek_gateway", "configuration reloaded (client keys and limits)")
+                    }
+                    Err(reason) => {
+                        tracing::error!(target: "tower_deepseek_gateway", %reason, "reload failed: keeping the running configuration")
+                    }
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (reloader, load);
-        std::future::pending::<()>().await;
+        #[cfg(not(unix))]
+        {
+            let _ = (reloader, load);
+            std::future::pending::<()>().await;
+        }
     }
 }
