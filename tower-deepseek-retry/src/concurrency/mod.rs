@@ -45,6 +45,8 @@
 
 mod body;
 mod config;
+#[cfg(feature = "redis")]
+mod fleet;
 mod future;
 mod layer;
 mod service;

@@ -332,7 +332,6 @@ fn kind_name(e: &redis::RedisError) -> &'static str {
 
 /// Runs `fut` on the current tokio runtime in the background; does nothing outside one (the
 /// state it would have written expires by itself).
-#[allow(dead_code)] // used by the limits' Redis backends
 pub(crate) fn spawn_detached(fut: impl Future<Output = ()> + Send + 'static) {
     if let Ok(h) = tokio::runtime::Handle::try_current() {
         drop(h.spawn(fut));
@@ -340,7 +339,6 @@ pub(crate) fn spawn_detached(fut: impl Future<Output = ()> + Send + 'static) {
 }
 
 /// A random id for a lease.
-#[allow(dead_code)] // used by the concurrency lease
 pub(crate) fn random_id() -> String {
     format!("{:032x}", fastrand::u128(..))
 }

@@ -74,6 +74,8 @@ mod body;
 mod bucket;
 mod config;
 mod error;
+#[cfg(feature = "redis")]
+mod fleet;
 mod future;
 mod layer;
 mod service;
