@@ -16,6 +16,7 @@ use crate::fleet::{Fleet, FleetUnavailable, random_id, spawn_detached};
 /// `e` its epoch). ARGV: lease id, lease TTL (ms), the initial limit. Returns
 /// `{taken, limit, epoch}`.
 const ACQUIRE: &str = r"
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -34,6 +35,7 @@ return {taken, tostring(v), e}
 /// Pushes a held lease's expiry to now + TTL. KEYS: the leases. ARGV: id, TTL (ms). Returns
 /// 0 when the lease is gone (it expired).
 const RENEW: &str = r"
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])

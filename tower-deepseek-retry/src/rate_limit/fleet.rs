@@ -15,6 +15,7 @@ use crate::fleet::{Fleet, FleetUnavailable, spawn_detached};
 /// no request quota), token interval and tolerance (µs; 0: none), `n`. Returns 0 when admitted,
 /// otherwise the wait in µs. TATs are µs on Redis' clock, kept as long as they are ahead of it.
 const ADMIT: &str = r"
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local ri, rtol = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -47,6 +48,7 @@ return 0
 /// Takes (`d > 0`, may run into debt) or gives back (`d < 0`) tokens. KEYS: the token TAT.
 /// ARGV: token interval (µs), `d`. A refund never makes more than a full bucket.
 const SETTLE: &str = r"
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local ti, d = tonumber(ARGV[1]), tonumber(ARGV[2])
