@@ -109,6 +109,15 @@ pub(crate) fn build(
             c.tokens_per_minute = key.tokens_per_minute.or(c.tokens_per_minute);
             // One limiter per such client: its quota is its own whatever `key_by` says.
             c.key_by = Default::default();
+            // Shared through Redis: the client's quota under a prefix of its own (a digest of
+            // the tenant), so that it is neither the default limiter's nor another client's.
+            if let Some(redis) = &mut c.redis {
+                redis.key_prefix = format!(
+                    "{}:tenant:{}",
+                    redis.key_prefix,
+                    tower_deepseek::retry::fleet::Fleet::digest(tenant.as_str())
+                );
+            }
             let layer = RateLimitLayer::from_config(c)
                 .map_err(|e| config_err("rate_limit")(e.to_string()))?;
             stack = stack.tenant_rate_limit(tenant, layer);
