@@ -372,7 +372,7 @@ fn leases_of_an_instance_that_died_come_back_after_their_ttl() {
         return;
     };
     let prefix = unique_prefix("dead");
-    let ttl = Duration::from_millis(600);
+    let ttl = Duration::from_millis(900);
     let key = format!("{{{prefix}:cc:{}}}:leases", Fleet::digest("acct-1"));
     let zcard = |conn: &mut redis::aio::MultiplexedConnection| -> usize {
         rt.block_on(conn.zcard::<_, usize>(&key)).unwrap()
@@ -641,4 +641,42 @@ async fn two_instances_share_one_request_quota_on_a_cluster() {
         .await
         .unwrap();
     assert_eq!(r, t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_concurrency_cap_holds_on_a_cluster() {
+    let cluster = async {
+        let client = redis::cluster::ClusterClient::new(cluster_urls()).ok()?;
+        let mut conn = client.get_async_connection().await.ok()?;
+        let _: Option<String> = conn.get("tdr-cluster-probe").await.ok()?;
+        Some(conn)
+    };
+    let Ok(Some(_conn)) = tokio::time::timeout(Duration::from_secs(3), cluster).await else {
+        skip_or_panic(&format!("Redis Cluster at {:?}", cluster_urls()));
+        return;
+    };
+    let prefix = unique_prefix("cluster-cap");
+    let cluster_fleet = || {
+        Fleet::builder()
+            .redis_cluster(cluster_urls())
+            .key_prefix(&prefix)
+            .timeout(Duration::from_millis(1_000))
+            .build()
+            .unwrap()
+    };
+    let upstream = Gauge {
+        hold: Some(Duration::from_millis(20)),
+        ..Gauge::default()
+    };
+    let (a, b) = (
+        cap(cluster_fleet(), 3, Duration::from_secs(5)),
+        cap(cluster_fleet(), 3, Duration::from_secs(5)),
+    );
+    hammer(vec![a, b], upstream.clone(), 4, 4).await;
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 32);
+    let peak = upstream.peak.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&peak),
+        "{peak} in flight at once; the cap is 3"
+    );
 }
