@@ -119,8 +119,14 @@ fn redis_going_away_and_back_is_counted_and_logged_without_secrets() {
     });
 
     let mut counters = std::collections::HashMap::new();
+    let mut up = None;
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let (_, key) = key.into_parts();
+        if let DebugValue::Gauge(v) = &value {
+            if key.name() == "deepseek_fleet_redis_up" {
+                up = Some(v.into_inner());
+            }
+        }
         if let DebugValue::Counter(n) = value {
             let labels: Vec<String> = key
                 .labels()
@@ -129,6 +135,7 @@ fn redis_going_away_and_back_is_counted_and_logged_without_secrets() {
             counters.insert(format!("{}{:?}", key.name(), labels), n);
         }
     }
+    assert_eq!(up, Some(1.0), "Redis answers again at the end");
     let fallbacks = counters
         .get("deepseek_fleet_fallback_total[\"limit=rate_limit\"]")
         .copied();

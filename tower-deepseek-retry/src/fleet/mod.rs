@@ -20,7 +20,8 @@
 //!   are shared again.
 //!
 //! The switch to local shares and back is logged once each way (`warn`, then `info`; never a
-//! URL, key or value) and shown by the gauge `deepseek_fleet_redis_up` (1 or 0); every failed
+//! URL, key or value) and shown by the gauge `deepseek_fleet_redis_up` (1 from the first answer,
+//! 0 while Redis is unavailable); every failed
 //! round trip counts in `deepseek_fleet_redis_errors_total{op}` and every decision taken
 //! locally because of it in `deepseek_fleet_fallback_total{limit}`.
 //!
@@ -56,7 +57,7 @@ mod config;
 mod error;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,6 +72,10 @@ use tower_deepseek_core::config::ConfigError;
 
 pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_RETRY, DEFAULT_TIMEOUT, FleetBuilder, FleetConfig};
 pub use error::FleetUnavailable;
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 /// Why a Redis URL was refused (the URL itself is never repeated: it may hold a password).
 const URL_REASON: &str = "does not parse (expected redis://, rediss:// or redis+unix:// with host, \
@@ -94,8 +99,9 @@ struct Inner {
     conn: OnceCell<Conn>,
     /// Until when Redis is left alone after a failure.
     down_until: Mutex<Option<Instant>>,
-    /// Whether the last round trip succeeded (for the logs and gauge of the transitions).
-    up: AtomicBool,
+    /// What the last round trip said: [`UNKNOWN`] (none yet), [`UP`] or [`DOWN`] (for the
+    /// logs and gauge of the transitions).
+    state: AtomicU8,
     prefix: String,
     timeout: Duration,
     retry: Duration,
@@ -162,7 +168,7 @@ impl Fleet {
                 target,
                 conn: OnceCell::new(),
                 down_until: Mutex::new(None),
-                up: AtomicBool::new(true),
+                state: AtomicU8::new(UNKNOWN),
                 prefix: cfg.key_prefix.clone(),
                 timeout: cfg.timeout,
                 retry: cfg.retry,
@@ -201,9 +207,10 @@ impl Fleet {
         self.inner.timeout
     }
 
-    /// Whether Redis answered the last round trip (`false` while the limits use local shares).
+    /// `false` from a failed round trip until one succeeds (while the limits use local
+    /// shares); `true` before the first round trip and while Redis answers.
     pub fn is_up(&self) -> bool {
-        self.inner.up.load(Ordering::Acquire)
+        self.inner.state.load(Ordering::Acquire) != DOWN
     }
 
     /// Counts a decision taken on the local share because Redis was unavailable, in
@@ -293,7 +300,7 @@ impl Fleet {
             .down_until
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + self.inner.retry);
-        if self.inner.up.swap(false, Ordering::AcqRel) {
+        if self.inner.state.swap(DOWN, Ordering::AcqRel) != DOWN {
             metrics::gauge!("deepseek_fleet_redis_up").set(0.0);
             tracing::warn!(
                 target: "tower_deepseek_retry",
@@ -307,12 +314,16 @@ impl Fleet {
     }
 
     fn mark_up(&self) {
-        if !self.inner.up.swap(true, Ordering::AcqRel) {
-            metrics::gauge!("deepseek_fleet_redis_up").set(1.0);
-            tracing::info!(
-                target: "tower_deepseek_retry",
-                "redis answers again: fleet limits are shared again"
-            );
+        match self.inner.state.swap(UP, Ordering::AcqRel) {
+            UP => {}
+            DOWN => {
+                metrics::gauge!("deepseek_fleet_redis_up").set(1.0);
+                tracing::info!(
+                    target: "tower_deepseek_retry",
+                    "redis answers again: fleet limits are shared again"
+                );
+            }
+            _ => metrics::gauge!("deepseek_fleet_redis_up").set(1.0),
         }
     }
 }
