@@ -27,6 +27,11 @@
 //! [rate_limit]    # tower_deepseek_retry::rate_limit::RateLimitConfig (defaults for keys without own limits)
 //! requests_per_minute = 3000
 //! key_by = "tenant"
+//! [rate_limit.redis]  # optional: quotas shared by every gateway on this Redis (fleet::FleetConfig)
+//! redis_url = "redis://127.0.0.1:6379"   # or redis_cluster_urls = [...]; rediss:// and AUTH
+//! key_prefix = "deepseek-gateway:fleet"
+//! timeout_ms = 50                        # slower: this gateway uses its local share
+//! expected_instances = 3                 # local share = quota / 3 while Redis is down
 //! [cache]         # tower_deepseek_cache::CacheConfig (`--redis` sets redis_url; also the OAuth2 token store)
 //! l1_ttl_ms = 300000
 //! [breaker]       # tower_deepseek_breaker::CircuitBreakerConfig

@@ -291,6 +291,15 @@ impl Fixed {
                 c.tokens_per_minute = key.tokens_per_minute.or(c.tokens_per_minute);
                 // One limiter per such client: its quota is its own whatever `key_by` says.
                 c.key_by = Default::default();
+                // Shared through Redis: the client's quota under a prefix of its own (a digest of
+                // the tenant), so that it is neither the default limiter's nor another client's.
+                if let Some(redis) = &mut c.redis {
+                    redis.key_prefix = format!(
+                        "{}:tenant:{}",
+                        redis.key_prefix,
+                        tower_deepseek::retry::fleet::Fleet::digest(tenant.as_str())
+                    );
+                }
                 let id = format!("{}\0{c:?}", tenant.as_str());
                 let layer = match limiters.tenants.get(&id).cloned() {
                     Some(l) => l,
