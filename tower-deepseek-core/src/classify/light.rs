@@ -35,6 +35,10 @@ struct Scan<'a> {
 /// decide. `fill`: whether `usage`, `model` and `system_fingerprint` are wanted (their type is
 /// checked either way, since a field of the wrong type changes the verdict).
 pub(super) fn light_probe(bytes: &[u8], fill: bool) -> Option<Probe<'_>> {
+    // A cut object does not end with its closing brace: serde judges it at once.
+    if bytes.trim_ascii_end().last() != Some(&b'}') {
+        return None;
+    }
     let mut s = Scan { b: bytes, i: 0 };
     let probe = s.answer(fill).ok()?;
     s.ws();
