@@ -10,6 +10,9 @@
 //! - [`concurrency`]: [`AdaptiveConcurrencyLayer`]: AIMD
 //!   limit on requests in flight, lowered on 429 (DeepSeek's account-wide concurrency cap),
 //!   raised on success.
+//! - [`cost`]: [`CostLayer`]: each call priced from its `usage` (cache hits, misses, output;
+//!   time windows in a named time zone), counted in metrics and the audit record, and budgets
+//!   per tenant per day and month, in money or tokens.
 //! - [`rate_limit`]: [`RateLimitLayer`]: requests and tokens per
 //!   minute, keyed per model or tenant, fair bounded waits, paused by a 429's `Retry-After`.
 //!
@@ -75,6 +78,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod concurrency;
+pub mod cost;
 pub mod rate_limit;
 mod retry;
 pub mod timeout;
@@ -82,6 +86,10 @@ pub mod timeout;
 pub use concurrency::{
     AdaptiveConcurrency, AdaptiveConcurrencyConfig, AdaptiveConcurrencyLayer,
     AdaptiveConcurrencyLayerBuilder,
+};
+pub use cost::{
+    BudgetExceeded, BudgetLimits, CostBudgets, CostConfig, CostLayer, CostLayerBuilder, ModelPrice,
+    PriceTable, PriceWindow,
 };
 pub use rate_limit::{
     KeyBy, PauseHandle, RateLimit, RateLimitConfig, RateLimitLayer, RateLimitLayerBuilder,

@@ -1,0 +1,130 @@
+//! [`CostLayer`](crate::CostLayer) and its builder.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tower_deepseek_core::config::ConfigError;
+use tower_layer::Layer;
+
+use super::budget::CostBudgets;
+use super::config::CostConfig;
+use super::price::{PriceTable, Prices, time_zone};
+use super::service::Cost;
+use super::state::{Budgets, Clock, Shared, Store};
+
+/// Prices each call from its `usage`, counts it, and enforces budgets. See the
+/// [module docs](super).
+#[derive(Debug, Clone)]
+pub struct CostLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl CostLayer {
+    /// A builder over `prices`.
+    pub fn builder(prices: PriceTable) -> CostLayerBuilder {
+        CostLayerBuilder {
+            cfg: CostConfig {
+                prices,
+                ..CostConfig::default()
+            },
+            clock: None,
+        }
+    }
+
+    /// A layer from a (deserialized) configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for a price with more than 6 decimals, an unknown time zone, a bad
+    /// currency code, a fallback that is not in the table, or money budgets over a table of
+    /// more than one currency.
+    pub fn from_config(cfg: CostConfig) -> Result<Self, ConfigError> {
+        CostLayerBuilder { cfg, clock: None }.build()
+    }
+}
+
+/// Builds a [`CostLayer`](crate::CostLayer).
+#[must_use]
+pub struct CostLayerBuilder {
+    cfg: CostConfig,
+    clock: Option<Clock>,
+}
+
+impl std::fmt::Debug for CostLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CostLayerBuilder")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CostLayerBuilder {
+    /// Budgets to enforce (default none).
+    pub fn budgets(mut self, budgets: CostBudgets) -> Self {
+        self.cfg.budgets = Some(budgets);
+        self
+    }
+
+    /// Puts each non-streaming answer's cost in an `x-ds-cost` header (default off).
+    pub fn cost_header(mut self, yes: bool) -> Self {
+        self.cfg.cost_header = yes;
+        self
+    }
+
+    /// The wall clock to price and budget by (default [`SystemTime::now`]); for tests.
+    pub fn clock(mut self, now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(now));
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// See [`CostLayer::from_config`].
+    pub fn build(self) -> Result<CostLayer, ConfigError> {
+        let prices = Prices::new(&self.cfg.prices)?;
+        let budgets = match self.cfg.budgets {
+            Some(b) if !b.is_empty() => {
+                if b.any_cost() {
+                    let mut currencies = prices.currencies();
+                    if let Some(first) = currencies.next() {
+                        if currencies.any(|c| c != first) {
+                            return Err(ConfigError::new(
+                                "budgets",
+                                "cannot limit money over a price table of more than one currency",
+                            ));
+                        }
+                    }
+                }
+                let tz = time_zone("budgets.time_zone", &b.time_zone)?;
+                Some(Budgets {
+                    cfg: b,
+                    tz,
+                    store: Store::Memory(Default::default()),
+                })
+            }
+            _ => None,
+        };
+        Ok(CostLayer {
+            shared: Arc::new(Shared {
+                prices,
+                budgets,
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemTime::now)),
+                header: self.cfg.cost_header,
+                carry: Mutex::default(),
+            }),
+        })
+    }
+}
+
+impl<S> Layer<S> for CostLayer {
+    type Service = Cost<S>;
+
+    fn layer(&self, inner: S) -> Cost<S> {
+        Cost {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
