@@ -28,6 +28,8 @@ impl CostLayer {
                 ..CostConfig::default()
             },
             clock: None,
+            #[cfg(feature = "redis")]
+            fleet: None,
         }
     }
 
@@ -39,7 +41,13 @@ impl CostLayer {
     /// currency code, a fallback that is not in the table, or money budgets over a table of
     /// more than one currency.
     pub fn from_config(cfg: CostConfig) -> Result<Self, ConfigError> {
-        CostLayerBuilder { cfg, clock: None }.build()
+        CostLayerBuilder {
+            cfg,
+            clock: None,
+            #[cfg(feature = "redis")]
+            fleet: None,
+        }
+        .build()
     }
 }
 
@@ -48,6 +56,8 @@ impl CostLayer {
 pub struct CostLayerBuilder {
     cfg: CostConfig,
     clock: Option<Clock>,
+    #[cfg(feature = "redis")]
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl std::fmt::Debug for CostLayerBuilder {
@@ -68,6 +78,17 @@ impl CostLayerBuilder {
     /// Puts each non-streaming answer's cost in an `x-ds-cost` header (default off).
     pub fn cost_header(mut self, yes: bool) -> Self {
         self.cfg.cost_header = yes;
+        self
+    }
+
+    /// Keeps the budgets' tally in the fleet's Redis, so that every instance built with a
+    /// [`Fleet`](crate::fleet::Fleet) on the same Redis and key prefix shares one budget
+    /// (default: this process's memory). While Redis is unavailable, each instance checks its
+    /// own spending against its share of each limit (limit / `expected_instances`).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn fleet(mut self, fleet: crate::fleet::Fleet) -> Self {
+        self.fleet = Some(fleet);
         self
     }
 
@@ -98,11 +119,17 @@ impl CostLayerBuilder {
                     }
                 }
                 let tz = time_zone("budgets.time_zone", &b.time_zone)?;
-                Some(Budgets {
-                    cfg: b,
-                    tz,
-                    store: Store::Memory(Default::default()),
-                })
+                #[cfg(feature = "redis")]
+                let store = match self.fleet {
+                    Some(fleet) => Store::Fleet {
+                        redis: super::fleet::RedisTally { fleet },
+                        local: Default::default(),
+                    },
+                    None => Store::Memory(Default::default()),
+                };
+                #[cfg(not(feature = "redis"))]
+                let store = Store::Memory(Default::default());
+                Some(Budgets { cfg: b, tz, store })
             }
             _ => None,
         };

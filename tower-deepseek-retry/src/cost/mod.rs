@@ -105,6 +105,8 @@ mod body;
 mod budget;
 mod config;
 mod error;
+#[cfg(feature = "redis")]
+mod fleet;
 mod future;
 mod layer;
 mod price;

@@ -49,14 +49,16 @@ impl<S> Cost<S> {
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Cost<S>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
     S::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes>,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -64,16 +66,33 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let call = self.shared.start(&req);
+        // The usage is read from the verdict the lowest classifying layer shares, when there is
+        // one, so that the answer is parsed once in the stack.
+        req.extensions_mut().insert(ShareVerdict);
+        #[cfg(feature = "redis")]
+        if self.shared.checks_fleet(&call) {
+            // A round trip to Redis first: the ready service goes into the future.
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let shared = self.shared.clone();
+            return ResponseFuture {
+                kind: Kind::Fleet {
+                    fut: Box::pin(async move {
+                        shared.check_fleet(&call).await?;
+                        let resp = inner.call(req).await.map_err(Into::into)?;
+                        Ok(shared.finish(call, resp))
+                    }),
+                },
+            };
+        }
         if let Err(e) = self.shared.check(&call) {
             return ResponseFuture {
                 kind: Kind::Refused {
                     err: Some(Box::new(e)),
+                    _body: std::marker::PhantomData,
                 },
             };
         }
-        // The usage is read from the verdict the lowest classifying layer shares, when there is
-        // one, so that the answer is parsed once in the stack.
-        req.extensions_mut().insert(ShareVerdict);
         ResponseFuture {
             kind: Kind::Call {
                 fut: self.inner.call(req),

@@ -33,7 +33,24 @@ pub(crate) const NO_TENANT: &str = "none";
 pub(crate) const UNPRICED: &str = "unpriced";
 
 pub(crate) enum Store {
+    /// This process's tally.
     Memory(MemoryTally),
+    /// The fleet's tally in Redis, and this process's own for when Redis is unavailable.
+    #[cfg(feature = "redis")]
+    Fleet {
+        redis: super::fleet::RedisTally,
+        local: MemoryTally,
+    },
+}
+
+impl Store {
+    fn local(&self) -> &MemoryTally {
+        match self {
+            Store::Memory(m) => m,
+            #[cfg(feature = "redis")]
+            Store::Fleet { local, .. } => local,
+        }
+    }
 }
 
 pub(crate) struct Budgets {
@@ -100,16 +117,68 @@ impl Shared {
         (*limits != budget::BudgetLimits::default()).then_some((b, key))
     }
 
-    /// Check before start: refuses a call whose budget is spent.
+    /// Whether the check before start needs a round trip to Redis.
+    pub(crate) fn checks_fleet(&self, call: &Call) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some((b, _)) = self.scope(call) {
+            return matches!(b.store, Store::Fleet { .. });
+        }
+        let _ = call;
+        false
+    }
+
+    /// Check before start, on this process's tally: refuses a call whose budget is spent.
     pub(crate) fn check(&self, call: &Call) -> Result<(), BudgetExceeded> {
         let Some((b, key)) = self.scope(call) else {
             return Ok(());
         };
         let periods = Periods::at(call.start, &b.tz);
-        let tally = match &b.store {
-            Store::Memory(m) => m.get(key, &periods),
+        let tally = b.store.local().get(key, &periods);
+        self.judge(call, b.cfg.limits(key), &tally, &periods)
+    }
+
+    /// Check before start, on the fleet's tally; on this process's tally against its share of
+    /// each limit while Redis is unavailable.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn check_fleet(&self, call: &Call) -> Result<(), BudgetExceeded> {
+        let Some((b, key)) = self.scope(call) else {
+            return Ok(());
         };
-        let r = budget::check(b.cfg.limits(key), &tally, &periods, call.start);
+        let Store::Fleet { redis, local } = &b.store else {
+            return self.check(call);
+        };
+        let periods = Periods::at(call.start, &b.tz);
+        match redis.get(key, &periods).await {
+            Ok(tally) => self.judge(call, b.cfg.limits(key), &tally, &periods),
+            Err(_) => {
+                redis.fleet.count_fallback("budget");
+                let share = |n: u64| redis.fleet.local_share(n);
+                let l = b.cfg.limits(key);
+                let money = |m: Option<Money>| {
+                    m.map(|m| {
+                        let n = u128::from(redis.fleet.expected_instances().max(1));
+                        Money::from_picos((m.picos() / n).max(1))
+                    })
+                };
+                let mut shares = *l;
+                shares.daily_cost = money(l.daily_cost);
+                shares.monthly_cost = money(l.monthly_cost);
+                shares.daily_tokens = l.daily_tokens.map(share);
+                shares.monthly_tokens = l.monthly_tokens.map(share);
+                let tally = local.get(key, &periods);
+                self.judge(call, &shares, &tally, &periods)
+            }
+        }
+    }
+
+    fn judge(
+        &self,
+        call: &Call,
+        limits: &budget::BudgetLimits,
+        tally: &Tally,
+        periods: &Periods,
+    ) -> Result<(), BudgetExceeded> {
+        let r = budget::check(limits, tally, periods, call.start);
         if let Err(e) = &r {
             metrics::counter!(
                 "deepseek_cost_budget_rejected_total",
@@ -186,10 +255,26 @@ impl Call {
             let tokens = hit.saturating_add(miss).saturating_add(out);
             let amount = cost.as_ref().map_or(Money::ZERO, |c| c.amount);
             let periods = Periods::at(self.start, &b.tz);
-            let tally = match &b.store {
-                Store::Memory(m) => m.add(&key.into(), &periods, amount, tokens),
-            };
-            self.report(b, key, &tally);
+            let tally = b.store.local().add(&key.into(), &periods, amount, tokens);
+            match &b.store {
+                Store::Memory(_) => report(&b.cfg, key, &tally),
+                #[cfg(feature = "redis")]
+                Store::Fleet { .. } => {
+                    // Added in the background: the end of the body is not delayed by Redis.
+                    let shared = self.shared.clone();
+                    let key = key.to_owned();
+                    crate::fleet::spawn_detached(async move {
+                        let Some(b) = &shared.budgets else { return };
+                        let Store::Fleet { redis, .. } = &b.store else {
+                            return;
+                        };
+                        match redis.add(&key, &periods, amount, tokens).await {
+                            Ok(tally) => report(&b.cfg, &key, &tally),
+                            Err(_) => redis.fleet.count_fallback("budget_settle"),
+                        }
+                    });
+                }
+            }
         }
         cost
     }
@@ -214,18 +299,18 @@ impl Call {
             .increment(u64::try_from(micros).unwrap_or(u64::MAX));
         }
     }
+}
 
-    /// Sets the budget-use gauges of the call's scope.
-    fn report(&self, b: &Budgets, key: &str, tally: &Tally) {
-        for (limit, ratio) in budget::ratios(b.cfg.limits(key), tally) {
-            if let Some(r) = ratio {
-                metrics::gauge!(
-                    "deepseek_cost_budget_used_ratio",
-                    "tenant" => key.to_string(),
-                    "limit" => limit,
-                )
-                .set(r);
-            }
+/// Sets the budget-use gauges of a scope.
+fn report(cfg: &CostBudgets, key: &str, tally: &Tally) {
+    for (limit, ratio) in budget::ratios(cfg.limits(key), tally) {
+        if let Some(r) = ratio {
+            metrics::gauge!(
+                "deepseek_cost_budget_used_ratio",
+                "tenant" => key.to_string(),
+                "limit" => limit,
+            )
+            .set(r);
         }
     }
 }
