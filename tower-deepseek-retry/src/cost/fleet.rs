@@ -5,10 +5,13 @@
 //! and `…:m:<month>`: one hash tag, so both are in one cluster slot and one script updates
 //! them together. Each is a hash of `picos` (money, in 10⁻¹² of the currency: up to about
 //! 9.2 million units per period, Redis integers being 64-bit) and `tokens`, and expires a day
-//! after its period ends.
+//! after its period ends (a time to live from the call's start, by the layer's clock: the
+//! instances' clocks and Redis' need not agree).
 
-use redis::Script;
 use std::sync::LazyLock;
+
+use jiff::Timestamp;
+use redis::Script;
 
 use tower_deepseek_core::protocol::Money;
 
@@ -32,7 +35,7 @@ local out = {}
 for i = 1, 2 do
   out[#out + 1] = tostring(redis.call('HINCRBY', KEYS[i], 'picos', ARGV[1]))
   out[#out + 1] = tostring(redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[2]))
-  redis.call('EXPIREAT', KEYS[i], ARGV[2 + i])
+  redis.call('EXPIRE', KEYS[i], ARGV[2 + i])
 end
 return out
 ",
@@ -41,6 +44,13 @@ return out
 
 /// One day, in seconds: how long a period's keys outlive it.
 const KEEP: i64 = 86_400;
+
+/// Seconds from `start` to a day after `end`.
+fn ttl(end: Timestamp, start: Timestamp) -> i64 {
+    (end.as_second() - start.as_second())
+        .max(0)
+        .saturating_add(KEEP)
+}
 
 pub(crate) struct RedisTally {
     pub(crate) fleet: Fleet,
@@ -70,7 +80,11 @@ impl RedisTally {
     }
 
     /// What `scope` has spent in `periods`, fleet-wide.
-    pub(crate) async fn get(&self, scope: &str, periods: &Periods) -> Result<Tally, FleetUnavailable> {
+    pub(crate) async fn get(
+        &self,
+        scope: &str,
+        periods: &Periods,
+    ) -> Result<Tally, FleetUnavailable> {
         let [d, m] = self.keys(scope, periods);
         let mut inv = GET.prepare_invoke();
         inv.key(d).key(m);
@@ -83,6 +97,7 @@ impl RedisTally {
         &self,
         scope: &str,
         periods: &Periods,
+        start: Timestamp,
         cost: Money,
         tokens: u64,
     ) -> Result<Tally, FleetUnavailable> {
@@ -94,8 +109,8 @@ impl RedisTally {
             .key(m)
             .arg(picos)
             .arg(tokens)
-            .arg(periods.day_end.as_second().saturating_add(KEEP))
-            .arg(periods.month_end.as_second().saturating_add(KEEP));
+            .arg(ttl(periods.day_end, start))
+            .arg(ttl(periods.month_end, start));
         let v: Vec<String> = self.fleet.invoke("budget_settle", &inv).await?;
         Ok(tally(&v))
     }

@@ -118,13 +118,10 @@ impl Shared {
     }
 
     /// Whether the check before start needs a round trip to Redis.
+    #[cfg(feature = "redis")]
     pub(crate) fn checks_fleet(&self, call: &Call) -> bool {
-        #[cfg(feature = "redis")]
-        if let Some((b, _)) = self.scope(call) {
-            return matches!(b.store, Store::Fleet { .. });
-        }
-        let _ = call;
-        false
+        self.scope(call)
+            .is_some_and(|(b, _)| matches!(b.store, Store::Fleet { .. }))
     }
 
     /// Check before start, on this process's tally: refuses a call whose budget is spent.
@@ -263,12 +260,13 @@ impl Call {
                     // Added in the background: the end of the body is not delayed by Redis.
                     let shared = self.shared.clone();
                     let key = key.to_owned();
+                    let start = self.start;
                     crate::fleet::spawn_detached(async move {
                         let Some(b) = &shared.budgets else { return };
                         let Store::Fleet { redis, .. } = &b.store else {
                             return;
                         };
-                        match redis.add(&key, &periods, amount, tokens).await {
+                        match redis.add(&key, &periods, start, amount, tokens).await {
                             Ok(tally) => report(&b.cfg, &key, &tally),
                             Err(_) => redis.fleet.count_fallback("budget_settle"),
                         }
