@@ -1,6 +1,6 @@
 //! The cost of composing the recommended stack: the static [`RecommendedStack`] against the
 //! same layers joined by type erasure (each stage boxed: `Arc<dyn Fn>`, a boxed future and an
-//! `axum::body::Body` per stage and request, as example-gateway did before), and against no
+//! `axum::body::Body` per stage and request, as deepseek-gateway did before), and against no
 //! layers at all. Every layer on, around an in-process upstream that answers a fixed JSON chat
 //! completion at once, so that only the stack is measured; then each layer alone
 //! (`stack_one_layer`), for what each one costs.

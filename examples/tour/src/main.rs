@@ -367,7 +367,7 @@ async fn offline() -> Result<(), BoxError> {
     }
 
     println!(
-        "\ntour finished in {:.1} s. Next: `cargo run -p example-gateway -- --help`.",
+        "\ntour finished in {:.1} s. Next: `cargo run -p tower-deepseek-gateway -- --help`.",
         started.elapsed().as_secs_f64()
     );
     slow.shutdown().await;

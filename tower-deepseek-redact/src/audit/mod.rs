@@ -76,7 +76,7 @@
 //! the file: the last record an earlier process wrote), else from zeros. [`verify_chain`]
 //! reads a log and reports the first line that was edited, removed or reordered;
 //! [`verify_chain_files`] checks one chain across rotated files, oldest first (the gateway
-//! binary has it as `example-gateway audit verify FILE...`).
+//! binary has it as `deepseek-gateway audit verify FILE...`).
 //!
 //! # Order
 //!

@@ -1,5 +1,5 @@
 //! The routes by which personal data can reach an upstream, shared by the layer tests, the
-//! loopback tests and the gateway's tests (`examples/gateway/tests/redaction.rs` includes this
+//! loopback tests and the gateway's tests (`tower-deepseek-gateway/tests/redaction.rs` includes this
 //! file): one body per field that carries text, and bodies that cannot be parsed.
 #![allow(dead_code, unreachable_pub)]
 

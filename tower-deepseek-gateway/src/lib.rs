@@ -1,0 +1,470 @@
+//! An OpenAI-compatible gateway in front of DeepSeek, built from tower-deepseek layers.
+//!
+//! The binary (`src/main.rs`) parses flags and calls this library; tests drive the same code
+//! in-process. See the crate's README for the flags, the configuration file
+//! ([`config::GatewayConfig`]) and the metrics.
+//!
+//! # Routes
+//!
+//! | route | |
+//! |---|---|
+//! | `POST /v1/chat/completions`, `POST /chat/completions` | proxied to `<upstream>/chat/completions` |
+//! | `GET /v1/models`, `GET /models` | proxied to `<upstream>/models` |
+//! | `POST /beta/completions` | proxied to `<upstream>/beta/completions` |
+//! | `GET /healthz` | `{"status":"ok"}` |
+//! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
+//!
+//! Proxied requests go through the recommended stack of the workspace's ARCHITECTURE.md, outermost
+//! first: audit, redact, cache, rate limit (per tenant), retry, circuit breaker, auth
+//! (API key or OAuth2), attempt timeouts, the pooled rustls client. Responses stream through
+//! as they arrive; every error is answered as `{"error":{"message","type","code"}}`.
+//!
+//! # Inbound authentication
+//!
+//! Clients present `Authorization: Bearer <key>` (or `x-api-key`). The configuration lists the
+//! SHA-256 of each allowed key, with an optional tenant name and limits of its own. The
+//! client's key is never forwarded: the upstream credential replaces it. With no keys
+//! configured, the gateway serves anyone, and refuses to listen on anything but a loopback
+//! address.
+//!
+//! # Protocols and limits
+//!
+//! HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on every route; the protocol toward the
+//! upstream is the client pool's choice. Only an allow-list of request headers goes upstream
+//! (content type, accept, cache directives, the request id, `x-ds-*`). The server bounds what a
+//! client can hold (`[server]` in [`config::ServerConfig`]): header size (431), header-read,
+//! body-read (408) and idle timeouts, and a connection cap beyond which `/healthz` still
+//! answers and the rest gets a 503. An event stream that fails after its head was sent ends
+//! with a final error event in the OpenAI shape and a clean end, never a reset.
+//!
+//! # Shutdown
+//!
+//! The future given to [`Gateway::serve`] (in the binary: SIGTERM or Ctrl-C) stops accepting
+//! connections; requests and streams in flight finish, up to `server.drain_timeout_ms`; audit
+//! records are flushed; then `serve` returns.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tower_deepseek::core::classify::Classifier;
+use tower_deepseek::core::meta::MetadataConfig;
+use tower_deepseek::redact::audit::{AuditHandle, AuditLayer};
+
+pub mod config;
+mod error;
+mod handler;
+pub mod inbound;
+mod server;
+mod stack;
+mod stream;
+pub mod telemetry;
+
+pub use config::GatewayConfig;
+
+/// Everything the gateway needs to start.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// The address to listen on (checked against the inbound-key rule).
+    pub listen: SocketAddr,
+    /// The upstream's base URL.
+    pub upstream: String,
+    /// The configuration (file).
+    pub config: GatewayConfig,
+    /// Redis for the L2 cache and the shared OAuth2 token.
+    pub redis: Option<String>,
+    /// The audit log (JSON Lines).
+    pub audit_log: Option<PathBuf>,
+    /// The upstream API key (`DEEPSEEK_API_KEY`).
+    pub api_key: Option<SecretString>,
+}
+
+impl Options {
+    /// Defaults of the binary: `127.0.0.1:8080`, `https://api.deepseek.com`, default config.
+    pub fn new() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream: "https://api.deepseek.com".to_owned(),
+            config: GatewayConfig::default(),
+            redis: None,
+            audit_log: None,
+            api_key: None,
+        }
+    }
+
+    /// Sets the listen address.
+    #[must_use]
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Sets the upstream base URL.
+    #[must_use]
+    pub fn upstream(mut self, url: impl Into<String>) -> Self {
+        self.upstream = url.into();
+        self
+    }
+
+    /// Sets the configuration.
+    #[must_use]
+    pub fn config(mut self, config: GatewayConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the Redis URL.
+    #[must_use]
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(url.into());
+        self
+    }
+
+    /// Sets the audit log path.
+    #[must_use]
+    pub fn audit_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.audit_log = Some(path.into());
+        self
+    }
+
+    /// Sets the upstream API key.
+    #[must_use]
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(SecretString::from(key.into()));
+        self
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why the gateway did not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// No client keys are configured and the address is not a loopback address.
+    OpenNonLoopback {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// A `[[keys]]` entry is invalid.
+    Keys(String),
+    /// The upstream URL is invalid.
+    Upstream(String),
+    /// A layer's configuration is invalid.
+    Layer {
+        /// The layer (`retry`, `cache`, ...).
+        layer: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Another setting is invalid.
+    Config(String),
+    /// Listening failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::OpenNonLoopback { addr } => write!(
+                f,
+                "refusing to listen on {addr} without client keys: anyone who can reach it could spend the upstream credential. \
+                 Add [[keys]] to the config file (SHA-256 of each client key), or listen on a loopback address such as 127.0.0.1"
+            ),
+            StartError::Keys(m) => write!(f, "invalid client keys: {m}"),
+            StartError::Upstream(m) => write!(f, "invalid upstream URL: {m}"),
+            StartError::Layer { layer, message } => {
+                write!(f, "invalid [{layer}] configuration: {message}")
+            }
+            StartError::Config(m) => write!(f, "invalid configuration: {m}"),
+            StartError::Io(e) => write!(f, "cannot listen: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
+/// The endpoints proxied upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Chat,
+    Models,
+    Fim,
+}
+
+impl Route {
+    /// The upstream path, relative to the base URL; also the metric label.
+    fn path(self) -> &'static str {
+        match self {
+            Route::Chat => "/chat/completions",
+            Route::Models => "/models",
+            Route::Fim => "/beta/completions",
+        }
+    }
+}
+
+struct Shared {
+    keys: inbound::Keys,
+    meta: MetadataConfig,
+    max_header_bytes: usize,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+    service: stack::Svc,
+    classifier: Classifier,
+    audit_layer: Option<AuditLayer>,
+}
+
+/// A configured gateway, ready to [`serve`](Gateway::serve).
+pub struct Gateway {
+    router: Router,
+    audit: Option<AuditHandle>,
+    drain: Duration,
+    limits: server::Limits,
+    open: bool,
+    allow_open_non_loopback: bool,
+    wired: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("layers", &self.wired)
+            .field("open", &self.open)
+            .field("drain", &self.drain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Checks the options and builds the stack. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`]: no keys on a non-loopback address, an invalid key hash, upstream URL or
+    /// layer configuration.
+    pub fn new(options: Options) -> Result<Self, StartError> {
+        let Options {
+            listen,
+            upstream,
+            config: cfg,
+            redis,
+            audit_log,
+            api_key,
+        } = options;
+        let keys = inbound::Keys::new(&cfg.keys).map_err(|e| StartError::Keys(e.to_string()))?;
+        let open = keys.is_empty();
+        if open && !listen.ip().is_loopback() && !cfg.server.allow_open_non_loopback {
+            return Err(StartError::OpenNonLoopback { addr: listen });
+        }
+        let srv = &cfg.server;
+        if srv.max_connections == 0
+            || srv.header_read_timeout_ms == 0
+            || srv.body_read_timeout_ms == 0
+            || srv.idle_timeout_ms == 0
+            || srv.max_header_bytes < 1024
+        {
+            return Err(StartError::Config(
+                "[server]: max_connections and the timeouts must be above 0, max_header_bytes at least 1024".to_owned(),
+            ));
+        }
+        let mut meta = MetadataConfig::new();
+        for net in &cfg.server.trusted_proxies {
+            let net = net.parse().map_err(|_| {
+                StartError::Config(format!("trusted_proxies: {net:?} is not a CIDR"))
+            })?;
+            meta = meta.trust_proxy(net);
+        }
+        let credential = match (&cfg.oauth2, api_key) {
+            (Some(o), _) => {
+                o.validate().map_err(|e| StartError::Layer {
+                    layer: "oauth2",
+                    message: e.to_string(),
+                })?;
+                stack::Credential::OAuth2
+            }
+            (None, Some(key)) => stack::Credential::ApiKey(key),
+            (None, None) => {
+                tracing::warn!(target: "tower_deepseek_gateway", "no upstream credential (DEEPSEEK_API_KEY or [oauth2]): requests go upstream without one");
+                stack::Credential::None
+            }
+        };
+        // The recorder must exist before the layers register their metrics.
+        telemetry::handle();
+        let built = stack::build(
+            &cfg,
+            &upstream,
+            &credential,
+            redis.as_deref(),
+            audit_log.as_deref(),
+        )?;
+        if open {
+            tracing::warn!(target: "tower_deepseek_gateway", "no client keys configured: serving any client, on a loopback address only");
+        }
+        let shared = Arc::new(Shared {
+            keys,
+            meta,
+            max_header_bytes: cfg.server.max_header_bytes,
+            max_body_bytes: cfg.server.max_body_bytes,
+            body_read_timeout: Duration::from_millis(cfg.server.body_read_timeout_ms),
+            service: built.service,
+            classifier: Classifier::new(),
+            audit_layer: built.audit_layer,
+        });
+        let router = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/chat/completions", post(chat))
+            .route("/v1/models", get(models))
+            .route("/models", get(models))
+            .route("/beta/completions", post(fim))
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics_page))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(shared);
+        Ok(Self {
+            router,
+            audit: built.audit,
+            drain: Duration::from_millis(cfg.server.drain_timeout_ms),
+            limits: server::Limits {
+                header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
+                max_connections: cfg.server.max_connections,
+                max_header_bytes: cfg.server.max_header_bytes,
+                idle_timeout: Duration::from_millis(cfg.server.idle_timeout_ms),
+            },
+            open,
+            allow_open_non_loopback: cfg.server.allow_open_non_loopback,
+            wired: built.wired,
+        })
+    }
+
+    /// The layers wired, outermost first (`audit`, `redact`, `cache_l1`, ..., `client`).
+    pub fn layers(&self) -> &[&'static str] {
+        &self.wired
+    }
+
+    /// The axum router (to embed the gateway in another server; peer addresses come from
+    /// `ConnectInfo<SocketAddr>`).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains (see the crate docs).
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::OpenNonLoopback`] if the listener is not on a loopback address and no
+    /// keys are configured; [`StartError::Io`] if serving fails.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let addr = listener.local_addr()?;
+        if self.open && !addr.ip().is_loopback() && !self.allow_open_non_loopback {
+            return Err(StartError::OpenNonLoopback { addr });
+        }
+        // Beyond the connection cap: the health check still answers, the rest is refused.
+        let refusal = Router::new()
+            .route("/healthz", get(healthz))
+            .fallback(too_many_connections);
+        let result = server::run(
+            listener,
+            self.router.clone(),
+            refusal,
+            self.limits,
+            shutdown,
+            self.drain,
+        )
+        .await;
+        if let Some(audit) = &self.audit {
+            if let Err(e) = audit.shutdown() {
+                tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the audit log failed");
+            }
+        }
+        tracing::info!(target: "tower_deepseek_gateway", "stopped");
+        result.map_err(StartError::Io)
+    }
+}
+
+/// Builds the gateway from `options` and serves on `listener` until `shutdown`.
+///
+/// # Errors
+///
+/// See [`Gateway::new`] and [`Gateway::serve`].
+pub async fn run<F>(options: Options, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    Gateway::new(options)?.serve(listener, shutdown).await
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+use handler::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_gateway_refuses_a_public_address() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let err =
+                Gateway::new(Options::new().listen("0.0.0.0:8080".parse().unwrap())).unwrap_err();
+            assert!(matches!(err, StartError::OpenNonLoopback { .. }));
+            assert!(err.to_string().contains("without client keys"));
+            let gw = Gateway::new(Options::new().listen("[::1]:0".parse().unwrap())).unwrap();
+            assert!(gw.layers().contains(&"cache_l1"));
+        });
+    }
+}

@@ -1,0 +1,146 @@
+//! Prometheus: one process-wide recorder, gateway request metrics, process CPU and memory.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// `deepseek_gateway_requests_total{route,status}`: responses by route and status, counted at
+/// the response head (errors answered by the gateway included).
+pub const REQUESTS_TOTAL: &str = "deepseek_gateway_requests_total";
+/// `deepseek_gateway_request_duration_seconds{route}`: histogram of the time from the request
+/// to the response head.
+pub const REQUEST_DURATION: &str = "deepseek_gateway_request_duration_seconds";
+/// `deepseek_gateway_responses_total{route,outcome}`: calls by final outcome, classified when
+/// the body ends (`ok`, a core failure class such as `incomplete`, `server_error`, or
+/// `cancelled` when the client went away).
+pub const RESPONSES_TOTAL: &str = "deepseek_gateway_responses_total";
+/// `deepseek_gateway_tokens_total{kind}`: tokens of the answers (`prompt`, `completion`,
+/// `prompt_cache_hit`, `prompt_cache_miss`), read from `usage` (streams included).
+pub const TOKENS_TOTAL: &str = "deepseek_gateway_tokens_total";
+/// `deepseek_gateway_in_flight`: requests being answered (gauge).
+pub const IN_FLIGHT: &str = "deepseek_gateway_in_flight";
+
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use (layers register their
+/// metrics when built, so call this before building them).
+pub(crate) fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .expect("the bucket list is not empty");
+        let handle = match builder.install_recorder() {
+            Ok(h) => h,
+            // Another recorder is already installed (an embedding program's): render ours
+            // anyway; it just stays empty.
+            Err(e) => {
+                tracing::warn!(target: "tower_deepseek_gateway", error = %e, "a metrics recorder is already installed; /metrics shows only process metrics");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        };
+        describe();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let h = handle.clone();
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    h.run_upkeep();
+                }
+            });
+        }
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!(REQUESTS_TOTAL, "Gateway responses by route and status");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from the request to the response head"
+    );
+    metrics::describe_counter!(RESPONSES_TOTAL, "Gateway calls by final outcome");
+    metrics::describe_counter!(TOKENS_TOTAL, "Tokens of the answers by kind");
+    metrics::describe_gauge!(IN_FLIGHT, "Requests being answered");
+}
+
+/// The Prometheus text: every recorded metric, then the process metrics.
+pub(crate) fn render() -> String {
+    let mut out = handle().render();
+    process_metrics(&mut out);
+    out
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_open_fds` from `/proc` (Linux; nothing elsewhere).
+fn process_metrics(out: &mut String) {
+    use std::fmt::Write;
+    // Linux reports CPU times in USER_HZ ticks (100 on every mainstream architecture) and
+    // memory in pages (4 KiB on x86-64 and most arm64 kernels).
+    const TICKS_PER_SEC: f64 = 100.0;
+    const PAGE: u64 = 4096;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the line: 11 and 12 after the ')'.
+            if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
+                if let (Ok(u), Ok(s)) = (u.parse::<u64>(), s.parse::<u64>()) {
+                    let secs = (u + s) as f64 / TICKS_PER_SEC;
+                    let _ = write!(
+                        out,
+                        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {secs}\n\n"
+                    );
+                }
+            }
+        }
+    }
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        let mut it = statm.split_whitespace();
+        let size = it.next().and_then(|v| v.parse::<u64>().ok());
+        let rss = it.next().and_then(|v| v.parse::<u64>().ok());
+        if let (Some(size), Some(rss)) = (size, rss) {
+            let _ = write!(
+                out,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\n# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {}\n\n",
+                rss * PAGE,
+                size * PAGE
+            );
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let n = dir.count();
+        let _ = write!(
+            out,
+            "# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {n}\n"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_metrics_are_rendered_on_linux() {
+        let mut s = String::new();
+        process_metrics(&mut s);
+        if cfg!(target_os = "linux") {
+            assert!(s.contains("process_cpu_seconds_total "), "{s}");
+            let rss: u64 = s
+                .lines()
+                .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(rss > 1024 * 1024);
+        }
+    }
+}

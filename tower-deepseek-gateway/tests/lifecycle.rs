@@ -1,0 +1,240 @@
+//! Start-up rules and graceful shutdown, in-process and through the real binary (SIGTERM).
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tower_deepseek_testkit::MockServer;
+
+fn stream_body() -> serde_json::Value {
+    json!({"model": "deepseek-chat", "stream": true, "stream_options": {"include_usage": true},
+           "messages": [{"role": "user", "content": "a b c d e f g h i j k l"}]})
+}
+
+/// Reads the rest of a body (with a bound), returning the text.
+async fn rest(mut body: Incoming, mut text: String) -> String {
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("frames keep coming")
+    {
+        if let Ok(d) = frame.expect("the stream is not cut").into_data() {
+            text.push_str(std::str::from_utf8(&d).unwrap());
+        }
+    }
+    text
+}
+
+/// Waits for the first data frame of `body`.
+async fn first_frame(body: &mut Incoming) -> String {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            return String::from_utf8(d.to_vec()).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_during_a_stream_lets_it_finish() {
+    let upstream = MockServer::builder()
+        .api_key(UPSTREAM_KEY)
+        .stream_chunk_delay(Duration::from_millis(40))
+        .start()
+        .await;
+    let mut gw = start(&upstream.url(), config_with_keys(""), None).await;
+    let res = send(
+        &client(),
+        chat_request(
+            &gw.url("/v1/chat/completions"),
+            Some(CLIENT_KEY),
+            stream_body(),
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let first = first_frame(&mut body).await;
+
+    gw.trigger_shutdown();
+    let stopped_at = Instant::now();
+    // No new connections once shutdown began.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
+
+    let text = rest(body, first).await;
+    assert!(text.contains("\"usage\""), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let task = gw.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("serve returns once the stream is done")
+        .unwrap()
+        .unwrap();
+    assert!(stopped_at.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn drain_deadline_bounds_shutdown() {
+    let upstream = MockServer::builder()
+        .api_key(UPSTREAM_KEY)
+        .stream_chunk_delay(Duration::from_millis(500))
+        .start()
+        .await;
+    let text = format!(
+        "[server]\ndrain_timeout_ms = 200\n[[keys]]\nsha256 = \"{}\"\n",
+        sha256_hex(CLIENT_KEY)
+    );
+    let cfg = tower_deepseek_gateway::GatewayConfig::from_toml(&text).unwrap();
+    let mut gw = start(&upstream.url(), cfg, None).await;
+    let res = send(
+        &client(),
+        chat_request(
+            &gw.url("/v1/chat/completions"),
+            Some(CLIENT_KEY),
+            stream_body(),
+        ),
+    )
+    .await;
+    let mut body = res.into_body();
+    first_frame(&mut body).await;
+    gw.trigger_shutdown();
+    let t = Instant::now();
+    let task = gw.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .expect("the drain deadline ends serve")
+        .unwrap()
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(body);
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_deepseek-gateway");
+
+#[tokio::test]
+async fn binary_drains_a_stream_on_sigterm() {
+    let upstream = MockServer::builder()
+        .api_key(UPSTREAM_KEY)
+        .stream_chunk_delay(Duration::from_millis(40))
+        .start()
+        .await;
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--upstream", &upstream.url()])
+        .env("DEEPSEEK_API_KEY", UPSTREAM_KEY)
+        .env(
+            "RUST_LOG",
+            "info,tower_deepseek_gateway=trace,tower_deepseek_auth=trace,tower_deepseek_cache=trace,\
+             tower_deepseek_retry=trace,tower_deepseek_breaker=trace,tower_deepseek_redact=trace,\
+             deepseek_audit=trace",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the gateway starts")
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+
+    let res = send(
+        &client(),
+        chat_request(
+            &format!("http://{addr}/v1/chat/completions"),
+            None,
+            stream_body(),
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let first = first_frame(&mut body).await;
+
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let text = rest(body, first).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the gateway exits after draining")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(
+        lines.next_line().await.unwrap(),
+        None,
+        "exactly one stdout line"
+    );
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("no client keys configured"), "{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    for secret in [UPSTREAM_KEY, CLIENT_KEY, "13800138000", "reach me"] {
+        assert!(!stderr.contains(secret), "{secret} in the logs: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn binary_refuses_a_public_address_without_keys() {
+    let out = Command::new(BIN)
+        .args(["--listen", "0.0.0.0:0", "--upstream", "http://127.0.0.1:9"])
+        .env_remove("DEEPSEEK_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no `listening on` line");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without client keys"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn binary_rejects_a_broken_config_file() {
+    let path =
+        std::env::temp_dir().join(format!("deepseek-gateway-bad-{}.toml", std::process::id()));
+    std::fs::write(&path, "[retry]\nmax_atempts = 3\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_atempts"), "{stderr}");
+}
