@@ -39,6 +39,15 @@
 //! token_url = "https://auth.example.com/oauth2/token"
 //! client_id = "gateway"
 //! client_secret = "..."
+//! [prices]        # tower_deepseek_retry::cost::PriceTable (docs/prices.example.toml)
+//! currency = "USD"
+//! [prices.models.deepseek-chat]
+//! cache_hit = 0.028
+//! cache_miss = 0.28
+//! output = 0.42
+//! [budgets]       # tower_deepseek_retry::cost::CostBudgets (per tenant; `--redis`: fleet-wide)
+//! default = { daily_cost = "5", monthly_tokens = 100000000 }
+//! tenants.acme = { monthly_cost = "500" }
 //! ```
 
 use std::fmt;
@@ -52,6 +61,7 @@ use tower_deepseek::client::ClientConfig;
 use tower_deepseek::redact::RedactConfig;
 use tower_deepseek::redact::audit::SinkFailurePolicy;
 use tower_deepseek::retry::RetryConfig;
+use tower_deepseek::retry::cost::{CostBudgets, PriceTable};
 use tower_deepseek::retry::rate_limit::RateLimitConfig;
 use tower_deepseek::retry::timeout::TimeoutConfig;
 
@@ -84,6 +94,13 @@ pub struct GatewayConfig {
     pub audit: AuditConfig,
     /// OAuth2 client credentials for the upstream (instead of `DEEPSEEK_API_KEY`).
     pub oauth2: Option<OAuth2Config>,
+    /// The price table: with it (or with `[budgets]`) each call is priced from its usage
+    /// (`tower_deepseek_retry::cost`), counted in `deepseek_cost_micros_total{tenant,model}`
+    /// and written in the audit record. See `docs/prices.example.toml`.
+    pub prices: Option<PriceTable>,
+    /// Budgets per tenant (so per client key) or for all, per day and month, in money (the
+    /// price table's currency) or tokens; shared by the fleet through `--redis` when given.
+    pub budgets: Option<CostBudgets>,
 }
 
 /// The gateway's own server settings.

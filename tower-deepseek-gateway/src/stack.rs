@@ -1,5 +1,5 @@
 //! The recommended stack (ARCHITECTURE.md, "the recommended stack") around the upstream client, outermost first:
-//! Audit, Redact, Cache, RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout, client.
+//! Audit, Redact, Cache, Cost (with `[prices]` or `[budgets]`), RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout, client.
 //!
 //! It is the facade's [`RecommendedStack`](tower_deepseek::stack::RecommendedStack): one
 //! statically typed layer in which each layer is optional at run time (an absent layer is the
@@ -18,6 +18,8 @@ use tower_deepseek::auth::{BearerAuthLayer, OAuth2Layer};
 use tower_deepseek::client::{BaseUrl, BaseUrlLayer, UpstreamClient, upstream_client};
 use tower_deepseek::core::body::BufferedBody;
 use tower_deepseek::redact::audit::{AuditHandle, AuditLayer, JsonlFileSink};
+use tower_deepseek::retry::cost::CostLayer;
+use tower_deepseek::retry::fleet::Fleet;
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
 use tower_deepseek::stack::{Recommended, StackConfig, StackConfigError, StackRequestBody};
 
@@ -136,6 +138,23 @@ pub(crate) fn build(
             stack = stack.oauth2(layer);
         }
         Credential::None => {}
+    }
+
+    if cfg.prices.is_some() || cfg.budgets.is_some() {
+        let mut b = CostLayer::builder(cfg.prices.clone().unwrap_or_default());
+        if let Some(budgets) = &cfg.budgets {
+            b = b.budgets(budgets.clone());
+            if let Some(url) = redis {
+                // The fleet's Redis: every gateway on it shares the budgets.
+                let fleet = Fleet::builder()
+                    .redis_url(url)
+                    .build()
+                    .map_err(|e| config_err("budgets")(e.to_string()))?;
+                b = b.fleet(fleet);
+            }
+        }
+        let layer = b.build().map_err(|e| config_err("prices")(e.to_string()))?;
+        stack = stack.cost(layer);
     }
 
     let mut audit = None;
