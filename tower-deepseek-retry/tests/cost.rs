@@ -310,6 +310,43 @@ fn sub_micro_costs_add_up_exactly() {
     );
 }
 
+/// With the cost header on, a non-streaming answer carries `x-ds-cost` (read ahead, whole);
+/// a stream does not (its cost is known at its end only) and is not held back.
+#[test]
+fn the_cost_header_is_on_json_answers_only() {
+    block_on(async {
+        let up = Upstream::default();
+        let mut svc = CostLayer::builder(prices())
+            .cost_header(true)
+            .clock(|| SystemTime::UNIX_EPOCH + Duration::from_secs(1_765_022_400))
+            .build()
+            .unwrap()
+            .layer(up.clone());
+        up.json("deepseek-chat", usage(Some(1000), Some(2000), 3000, 500));
+        let resp = svc.ready().await.unwrap().call(req("t")).await.unwrap();
+        assert_eq!(resp.headers()["x-ds-cost"], "0.000798 USD");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 500);
+
+        up.stream("deepseek-chat", usage(Some(1000), Some(2000), 3000, 500));
+        let resp = svc.ready().await.unwrap().call(req("t")).await.unwrap();
+        assert!(!resp.headers().contains_key("x-ds-cost"));
+        let slot = resp.extensions().get::<CallCost>().cloned().unwrap();
+        assert!(slot.get().is_none(), "the stream was not read ahead");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.ends_with(b"data: [DONE]\n\n"));
+        assert_eq!(slot.get().unwrap().amount, m("0.000798"));
+
+        // Without usage: no header, the answer as it was.
+        up.push(200, "application/json", r#"{"choices":[]}"#);
+        let resp = svc.ready().await.unwrap().call(req("t")).await.unwrap();
+        assert!(!resp.headers().contains_key("x-ds-cost"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"choices":[]}"#);
+    });
+}
+
 fn refused(r: Result<Option<String>, BoxError>) -> BudgetExceeded {
     r.unwrap_err()
         .downcast_ref::<BudgetExceeded>()

@@ -1,5 +1,6 @@
 //! The response body of [`Cost`](super::Cost): observed; its end prices the call.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -51,12 +52,49 @@ impl BodyObserver for PriceSlot {
     }
 }
 
+/// What a body observed by the cost layer is.
+pub(crate) type Observed<B> = ObservedBody<B, PriceSlot>;
+
 pin_project! {
     /// Response body of [`Cost`](super::Cost): the answer, passed through unchanged; its end
     /// prices the call.
     pub struct ResponseBody<B> {
         #[pin]
-        pub(crate) inner: ObservedBody<B, PriceSlot>,
+        pub(crate) inner: Inner<B>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    pub(crate) enum Inner<B> {
+        // As it comes.
+        Direct { #[pin] body: Observed<B> },
+        // Read ahead to price it before the head went up (`x-ds-cost`): the frames read, the
+        // error that ended the reading, and the rest of the body (when the read stopped at the
+        // limit).
+        Collected {
+            prefix: VecDeque<Frame<Bytes>>,
+            err: Option<BoxError>,
+            rest: Option<Pin<Box<Observed<B>>>>,
+        },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn direct(body: Observed<B>) -> Self {
+        ResponseBody {
+            inner: Inner::Direct { body },
+        }
+    }
+
+    pub(crate) fn collected(
+        prefix: VecDeque<Frame<Bytes>>,
+        err: Option<BoxError>,
+        rest: Option<Pin<Box<Observed<B>>>>,
+    ) -> Self {
+        ResponseBody {
+            inner: Inner::Collected { prefix, err, rest },
+        }
     }
 }
 
@@ -78,14 +116,56 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().inner.poll_frame(cx)
+        match self.project().inner.project() {
+            InnerProj::Direct { body } => body.poll_frame(cx),
+            InnerProj::Collected { prefix, err, rest } => {
+                if let Some(f) = prefix.pop_front() {
+                    return Poll::Ready(Some(Ok(f)));
+                }
+                if let Some(e) = err.take() {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                match rest {
+                    Some(r) => r.as_mut().poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Direct { body } => body.is_end_stream(),
+            Inner::Collected { prefix, err, rest } => {
+                prefix.is_empty()
+                    && err.is_none()
+                    && rest.as_ref().is_none_or(|r| r.is_end_stream())
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Direct { body } => body.size_hint(),
+            Inner::Collected { prefix, rest, .. } => {
+                let known: u64 = prefix
+                    .iter()
+                    .filter_map(Frame::data_ref)
+                    .map(|d| d.len() as u64)
+                    .sum();
+                match rest {
+                    None => SizeHint::with_exact(known),
+                    Some(r) => {
+                        let h = r.size_hint();
+                        let mut out = SizeHint::new();
+                        out.set_lower(known + h.lower());
+                        if let Some(u) = h.upper() {
+                            out.set_upper(known + u);
+                        }
+                        out
+                    }
+                }
+            }
+        }
     }
 }

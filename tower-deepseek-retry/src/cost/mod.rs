@@ -19,7 +19,12 @@
 //! - **the response**: a [`CallCost`](tower_deepseek_core::protocol::CallCost) slot in the
 //!   response's extensions, filled when the body ends and before that end goes up, so that
 //!   `AuditLayer` above writes the cost in its record; with [`CostLayerBuilder::cost_header`],
-//!   a non-streaming answer also carries `x-ds-cost: <amount> <currency>`.
+//!   a non-streaming answer also carries `x-ds-cost: <amount> <currency>` (`0.000798 USD`).
+//!   For that the layer reads a JSON answer to its end (up to 8 MiB; a larger one goes on
+//!   without the header) before it hands the head up, as the retry layer does: the caller of
+//!   a non-streaming answer waits for the whole body anyway. A stream is never held back and
+//!   never carries the header (its cost is known at its end only): read the extension or the
+//!   audit record.
 //! - **metrics** (labels `tenant` and `model`, never a key; `model` is the price-table entry
 //!   that priced the call, or `unpriced`, so that callers cannot grow the label set with made-up
 //!   model names; `tenant` is `none` without a

@@ -11,6 +11,8 @@ use tower_deepseek_core::protocol::ShareVerdict;
 use tower_service::Service;
 
 use super::body::ResponseBody;
+#[cfg(feature = "redis")]
+use super::future::Ahead;
 use super::future::{Kind, ResponseFuture};
 use super::state::Shared;
 
@@ -80,7 +82,13 @@ where
                     fut: Box::pin(async move {
                         shared.check_fleet(&call).await?;
                         let resp = inner.call(req).await.map_err(Into::into)?;
-                        Ok(shared.finish(call, resp))
+                        Ok(match shared.finish(call, resp) {
+                            (resp, None) => resp.map(ResponseBody::direct),
+                            (resp, Some(slot)) => {
+                                let mut ahead = Ahead::new(resp, slot);
+                                std::future::poll_fn(|cx| ahead.poll(cx)).await
+                            }
+                        })
                     }),
                 },
             };

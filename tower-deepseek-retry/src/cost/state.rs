@@ -14,7 +14,7 @@ use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
 use tower_deepseek_core::meta::TenantId;
 use tower_deepseek_core::protocol::{CallCost, Charge, ModelHint, Money};
 
-use super::body::{PriceSlot, Pricing, ResponseBody};
+use super::body::{Observed, PriceSlot, Pricing};
 use super::budget::{self, CostBudgets, MemoryTally, Periods, Tally};
 use super::error::BudgetExceeded;
 use super::price::Prices;
@@ -195,21 +195,36 @@ impl Shared {
         r
     }
 
-    /// Wraps the answer: its end prices the call.
-    pub(crate) fn finish<B>(&self, call: Call, mut resp: Response<B>) -> Response<ResponseBody<B>> {
+    /// Wraps the answer: its end prices the call. With the cost header on, the slot of a
+    /// non-streaming answer comes back too: the answer is then read ahead to price it.
+    pub(crate) fn finish<B>(
+        &self,
+        call: Call,
+        mut resp: Response<B>,
+    ) -> (Response<Observed<B>>, Option<CallCost>) {
+        let mut ahead = None;
         let observer = match Classifier::new().classify_head(resp.status(), resp.headers()) {
             ClassifiedResponse::RequiresEos(eos) => {
                 let slot = CallCost::new();
                 let judge = EndJudge::from_extensions(eos, resp.extensions());
                 resp.extensions_mut().insert(slot.clone());
+                let stream = resp
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+                if self.header && !stream {
+                    ahead = Some(slot.clone());
+                }
                 Some(Box::new(Pricing { call, judge, slot }))
             }
             // An error or an answer without a body to price: nothing was billed.
             ClassifiedResponse::Ready(_) => None,
         };
-        resp.map(|b| ResponseBody {
-            inner: ObservedBody::new(b, PriceSlot(observer)),
-        })
+        (
+            resp.map(|b| ObservedBody::new(b, PriceSlot(observer))),
+            ahead,
+        )
     }
 }
 
