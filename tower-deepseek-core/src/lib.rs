@@ -15,6 +15,7 @@
 //!   helpers every layer's configuration uses.
 //! - [`protocol`]: every extension and marker type one layer writes for another, with its
 //!   writer, readers and invariants in one table.
+//! - [`money`]: [`Money`](money::Money), exact amounts in integer picos, for cost accounting.
 //! - [`meta`]: request id, client IP and tenant id in [`http::Extensions`].
 //! - [`error`]: small public error types to downcast a [`BoxError`] to.
 //!
@@ -32,6 +33,7 @@ pub mod classify;
 pub mod config;
 pub mod error;
 pub mod meta;
+pub mod money;
 pub mod protocol;
 pub mod sse;
 

@@ -30,19 +30,21 @@
 //! | [`Attempts`] | `RetryLayer`, always | the caller, `AuditLayer` (`retries`) | on the response it returns | count (the first attempt included), the class of each failed attempt, the [`StopReason`] | retry `retry` tests |
 //! | [`BreakerStatus`] | the breaker layers, when asked for call facts | `AuditLayer` (`breaker`) | on the response head | the state after recording an outcome the head decides, else the state when the head arrived | breaker `scenarios` |
 //! | [`CredentialRefreshed`] | `OAuth2Layer`, on a 401 it obtained a new token for | `RetryLayer` (replays once, at once, outside its budget) | on the 401 | only when the request carried [`ReplayOn401::Offered`] | retry and auth tests |
+//! | [`CallCost`] | `CostLayer`, for a 2xx answer it priced | `AuditLayer` (`cost`), the caller | an empty slot with the head; filled when the body ends, before that end goes up | filled once, from the call's `usage` priced at the call's start; empty when the answer had no usage, its model has no price, or the body was dropped | retry `cost` tests, redact `audit` tests |
 //!
 //! The `x-cache` response header (`hit-l1`, `hit-l2`, `miss`, `bypass`) is meant for the caller
 //! too, and so is not an extension; `AuditLayer` reads it for the record.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
 use crate::classify::FailureClass;
 pub use crate::classify::{BodyOutcome, FrameTrace, SharedOutcome};
+pub use crate::money::Money;
 
 /// The standard request-id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -346,5 +348,107 @@ impl CacheOptions {
     pub const fn cache_nonzero_temperature(mut self, yes: bool) -> Self {
         self.cache_nonzero_temperature = Some(yes);
         self
+    }
+}
+
+/// What one call was charged: the amount, its currency, the price-table entry and time window used,
+/// and the tokens priced. Read from a [`CallCost`] slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Charge {
+    /// The exact amount.
+    pub amount: Money,
+    /// The currency of the amount (the price table's code, as `USD` or `CNY`).
+    pub currency: Arc<str>,
+    /// The price-table entry that priced the call (a model name).
+    pub model: Arc<str>,
+    /// The name of the time window whose prices applied, `None` for the model's base prices.
+    pub window: Option<Arc<str>>,
+    /// Input tokens served from the provider's cache.
+    pub cache_hit_tokens: u64,
+    /// Input tokens not served from the cache.
+    pub cache_miss_tokens: u64,
+    /// Output tokens (reasoning included).
+    pub output_tokens: u64,
+}
+
+impl Charge {
+    /// `amount` in `currency`, priced by the entry `model`, with no tokens noted.
+    pub fn new(amount: Money, currency: impl Into<Arc<str>>, model: impl Into<Arc<str>>) -> Self {
+        Charge {
+            amount,
+            currency: currency.into(),
+            model: model.into(),
+            window: None,
+            cache_hit_tokens: 0,
+            cache_miss_tokens: 0,
+            output_tokens: 0,
+        }
+    }
+
+    /// Notes the tokens priced: cache hits, cache misses and output.
+    #[must_use]
+    pub fn with_tokens(mut self, cache_hit: u64, cache_miss: u64, output: u64) -> Self {
+        self.cache_hit_tokens = cache_hit;
+        self.cache_miss_tokens = cache_miss;
+        self.output_tokens = output;
+        self
+    }
+
+    /// Notes the time window whose prices applied.
+    #[must_use]
+    pub fn with_window(mut self, window: impl Into<Arc<str>>) -> Self {
+        self.window = Some(window.into());
+        self
+    }
+
+    /// All the tokens priced.
+    pub fn total_tokens(&self) -> u64 {
+        self.cache_hit_tokens
+            .saturating_add(self.cache_miss_tokens)
+            .saturating_add(self.output_tokens)
+    }
+}
+
+/// Response extension: the slot where `CostLayer` puts what the call cost, once its answer has
+/// ended. Empty until then (and for good when the answer carried no usage, its model has no
+/// price, or the caller dropped the body).
+///
+/// The layer inserts it with the response head and fills it when the body ends, before that end
+/// goes up, so that an outer layer (audit) reads it in its own end-of-body callback; the
+/// caller reads it after reading the body.
+///
+/// ```
+/// use tower_deepseek_core::protocol::{CallCost, Charge, Money};
+///
+/// let slot = CallCost::new();
+/// let seen_above = slot.clone();
+/// assert!(seen_above.get().is_none());
+/// slot.set(Charge::new("0.0042".parse::<Money>().unwrap(), "USD", "deepseek-chat"));
+/// assert_eq!(seen_above.get().unwrap().amount.to_string(), "0.0042");
+/// ```
+#[derive(Clone, Default)]
+pub struct CallCost(Arc<OnceLock<Charge>>);
+
+impl CallCost {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fills the slot; `false` if it was already filled (the first cost stays).
+    pub fn set(&self, cost: Charge) -> bool {
+        self.0.set(cost).is_ok()
+    }
+
+    /// The cost, once the answer has ended and was priced.
+    pub fn get(&self) -> Option<&Charge> {
+        self.0.get()
+    }
+}
+
+impl fmt::Debug for CallCost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CallCost").field(&self.get()).finish()
     }
 }

@@ -59,6 +59,15 @@
 //! latency_threshold_ms = 10000
 //! [websocket]     # WebSocketConfig: GET /v1/chat/completions/ws
 //! idle_timeout_ms = 300000
+//! [prices]        # tower_deepseek_retry::cost::PriceTable (docs/prices.example.toml)
+//! currency = "USD"
+//! [prices.models.deepseek-chat]
+//! cache_hit = 0.028
+//! cache_miss = 0.28
+//! output = 0.42
+//! [budgets]       # tower_deepseek_retry::cost::CostBudgets (per tenant; `--redis`: fleet-wide)
+//! default = { daily_cost = "5", monthly_tokens = 100000000 }
+//! tenants.acme = { monthly_cost = "500" }
 //! ```
 
 use std::collections::BTreeMap;
@@ -75,6 +84,7 @@ use tower_deepseek::client::ClientConfig;
 use tower_deepseek::redact::RedactConfig;
 use tower_deepseek::redact::audit::SinkFailurePolicy;
 use tower_deepseek::retry::RetryConfig;
+use tower_deepseek::retry::cost::{CostBudgets, PriceTable};
 use tower_deepseek::retry::rate_limit::RateLimitConfig;
 use tower_deepseek::retry::timeout::TimeoutConfig;
 
@@ -115,6 +125,13 @@ pub struct GatewayConfig {
     pub health: HealthConfig,
     /// The WebSocket route.
     pub websocket: WebSocketConfig,
+    /// The price table: with it (or with `[budgets]`) each call is priced from its usage
+    /// (`tower_deepseek_retry::cost`), counted in `deepseek_cost_micros_total{tenant,model}`
+    /// and written in the audit record. See `docs/prices.example.toml`.
+    pub prices: Option<PriceTable>,
+    /// Budgets per tenant (so per client key) or for all, per day and month, in money (the
+    /// price table's currency) or tokens; shared by the fleet through `--redis` when given.
+    pub budgets: Option<CostBudgets>,
 }
 
 /// One upstream of an active-active set (`[[upstreams]]`): its own connection pool, circuit

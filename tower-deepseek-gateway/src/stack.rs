@@ -1,5 +1,5 @@
 //! The recommended stack (ARCHITECTURE.md, "the recommended stack") around the upstream client, outermost first:
-//! Audit, Redact, Cache, RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout, client.
+//! Audit, Redact, Cache, Cost (with `[prices]` or `[budgets]`), RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout, client.
 //!
 //! It is the facade's [`RecommendedStack`](tower_deepseek::stack::RecommendedStack): one
 //! statically typed layer in which each layer is optional at run time (an absent layer is the
@@ -23,6 +23,8 @@ use tower_deepseek::client::{BaseUrl, BaseUrlLayer, UpstreamClient, upstream_cli
 use tower_deepseek::core::body::BufferedBody;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditHandle, AuditLayer, JsonlFileSink, WriterSink};
+use tower_deepseek::retry::cost::CostLayer;
+use tower_deepseek::retry::fleet::Fleet;
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::retry::{RetryConfig, RetryLayer};
@@ -63,6 +65,8 @@ pub(crate) struct Fixed {
     audit: Option<AuditLayer>,
     redact: Option<RedactLayer>,
     cache: Option<CacheLayer>,
+    /// Built once: its budget tallies live across reloads.
+    cost: Option<CostLayer>,
     breaker: Option<CircuitBreakerLayer>,
     timeout: Option<TimeoutLayer>,
     auth: Auth,
@@ -179,6 +183,23 @@ pub(crate) fn build(
         Credential::None => Auth::None,
     };
 
+    let mut cost = None;
+    if cfg.prices.is_some() || cfg.budgets.is_some() {
+        let mut b = CostLayer::builder(cfg.prices.clone().unwrap_or_default());
+        if let Some(budgets) = &cfg.budgets {
+            b = b.budgets(budgets.clone());
+            if let Some(url) = &cfg.cache.redis_url {
+                // The fleet's Redis: every gateway on it shares the budgets.
+                let fleet = Fleet::builder()
+                    .redis_url(url)
+                    .build()
+                    .map_err(|e| config_err("budgets")(e.to_string()))?;
+                b = b.fleet(fleet);
+            }
+        }
+        cost = Some(b.build().map_err(|e| config_err("prices")(e.to_string()))?);
+    }
+
     let mut audit = None;
     let mut audit_layer = None;
     if let (true, Some(path)) = (on.audit, &cfg.audit.path) {
@@ -219,6 +240,7 @@ pub(crate) fn build(
         audit: audit_layer.clone(),
         redact,
         cache,
+        cost,
         breaker,
         timeout,
         auth,
@@ -256,6 +278,9 @@ impl Fixed {
         }
         if let Some(l) = &self.cache {
             b = b.cache(l.clone());
+        }
+        if let Some(l) = &self.cost {
+            b = b.cost(l.clone());
         }
         if cfg.layers.rate_limit {
             let id = format!("{:?}", cfg.rate_limit);

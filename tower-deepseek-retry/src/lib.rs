@@ -10,6 +10,9 @@
 //! - [`concurrency`]: [`AdaptiveConcurrencyLayer`]: AIMD
 //!   limit on requests in flight, lowered on 429 (DeepSeek's account-wide concurrency cap),
 //!   raised on success.
+//! - [`cost`]: [`CostLayer`]: each call priced from its `usage` (cache hits, misses, output;
+//!   time windows in a named time zone), counted in metrics and the audit record, and budgets
+//!   per tenant per day and month, in money or tokens.
 //! - [`rate_limit`]: [`RateLimitLayer`]: requests and tokens per
 //!   minute, keyed per model or tenant, fair bounded waits, paused by a 429's `Retry-After`.
 //!
@@ -79,6 +82,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod concurrency;
+pub mod cost;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
@@ -89,6 +93,10 @@ pub mod timeout;
 pub use concurrency::{
     AdaptiveConcurrency, AdaptiveConcurrencyConfig, AdaptiveConcurrencyLayer,
     AdaptiveConcurrencyLayerBuilder,
+};
+pub use cost::{
+    BudgetExceeded, BudgetLimits, CostBudgets, CostConfig, CostLayer, CostLayerBuilder, ModelPrice,
+    PriceTable, PriceWindow,
 };
 pub use rate_limit::{
     KeyBy, PauseHandle, RateLimit, RateLimitConfig, RateLimitLayer, RateLimitLayerBuilder,

@@ -130,6 +130,8 @@ ext_methods! {
     "redact" => content_filter_layer(tower_deepseek_redact::ContentFilterLayer);
     /// Two-level response cache (`tower_deepseek_cache::CacheLayer`).
     "cache" => cache_layer(tower_deepseek_cache::CacheLayer);
+    /// Prices each call and enforces budgets (`tower_deepseek_retry::CostLayer`).
+    "retry" => cost_layer(tower_deepseek_retry::CostLayer);
     /// Requests and tokens per minute (`tower_deepseek_retry::RateLimitLayer`).
     "retry" => rate_limit_layer(tower_deepseek_retry::RateLimitLayer);
     /// AIMD in-flight limit that backs off on 429 (`tower_deepseek_retry::AdaptiveConcurrencyLayer`).

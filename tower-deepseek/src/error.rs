@@ -13,6 +13,7 @@
 //! | `InvalidJsonBody` (redact: not JSON, not UTF-8, nested too deep) | 400 | `invalid_json` |
 //! | `RequestTooLarge` (rate limit: more tokens than the burst) | 413 | `request_exceeds_quota` |
 //! | `RateLimited` (rate limit: the wait would pass its maximum) | 429 + `Retry-After` | `rate_limit_exceeded` |
+//! | `BudgetExceeded` (cost: the tenant's daily or monthly budget is spent) | 429 + `Retry-After` (until the period ends), type `insufficient_quota` | `budget_exceeded` |
 //! | `AuditUnavailable` (audit sink failing, fail-closed policy) | 503 | `audit_unavailable` |
 //! | `BreakerOpen`, `AllEndpointsUnavailable` | 503 + `Retry-After` | `upstream_unavailable` |
 //! | `TokenFetchFailed` (OAuth2 token endpoint) | 502 | `upstream_auth_failed` |
@@ -128,7 +129,16 @@ fn layer_mapping(err: &(dyn StdError + 'static)) -> Option<ErrorMapping> {
         }
         #[cfg(feature = "retry")]
         {
+            use tower_deepseek_retry::cost::BudgetExceeded;
             use tower_deepseek_retry::rate_limit::{RateLimited, RequestTooLarge};
+            if let Some(b) = e.downcast_ref::<BudgetExceeded>() {
+                return Some(mapping(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    "budget_exceeded",
+                    Some(b.retry_after()),
+                ));
+            }
             if let Some(r) = e.downcast_ref::<RateLimited>() {
                 return Some(mapping(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -266,6 +276,45 @@ mod tests {
         assert_eq!(v["error"]["type"], "api_error");
         assert!(v["error"]["param"].is_null());
         assert_eq!(res.headers()["content-type"], "application/json");
+    }
+
+    /// A spent budget: 429 in the OpenAI shape, `budget_exceeded`, and the reset in
+    /// `Retry-After` and the message.
+    #[cfg(feature = "retry")]
+    #[tokio::test]
+    async fn maps_a_spent_budget() {
+        use bytes::Bytes;
+        use http_body_util::Full;
+        use tower::{Layer, Service, ServiceExt};
+        use tower_deepseek_retry::cost::{BudgetLimits, CostBudgets, CostLayer, PriceTable};
+
+        let layer = CostLayer::builder(PriceTable::new("USD"))
+            .budgets(CostBudgets::global(BudgetLimits::new().daily_tokens(0)))
+            // 2026-12-06 23:59:58.5 UTC: the day ends in 1.5 s
+            .clock(|| std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_601_598_500))
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(tower::service_fn(
+            |_req: http::Request<Full<Bytes>>| async {
+                Ok::<_, crate::BoxError>(http::Response::new(Full::new(Bytes::new())))
+            },
+        ));
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(Full::new(Bytes::new())))
+            .await
+            .unwrap_err();
+        let res = error_response(&*err);
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()["retry-after"], "2");
+        let v = json(&res);
+        assert_eq!(v["error"]["code"], "budget_exceeded");
+        assert_eq!(v["error"]["type"], "insufficient_quota");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("daily tokens budget is spent"), "{msg}");
+        assert!(msg.contains("2026-12-07T00:00:00Z"), "{msg}");
     }
 
     #[cfg(all(feature = "redact", feature = "breaker"))]

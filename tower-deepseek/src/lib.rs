@@ -85,7 +85,7 @@ pub use tower_deepseek_cache::CacheLayer;
 pub use tower_deepseek_redact::{AuditLayer, ContentFilterLayer, RedactLayer};
 #[cfg(feature = "retry")]
 pub use tower_deepseek_retry::{
-    AdaptiveConcurrencyLayer, RateLimitLayer, RetryLayer, TimeoutLayer,
+    AdaptiveConcurrencyLayer, CostLayer, RateLimitLayer, RetryLayer, TimeoutLayer,
 };
 
 /// The README's Rust examples, compiled as doc tests so they stay true.

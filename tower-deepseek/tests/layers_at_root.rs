@@ -8,8 +8,8 @@ use tower::ServiceBuilder;
 use tower_deepseek::ServiceBuilderExt;
 use tower_deepseek::{
     AdaptiveConcurrencyLayer, AuditLayer, BaseUrlLayer, BearerAuthLayer, CacheLayer,
-    CircuitBreakerLayer, ContentFilterLayer, FailoverLayer, KeyedCircuitBreakerLayer, OAuth2Layer,
-    RateLimitLayer, RedactLayer, RequestMetadataLayer, RetryLayer, TimeoutLayer,
+    CircuitBreakerLayer, ContentFilterLayer, CostLayer, FailoverLayer, KeyedCircuitBreakerLayer,
+    OAuth2Layer, RateLimitLayer, RedactLayer, RequestMetadataLayer, RetryLayer, TimeoutLayer,
 };
 
 fn built<T: std::fmt::Debug>(layer: &T) -> String {
@@ -56,6 +56,11 @@ fn every_layer_is_at_the_root_and_has_its_builder_method() {
         .redact_layer(RedactLayer::new())
         .content_filter_layer(filter.clone())
         .cache_layer(CacheLayer::new())
+        .cost_layer(
+            CostLayer::builder(tower_deepseek::retry::PriceTable::new("USD"))
+                .build()
+                .unwrap(),
+        )
         .rate_limit_layer(RateLimitLayer::builder().build().unwrap())
         .adaptive_concurrency_layer(AdaptiveConcurrencyLayer::builder().build().unwrap())
         .retry_layer(RetryLayer::builder().build().unwrap())

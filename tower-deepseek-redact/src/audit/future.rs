@@ -13,7 +13,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
-use tower_deepseek_core::protocol::{Attempts, BreakerStatus};
+use tower_deepseek_core::protocol::{Attempts, BreakerStatus, CallCost};
 
 use super::body::{AuditObserver, Eos, ResponseBody};
 use super::error::AuditUnavailable;
@@ -96,6 +96,7 @@ where
                 let ext = res.extensions();
                 pending.record.retries = ext.get::<Attempts>().map(|a| a.count().saturating_sub(1));
                 pending.record.breaker = ext.get::<BreakerStatus>().map(|b| Cow::Borrowed(b.0));
+                pending.cost = ext.get::<CallCost>().cloned();
                 let status = res.status();
                 // The head first (a layer between may have changed the status); when the
                 // outcome depends on the body and a layer below (the breaker) classifies it,

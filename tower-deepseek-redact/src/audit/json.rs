@@ -68,6 +68,11 @@ pub(super) fn to_json(f: &Facts, prev: Option<&[u8; 32]>) -> Vec<u8> {
     json_opt_u64(&mut out, f.retries.map(u64::from));
     out.extend_from_slice(b",\"breaker\":");
     json_opt_str(&mut out, f.breaker.as_deref());
+    if let Some((amount, currency)) = &f.cost {
+        use std::io::Write as _;
+        write!(out, ",\"cost\":\"{amount}\",\"currency\":").expect("writing to a Vec");
+        json_str(&mut out, currency);
+    }
     if let Some(p) = prev {
         out.extend_from_slice(b",\"prev_hash\":");
         json_opt_hex(&mut out, Some(p));
@@ -207,6 +212,7 @@ mod tests {
     use crate::audit::date::rfc3339_bytes;
     use std::borrow::Cow;
     use std::time::UNIX_EPOCH;
+    use tower_deepseek_core::protocol::Money;
 
     fn any_text() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
@@ -256,6 +262,8 @@ mod tests {
             cache: f.cache.clone(),
             retries: f.retries,
             breaker: f.breaker.as_deref().map(str::to_owned),
+            cost: f.cost.as_ref().map(|(m, _)| m.to_string()),
+            currency: f.cost.as_ref().map(|(_, c)| c.to_string()),
             prev_hash: prev.map(hex::encode),
             hash: None,
         }
@@ -268,7 +276,7 @@ mod tests {
         fn to_json_is_serde_json_of_the_record(
             texts in proptest::collection::vec(any_text(), 5),
             id in "[!-~]{1,40}",
-            some in proptest::collection::vec(proptest::prelude::any::<bool>(), 16),
+            some in proptest::collection::vec(proptest::prelude::any::<bool>(), 17),
             nums in proptest::collection::vec(proptest::prelude::any::<u64>(), 6),
             bytes in proptest::prelude::any::<[u8; 32]>(),
             ip in proptest::prelude::any::<std::net::IpAddr>(),
@@ -301,6 +309,9 @@ mod tests {
                 cache: some[12].then(|| texts[2].clone()),
                 retries: some[13].then_some(nums[4] as u32),
                 breaker: some[14].then(|| Cow::Owned(texts[3].clone())),
+                cost: some[16].then(|| {
+                    (Money::from_picos(u128::from(nums[4]) * 1_000 + 7), texts[4].as_str().into())
+                }),
             };
             let prev = some[15].then_some(&bytes);
             proptest::prop_assert_eq!(

@@ -7,8 +7,8 @@
 //! `endpoint` (the path, never the query), `model`, `prompt_hash` (HMAC-SHA-256 of the body
 //! sent upstream), `status`, `outcome` (`ok`, a [`FailureClass`] label such as `rate_limited`,
 //! or `cancelled`), `latency_ms`, `prompt_tokens`, `completion_tokens`, `cache_hit_tokens`,
-//! `pii` (counts by type), `cache`, `retries`, `breaker`, then `prev_hash` and `hash` when the
-//! hash chain is on. It never holds a prompt, an answer, a PII value or a secret.
+//! `pii` (counts by type), `cache`, `retries`, `breaker`, then `cost` and `currency` when a cost
+//! layer below priced the call, then `prev_hash` and `hash` when the hash chain is on. It never holds a prompt, an answer, a PII value or a secret.
 //!
 //! Where the values come from:
 //!
@@ -27,7 +27,8 @@
 //!   retry count (retries, i.e. attempts − 1): core's [`Attempts`] response extension, set
 //!   by the retry layer; breaker state: core's [`BreakerStatus`] extension, set by the breaker
 //!   layer when this layer asks for it by inserting core's [`CollectCallFacts`] into the
-//!   request. Headers never carry these facts (see `tower_deepseek_core::protocol`).
+//!   request; cost: core's [`CallCost`](tower_deepseek_core::protocol::CallCost) slot, filled
+//!   by a cost layer below when the answer ends. Headers never carry these facts (see `tower_deepseek_core::protocol`).
 //!
 //! # When a record is written
 //!

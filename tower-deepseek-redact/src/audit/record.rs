@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use hmac::Mac;
 use tower_deepseek_core::classify::{FailureClass, ResponseSummary};
 use tower_deepseek_core::meta::RequestId;
+use tower_deepseek_core::protocol::{CallCost, Money};
 
 use super::layer::AuditShared;
 use super::recorder::PromptRecorder;
@@ -60,6 +61,13 @@ pub struct AuditRecord {
     pub retries: Option<u32>,
     /// The `x-breaker-state` response header.
     pub breaker: Option<String>,
+    /// What the call cost, an exact decimal (`"0.000798"`), when a cost layer below priced it
+    /// (core's [`CallCost`](tower_deepseek_core::protocol::CallCost)); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+    /// The currency of `cost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
     /// Hash of the previous record (hash chain only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prev_hash: Option<String>,
@@ -92,6 +100,7 @@ pub(super) struct Facts {
     pub(super) cache: Option<String>,
     pub(super) retries: Option<u32>,
     pub(super) breaker: Option<Cow<'static, str>>,
+    pub(super) cost: Option<(Money, Arc<str>)>,
 }
 
 /// What is known when the call starts.
@@ -100,6 +109,8 @@ pub(super) struct Pending {
     pub(super) record: Facts,
     pub(super) started: Instant,
     pub(super) recorder: PromptRecorder,
+    /// The cost slot a cost layer below put on the response head.
+    pub(super) cost: Option<CallCost>,
 }
 
 impl Pending {
@@ -117,8 +128,14 @@ impl Pending {
             record,
             started,
             recorder,
+            cost,
         } = &mut *self;
         let r = &mut *record;
+        // Filled by the cost layer below before the body's end came up to this layer.
+        r.cost = cost
+            .as_ref()
+            .and_then(CallCost::get)
+            .map(|c| (c.amount, c.currency.clone()));
         r.status = status;
         r.outcome = outcome;
         r.latency_ms = started.elapsed().as_millis() as u64;

@@ -115,12 +115,14 @@ where
             cache: None,
             retries: None,
             breaker: None,
+            cost: None,
         };
         let pending = Pending {
             shared: shared.clone(),
             record,
             started: Instant::now(),
             recorder: recorder.clone(),
+            cost: None,
         };
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(recorder.clone());

@@ -1,8 +1,9 @@
 //! [`RecommendedStack`]: the recommended stack of the design, as one statically typed layer
 //! in which every layer is optional.
 //!
-//! Outermost first: audit, redact, cache, rate limit (optionally per tenant), retry, circuit
-//! breaker, auth (API key or OAuth2), attempt timeouts; then the service it wraps, usually
+//! Outermost first: audit, redact, cache, cost (prices and budgets), rate limit (optionally per
+//! tenant), retry, circuit breaker, auth (API key or OAuth2), attempt timeouts; then the
+//! service it wraps, usually
 //! [`BaseUrlLayer`](crate::client::BaseUrlLayer) over the
 //! [`upstream_client`](crate::client::upstream_client). Whichever layers are set, they stay in
 //! this order: each layer's docs say why it sits where it does.
@@ -99,6 +100,7 @@ use tower_deepseek_core::body::{BufferedBody, ReplayBody};
 use tower_deepseek_core::meta::TenantId;
 use tower_deepseek_redact::audit::{Audit, AuditLayer, AuditRequestBody};
 use tower_deepseek_redact::{Redact, RedactLayer};
+use tower_deepseek_retry::cost::{Cost, CostLayer};
 use tower_deepseek_retry::rate_limit::{RateLimit, RateLimitLayer};
 use tower_deepseek_retry::timeout::{Timeout, TimeoutLayer};
 use tower_deepseek_retry::{Retry, RetryLayer};
@@ -136,6 +138,8 @@ pub type BreakerStage<S> = Optional<CircuitBreaker<S>, S>;
 pub type RetryStage<S, B> = Optional<Retry<Left<S, B>>, Right<S, ReplayBody<B>>>;
 /// The rate-limit stage around `S`, taking bodies `B`.
 pub type RateLimitStage<S, B> = Optional<PerTenant<RateLimit<Left<S, B>>>, Right<S, ReplayBody<B>>>;
+/// The cost stage around `S` (it passes request bodies through).
+pub type CostStage<S> = Optional<Cost<S>, S>;
 /// The cache stage around `S`, taking bodies `B`.
 pub type CacheStage<S, B> = Optional<Cache<Left<S, B>>, Right<S, BufferedBody>>;
 /// The redact stage around `S`, taking bodies `B`.
@@ -147,12 +151,14 @@ pub type AuditStage<S, B> = Optional<Audit<Left<S, B>>, Right<S, AuditRequestBod
 pub type Recommended<S, B, T = TokenClient> = AuditStage<
     RedactStage<
         CacheStage<
-            RateLimitStage<
-                RetryStage<
-                    BreakerStage<AuthStage<TimeoutStage<S>, RetriedBody<B>, T>>,
-                    LimitedBody<B>,
+            CostStage<
+                RateLimitStage<
+                    RetryStage<
+                        BreakerStage<AuthStage<TimeoutStage<S>, RetriedBody<B>, T>>,
+                        LimitedBody<B>,
+                    >,
+                    CachedBody<B>,
                 >,
-                CachedBody<B>,
             >,
             RedactedBody<B>,
         >,
@@ -179,6 +185,7 @@ pub struct RecommendedStack<B, T = TokenClient> {
     audit: Option<AuditLayer>,
     redact: Option<RedactLayer>,
     cache: Option<CacheLayer>,
+    cost: Option<CostLayer>,
     rate_limit: Option<RateLimitLayer>,
     tenant_limits: Vec<(TenantId, RateLimitLayer)>,
     retry: Option<RetryLayer>,
@@ -194,6 +201,7 @@ impl<B, T> Clone for RecommendedStack<B, T> {
             audit: self.audit.clone(),
             redact: self.redact.clone(),
             cache: self.cache.clone(),
+            cost: self.cost.clone(),
             rate_limit: self.rate_limit.clone(),
             tenant_limits: self.tenant_limits.clone(),
             retry: self.retry.clone(),
@@ -225,6 +233,7 @@ impl<B> RecommendedStack<B> {
                 audit: None,
                 redact: None,
                 cache: None,
+                cost: None,
                 rate_limit: None,
                 tenant_limits: Vec::new(),
                 retry: None,
@@ -239,7 +248,7 @@ impl<B> RecommendedStack<B> {
 
 impl<B, T> RecommendedStack<B, T> {
     /// The names of the layers that are on, outermost first: `audit`, `redact`, `cache`,
-    /// `rate_limit`, `retry`, `circuit_breaker`, `oauth2` or `bearer_auth`, `timeout`.
+    /// `cost`, `rate_limit`, `retry`, `circuit_breaker`, `oauth2` or `bearer_auth`, `timeout`.
     pub fn layers(&self) -> Vec<&'static str> {
         let mut on = Vec::new();
         let mut push = |yes: bool, name| {
@@ -250,6 +259,7 @@ impl<B, T> RecommendedStack<B, T> {
         push(self.audit.is_some(), "audit");
         push(self.redact.is_some(), "redact");
         push(self.cache.is_some(), "cache");
+        push(self.cost.is_some(), "cost");
         push(self.rate_limit.is_some(), "rate_limit");
         push(self.retry.is_some(), "retry");
         push(self.breaker.is_some(), "circuit_breaker");
@@ -304,6 +314,10 @@ where
             }
             None => Optional::Off(Right::new(svc)),
         };
+        let svc = match &self.cost {
+            Some(l) => Optional::On(l.layer(svc)),
+            None => Optional::Off(svc),
+        };
         let svc = stage(self.cache.as_ref(), svc);
         let svc = stage(self.redact.as_ref(), svc);
         stage(self.audit.as_ref(), svc)
@@ -343,6 +357,13 @@ impl<B, T> StackBuilder<B, T> {
     /// Answers repeated requests from the cache (keyed on the masked body).
     pub fn cache(mut self, layer: CacheLayer) -> Self {
         self.stack.cache = Some(layer);
+        self
+    }
+
+    /// Prices each call and enforces budgets, below the cache (a hit costs nothing) and above
+    /// the rate limiter and retries (one budget check per call).
+    pub fn cost(mut self, layer: CostLayer) -> Self {
+        self.stack.cost = Some(layer);
         self
     }
 
@@ -396,6 +417,7 @@ impl<B, T> StackBuilder<B, T> {
                 audit: s.audit,
                 redact: s.redact,
                 cache: s.cache,
+                cost: s.cost,
                 rate_limit: s.rate_limit,
                 tenant_limits: s.tenant_limits,
                 retry: s.retry,
