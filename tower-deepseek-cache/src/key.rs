@@ -29,6 +29,7 @@ use http::{Method, Request, header::AUTHORIZATION};
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_core::view::{ChatView, JsonKind, JsonRef};
 
 /// The version of the key schema, hashed into every key. Bumped when the canonical form
 /// changes, so that old entries are never read with a new meaning.
@@ -77,6 +78,21 @@ impl CacheKey {
     ) -> Result<CacheKey, serde_json::Error> {
         let doc: Canon<'_> = serde_json::from_slice(body)?;
         Ok(CacheKey::from_canon(method, path, scope, &doc))
+    }
+
+    /// Computes the key from a request body already parsed into core's shared
+    /// [`ChatView`] (what the layer does: the body is not parsed again). Equal to
+    /// [`from_json`](Self::from_json) over the view's bytes: `None` exactly where `from_json`
+    /// fails (a string whose escapes do not decode, a number out of range, nesting deeper
+    /// than serde_json reads).
+    pub fn from_view(
+        method: &Method,
+        path: &str,
+        scope: Scope<'_>,
+        view: &ChatView,
+    ) -> Option<CacheKey> {
+        let doc = Canon::of_view(view)?;
+        Some(CacheKey::from_canon(method, path, scope, &doc))
     }
 
     pub(crate) fn from_canon(
@@ -325,7 +341,49 @@ pub(crate) enum Canon<'a> {
     Obj(Vec<(Cow<'a, str>, Canon<'a>)>),
 }
 
+/// How deep serde_json reads (its recursion limit): a deeper document is an error there, so it
+/// is no key here either.
+const SERDE_MAX_DEPTH: usize = 127;
+
 impl<'a> Canon<'a> {
+    /// The canonical document of a parsed view, equal to what `serde_json` reads from its
+    /// bytes into a `Canon` (strings decoded, numbers read by serde_json itself), or `None`
+    /// where serde_json would fail.
+    pub(crate) fn of_view(view: &'a ChatView) -> Option<Canon<'a>> {
+        if view.depth() > SERDE_MAX_DEPTH {
+            return None;
+        }
+        Canon::of(view.root())
+    }
+
+    fn of(r: JsonRef<'a>) -> Option<Canon<'a>> {
+        Some(match r.kind() {
+            JsonKind::Null => Canon::Null,
+            JsonKind::Bool => Canon::Bool(r.as_bool()?),
+            JsonKind::Number => {
+                let raw = r.raw();
+                // The common case without serde_json: plain integers read the same either way.
+                if let Ok(u) = raw.parse::<u64>() {
+                    Canon::Int(i128::from(u))
+                } else if let Ok(i) = raw.parse::<i64>() {
+                    Canon::Int(i128::from(i))
+                } else {
+                    // Fractions, exponents, huge integers: as serde_json reads them (its float
+                    // parsing, its range errors).
+                    serde_json::from_str::<Canon<'a>>(raw).ok()?
+                }
+            }
+            JsonKind::String => Canon::Str(r.as_str()?),
+            JsonKind::Array => Canon::Arr(r.items().map(Canon::of).collect::<Option<_>>()?),
+            JsonKind::Object => Canon::Obj(
+                r.members()
+                    .map(|(k, v)| Some((k.as_str()?, Canon::of(v)?)))
+                    .collect::<Option<_>>()?,
+            ),
+            _ => return None,
+        })
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<&Canon<'a>> {
         match self {
             // The last occurrence wins, as in serde_json's map.
@@ -509,6 +567,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(k, fast, "both paths agree on {body}");
+        let view = ChatView::parse(bytes::Bytes::copy_from_slice(body.as_bytes())).unwrap();
+        let from_view =
+            CacheKey::from_view(&Method::POST, "/chat/completions", Scope::Anonymous, &view);
+        assert_eq!(Some(k), from_view, "the view's path agrees on {body}");
         k
     }
 
@@ -616,6 +678,32 @@ mod tests {
         assert!(!format!("{:?}", Scope::of(&req)).contains("sk-1"));
         req.extensions_mut().insert(TenantId::new("acme"));
         assert_eq!(Scope::of(&req), Scope::Tenant("acme"));
+    }
+
+    #[test]
+    fn the_view_path_refuses_what_serde_json_refuses() {
+        let refused = |body: String| {
+            let from_json = CacheKey::from_json(
+                &Method::POST,
+                "/chat/completions",
+                Scope::Anonymous,
+                body.as_bytes(),
+            );
+            let view = ChatView::parse(bytes::Bytes::from(body.clone())).unwrap();
+            let from_view =
+                CacheKey::from_view(&Method::POST, "/chat/completions", Scope::Anonymous, &view);
+            assert_eq!(from_json.ok(), from_view, "{body}");
+            from_view.is_none()
+        };
+        // serde_json's recursion limit, on both sides of it.
+        for depth in [126, 127, 128, 129] {
+            let body = "[".repeat(depth) + &"]".repeat(depth);
+            assert_eq!(refused(body), depth > SERDE_MAX_DEPTH, "depth {depth}");
+        }
+        assert!(refused(r#"{"a":"\ud800"}"#.to_owned()), "a lone surrogate");
+        assert!(refused(r#"{"\udc00":1}"#.to_owned()), "a lone surrogate in a key");
+        assert!(refused(r#"{"t":1e400}"#.to_owned()), "a number out of range");
+        assert!(!refused(r#"{"t":-0,"u":1e2,"v":123456789012345678901234}"#.to_owned()));
     }
 
     #[test]

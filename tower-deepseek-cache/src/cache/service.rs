@@ -12,6 +12,7 @@ use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer_or_reject};
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
 use tower_deepseek_core::protocol::ShareVerdict;
+use tower_deepseek_core::view::ChatView;
 use tower_service::Service;
 
 use super::body::{BoxBody, FollowerBody, LeaderBody, ResponseBody};
@@ -268,7 +269,7 @@ fn cache_control(req: &Request<BufferedBody>) -> (bool, bool) {
 }
 
 impl Shared {
-    fn plan(&self, req: &Request<BufferedBody>) -> Plan {
+    fn plan(&self, req: &mut Request<BufferedBody>) -> Plan {
         if req.method() != Method::POST {
             return Plan::Bypass("method");
         }
@@ -311,7 +312,13 @@ impl Shared {
                 };
             }
         }
-        let Ok(doc) = serde_json::from_slice::<Canon<'_>>(req.body().bytes()) else {
+        // The request parsed once for every layer: the view a layer above left (when it
+        // describes this very body), else parsed here and left for the layers below.
+        let body = req.body().bytes().clone();
+        let Ok(view) = ChatView::get_or_parse(req.extensions_mut(), &body) else {
+            return Plan::Bypass("not JSON");
+        };
+        let Some(doc) = Canon::of_view(&view) else {
             return Plan::Bypass("not JSON");
         };
         if !matches!(doc, Canon::Obj(_)) {
@@ -413,9 +420,9 @@ where
 {
     let (parts, body) = req.into_parts();
     let body = buffer_or_reject(body, shared.cfg.max_request_bytes).await?;
-    let req = Request::from_parts(parts, body);
+    let mut req = Request::from_parts(parts, body);
 
-    let (fkey, kind, refresh, mut alias) = match shared.plan(&req) {
+    let (fkey, kind, refresh, mut alias) = match shared.plan(&mut req) {
         Plan::Bypass(why) => {
             tracing::trace!(target: TARGET, reason = why, "cache bypassed");
             metrics::request(Outcome::Bypass.label());
