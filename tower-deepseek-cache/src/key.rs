@@ -701,9 +701,17 @@ mod tests {
             assert_eq!(refused(body), depth > SERDE_MAX_DEPTH, "depth {depth}");
         }
         assert!(refused(r#"{"a":"\ud800"}"#.to_owned()), "a lone surrogate");
-        assert!(refused(r#"{"\udc00":1}"#.to_owned()), "a lone surrogate in a key");
-        assert!(refused(r#"{"t":1e400}"#.to_owned()), "a number out of range");
-        assert!(!refused(r#"{"t":-0,"u":1e2,"v":123456789012345678901234}"#.to_owned()));
+        assert!(
+            refused(r#"{"\udc00":1}"#.to_owned()),
+            "a lone surrogate in a key"
+        );
+        assert!(
+            refused(r#"{"t":1e400}"#.to_owned()),
+            "a number out of range"
+        );
+        assert!(!refused(
+            r#"{"t":-0,"u":1e2,"v":123456789012345678901234}"#.to_owned()
+        ));
     }
 
     #[test]

@@ -6,10 +6,10 @@
 
 use bytes::Bytes;
 use http::Method;
-use tower_deepseek_core::view::ChatView;
 use proptest::prelude::*;
 use serde_json::Value;
 use tower_deepseek_cache::{CacheKey, Scope};
+use tower_deepseek_core::view::ChatView;
 
 fn check(data: &[u8]) -> Result<(), TestCaseError> {
     let (m, path) = (Method::POST, "/chat/completions");

@@ -196,9 +196,7 @@ impl ChatView {
 
     /// The view in `ext` if it describes `body`, else `None`.
     pub fn get(ext: &Extensions, body: &Bytes) -> Option<ChatView> {
-        ext.get::<ChatView>()
-            .filter(|v| v.describes(body))
-            .cloned()
+        ext.get::<ChatView>().filter(|v| v.describes(body)).cloned()
     }
 
     /// The view in `ext` if it describes `body`; else `body` parsed, and the new view
@@ -564,7 +562,11 @@ impl<'a> JsonRef<'a> {
         Children {
             view: self.view,
             next: self.idx + 1,
-            left: if n.kind == JsonKind::Array { n.count } else { 0 },
+            left: if n.kind == JsonKind::Array {
+                n.count
+            } else {
+                0
+            },
         }
     }
 

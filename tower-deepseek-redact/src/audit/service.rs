@@ -11,10 +11,10 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::ObservedBody;
-use tower_deepseek_core::view::ViewSlot;
 use tower_deepseek_core::protocol::{
     ClientIp, CollectCallFacts, PeerAddr, RequestId, TenantId, X_REQUEST_ID,
 };
+use tower_deepseek_core::view::ViewSlot;
 use tower_service::Service;
 
 #[cfg(doc)]

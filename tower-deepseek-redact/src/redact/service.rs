@@ -102,9 +102,9 @@ where
     // body, else parsed here. Below, the view of the body sent replaces it.
     let parsed = ChatView::get_or_parse(&mut parts.extensions, &raw)
         .map_err(|e| BodyError::Invalid(invalid_reason(e)));
-    let sent = match parsed.and_then(|view| {
-        redact_view(&shared.redactor, &shared.extra_paths, &view, &mut ctx)
-    }) {
+    let sent = match parsed
+        .and_then(|view| redact_view(&shared.redactor, &shared.extra_paths, &view, &mut ctx))
+    {
         Ok(n) => n,
         Err(BodyError::Invalid(reason)) if pass_unparseable => {
             if strict {
