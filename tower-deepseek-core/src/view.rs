@@ -1039,6 +1039,20 @@ mod tests {
         assert!(same.describes(view.bytes()));
     }
 
+    proptest::proptest! {
+        /// For any bytes: no panic; whatever serde_json reads, the view reads too, to the same
+        /// values (and the spans of its values are where they are in the bytes).
+        #[test]
+        fn reads_what_serde_json_reads(data in proptest::collection::vec(
+            proptest::sample::select(b"{}[]\",:01-9e.E+-\\u aA\tnulltruefalse\xc3\xa9".to_vec()), 0..48)) {
+            let view = ChatView::parse(Bytes::from(data.clone()));
+            if let Ok(v) = serde_json::from_slice::<Value>(&data) {
+                let view = view.expect("serde_json read it");
+                proptest::prop_assert_eq!(to_value(view.root()), v);
+            }
+        }
+    }
+
     #[test]
     fn escapes_like_serde_json_reads_them() {
         for s in ["plain", "q\"b\\s", "\n\r\t\u{1}\u{1f}", "é你😀", "/"] {
