@@ -91,8 +91,13 @@ impl CacheKey {
         scope: Scope<'_>,
         view: &ChatView,
     ) -> Option<CacheKey> {
-        let doc = Canon::of_view(view)?;
-        Some(CacheKey::from_canon(method, path, scope, &doc))
+        if view.depth() > SERDE_MAX_DEPTH {
+            return None;
+        }
+        let mut h = Sink::new();
+        prefix(&mut h, method, path, scope);
+        view_value(&mut h, view.root(), true)?;
+        Some(CacheKey(h.finalize()))
     }
 
     pub(crate) fn from_canon(
@@ -326,6 +331,84 @@ fn write_object(h: &mut Sink, map: &Map<String, Value>, top: bool) {
     }
 }
 
+// ---------------------------------------------------------------- from core's shared view
+
+/// A number of the view in canonical form, as serde_json reads it.
+pub(crate) fn view_number(raw: &str) -> Option<Canon<'static>> {
+    // The common case without serde_json: plain integers read the same either way.
+    if let Ok(u) = raw.parse::<u64>() {
+        Some(Canon::Int(i128::from(u)))
+    } else if let Ok(i) = raw.parse::<i64>() {
+        Some(Canon::Int(i128::from(i)))
+    } else {
+        // Fractions, exponents, huge integers: as serde_json reads them (its float parsing,
+        // its range errors).
+        match serde_json::from_str::<Canon<'_>>(raw).ok()? {
+            Canon::Int(i) => Some(Canon::Int(i)),
+            Canon::Float(f) => Some(Canon::Float(f)),
+            _ => None,
+        }
+    }
+}
+
+/// Hashes a value of the view exactly as [`canon_value`] hashes the same document read by
+/// serde_json (`top`: the document itself, whose shape-only members are left out), without
+/// building the canonical tree. `None` where serde_json would fail.
+fn view_value(h: &mut Sink, r: JsonRef<'_>, top: bool) -> Option<()> {
+    match r.kind() {
+        JsonKind::Null => h.update(b"z"),
+        JsonKind::Bool => h.update(if r.as_bool()? { b"t" } else { b"f" }),
+        JsonKind::Number => match view_number(r.raw())? {
+            Canon::Int(i) => put_int(h, i),
+            Canon::Float(f) => put_float(h, f),
+            _ => return None,
+        },
+        JsonKind::String => {
+            h.update(b"s");
+            put_bytes(h, r.as_str()?.as_bytes());
+        }
+        JsonKind::Array => {
+            h.update(b"a");
+            put_len(h, r.len());
+            for item in r.items() {
+                view_value(h, item, false)?;
+            }
+        }
+        JsonKind::Object => {
+            let mut list: Vec<(Cow<'_, str>, JsonRef<'_>)> = Vec::with_capacity(r.len());
+            for (k, v) in r.members() {
+                list.push((k.as_str()?, v));
+            }
+            // Sorted by key, the last of duplicate keys kept (as serde_json's map does).
+            let sorted_unique = list
+                .windows(2)
+                .all(|w| w[0].0.as_bytes() < w[1].0.as_bytes());
+            if top {
+                list.retain(|(k, _)| !is_shape_only(k));
+            }
+            if !sorted_unique {
+                list.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                list.dedup_by(|later, earlier| {
+                    if later.0 == earlier.0 {
+                        std::mem::swap(later, earlier);
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            h.update(b"o");
+            put_len(h, list.len());
+            for (k, v) in list {
+                put_bytes(h, k.as_bytes());
+                view_value(h, v, false)?;
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
 // ---------------------------------------------------------------- borrowed fast path
 
 /// A JSON document parsed for hashing: strings borrowed from the input when they carry no
@@ -346,59 +429,6 @@ pub(crate) enum Canon<'a> {
 const SERDE_MAX_DEPTH: usize = 127;
 
 impl<'a> Canon<'a> {
-    /// The canonical document of a parsed view, equal to what `serde_json` reads from its
-    /// bytes into a `Canon` (strings decoded, numbers read by serde_json itself), or `None`
-    /// where serde_json would fail.
-    pub(crate) fn of_view(view: &'a ChatView) -> Option<Canon<'a>> {
-        if view.depth() > SERDE_MAX_DEPTH {
-            return None;
-        }
-        Canon::of(view.root())
-    }
-
-    fn of(r: JsonRef<'a>) -> Option<Canon<'a>> {
-        Some(match r.kind() {
-            JsonKind::Null => Canon::Null,
-            JsonKind::Bool => Canon::Bool(r.as_bool()?),
-            JsonKind::Number => {
-                let raw = r.raw();
-                // The common case without serde_json: plain integers read the same either way.
-                if let Ok(u) = raw.parse::<u64>() {
-                    Canon::Int(i128::from(u))
-                } else if let Ok(i) = raw.parse::<i64>() {
-                    Canon::Int(i128::from(i))
-                } else {
-                    // Fractions, exponents, huge integers: as serde_json reads them (its float
-                    // parsing, its range errors).
-                    serde_json::from_str::<Canon<'a>>(raw).ok()?
-                }
-            }
-            JsonKind::String => Canon::Str(r.as_str()?),
-            JsonKind::Array => Canon::Arr(r.items().map(Canon::of).collect::<Option<_>>()?),
-            JsonKind::Object => Canon::Obj(
-                r.members()
-                    .map(|(k, v)| Some((k.as_str()?, Canon::of(v)?)))
-                    .collect::<Option<_>>()?,
-            ),
-            _ => return None,
-        })
-    }
-
-    pub(crate) fn get(&self, key: &str) -> Option<&Canon<'a>> {
-        match self {
-            // The last occurrence wins, as in serde_json's map.
-            Canon::Obj(m) => m.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn as_bool(&self) -> Option<bool> {
-        match self {
-            Canon::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-
     pub(crate) fn is_zero(&self) -> bool {
         matches!(self, Canon::Int(0))
     }
