@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_deepseek_cache::{CacheKey, CacheLayer, Scope};
 use tower_deepseek_core::body::BufferedBody;
+use tower_deepseek_core::view::ChatView;
 
 /// A chat request of about `size` bytes: a system prompt, a few turns, sampling parameters.
 fn request_body(size: usize) -> Bytes {
@@ -149,6 +150,40 @@ fn key_throughput(c: &mut Criterion) {
                         )
                         .unwrap(),
                     )
+                })
+            },
+        );
+        // The layer's path: core's shared view of the body (parsed here, as when the cache is
+        // the first layer that reads it), then the key from the view.
+        let bytes = body.clone();
+        g.bench_with_input(
+            BenchmarkId::new("view_parse_canonical_sha256", size),
+            &bytes,
+            |bn, bytes| {
+                bn.iter(|| {
+                    let view = ChatView::parse(bytes.clone()).unwrap();
+                    black_box(CacheKey::from_view(
+                        &Method::POST,
+                        "/chat/completions",
+                        Scope::Anonymous,
+                        &view,
+                    ))
+                })
+            },
+        );
+        // The view already parsed by a layer above (the redactor): the key alone.
+        let view = ChatView::parse(bytes.clone()).unwrap();
+        g.bench_with_input(
+            BenchmarkId::new("from_view_canonical_sha256", size),
+            &view,
+            |bn, view| {
+                bn.iter(|| {
+                    black_box(CacheKey::from_view(
+                        &Method::POST,
+                        "/chat/completions",
+                        Scope::Anonymous,
+                        view,
+                    ))
                 })
             },
         );

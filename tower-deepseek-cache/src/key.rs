@@ -29,6 +29,7 @@ use http::{Method, Request, header::AUTHORIZATION};
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_core::view::{ChatView, JsonKind, JsonRef};
 
 /// The version of the key schema, hashed into every key. Bumped when the canonical form
 /// changes, so that old entries are never read with a new meaning.
@@ -77,6 +78,26 @@ impl CacheKey {
     ) -> Result<CacheKey, serde_json::Error> {
         let doc: Canon<'_> = serde_json::from_slice(body)?;
         Ok(CacheKey::from_canon(method, path, scope, &doc))
+    }
+
+    /// Computes the key from a request body already parsed into core's shared
+    /// [`ChatView`] (what the layer does: the body is not parsed again). Equal to
+    /// [`from_json`](Self::from_json) over the view's bytes: `None` exactly where `from_json`
+    /// fails (a string whose escapes do not decode, a number out of range, nesting deeper
+    /// than serde_json reads).
+    pub fn from_view(
+        method: &Method,
+        path: &str,
+        scope: Scope<'_>,
+        view: &ChatView,
+    ) -> Option<CacheKey> {
+        if view.depth() > SERDE_MAX_DEPTH {
+            return None;
+        }
+        let mut h = Sink::new();
+        prefix(&mut h, method, path, scope);
+        view_value(&mut h, view.root(), true)?;
+        Some(CacheKey(h.finalize()))
     }
 
     pub(crate) fn from_canon(
@@ -310,6 +331,84 @@ fn write_object(h: &mut Sink, map: &Map<String, Value>, top: bool) {
     }
 }
 
+// ---------------------------------------------------------------- from core's shared view
+
+/// A number of the view in canonical form, as serde_json reads it.
+pub(crate) fn view_number(raw: &str) -> Option<Canon<'static>> {
+    // The common case without serde_json: plain integers read the same either way.
+    if let Ok(u) = raw.parse::<u64>() {
+        Some(Canon::Int(i128::from(u)))
+    } else if let Ok(i) = raw.parse::<i64>() {
+        Some(Canon::Int(i128::from(i)))
+    } else {
+        // Fractions, exponents, huge integers: as serde_json reads them (its float parsing,
+        // its range errors).
+        match serde_json::from_str::<Canon<'_>>(raw).ok()? {
+            Canon::Int(i) => Some(Canon::Int(i)),
+            Canon::Float(f) => Some(Canon::Float(f)),
+            _ => None,
+        }
+    }
+}
+
+/// Hashes a value of the view exactly as [`canon_value`] hashes the same document read by
+/// serde_json (`top`: the document itself, whose shape-only members are left out), without
+/// building the canonical tree. `None` where serde_json would fail.
+fn view_value(h: &mut Sink, r: JsonRef<'_>, top: bool) -> Option<()> {
+    match r.kind() {
+        JsonKind::Null => h.update(b"z"),
+        JsonKind::Bool => h.update(if r.as_bool()? { b"t" } else { b"f" }),
+        JsonKind::Number => match view_number(r.raw())? {
+            Canon::Int(i) => put_int(h, i),
+            Canon::Float(f) => put_float(h, f),
+            _ => return None,
+        },
+        JsonKind::String => {
+            h.update(b"s");
+            put_bytes(h, r.as_str()?.as_bytes());
+        }
+        JsonKind::Array => {
+            h.update(b"a");
+            put_len(h, r.len());
+            for item in r.items() {
+                view_value(h, item, false)?;
+            }
+        }
+        JsonKind::Object => {
+            let mut list: Vec<(Cow<'_, str>, JsonRef<'_>)> = Vec::with_capacity(r.len());
+            for (k, v) in r.members() {
+                list.push((k.as_str()?, v));
+            }
+            // Sorted by key, the last of duplicate keys kept (as serde_json's map does).
+            let sorted_unique = list
+                .windows(2)
+                .all(|w| w[0].0.as_bytes() < w[1].0.as_bytes());
+            if top {
+                list.retain(|(k, _)| !is_shape_only(k));
+            }
+            if !sorted_unique {
+                list.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                list.dedup_by(|later, earlier| {
+                    if later.0 == earlier.0 {
+                        std::mem::swap(later, earlier);
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            h.update(b"o");
+            put_len(h, list.len());
+            for (k, v) in list {
+                put_bytes(h, k.as_bytes());
+                view_value(h, v, false)?;
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
 // ---------------------------------------------------------------- borrowed fast path
 
 /// A JSON document parsed for hashing: strings borrowed from the input when they carry no
@@ -325,22 +424,11 @@ pub(crate) enum Canon<'a> {
     Obj(Vec<(Cow<'a, str>, Canon<'a>)>),
 }
 
+/// How deep serde_json reads (its recursion limit): a deeper document is an error there, so it
+/// is no key here either.
+const SERDE_MAX_DEPTH: usize = 127;
+
 impl<'a> Canon<'a> {
-    pub(crate) fn get(&self, key: &str) -> Option<&Canon<'a>> {
-        match self {
-            // The last occurrence wins, as in serde_json's map.
-            Canon::Obj(m) => m.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn as_bool(&self) -> Option<bool> {
-        match self {
-            Canon::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-
     pub(crate) fn is_zero(&self) -> bool {
         matches!(self, Canon::Int(0))
     }
@@ -509,6 +597,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(k, fast, "both paths agree on {body}");
+        let view = ChatView::parse(bytes::Bytes::copy_from_slice(body.as_bytes())).unwrap();
+        let from_view =
+            CacheKey::from_view(&Method::POST, "/chat/completions", Scope::Anonymous, &view);
+        assert_eq!(Some(k), from_view, "the view's path agrees on {body}");
         k
     }
 
@@ -616,6 +708,40 @@ mod tests {
         assert!(!format!("{:?}", Scope::of(&req)).contains("sk-1"));
         req.extensions_mut().insert(TenantId::new("acme"));
         assert_eq!(Scope::of(&req), Scope::Tenant("acme"));
+    }
+
+    #[test]
+    fn the_view_path_refuses_what_serde_json_refuses() {
+        let refused = |body: String| {
+            let from_json = CacheKey::from_json(
+                &Method::POST,
+                "/chat/completions",
+                Scope::Anonymous,
+                body.as_bytes(),
+            );
+            let view = ChatView::parse(bytes::Bytes::from(body.clone())).unwrap();
+            let from_view =
+                CacheKey::from_view(&Method::POST, "/chat/completions", Scope::Anonymous, &view);
+            assert_eq!(from_json.ok(), from_view, "{body}");
+            from_view.is_none()
+        };
+        // serde_json's recursion limit, on both sides of it.
+        for depth in [126, 127, 128, 129] {
+            let body = "[".repeat(depth) + &"]".repeat(depth);
+            assert_eq!(refused(body), depth > SERDE_MAX_DEPTH, "depth {depth}");
+        }
+        assert!(refused(r#"{"a":"\ud800"}"#.to_owned()), "a lone surrogate");
+        assert!(
+            refused(r#"{"\udc00":1}"#.to_owned()),
+            "a lone surrogate in a key"
+        );
+        assert!(
+            refused(r#"{"t":1e400}"#.to_owned()),
+            "a number out of range"
+        );
+        assert!(!refused(
+            r#"{"t":-0,"u":1e2,"v":123456789012345678901234}"#.to_owned()
+        ));
     }
 
     #[test]

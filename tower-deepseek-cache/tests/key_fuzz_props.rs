@@ -1,16 +1,30 @@
 //! Property equivalent of the `cache_key` fuzz target: for any bytes, `CacheKey::from_json`
-//! never panics and agrees with `CacheKey::compute` over what `serde_json` parses (duplicate
+//! never panics and agrees with `CacheKey::compute` over what `serde_json` parses, and
+//! `CacheKey::from_view` (the layer's path, over core's `ChatView`) agrees with both (duplicate
 //! keys, escapes, odd numbers and deep nesting included); re-serialized JSON, compact or
 //! pretty, has the same key.
 
+use bytes::Bytes;
 use http::Method;
 use proptest::prelude::*;
 use serde_json::Value;
 use tower_deepseek_cache::{CacheKey, Scope};
+use tower_deepseek_core::view::ChatView;
 
 fn check(data: &[u8]) -> Result<(), TestCaseError> {
     let (m, path) = (Method::POST, "/chat/completions");
     let from_bytes = CacheKey::from_json(&m, path, Scope::Anonymous, data);
+    // The layer's path: core's shared view of the body, then the key from the view. The same
+    // key as from the bytes, and no key exactly where there is none from the bytes.
+    let from_view = ChatView::parse(Bytes::copy_from_slice(data))
+        .ok()
+        .and_then(|v| CacheKey::from_view(&m, path, Scope::Anonymous, &v));
+    prop_assert_eq!(
+        from_view,
+        from_bytes.as_ref().ok().copied(),
+        "from_view disagrees with from_json on {:?}",
+        String::from_utf8_lossy(data)
+    );
     let Ok(v) = serde_json::from_slice::<Value>(data) else {
         return Ok(());
     };

@@ -116,6 +116,10 @@ proptest! {
         // The borrowed fast path agrees with the `Value` path.
         let fast = CacheKey::from_json(&Method::POST, "/chat/completions", Scope::Anonymous, text.as_bytes()).unwrap();
         prop_assert_eq!(key(&v, Scope::Anonymous), fast);
+        // So does the layer's path, over core's shared view of the body.
+        let view = tower_deepseek_core::view::ChatView::parse(bytes::Bytes::from(text)).unwrap();
+        let from_view = CacheKey::from_view(&Method::POST, "/chat/completions", Scope::Anonymous, &view);
+        prop_assert_eq!(Some(key(&v, Scope::Anonymous)), from_view);
     }
 
     #[test]

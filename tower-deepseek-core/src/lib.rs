@@ -9,6 +9,8 @@
 //!   keep-alives skipped, zero-copy payloads) and encoder.
 //! - [`chat`]: typed views of chat requests and responses, `usage` included, that keep unknown
 //!   fields.
+//! - [`view`]: a request body parsed once ([`ChatView`](view::ChatView)), shared by every layer
+//!   that reads it, and never about other bytes.
 //! - [`classify`]: the one classification of outcomes (status codes, transport errors, empty
 //!   200s, cut streams, in-band errors) that retry, breaker, cache and audit all consume.
 //! - [`config`]: the one [`ConfigError`](config::ConfigError) and the `*_ms` duration serde
@@ -36,6 +38,7 @@ pub mod meta;
 pub mod money;
 pub mod protocol;
 pub mod sse;
+pub mod view;
 
 /// The error type of client-side layers, as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -21,6 +21,8 @@
 //! | [`AttemptTimeout`] | the caller | `TimeoutLayer` | before the timeout layer | replaces the headers timeout only | retry `timeout` tests |
 //! | [`ModelHint`] | the caller, a layer that parsed the body | `KeyedCircuitBreakerLayer`'s default key | before the breaker | the breaker never reads the body to learn the model | breaker `keyed` tests |
 //! | [`CacheOptions`] | the caller | `CacheLayer` | before the cache | `bypass` as `Cache-Control: no-store`, `refresh` as `no-cache` | cache `loopback` tests |
+//! | [`ChatView`] | the first layer that parses the request body (`RedactLayer`, else `CacheLayer`, else `RateLimitLayer`), through [`ChatView::get_or_parse`]; `RedactLayer` replaces it with the view of the masked body it sends, built as it writes it ([`ChatView::replace_strings`]) | `CacheLayer` (canonical key, temperature, stream), `RateLimitLayer` (model, `max_tokens`), `RedactLayer` (text fields), `KeyedCircuitBreakerLayer`'s default key (model, after [`ModelHint`]) | when the body is buffered | **never about other bytes**: a reader takes it only if [`ChatView::describes`] the body at hand (the same buffer: address and length, the view holding it), else parses that body and publishes its own view; so a layer in between that rewrites the body without knowing of views cannot change a cache key or an estimate. The keyed breaker holds no body to check: a stale view can only file the call under another model | core `view::tests`, facade `tests/request_parse_once.rs`, `tests/foreign_layer.rs` |
+//! | [`ViewSlot`] | `AuditLayer` | every layer that publishes a [`ChatView`] ([`ChatView::publish`]) | on `call` | audit reads the model of a call whose answer names none from the last view published below, if it describes the body audit hashed; else it parses that body | facade `tests/request_parse_once.rs` |
 //!
 //! # Response extensions
 //!
@@ -45,6 +47,7 @@ use http::{HeaderName, HeaderValue};
 use crate::classify::FailureClass;
 pub use crate::classify::{BodyOutcome, FrameTrace, SharedOutcome};
 pub use crate::money::Money;
+pub use crate::view::{ChatView, ViewSlot};
 
 /// The standard request-id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -11,6 +11,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use tower_deepseek_core::view::{ChatView, JsonKind, JsonRef};
+
 use crate::ConfigError;
 
 /// One segment of a [`JsonPath`].
@@ -170,6 +172,7 @@ pub(crate) fn find_strings(b: &[u8], paths: &[JsonPath]) -> Result<Vec<StrSpan>,
 /// [`SpanKind::Text`] or [`SpanKind::Url`]; and every number but the top-level parameters
 /// (`temperature`, `seed`, ...; not `user`) and `logit_bias`, as [`SpanKind::Number`]. Object
 /// keys are not reported. `b` must be one valid JSON document. Spans are returned in order.
+#[cfg_attr(not(test), allow(dead_code))] // the oracle of `find_request_values`' tests
 pub(crate) fn find_request_strings(doc: &str, extra: &[JsonPath]) -> Result<Vec<StrSpan>, Invalid> {
     scan(doc.as_bytes(), Some(doc), Select::Request(extra))
 }
@@ -320,6 +323,71 @@ fn request_field(path: &[PathSeg<'_>]) -> Field {
     }
 }
 
+/// Whether `path` is one of `paths` (`Some(text_parts_only)` of the first that matches).
+fn path_matches(paths: &[JsonPath], path: &[PathSeg<'_>]) -> Option<bool> {
+    'paths: for p in paths {
+        if p.segs.len() != path.len() {
+            continue;
+        }
+        for (a, b) in p.segs.iter().zip(path) {
+            match (a, b) {
+                (Seg::AnyIndex, PathSeg::Index) => {}
+                (Seg::Key(k), PathSeg::Key(j)) if k == j => {}
+                _ => continue 'paths,
+            }
+        }
+        return Some(p.text_parts_only);
+    }
+    None
+}
+
+/// What [`find_request_strings`] finds, read from core's shared view of the body instead of
+/// scanning its bytes again: the ids of the values to scan, with their kind, in document
+/// order.
+pub(crate) fn find_request_values(
+    view: &ChatView,
+    extra: &[JsonPath],
+) -> Result<Vec<(usize, SpanKind)>, Invalid> {
+    fn walk<'a>(
+        r: JsonRef<'a>,
+        path: &mut Vec<PathSeg<'a>>,
+        extra: &[JsonPath],
+        out: &mut Vec<(usize, SpanKind)>,
+    ) -> Result<(), Invalid> {
+        match r.kind() {
+            JsonKind::Object => {
+                for (k, v) in r.members() {
+                    path.push(PathSeg::Key(k.as_str().ok_or(Invalid::Syntax)?));
+                    walk(v, path, extra, out)?;
+                    path.pop();
+                }
+            }
+            JsonKind::Array => {
+                path.push(PathSeg::Index);
+                for v in r.items() {
+                    walk(v, path, extra, out)?;
+                }
+                path.pop();
+            }
+            JsonKind::String => match request_field(path) {
+                Field::Text => out.push((r.id(), SpanKind::Text)),
+                Field::Url => out.push((r.id(), SpanKind::Url)),
+                Field::Structural => {
+                    if !extra.is_empty() && path_matches(extra, path).is_some() {
+                        out.push((r.id(), SpanKind::Text));
+                    }
+                }
+            },
+            JsonKind::Number if number_is_data(path) => out.push((r.id(), SpanKind::Number)),
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(view.root(), &mut Vec::new(), extra, &mut out)?;
+    Ok(out)
+}
+
 /// What an enclosing object learns about its `type` member and its pending text-part spans.
 struct ObjCtx {
     type_text: Option<bool>,
@@ -334,20 +402,7 @@ impl<'a> Scanner<'a, '_> {
     }
 
     fn matches(&self, paths: &[JsonPath]) -> Option<bool> {
-        'paths: for p in paths {
-            if p.segs.len() != self.path.len() {
-                continue;
-            }
-            for (a, b) in p.segs.iter().zip(&self.path) {
-                match (a, b) {
-                    (Seg::AnyIndex, PathSeg::Index) => {}
-                    (Seg::Key(k), PathSeg::Key(j)) if k == j => {}
-                    _ => continue 'paths,
-                }
-            }
-            return Some(p.text_parts_only);
-        }
-        None
+        path_matches(paths, &self.path)
     }
 
     fn value(&mut self, depth: usize, obj: &mut Option<ObjCtx>) -> Result<(), Invalid> {
@@ -584,6 +639,7 @@ impl<'a> Scanner<'a, '_> {
 
 /// The text of a span (a string unescaped, or a number's digits) of a document already known
 /// to be UTF-8.
+#[cfg(test)]
 pub(crate) fn span_text(doc: &str, s: StrSpan) -> Result<Cow<'_, str>, Invalid> {
     let raw = &doc[s.start..s.end];
     if s.kind == SpanKind::Number {
@@ -609,30 +665,10 @@ pub(crate) fn string_text<'a>(b: &'a [u8], s: StrSpan) -> Result<Cow<'a, str>, I
     }
 }
 
-/// Appends `s` as the inside of a JSON string (no quotes), escaped.
+/// Appends `s` as the inside of a JSON string (no quotes), escaped (core's escaping, which the
+/// request side's [`ChatView::replace_strings`] uses too).
 pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str) {
-    let b = s.as_bytes();
-    let mut last = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let esc: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&b[last..i]);
-                out.extend_from_slice(format!("\\u{c:04x}").as_bytes());
-                last = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&b[last..i]);
-        out.extend_from_slice(esc);
-        last = i + 1;
-    }
-    out.extend_from_slice(&b[last..]);
+    tower_deepseek_core::view::escape_json_into(out, s);
 }
 
 #[cfg(test)]
@@ -651,8 +687,18 @@ mod tests {
     /// The strings a request scan reports, URLs marked with a leading `url:`.
     fn request_texts(body: &str, extra: &[&str]) -> Vec<String> {
         let extra: Vec<JsonPath> = extra.iter().map(|p| JsonPath::parse(p).unwrap()).collect();
-        find_request_strings(body, &extra)
+        let spans = find_request_strings(body, &extra).unwrap();
+        // The layer's path, over core's shared view, finds the very same values.
+        let view = ChatView::parse(bytes::Bytes::copy_from_slice(body.as_bytes())).unwrap();
+        let found: Vec<(std::ops::Range<usize>, SpanKind)> = find_request_values(&view, &extra)
             .unwrap()
+            .into_iter()
+            .map(|(id, kind)| (view.node(id).unwrap().span(), kind))
+            .collect();
+        let scanned: Vec<(std::ops::Range<usize>, SpanKind)> =
+            spans.iter().map(|s| (s.start..s.end, s.kind)).collect();
+        assert_eq!(found, scanned, "{body}");
+        spans
             .into_iter()
             .map(|s| {
                 let t = span_text(body, s).unwrap().into_owned();

@@ -120,3 +120,82 @@ async fn retry_judges_the_bytes_it_sees_not_the_breakers() {
     );
     assert!(calls.load(std::sync::atomic::Ordering::SeqCst) > 1);
 }
+
+/// The request side: a user's layer below the redactor rewrites the body (a new buffer),
+/// keeping the request's extensions and so the redactor's view of the body it sent, without
+/// knowing of views. The cache key and the rate limiter's estimate must be about the body
+/// that goes on, not the view's (core's `ChatView::describes`).
+#[tokio::test]
+async fn cache_key_and_token_estimate_are_about_the_body_sent_not_a_stale_view() {
+    use tower_deepseek::core::body::BufferedBody;
+    use tower_deepseek::{RateLimitLayer, RedactLayer};
+
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let body = |prompt: &str, max_tokens: u64| {
+        serde_json::json!({
+            "model": "deepseek-chat",
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": max_tokens,
+        })
+        .to_string()
+    };
+    // The foreign layer: the body named by the `x-rewrite` header replaces the caller's.
+    let rewrite = |req: Request<BufferedBody>| {
+        let (parts, _) = req.into_parts();
+        let to = parts.headers["x-rewrite"].to_str().unwrap().to_owned();
+        Request::from_parts(parts, BufferedBody::new(to))
+    };
+    let svc = ServiceBuilder::new()
+        .layer(RedactLayer::new())
+        .map_request(rewrite)
+        .layer(CacheLayer::new())
+        .layer(
+            RateLimitLayer::builder()
+                .tokens_per_minute(1_000)
+                .build()
+                .unwrap(),
+        )
+        .service(upstream(calls.clone()));
+    let call = |from: String, to: String| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::post("/chat/completions")
+                .header("content-type", "application/json")
+                .header("x-rewrite", to)
+                .body(Full::new(Bytes::from(from)))
+                .unwrap();
+            match svc.oneshot(req).await {
+                Ok(res) => {
+                    let hit = res.headers()["x-cache"].to_str().unwrap().to_owned();
+                    res.into_body().collect().await.unwrap();
+                    Ok(hit)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let calls_now = || calls.load(std::sync::atomic::Ordering::SeqCst);
+
+    // The same caller's body, rewritten to two different bodies: two keys, two misses. (The
+    // redactor's view of the caller's body would have given one key, and a wrong hit.)
+    assert_eq!(call(body("a", 10), body("x", 10)).await.unwrap(), "miss");
+    assert_eq!(call(body("a", 10), body("y", 10)).await.unwrap(), "miss");
+    assert_eq!(calls_now(), 2);
+    // Another caller's body, rewritten to the first one: the key of the body sent, a hit.
+    assert_eq!(call(body("b", 10), body("x", 10)).await.unwrap(), "hit-l1");
+    assert_eq!(calls_now(), 2);
+
+    // The estimate is about the body sent too: a small request rewritten to one whose
+    // `max_tokens` is over the limit's whole minute is refused, and the other way round passes.
+    let refused = call(body("c", 10), body("z", 100_000)).await.unwrap_err();
+    assert!(
+        refused.is::<tower_deepseek::retry::RequestTooLarge>(),
+        "not refused for its size: {refused}"
+    );
+    assert_eq!(
+        call(body("d", 100_000), body("w", 10)).await.unwrap(),
+        "miss"
+    );
+    assert_eq!(calls_now(), 3);
+}

@@ -12,6 +12,7 @@ use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer_or_reject};
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
 use tower_deepseek_core::protocol::ShareVerdict;
+use tower_deepseek_core::view::{ChatView, JsonKind};
 use tower_service::Service;
 
 use super::body::{BoxBody, FollowerBody, LeaderBody, ResponseBody};
@@ -21,7 +22,7 @@ use super::future::ResponseFuture;
 use super::layer::CacheLayer;
 use crate::entry::{Entry, Kind, Stored};
 use crate::flight::{FlightKey, Flights, Head, Joined, Role};
-use crate::key::{CacheKey, Canon, Scope};
+use crate::key::{CacheKey, Scope, view_number};
 use crate::metrics;
 use crate::options::CacheOptions;
 use crate::record::Recorder;
@@ -268,7 +269,7 @@ fn cache_control(req: &Request<BufferedBody>) -> (bool, bool) {
 }
 
 impl Shared {
-    fn plan(&self, req: &Request<BufferedBody>) -> Plan {
+    fn plan(&self, req: &mut Request<BufferedBody>) -> Plan {
         if req.method() != Method::POST {
             return Plan::Bypass("method");
         }
@@ -311,24 +312,32 @@ impl Shared {
                 };
             }
         }
-        let Ok(doc) = serde_json::from_slice::<Canon<'_>>(req.body().bytes()) else {
+        // The request parsed once for every layer: the view a layer above left (when it
+        // describes this very body), else parsed here and left for the layers below.
+        let body = req.body().bytes().clone();
+        let Ok(view) = ChatView::get_or_parse(req.extensions_mut(), &body) else {
             return Plan::Bypass("not JSON");
         };
-        if !matches!(doc, Canon::Obj(_)) {
+        let root = view.root();
+        if root.kind() != JsonKind::Object {
             return Plan::Bypass("not a JSON object");
         }
-        let zero_temp = doc.get("temperature").is_some_and(Canon::is_zero);
+        let zero_temp = root
+            .get("temperature")
+            .filter(|t| t.kind() == JsonKind::Number)
+            .and_then(|t| view_number(t.raw()))
+            .is_some_and(|n| n.is_zero());
         if !zero_temp && !allow_any {
             return Plan::Bypass("temperature");
         }
-        let stream = doc.get("stream").and_then(Canon::as_bool).unwrap_or(false);
-        let include_usage = stream
-            && doc
-                .get("stream_options")
-                .and_then(|o| o.get("include_usage"))
-                .and_then(Canon::as_bool)
-                .unwrap_or(false);
-        let key = CacheKey::from_canon(req.method(), req.uri().path(), Scope::of(req), &doc);
+        let stream = view.is_stream();
+        let include_usage = stream && view.includes_usage();
+        // Hashed straight from the view (no second parse, no canonical tree); `None` exactly
+        // where serde_json would not read the body.
+        let Some(key) = CacheKey::from_view(req.method(), req.uri().path(), Scope::of(req), &view)
+        else {
+            return Plan::Bypass("not JSON");
+        };
         let fkey = FlightKey {
             key,
             stream,
@@ -413,9 +422,9 @@ where
 {
     let (parts, body) = req.into_parts();
     let body = buffer_or_reject(body, shared.cfg.max_request_bytes).await?;
-    let req = Request::from_parts(parts, body);
+    let mut req = Request::from_parts(parts, body);
 
-    let (fkey, kind, refresh, mut alias) = match shared.plan(&req) {
+    let (fkey, kind, refresh, mut alias) = match shared.plan(&mut req) {
         Plan::Bypass(why) => {
             tracing::trace!(target: TARGET, reason = why, "cache bypassed");
             metrics::request(Outcome::Bypass.label());

@@ -12,6 +12,7 @@ use hmac::Mac;
 use tower_deepseek_core::classify::{FailureClass, ResponseSummary};
 use tower_deepseek_core::meta::RequestId;
 use tower_deepseek_core::protocol::{CallCost, Money};
+use tower_deepseek_core::view::{ChatView, ViewSlot};
 
 use super::layer::AuditShared;
 use super::recorder::PromptRecorder;
@@ -111,6 +112,8 @@ pub(super) struct Pending {
     pub(super) recorder: PromptRecorder,
     /// The cost slot a cost layer below put on the response head.
     pub(super) cost: Option<CallCost>,
+    /// The view of the body sent, left by a layer below that parsed it.
+    pub(super) views: ViewSlot,
 }
 
 impl Pending {
@@ -129,6 +132,7 @@ impl Pending {
             started,
             recorder,
             cost,
+            views,
         } = &mut *self;
         let r = &mut *record;
         // Filled by the cost layer below before the body's end came up to this layer.
@@ -180,26 +184,30 @@ impl Pending {
             }
             r.prompt_hash = Some(m.finalize().into_bytes().into());
             if r.model.is_none() {
-                #[derive(serde::Deserialize)]
-                struct ModelProbe {
-                    model: Option<String>,
-                }
-                let joined = if more.is_empty() {
-                    first
-                } else {
-                    let mut all = BytesMut::with_capacity(
-                        first.len() + more.iter().map(Bytes::len).sum::<usize>(),
-                    );
-                    all.extend_from_slice(&first);
-                    for c in &more {
-                        all.extend_from_slice(c);
+                // The view a layer below built of these very bytes, else a parse here (the
+                // body reached no layer that reads it).
+                let view = views
+                    .get()
+                    .filter(|v| more.is_empty() && v.describes(&first));
+                let view = match view {
+                    Some(v) => Some(v),
+                    None if more.is_empty() => ChatView::parse(first).ok(),
+                    None => {
+                        let mut all = BytesMut::with_capacity(
+                            first.len() + more.iter().map(Bytes::len).sum::<usize>(),
+                        );
+                        all.extend_from_slice(&first);
+                        for c in &more {
+                            all.extend_from_slice(c);
+                        }
+                        ChatView::parse(all.freeze()).ok()
                     }
-                    all.freeze()
                 };
-                r.model = serde_json::from_slice::<ModelProbe>(&joined)
-                    .ok()
-                    .and_then(|p| p.model)
-                    .filter(|m| m.len() <= 128);
+                r.model = view
+                    .as_ref()
+                    .and_then(ChatView::model)
+                    .filter(|m| m.len() <= 128)
+                    .map(Cow::into_owned);
             }
         }
         r.pii = pii;

@@ -14,6 +14,7 @@ use tower_deepseek_core::body::ObservedBody;
 use tower_deepseek_core::protocol::{
     ClientIp, CollectCallFacts, PeerAddr, RequestId, TenantId, X_REQUEST_ID,
 };
+use tower_deepseek_core::view::ViewSlot;
 use tower_service::Service;
 
 #[cfg(doc)]
@@ -117,15 +118,20 @@ where
             breaker: None,
             cost: None,
         };
+        // The layers below that parse the request (redact, cache, rate limiter) leave their
+        // view of the body sent here: the model of a failed call is read from it, not parsed.
+        let views = ViewSlot::new();
         let pending = Pending {
             shared: shared.clone(),
             record,
             started: Instant::now(),
             recorder: recorder.clone(),
             cost: None,
+            views: views.clone(),
         };
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(recorder.clone());
+        parts.extensions.insert(views);
         // Ask the retry and breaker layers below for their facts (attempts, breaker state).
         parts.extensions.insert(CollectCallFacts);
         let body = ObservedBody::new(body, RequestTap { recorder });

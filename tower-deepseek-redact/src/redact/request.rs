@@ -7,7 +7,9 @@ use http::HeaderMap;
 use http::header::CONTENT_TYPE;
 
 use super::error::InvalidJsonReason;
-use crate::json::{Invalid, JsonPath, SpanKind, escape_into, find_request_strings, span_text};
+use tower_deepseek_core::view::{ChatView, ViewError};
+
+use crate::json::{Invalid, JsonPath, SpanKind, find_request_values};
 use crate::redactor::{PiiBlocked, RedactContext, Redactor};
 
 pub(super) fn is_json_content_type(headers: &HeaderMap) -> bool {
@@ -99,47 +101,54 @@ fn redact_url(
     redactor.redact(&String::from_utf8_lossy(&decoded), ctx)
 }
 
-/// Redacts a buffered request body (see [`RedactLayer`](super::RedactLayer) for the fields). `Ok(None)`: nothing
-/// changed.
-pub(crate) fn redact_body(
+/// Redacts a request body already parsed into core's shared view (see
+/// [`RedactLayer`](super::RedactLayer) for the fields), and returns the view of the body to send:
+/// `view` itself when nothing changed.
+///
+/// The view of the masked body is built as the masked body is written
+/// ([`ChatView::replace_strings`]: the spans of the values after each replacement are shifted,
+/// nothing is parsed), so the layers below read the view of what is sent without parsing it
+/// again, and the request is parsed once in the stack whether or not it held personal data.
+pub(crate) fn redact_view(
     redactor: &Redactor,
     extra_paths: &[JsonPath],
-    body: &[u8],
+    view: &ChatView,
     ctx: &mut RedactContext,
-) -> Result<Option<Vec<u8>>, BodyError> {
-    // Validated once, whole: every span is then a `&str` slice, and no byte that is not
-    // UTF-8 can pass in a field left as it is.
-    let doc =
-        std::str::from_utf8(body).map_err(|_| BodyError::Invalid(InvalidJsonReason::NotUtf8))?;
-    let invalid = |e: Invalid| {
+) -> Result<ChatView, BodyError> {
+    let syntax = || BodyError::Invalid(InvalidJsonReason::Syntax);
+    let found = find_request_values(view, extra_paths).map_err(|e| {
         BodyError::Invalid(match e {
             Invalid::Syntax => InvalidJsonReason::Syntax,
             Invalid::TooDeep => InvalidJsonReason::TooDeep,
         })
-    };
-    let spans = find_request_strings(doc, extra_paths).map_err(invalid)?;
-    let mut out: Option<Vec<u8>> = None;
-    let mut last = 0;
-    for span in spans {
-        let text = span_text(doc, span).map_err(invalid)?;
-        let new = match span.kind {
+    })?;
+    let mut edits: Vec<(usize, String)> = Vec::new();
+    for (id, kind) in found {
+        let value = view.node(id).ok_or_else(syntax)?;
+        let text = match kind {
+            SpanKind::Number => Cow::Borrowed(value.raw()),
+            SpanKind::Text | SpanKind::Url => value.as_str().ok_or_else(syntax)?,
+        };
+        let new = match kind {
             SpanKind::Url => redact_url(redactor, &text, ctx),
             SpanKind::Text | SpanKind::Number => redactor.redact(&text, ctx),
         }
         .map_err(BodyError::Blocked)?;
         if let Some(new) = new {
-            let o = out.get_or_insert_with(|| Vec::with_capacity(body.len() + 64));
-            o.extend_from_slice(&body[last..span.start]);
-            o.push(b'"');
-            escape_into(o, &new);
-            o.push(b'"');
-            last = span.end;
+            edits.push((id, new));
         }
     }
-    Ok(out.map(|mut o| {
-        o.extend_from_slice(&body[last..]);
-        o
-    }))
+    // The ids come from the walk: strings and numbers, in increasing order.
+    view.replace_strings(edits).map_err(|_| syntax())
+}
+
+/// Core's reasons, in the layer's error.
+pub(crate) fn invalid_reason(e: ViewError) -> InvalidJsonReason {
+    match e {
+        ViewError::NotUtf8 => InvalidJsonReason::NotUtf8,
+        ViewError::TooDeep => InvalidJsonReason::TooDeep,
+        _ => InvalidJsonReason::Syntax,
+    }
 }
 
 pub(crate) enum BodyError {

@@ -11,6 +11,7 @@ use http_body::Body;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer_or_reject};
 use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_core::view::ChatView;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -19,7 +20,9 @@ use super::config::{NonJsonPolicy, UnparseablePolicy};
 use super::error::InvalidJsonBody;
 use super::future::{PrepError, Prepared, ResponseFuture};
 use super::layer::{RedactLayer, Shared};
-use super::request::{BodyError, is_completion_path, is_json_content_type, redact_body};
+use super::request::{
+    BodyError, invalid_reason, is_completion_path, is_json_content_type, redact_view,
+};
 use crate::audit::PromptRecorder;
 use crate::redactor::{RedactContext, Vault};
 
@@ -95,7 +98,13 @@ where
         .get::<TenantId>()
         .map(|t| t.as_str().to_owned());
     let mut ctx = RedactContext::new(tenant.as_deref());
-    let new = match redact_body(&shared.redactor, &shared.extra_paths, &raw, &mut ctx) {
+    // The request parsed once for every layer: the view a layer above left for this very
+    // body, else parsed here. Below, the view of the body sent replaces it.
+    let parsed = ChatView::get_or_parse(&mut parts.extensions, &raw)
+        .map_err(|e| BodyError::Invalid(invalid_reason(e)));
+    let sent = match parsed
+        .and_then(|view| redact_view(&shared.redactor, &shared.extra_paths, &view, &mut ctx))
+    {
         Ok(n) => n,
         Err(BodyError::Invalid(reason)) if pass_unparseable => {
             if strict {
@@ -125,15 +134,15 @@ where
     if !ctx.counts.is_empty() {
         tracing::debug!(target: "tower_deepseek_redact", entities = ctx.counts.total(), placeholders = ctx.vault.len(), "request redacted");
     }
-    let body = match new {
-        Some(v) => {
-            if parts.headers.contains_key(CONTENT_LENGTH) {
-                parts.headers.insert(CONTENT_LENGTH, v.len().into());
-            }
-            BufferedBody::new(Bytes::from(v))
+    let body = if sent.describes(&raw) {
+        bytes
+    } else {
+        if parts.headers.contains_key(CONTENT_LENGTH) {
+            parts.headers.insert(CONTENT_LENGTH, sent.len().into());
         }
-        None => bytes,
+        BufferedBody::new(sent.bytes().clone())
     };
+    sent.publish(&mut parts.extensions);
     if let Some(r) = parts.extensions.get::<PromptRecorder>() {
         r.record(body.bytes().clone());
         r.record_pii(&ctx.counts);

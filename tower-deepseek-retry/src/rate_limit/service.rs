@@ -10,6 +10,7 @@ use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{Buffered, ReplayBody};
 use tower_deepseek_core::meta::TenantId;
 use tower_deepseek_core::protocol::ShareVerdict;
+use tower_deepseek_core::view::ChatView;
 use tower_service::Service;
 
 use super::body::ResponseBody;
@@ -95,14 +96,20 @@ where
                         let limit = shared.cfg.body_limit;
                         match tower_deepseek_core::body::buffer(body, limit).await? {
                             Buffered::Complete(b) => {
-                                let probe = serde_json::from_slice::<Probe<'_>>(b.bytes()).ok();
-                                let model = probe.as_ref().and_then(|p| p.model.as_deref());
-                                let max_tokens = probe
+                                // The request parsed once for every layer: the view a layer
+                                // above left for this very body, else parsed here and left for
+                                // the layers below. A body that is not JSON is estimated by
+                                // its size alone.
+                                let view =
+                                    ChatView::get_or_parse(&mut parts.extensions, b.bytes()).ok();
+                                let tenant = parts.extensions.get::<TenantId>();
+                                let model = view.as_ref().and_then(ChatView::model);
+                                let max_tokens = view
                                     .as_ref()
-                                    .and_then(|p| p.max_tokens.or(p.max_completion_tokens))
+                                    .and_then(ChatView::max_tokens)
                                     .unwrap_or(shared.cfg.default_max_tokens);
                                 let est = b.bytes().len() as u64 / 4 + max_tokens;
-                                let key = shared.key(model, tenant);
+                                let key = shared.key(model.as_deref(), tenant);
                                 (ReplayBody::buffered(b), key, est)
                             }
                             Buffered::Overflow(o) => {

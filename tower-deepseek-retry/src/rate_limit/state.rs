@@ -16,7 +16,6 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::{Response, StatusCode};
-use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BodyEnd, BodyObserver, ObservedBody};
@@ -177,16 +176,6 @@ impl PauseHandle {
         let until = self.until.load(Ordering::Acquire);
         Duration::from_nanos(until.saturating_sub(self.clock.nanos()))
     }
-}
-
-#[derive(Deserialize)]
-pub(crate) struct Probe<'a> {
-    #[serde(borrow, default)]
-    pub(crate) model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    pub(crate) max_tokens: Option<u64>,
-    #[serde(default)]
-    pub(crate) max_completion_tokens: Option<u64>,
 }
 
 /// What admission decided for one request.
