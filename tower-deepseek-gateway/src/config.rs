@@ -41,6 +41,8 @@
 //! client_secret = "..."
 //! [websocket]     # WebSocketConfig: GET /v1/chat/completions/ws
 //! idle_timeout_ms = 300000
+//! [otel]          # crate::otel::OtelConfig: traces over OTLP (feature `otel`); absent = off
+//! endpoint = "http://127.0.0.1:4318"
 //! ```
 
 use std::fmt;
@@ -57,6 +59,7 @@ use tower_deepseek::retry::RetryConfig;
 use tower_deepseek::retry::rate_limit::RateLimitConfig;
 use tower_deepseek::retry::timeout::TimeoutConfig;
 
+pub use crate::otel::OtelConfig;
 pub use crate::ws::config::WebSocketConfig;
 
 /// The whole configuration file. See the [module docs](self).
@@ -90,6 +93,9 @@ pub struct GatewayConfig {
     pub oauth2: Option<OAuth2Config>,
     /// The WebSocket route.
     pub websocket: WebSocketConfig,
+    /// OpenTelemetry traces over OTLP ([`OtelConfig`]); absent: no tracing. Needs the
+    /// crate's `otel` feature: a gateway built without it refuses the table.
+    pub otel: Option<OtelConfig>,
 }
 
 /// The gateway's own server settings.

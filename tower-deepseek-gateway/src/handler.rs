@@ -227,6 +227,8 @@ pub(crate) async fn refuse(s: &Shared, req: Request<Body>, res: Response<Body>) 
 pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response<Body> {
     let start = Instant::now();
     let guard = InFlight::start();
+    // Before anything reads or strips the headers: the client's `traceparent` is continued.
+    let trace = otel::CallTrace::start(s.otel.as_ref(), &req, route.path());
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
         req.extensions_mut().insert(PeerAddr(peer));
     }
@@ -243,7 +245,7 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
             None,
         );
         let res = refuse(&s, req, res).await;
-        return finish(&s, route, start, guard, res, request_id);
+        return finish(&s, route, start, guard, res, request_id, trace);
     }
     let client = match s.keys.check(req.headers()) {
         inbound::Verdict::Allowed(c) => c,
@@ -256,7 +258,7 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
                 None,
             );
             let res = refuse(&s, req, res).await;
-            return finish(&s, route, start, guard, res, request_id);
+            return finish(&s, route, start, guard, res, request_id, trace);
         }
         inbound::Verdict::Unknown => {
             let res = error::json_error(
@@ -267,7 +269,7 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
                 None,
             );
             let res = refuse(&s, req, res).await;
-            return finish(&s, route, start, guard, res, request_id);
+            return finish(&s, route, start, guard, res, request_id, trace);
         }
     };
     if let Some(c) = client {
@@ -293,12 +295,12 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
                 None,
             );
             let res = refuse(&s, req, res).await;
-            return finish(&s, route, start, guard, res, request_id);
+            return finish(&s, route, start, guard, res, request_id, trace);
         }
     }
     // The whole request body, within `server.body_read_timeout_ms` (a client that trickles it
     // gets a 408 instead of holding the request) and `server.max_body_bytes` (413).
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let read = tokio::time::timeout(
         s.body_read_timeout,
         tower_deepseek::core::body::buffer_or_reject(body, s.max_body_bytes),
@@ -319,7 +321,7 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
                 )
             };
             let res = refuse(&s, Request::from_parts(parts, Body::empty()), res).await;
-            return finish(&s, route, start, guard, res, request_id);
+            return finish(&s, route, start, guard, res, request_id, trace);
         }
         Err(_) => {
             let res = error::json_error(
@@ -330,9 +332,10 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
                 None,
             );
             let res = refuse(&s, Request::from_parts(parts, Body::empty()), res).await;
-            return finish(&s, route, start, guard, res, request_id);
+            return finish(&s, route, start, guard, res, request_id, trace);
         }
     };
+    trace.enter_stack(&mut parts, body.bytes());
     let req = Request::from_parts(parts, Body::new(body));
     let mut audit_refused = None;
     let res = match s.service.clone().oneshot(req).await {
@@ -347,7 +350,8 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
             error::error_response(&*e)
         }
     };
-    let mut res = finish(&s, route, start, guard, res, request_id);
+    trace.on_head(&res);
+    let mut res = finish(&s, route, start, guard, res, request_id, trace);
     if let Some(wait) = audit_refused {
         audit_unavailable(&mut res, wait);
     }
@@ -373,6 +377,7 @@ pub(crate) fn finish(
     guard: InFlight,
     res: Response<Body>,
     request_id: Option<RequestId>,
+    trace: otel::CallTrace,
 ) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -390,6 +395,11 @@ pub(crate) fn finish(
         .record(start.elapsed().as_secs_f64());
     let body = match s.classifier.classify_head(status, &parts.headers) {
         ClassifiedResponse::Ready(outcome) => {
+            let name = match &outcome {
+                Ok(()) => "ok",
+                Err(class) => class.as_str(),
+            };
+            trace.on_end(status, name, None);
             record_outcome(route, StreamEnd::Finished(outcome));
             drop(guard);
             body
@@ -418,6 +428,7 @@ pub(crate) fn finish(
                         tokens("prompt_cache_miss", n);
                     }
                 }
+                trace.on_end(status, outcome_name(&end), Some(summary));
                 record_outcome(route, end);
             });
             let observed = ObservedBody::new(body, observer);
@@ -430,12 +441,17 @@ pub(crate) fn finish(
     Response::from_parts(parts, body)
 }
 
-pub(crate) fn record_outcome(route: Route, end: StreamEnd) {
-    let outcome = match &end {
+/// How a call ended, as the `outcome` label says it.
+pub(crate) fn outcome_name(end: &StreamEnd) -> &'static str {
+    match end {
         StreamEnd::Finished(Ok(())) => "ok",
         StreamEnd::Finished(Err(class)) => class.as_str(),
         _ => "cancelled",
-    };
+    }
+}
+
+pub(crate) fn record_outcome(route: Route, end: StreamEnd) {
+    let outcome = outcome_name(&end);
     metrics::counter!(telemetry::RESPONSES_TOTAL, "route" => route.path(), "outcome" => outcome)
         .increment(1);
 }

@@ -64,6 +64,7 @@ pub mod config;
 mod error;
 mod handler;
 pub mod inbound;
+pub mod otel;
 mod server;
 mod stack;
 mod stream;
@@ -241,6 +242,7 @@ struct Shared {
     classifier: Classifier,
     audit_layer: Option<AuditLayer>,
     ws: ws::Settings,
+    otel: Option<Arc<otel::Tracing>>,
 }
 
 /// A configured gateway, ready to [`serve`](Gateway::serve).
@@ -253,6 +255,7 @@ pub struct Gateway {
     allow_open_non_loopback: bool,
     wired: Vec<&'static str>,
     ws: ws::Runtime,
+    otel: Option<Arc<otel::Tracing>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -322,6 +325,15 @@ impl Gateway {
                 stack::Credential::None
             }
         };
+        let otel = match &cfg.otel {
+            Some(c) => Some(Arc::new(otel::Tracing::new(c).map_err(|message| {
+                StartError::Layer {
+                    layer: "otel",
+                    message,
+                }
+            })?)),
+            None => None,
+        };
         // The recorder must exist before the layers register their metrics.
         telemetry::handle();
         let built = stack::build(
@@ -344,6 +356,7 @@ impl Gateway {
             classifier: Classifier::new(),
             audit_layer: built.audit_layer,
             ws: ws::Settings::new(cfg.websocket.clone()),
+            otel: otel.clone(),
         });
         let ws_runtime = shared.ws.runtime.clone();
         let mut router = Router::new();
@@ -375,6 +388,7 @@ impl Gateway {
             allow_open_non_loopback: cfg.server.allow_open_non_loopback,
             wired: built.wired,
             ws: ws_runtime,
+            otel,
         })
     }
 
@@ -427,6 +441,10 @@ impl Gateway {
             if let Err(e) = audit.shutdown() {
                 tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the audit log failed");
             }
+        }
+        // The spans of the calls just drained go out before `serve` returns.
+        if let Some(otel) = &self.otel {
+            otel.shutdown().await;
         }
         tracing::info!(target: "tower_deepseek_gateway", "stopped");
         result.map_err(StartError::Io)

@@ -25,7 +25,8 @@ use crate::StartError;
 use crate::config::GatewayConfig;
 
 /// The stack around the upstream client, taking the server's request bodies.
-pub(crate) type Svc = Recommended<BaseUrl<UpstreamClient<StackRequestBody<Body>>>, Body>;
+pub(crate) type Svc =
+    Recommended<BaseUrl<crate::otel::Traced<UpstreamClient<StackRequestBody<Body>>>>, Body>;
 
 /// The upstream credential.
 pub(crate) enum Credential {
@@ -181,7 +182,8 @@ pub(crate) fn build(
     let base = BaseUrlLayer::new(upstream).map_err(|e| StartError::Upstream(e.to_string()))?;
     let client = upstream_client::<StackRequestBody<Body>>(&cfg.client);
     Ok(Built {
-        service: stack.layer(base.layer(client)),
+        // Innermost: one span per upstream attempt, when tracing is on (`otel`).
+        service: stack.layer(base.layer(crate::otel::traced(client))),
         audit,
         audit_layer,
         wired,
