@@ -18,7 +18,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use tower_deepseek::core::classify::ResponseSummary;
+use tower_deepseek::core::classify::{ResponseSummary, StreamEnd};
 use tower_deepseek::core::protocol::{Attempts, BreakerStatus, CollectCallFacts};
 
 use super::{OtelConfig, model_attr};
@@ -120,10 +120,7 @@ struct Inner {
 
 impl CallTrace {
     /// Starts the server span (continuing the client's `traceparent`) and the handler span.
-    pub(crate) fn start<B>(t: Option<&Arc<Tracing>>, req: &Request<B>, route: &str) -> Self {
-        let Some(t) = t else {
-            return Self::default();
-        };
+    fn start<B>(t: &Tracing, req: &Request<B>) -> Self {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
         let method = req.method().as_str().to_owned();
         let tracer = t.tracer.clone();
@@ -141,8 +138,8 @@ impl CallTrace {
             .with_kind(SpanKind::Internal)
             .start_with_context(&tracer, &server);
         let handler = server.with_span(handler);
-        let operation = match route {
-            "/chat/completions" => Some("chat"),
+        let operation = match req.uri().path() {
+            "/chat/completions" | "/v1/chat/completions" => Some("chat"),
             "/beta/completions" => Some("text_completion"),
             _ => None,
         };
@@ -250,11 +247,16 @@ impl CallTrace {
     pub(crate) fn on_end(
         &self,
         status: StatusCode,
-        outcome: &str,
+        end: &StreamEnd,
         summary: Option<&ResponseSummary>,
     ) {
         let Some(i) = &self.inner else {
             return;
+        };
+        let outcome = match end {
+            StreamEnd::Finished(Ok(())) => "ok",
+            StreamEnd::Finished(Err(class)) => class.as_str(),
+            _ => "cancelled",
         };
         let code = i64::from(status.as_u16());
         let failed = outcome != "ok" || status.is_server_error();
@@ -319,6 +321,64 @@ impl CallTrace {
     fn stack_cx(&self) -> Option<Context> {
         let i = self.inner.as_ref()?;
         i.stack.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Around the proxied routes' handler, inside the request metrics: starts the spans of a call
+/// and hands them on, to the handler in the request's extensions and to the metrics layer
+/// (which sees the end of the answer) in the response's.
+#[derive(Debug, Clone)]
+pub(crate) struct TraceLayer {
+    tracing: Arc<Tracing>,
+}
+
+impl TraceLayer {
+    pub(crate) fn new(tracing: Arc<Tracing>) -> Self {
+        Self { tracing }
+    }
+}
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService {
+            inner,
+            tracing: self.tracing.clone(),
+        }
+    }
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct TraceService<S> {
+    inner: S,
+    tracing: Arc<Tracing>,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for TraceService<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    RB: 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let trace = CallTrace::start(&self.tracing, &req);
+        req.extensions_mut().insert(trace.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut res = fut.await?;
+            res.extensions_mut().insert(trace);
+            Ok(res)
+        })
     }
 }
 

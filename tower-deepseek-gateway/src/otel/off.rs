@@ -3,8 +3,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
-use tower_deepseek::core::classify::ResponseSummary;
+use http::{Response, StatusCode};
+use tower_deepseek::core::classify::{ResponseSummary, StreamEnd};
 
 use super::OtelConfig;
 
@@ -22,17 +22,37 @@ impl Tracing {
     }
 }
 
+/// Never built (there is no [`Tracing`] to make it from).
+#[derive(Debug, Clone)]
+pub(crate) struct TraceLayer(Infallible);
+
+impl TraceLayer {
+    pub(crate) fn new(tracing: Arc<Tracing>) -> Self {
+        match tracing.0 {}
+    }
+}
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = S;
+
+    fn layer(&self, _inner: S) -> S {
+        match self.0 {}
+    }
+}
+
 /// Nothing to trace.
 #[derive(Clone, Default)]
 pub(crate) struct CallTrace;
 
 impl CallTrace {
-    pub(crate) fn start<B>(_t: Option<&Arc<Tracing>>, _req: &Request<B>, _route: &str) -> Self {
-        Self
-    }
     pub(crate) fn enter_stack(&self, _parts: &mut http::request::Parts, _body: &[u8]) {}
     pub(crate) fn on_head<B>(&self, _res: &Response<B>) {}
-    pub(crate) fn on_end(&self, _status: StatusCode, _outcome: &str, _s: Option<&ResponseSummary>) {
+    pub(crate) fn on_end(
+        &self,
+        _status: StatusCode,
+        _end: &StreamEnd,
+        _s: Option<&ResponseSummary>,
+    ) {
     }
 }
 
