@@ -168,6 +168,13 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("timeout_ms"));
     }
 
+    #[cfg(not(feature = "otel"))]
+    #[test]
+    fn without_the_feature_the_table_is_refused() {
+        let err = Tracing::new(&OtelConfig::default()).unwrap_err();
+        assert!(err.contains("`otel` feature"), "{err}");
+    }
+
     #[test]
     fn only_plain_model_names_are_exported() {
         assert_eq!(model_attr("deepseek-chat"), "deepseek-chat");

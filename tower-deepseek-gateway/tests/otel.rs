@@ -346,3 +346,56 @@ async fn refused_calls_are_traced_and_a_bad_table_is_refused() {
     assert!(err.to_string().contains("[otel]"), "{err}");
     assert!(err.to_string().contains("sampling_ratio"), "{err}");
 }
+
+#[tokio::test]
+async fn the_sampling_ratio_applies_to_traces_started_here_and_a_client_decides_for_its_own() {
+    let (otlp, received) = receiver().await;
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let config = config_with_keys(&format!(
+        "[otel]\nendpoint = \"http://{otlp}\"\nsampling_ratio = 0.0\n"
+    ));
+    let gw = start(&upstream.url(), config, None).await;
+    let client = client();
+    let body = |text: &str| json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": text}]});
+    // Started here, ratio 0: not sampled, but the trace still goes upstream (flag 00).
+    let res = send(
+        &client,
+        chat_request(
+            &gw.url("/v1/chat/completions"),
+            Some(CLIENT_KEY),
+            body("one"),
+        ),
+    )
+    .await;
+    body_string(res).await;
+    // A client's sampled trace is exported whatever the ratio.
+    let mut req = chat_request(
+        &gw.url("/v1/chat/completions"),
+        Some(CLIENT_KEY),
+        body("two"),
+    );
+    req.headers_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{PARENT_ID}-01").parse().unwrap(),
+    );
+    body_string(send(&client, req).await).await;
+    gw.stop().await.unwrap();
+
+    let spans = received.spans.lock().unwrap().clone();
+    assert!(!spans.is_empty());
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.trace_id == hex::decode(TRACE_ID).unwrap()),
+        "only the client's trace is exported: {spans:#?}"
+    );
+    let sent = upstream.requests_to("/chat/completions");
+    assert_eq!(sent.len(), 2);
+    let unsampled = sent[0].headers["traceparent"].to_str().unwrap();
+    assert!(unsampled.ends_with("-00"), "{unsampled}");
+    assert!(!unsampled.contains(TRACE_ID));
+    let sampled = sent[1].headers["traceparent"].to_str().unwrap();
+    assert!(sampled.starts_with(&format!("00-{TRACE_ID}-")), "{sampled}");
+    assert!(sampled.ends_with("-01"), "{sampled}");
+    upstream.shutdown().await;
+}
