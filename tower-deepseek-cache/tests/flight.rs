@@ -427,3 +427,30 @@ async fn a_verdict_shared_from_below_decides_what_is_stored() {
         assert_eq!(calls.load(Ordering::SeqCst), expected, "stored: {stored}");
     }
 }
+
+/// A miss whose answer is already whole when its head arrives is judged and stored in the
+/// caller's own task, with a plain insert: no task is spawned for it. A body still on its way
+/// gets its task (the streaming tests above), so that no caller's pace stalls another.
+#[tokio::test(flavor = "current_thread")]
+async fn a_whole_answer_is_stored_without_spawning_a_task() {
+    let svc = CacheLayer::new().layer(service_fn(|_r: Request<BufferedBody>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(BufferedBody::new(json_answer("whole")))
+                .unwrap(),
+        )
+    }));
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let r = svc.clone().oneshot(request(false)).await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "miss");
+    // Stored before a byte of the body was read, and no task alive to read it.
+    assert_eq!(metrics.num_alive_tasks(), 0);
+    let hit = svc.oneshot(request(false)).await.unwrap();
+    assert_eq!(hit.headers()["x-cache"], "hit-l1");
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, json_answer("whole"));
+    let replayed: Value =
+        serde_json::from_slice(&hit.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(replayed["choices"][0]["message"]["content"], "whole");
+}

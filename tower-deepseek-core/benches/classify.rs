@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::de::IgnoredAny;
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier};
@@ -17,9 +17,22 @@ const CHAT: &[u8] = br#"{"id":"1","object":"chat.completion","model":"deepseek-c
 /// A longer answer: a paragraph of content, reasoning, fingerprint, cache usage fields.
 const LONG: &[u8] = br#"{"id":"930c60df-bf64-41c9-a88e-3ec75f81e00e","object":"chat.completion","created":1705651092,"model":"deepseek-reasoner","system_fingerprint":"fp_a49d71b8a1","choices":[{"index":0,"message":{"role":"assistant","content":"Tower middleware composes: each layer wraps a service and returns a service, so retries, timeouts and rate limits stack in the order you list them. Put the rate limiter outside the retry layer so that a retry does not take a second slot.","reasoning_content":"The user asks about ordering of layers. Explain briefly."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":16,"completion_tokens":70,"total_tokens":86,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":12},"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":16}}"#;
 
+/// Issue 17's 2 KB answer, shared with the layers' benches.
+#[path = "../../tower-deepseek-testkit/src/fixture.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod fixture;
+
 #[path = "../tests/common/former_probe.rs"]
 mod former_probe;
 use former_probe::RefProbe as OldProbe;
+
+fn bodies() -> [(&'static str, Bytes); 3] {
+    [
+        ("chat_230b", Bytes::from_static(CHAT)),
+        ("long_800b", Bytes::from_static(LONG)),
+        ("answer_2k", fixture::answer_2k()),
+    ]
+}
 
 fn bench(c: &mut Criterion) {
     let classifier = Classifier::new();
@@ -29,8 +42,7 @@ fn bench(c: &mut Criterion) {
         HeaderValue::from_static("application/json"),
     );
     let mut g = c.benchmark_group("classify_json");
-    for (name, body) in [("chat_230b", CHAT), ("long_800b", LONG)] {
-        let body = Bytes::from_static(body);
+    for (name, body) in bodies() {
         g.bench_function(format!("{name}/serde_ignored_any_floor"), |b| {
             b.iter(|| black_box(serde_json::from_slice::<IgnoredAny>(black_box(&body)).is_ok()))
         });
@@ -78,8 +90,7 @@ fn interleaved(_c: &mut Criterion) {
         ClassifiedResponse::Ready(_) => unreachable!(),
     };
     const N: u32 = 20_000;
-    for (name, body) in [("chat_230b", CHAT), ("long_800b", LONG)] {
-        let body = Bytes::from_static(body);
+    for (name, body) in bodies() {
         let runs: [(&str, &dyn Fn() -> bool); 4] = [
             ("serde_ignored_any_floor", &|| {
                 serde_json::from_slice::<IgnoredAny>(black_box(&body)).is_ok()
@@ -112,4 +123,43 @@ fn interleaved(_c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench, interleaved);
-criterion_main!(benches);
+
+/// `CLASSIFY_DRIVE=<body> CLASSIFY_ITERS=<n>`: only `n` verdict-only classifications of that
+/// body (`chat_230b`, `long_800b`, `answer_2k`), for callgrind (run with `n` and 0, subtract);
+/// with `CLASSIFY_FLOOR=1`, serde_json skipping the same body instead.
+fn main() {
+    if let Ok(name) = std::env::var("CLASSIFY_DRIVE") {
+        let iters: u32 = std::env::var("CLASSIFY_ITERS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        let (_, body) = bodies()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .expect("a body name");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let lean = Classifier::new().summary(false);
+        if std::env::var("CLASSIFY_FLOOR").is_ok() {
+            for _ in 0..iters {
+                black_box(serde_json::from_slice::<IgnoredAny>(black_box(&body)).is_ok());
+            }
+            return;
+        }
+        for _ in 0..iters {
+            match lean.classify_head(StatusCode::OK, &headers) {
+                ClassifiedResponse::RequiresEos(mut eos) => {
+                    eos.on_data(black_box(&body));
+                    black_box(eos.finish().is_ok());
+                }
+                ClassifiedResponse::Ready(_) => unreachable!(),
+            }
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

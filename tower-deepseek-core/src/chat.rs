@@ -390,7 +390,7 @@ impl FinishReason {
         }
     }
 
-    fn from_wire(s: &str) -> Self {
+    pub(crate) fn from_wire(s: &str) -> Self {
         match s {
             "stop" => FinishReason::Stop,
             "length" => FinishReason::Length,

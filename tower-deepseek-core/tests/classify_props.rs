@@ -345,6 +345,77 @@ fn answer() -> impl Strategy<Value = J> {
         })
 }
 
+/// Long text as answers carry it: words, the classifier's key names (quoted, as JSON writes
+/// them inside a string), braces, escapes, control characters, CJK and emoji.
+fn long_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => proptest::sample::select(&[
+            "Tower middleware composes; ",
+            "把限流放在重试层之外。",
+            "\"error\": {\"message\": \"x\"}, ",
+            "\"finish_reason\":\"insufficient_system_resource\"",
+            "\"usage\":{\"total_tokens\":1}",
+            "{\"choices\":[{\"finish_reason\":\"stop\"}]}",
+            "\n\tline\r\n",
+            "C:\\tmp\\x ",
+            "\u{1f600} ",
+            "\u{0} \u{1f}",
+            "} ] \" , : ",
+        ][..]).prop_map(str::to_owned),
+        1 => string(),
+    ];
+    proptest::collection::vec(piece, 0..120).prop_map(|v| v.concat())
+}
+
+/// A value nested `depth` times in arrays and objects (around the serde scanner's and the
+/// light check's depth limits).
+fn nested(depth: usize, leaf: J) -> J {
+    (0..depth).fold(leaf, |v, i| {
+        if i % 2 == 0 {
+            J::Arr(vec![v])
+        } else {
+            J::Obj(vec![("error".to_owned(), v)])
+        }
+    })
+}
+
+/// A chat answer of up to a few KB: long content and reasoning, nested extras.
+fn long_answer() -> impl Strategy<Value = J> {
+    (answer(), long_text(), long_text(), 0usize..80, value()).prop_map(
+        |(a, content, reasoning, depth, leaf)| {
+            let J::Obj(mut fields) = a else {
+                unreachable!()
+            };
+            for (k, v) in &mut fields {
+                if k == "choices" {
+                    if let J::Arr(choices) = v {
+                        for c in choices {
+                            if let J::Obj(cf) = c {
+                                cf.insert(
+                                    1,
+                                    (
+                                        "message".to_owned(),
+                                        J::Obj(vec![
+                                            ("role".to_owned(), J::Str("assistant".to_owned())),
+                                            ("content".to_owned(), J::Str(content.clone())),
+                                            (
+                                                "reasoning_content".to_owned(),
+                                                J::Str(reasoning.clone()),
+                                            ),
+                                        ]),
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            fields.insert(0, ("logprobs".to_owned(), nested(depth, leaf)));
+            J::Obj(fields)
+        },
+    )
+}
+
 fn body() -> impl Strategy<Value = J> {
     prop_oneof![
         4 => answer(),
@@ -508,6 +579,35 @@ proptest! {
             }
         }
         check_json(&bytes, &[bytes.len() / 3])?;
+    }
+
+    #[test]
+    fn long_answers_match_the_serde_reference_whole_split_and_cut(
+        v in long_answer(),
+        style in proptest::collection::vec(any::<u8>(), 1..32),
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ends in proptest::collection::vec(any::<usize>(), 1..8),
+    ) {
+        let text = write(&v, &style, style[0] % 3 == 0);
+        let bytes = text.as_bytes();
+        check_json(bytes, &cuts)?;
+        for end in ends {
+            let cut = &bytes[..end % (bytes.len() + 1)];
+            prop_assert_eq!(classify_json(cut, &cuts), reference_json(cut), "cut: {:?}", String::from_utf8_lossy(cut));
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_match_the_serde_reference(
+        bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            proptest::collection::vec(proptest::sample::select(&b"{}[]\",:\\ \t\n0123456789.eE+-truefalsn\x00\x1f\x7f\xc3\xa9u"[..]), 0..64),
+        ],
+        prefix in proptest::sample::select(&["", "{", "{\"choices\":[{\"finish_reason\":", "{\"usage\":", "{\"error\":", "{\"model\":"][..]),
+    ) {
+        let mut body = prefix.as_bytes().to_vec();
+        body.extend_from_slice(&bytes);
+        check_json(&body, &[body.len() / 2])?;
     }
 
     #[test]

@@ -101,6 +101,7 @@
 mod body;
 mod deepseek;
 mod fault;
+pub mod fixture;
 mod handler;
 mod oauth;
 mod record;

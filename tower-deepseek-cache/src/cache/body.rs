@@ -178,6 +178,18 @@ impl LeaderBody {
         }
     }
 
+    /// Reads (and publishes) the frames the upstream body has ready, without waiting for
+    /// more: whether the body ended (whole or failed).
+    pub(crate) fn read_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            match Pin::new(&mut *self).poll_frame(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(None | Some(Err(_))) => return true,
+            }
+        }
+    }
+
     fn is_end_stream(&self) -> bool {
         self.body.as_ref().is_none_or(|b| b.is_end_stream())
     }

@@ -450,7 +450,18 @@ where
                 return Ok(replay(&entry, &fkey, Outcome::HitL1));
             }
             match shared.flights.enter(fkey) {
-                Role::Leader(flight) => break (flight, true),
+                Role::Leader(flight) => {
+                    // The flight this request missed may have stored its answer and left
+                    // between the look-up above and now (a leader stores before it leaves):
+                    // look again rather than call upstream a second time. Whoever joined this
+                    // flight meanwhile starts over and finds the answer too.
+                    if shared.l1_get(&fkey.key).is_some() {
+                        flight.abandon();
+                        shared.flights.remove(&fkey, &flight);
+                        continue;
+                    }
+                    break (flight, true);
+                }
                 Role::Follower(mut follower) => {
                     match std::future::poll_fn(|cx| follower.poll_head(cx)).await {
                         Joined::StartOver => continue,
@@ -548,12 +559,18 @@ where
         recording,
         shared.clone(),
     );
-    // A task reads the upstream body, so that no caller's pace (or departure) stalls another;
-    // the leader's caller reads the published chunks like every follower. Without a runtime,
-    // the caller drives the body itself.
+    // The leader's caller reads the published chunks like every follower. What the upstream
+    // body has ready now is read here, in this task: an answer that is already whole (most
+    // JSON answers come with their head) is judged and stored with a plain insert, and needs
+    // no task. Only a body still on its way gets a task that reads it, so that no caller's
+    // pace (or departure) stalls another. Without a runtime, the caller drives the body itself.
     let body = match (tokio::runtime::Handle::try_current(), flight.join()) {
         (Ok(rt), Some(subscription)) => {
-            rt.spawn(super::body::drive(leader));
+            let mut leader = leader;
+            let ended = std::future::poll_fn(|cx| Poll::Ready(leader.read_ready(cx))).await;
+            if !ended {
+                rt.spawn(super::body::drive(leader));
+            }
             ResponseBody::follower(FollowerBody::new(subscription))
         }
         _ => ResponseBody::leader(leader),

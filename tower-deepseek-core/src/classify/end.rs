@@ -78,22 +78,22 @@ pub struct EosClassifier {
 /// The shape (and so which bodies are "valid JSON of another shape") is the one the classifier
 /// always had: a `Vec` of choices and owned strings accept and refuse exactly the same input.
 #[derive(Deserialize)]
-struct Probe<'a> {
+pub(super) struct Probe<'a> {
     #[serde(default)]
-    error: Option<IgnoredAny>,
+    pub(super) error: Option<IgnoredAny>,
     #[serde(default)]
-    choices: Option<LastFinish>,
+    pub(super) choices: Option<LastFinish>,
     #[serde(default)]
-    usage: Option<UsageProbe>,
+    pub(super) usage: Option<UsageProbe>,
     #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
+    pub(super) model: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    system_fingerprint: Option<Cow<'a, str>>,
+    pub(super) system_fingerprint: Option<Cow<'a, str>>,
 }
 
 /// The `choices` array, reduced to its last non-null `finish_reason` as it is read. Accepts
 /// and refuses what `Vec<ChoiceProbe>` would.
-struct LastFinish(Option<FinishReason>);
+pub(super) struct LastFinish(pub(super) Option<FinishReason>);
 
 impl<'de> Deserialize<'de> for LastFinish {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -123,30 +123,30 @@ impl<'de> Deserialize<'de> for LastFinish {
 /// `usage` without `Usage`'s catch-all map: `#[serde(flatten)]` makes serde buffer every field,
 /// which would slow the classification of every answer. Unknown usage fields are dropped from
 /// the summary (it is for accounting).
-#[derive(Deserialize)]
-struct UsageProbe {
+#[derive(Deserialize, Default)]
+pub(super) struct UsageProbe {
     #[serde(default)]
-    prompt_tokens: u64,
+    pub(super) prompt_tokens: u64,
     #[serde(default)]
-    completion_tokens: u64,
+    pub(super) completion_tokens: u64,
     #[serde(default)]
-    total_tokens: u64,
+    pub(super) total_tokens: u64,
     #[serde(default)]
-    prompt_cache_hit_tokens: Option<u64>,
+    pub(super) prompt_cache_hit_tokens: Option<u64>,
     #[serde(default)]
-    prompt_cache_miss_tokens: Option<u64>,
+    pub(super) prompt_cache_miss_tokens: Option<u64>,
     #[serde(default)]
-    prompt_tokens_details: Option<DetailsProbe>,
+    pub(super) prompt_tokens_details: Option<DetailsProbe>,
     #[serde(default)]
-    completion_tokens_details: Option<DetailsProbe>,
+    pub(super) completion_tokens_details: Option<DetailsProbe>,
 }
 
-#[derive(Deserialize)]
-struct DetailsProbe {
+#[derive(Deserialize, Default)]
+pub(super) struct DetailsProbe {
     #[serde(default)]
-    cached_tokens: Option<u64>,
+    pub(super) cached_tokens: Option<u64>,
     #[serde(default)]
-    reasoning_tokens: Option<u64>,
+    pub(super) reasoning_tokens: Option<u64>,
 }
 
 impl From<UsageProbe> for Usage {
@@ -453,7 +453,13 @@ impl EosClassifier {
                         self.ended = Some(r.clone());
                         return r;
                     }
-                    match serde_json::from_slice::<Probe<'_>>(bytes) {
+                    // The light check reads what the verdict needs; on anything it does not
+                    // accept, the full probe decides (and classifies the error).
+                    let probe = match super::light::light_probe(bytes, self.fill_summary) {
+                        Some(p) => Ok(p),
+                        None => serde_json::from_slice::<Probe<'_>>(bytes),
+                    };
+                    match probe {
                         Ok(probe) => {
                             self.summary.absorb(probe, self.fill_summary);
                             if self.summary.in_band_error {
@@ -500,6 +506,9 @@ impl EosClassifier {
 /// Whether `bytes` is one whole JSON document: `Ok`, or [`FailureClass::Incomplete`] when it is
 /// cut or malformed.
 pub(super) fn complete_json(bytes: &[u8]) -> Result<(), FailureClass> {
+    if super::light::light_complete(bytes) {
+        return Ok(());
+    }
     serde_json::from_slice::<IgnoredAny>(bytes)
         .map(|_| ())
         .map_err(|_| FailureClass::Incomplete)

@@ -50,6 +50,7 @@
 mod class;
 mod end;
 mod head;
+mod light;
 mod shared;
 #[cfg(test)]
 mod tests;
