@@ -68,6 +68,8 @@
 //! [budgets]       # tower_deepseek_retry::cost::CostBudgets (per tenant; `--redis`: fleet-wide)
 //! default = { daily_cost = "5", monthly_tokens = 100000000 }
 //! tenants.acme = { monthly_cost = "500" }
+//! [otel]          # crate::otel::OtelConfig: traces over OTLP (feature `otel`); absent = off
+//! endpoint = "http://127.0.0.1:4318"
 //! ```
 
 use std::collections::BTreeMap;
@@ -88,6 +90,7 @@ use tower_deepseek::retry::cost::{CostBudgets, PriceTable};
 use tower_deepseek::retry::rate_limit::RateLimitConfig;
 use tower_deepseek::retry::timeout::TimeoutConfig;
 
+pub use crate::otel::OtelConfig;
 pub use crate::ws::config::WebSocketConfig;
 
 /// The whole configuration file. See the [module docs](self).
@@ -132,6 +135,9 @@ pub struct GatewayConfig {
     /// Budgets per tenant (so per client key) or for all, per day and month, in money (the
     /// price table's currency) or tokens; shared by the fleet through `--redis` when given.
     pub budgets: Option<CostBudgets>,
+    /// OpenTelemetry traces over OTLP ([`OtelConfig`]); absent: no tracing. Needs the
+    /// crate's `otel` feature: a gateway built without it refuses the table.
+    pub otel: Option<OtelConfig>,
 }
 
 /// One upstream of an active-active set (`[[upstreams]]`): its own connection pool, circuit

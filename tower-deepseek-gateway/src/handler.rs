@@ -205,6 +205,12 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
         .extensions_mut()
         .remove::<Arc<Live>>()
         .unwrap_or_else(|| s.live());
+    // The spans of the call, when tracing (`otel::TraceLayer`).
+    let trace = req
+        .extensions()
+        .get::<otel::CallTrace>()
+        .cloned()
+        .unwrap_or_default();
     sanitize_request(req.headers_mut());
     // The upstream client's pool picks the protocol (HTTP/1.1 or HTTP/2 by ALPN): the inbound
     // request's version (HTTP/2 from an h2 client) must not leak into it.
@@ -229,7 +235,7 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
     }
     // The whole request body, within `server.body_read_timeout_ms` (a client that trickles it
     // gets a 408 instead of holding the request) and `server.max_body_bytes` (413).
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let read = tokio::time::timeout(
         s.body_read_timeout,
         tower_deepseek::core::body::buffer_or_reject(body, s.max_body_bytes),
@@ -262,8 +268,9 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
             return refuse(&s, Request::from_parts(parts, Body::empty()), res).await;
         }
     };
+    trace.enter_stack(&mut parts, body.bytes());
     let req = Request::from_parts(parts, Body::new(body));
-    match live.service.clone().oneshot(req).await {
+    let res = match live.service.clone().oneshot(req).await {
         // The one allocation for the body's type on the way out: axum's `Body`.
         Ok(res) => wrap_non_json_error(res.map(Body::new)),
         Err(e) => {
@@ -271,7 +278,9 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
             tracing::debug!(target: "tower_deepseek_gateway", route = route.path(), %status, "request failed in the stack");
             stack_error(&*e)
         }
-    }
+    };
+    trace.on_head(&res);
+    res
 }
 
 #[cfg(test)]

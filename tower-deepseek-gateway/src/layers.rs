@@ -9,7 +9,9 @@
 //!    a missing one is made by core's [`RequestId::generate`], so that the id in the header,
 //!    the one core's `ensure_request_id` reads for the stack and the audit record, and the one
 //!    echoed to the client are one and the same.
-//! 3. [`RequestMetricsLayer`]: the in-flight gauge and the request metrics (`telemetry`).
+//! 3. [`RequestMetricsLayer`]: the in-flight gauge and the request metrics (`telemetry`);
+//!    with `[otel]`, `otel::TraceLayer` right inside it (the spans of the call, ended by the
+//!    metrics layer's end-of-body observer).
 //! 4. The response clean-up: hop-by-hop headers, `Content-Length` (the layers may rewrite the
 //!    body) and the upstream's own `x-request-id` removed.
 //! 5. The peer address and core's `RequestMetadataLayer` (request id and client IP from
@@ -44,7 +46,7 @@ use tower_http::sensitive_headers::{
 };
 
 use crate::handler::{proxy, strip_hop_by_hop};
-use crate::{Route, Shared, inbound, stream, telemetry};
+use crate::{Route, Shared, inbound, otel, stream, telemetry};
 
 /// The request headers that carry a client's credentials or session.
 fn sensitive_request_headers() -> [HeaderName; 5] {
@@ -134,6 +136,8 @@ pub(crate) fn service(
         .layer(SetRequestIdLayer::x_request_id(CoreRequestIds))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(RequestMetricsLayer::new(route))
+        // Traces (`[otel]`): inside the metrics layer, which ends the spans with the body.
+        .option_layer(shared.otel.clone().map(otel::TraceLayer::new))
         .map_response(clean_response)
         .layer(RequestMetadataLayer::new(shared.meta.clone()))
         .layer(inbound::InboundLayer::new(shared.clone()))
@@ -241,15 +245,21 @@ fn observe(
     res: Response<Body>,
 ) -> Response<Body> {
     let route = layer.route;
-    let (parts, body) = res.into_parts();
+    let (mut parts, body) = res.into_parts();
     let status = parts.status;
+    let trace = parts
+        .extensions
+        .remove::<otel::CallTrace>()
+        .unwrap_or_default();
     metrics::counter!(telemetry::REQUESTS_TOTAL, "route" => route.path(), "status" => status.as_str().to_owned())
         .increment(1);
     metrics::histogram!(telemetry::REQUEST_DURATION, "route" => route.path())
         .record(start.elapsed().as_secs_f64());
     let body = match layer.classifier.classify_head(status, &parts.headers) {
         ClassifiedResponse::Ready(outcome) => {
-            record_outcome(route, StreamEnd::Finished(outcome));
+            let end = StreamEnd::Finished(outcome);
+            trace.on_end(status, &end, None);
+            record_outcome(route, end);
             drop(guard);
             body
         }
@@ -277,6 +287,7 @@ fn observe(
                         tokens("prompt_cache_miss", n);
                     }
                 }
+                trace.on_end(status, &end, Some(summary));
                 record_outcome(route, end);
             });
             let observed = ObservedBody::new(body, observer);

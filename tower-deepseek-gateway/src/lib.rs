@@ -73,6 +73,7 @@ mod error;
 mod handler;
 pub mod inbound;
 mod layers;
+pub mod otel;
 mod reload;
 mod server;
 pub mod sources;
@@ -283,6 +284,7 @@ struct Shared {
     body_read_timeout: Duration,
     audit_layer: Option<AuditLayer>,
     ws: ws::Settings,
+    otel: Option<Arc<otel::Tracing>>,
 }
 
 impl Shared {
@@ -303,6 +305,7 @@ pub struct Gateway {
     wired: Vec<&'static str>,
     reloader: Reloader,
     ws: ws::Runtime,
+    otel: Option<Arc<otel::Tracing>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -411,6 +414,15 @@ impl Gateway {
                 stack::Credential::None
             }
         };
+        let otel = match &cfg.otel {
+            Some(c) => Some(Arc::new(otel::Tracing::new(c).map_err(|message| {
+                StartError::Layer {
+                    layer: "otel",
+                    message,
+                }
+            })?)),
+            None => None,
+        };
         // The recorder must exist before the layers register their metrics.
         telemetry::handle();
         let built = stack::build(&cfg, &upstream, &credential, sink)?;
@@ -428,6 +440,7 @@ impl Gateway {
             body_read_timeout: Duration::from_millis(cfg.server.body_read_timeout_ms),
             audit_layer: built.audit_layer,
             ws: ws::Settings::new(cfg.websocket.clone()),
+            otel: otel.clone(),
         });
         let ws_runtime = shared.ws.runtime.clone();
         let mut router = Router::new();
@@ -469,6 +482,7 @@ impl Gateway {
             wired: built.wired,
             reloader,
             ws: ws_runtime,
+            otel,
         })
     }
 
@@ -527,6 +541,10 @@ impl Gateway {
             if let Err(e) = audit.shutdown() {
                 tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the audit log failed");
             }
+        }
+        // The spans of the calls just drained go out before `serve` returns.
+        if let Some(otel) = &self.otel {
+            otel.shutdown().await;
         }
         tracing::info!(target: "tower_deepseek_gateway", "stopped");
         result.map_err(StartError::Io)

@@ -36,7 +36,8 @@ use crate::StartError;
 use crate::config::GatewayConfig;
 
 /// The stack around the upstream client, taking the server's request bodies.
-pub(crate) type Svc = Recommended<BaseUrl<UpstreamClient<StackRequestBody<Body>>>, Body>;
+pub(crate) type Svc =
+    Recommended<BaseUrl<crate::otel::Traced<UpstreamClient<StackRequestBody<Body>>>>, Body>;
 
 /// The upstream credential.
 pub(crate) enum Credential {
@@ -71,7 +72,7 @@ pub(crate) struct Fixed {
     timeout: Option<TimeoutLayer>,
     auth: Auth,
     retry: Option<RetryConfig>,
-    inner: BaseUrl<UpstreamClient<StackRequestBody<Body>>>,
+    inner: BaseUrl<crate::otel::Traced<UpstreamClient<StackRequestBody<Body>>>>,
     l2: bool,
     /// The rate limiters of the running stack, by their effective settings, so that a reload
     /// keeps the windows of the limits it does not change.
@@ -245,7 +246,8 @@ pub(crate) fn build(
         timeout,
         auth,
         retry: on.retry.then(|| cfg.retry.clone()),
-        inner: base.layer(client),
+        // Innermost: one span per upstream attempt, when tracing is on (`otel`).
+        inner: base.layer(crate::otel::traced(client)),
         l2,
         limiters: Mutex::new(Limiters::default()),
     };
