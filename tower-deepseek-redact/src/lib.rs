@@ -98,6 +98,7 @@ pub mod filter;
 mod json;
 mod redact;
 mod redactor;
+pub mod review;
 
 pub use audit::{
     Audit, AuditHandle, AuditLayer, AuditLayerBuilder, AuditUnavailable, PromptRecorder,
@@ -114,4 +115,8 @@ pub use redact::{
     UnparseablePolicy,
 };
 pub use redactor::{Mode, PiiBlocked, PiiCounts, RedactContext, Redactor, RedactorBuilder, Vault};
+pub use review::{
+    Evaluator, Feedback, FeedbackError, JsonModeEvaluator, Review, ReviewConfig, ReviewHandle,
+    ReviewLayer, ReviewLayerBuilder, SamplingRule,
+};
 pub use tower_deepseek_core::config::ConfigError;
