@@ -35,6 +35,8 @@
 //! default_mode = "placeholder"
 //! [audit]         # the gateway's audit settings
 //! hash_chain = true
+//! [review]        # quality review (crate::review): sampled calls, feedback, evaluation
+//! path = "review.jsonl"
 //! [oauth2]        # tower_deepseek_auth::OAuth2Config (instead of DEEPSEEK_API_KEY)
 //! token_url = "https://auth.example.com/oauth2/token"
 //! client_id = "gateway"
@@ -84,6 +86,9 @@ pub struct GatewayConfig {
     pub audit: AuditConfig,
     /// OAuth2 client credentials for the upstream (instead of `DEEPSEEK_API_KEY`).
     pub oauth2: Option<OAuth2Config>,
+    /// Quality review: sampled calls to a file, feedback, evaluation
+    /// ([`crate::review::ReviewTable`]). Absent: off.
+    pub review: Option<crate::review::ReviewTable>,
 }
 
 /// The gateway's own server settings.

@@ -13,6 +13,7 @@
 //! | `POST /beta/completions` | proxied to `<upstream>/beta/completions` |
 //! | `GET /healthz` | `{"status":"ok"}` |
 //! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
+//! | `POST /v1/feedback` | a score for a call (with `[review]`; see [`review`]) |
 //!
 //! Proxied requests go through the recommended stack of the workspace's ARCHITECTURE.md, outermost
 //! first: audit, redact, cache, rate limit (per tenant), retry, circuit breaker, auth
@@ -62,6 +63,7 @@ pub mod config;
 mod error;
 mod handler;
 pub mod inbound;
+pub mod review;
 mod server;
 mod stack;
 mod stream;
@@ -243,6 +245,7 @@ struct Shared {
 pub struct Gateway {
     router: Router,
     audit: Option<AuditHandle>,
+    review: Option<tower_deepseek::redact::review::ReviewHandle>,
     drain: Duration,
     limits: server::Limits,
     open: bool,
@@ -325,6 +328,7 @@ impl Gateway {
         if open {
             tracing::warn!(target: "tower_deepseek_gateway", "no client keys configured: serving any client, on a loopback address only");
         }
+        let feedback_keys = keys.clone();
         let shared = Arc::new(Shared {
             keys,
             meta,
@@ -346,9 +350,11 @@ impl Gateway {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(shared);
+        let router = review::routes(router, &feedback_keys, built.review.as_ref());
         Ok(Self {
             router,
             audit: built.audit,
+            review: built.review,
             drain: Duration::from_millis(cfg.server.drain_timeout_ms),
             limits: server::Limits {
                 header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
@@ -403,6 +409,11 @@ impl Gateway {
         if let Some(audit) = &self.audit {
             if let Err(e) = audit.shutdown() {
                 tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the audit log failed");
+            }
+        }
+        if let Some(review) = &self.review {
+            if let Err(e) = review.flush().await {
+                tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the review file failed");
             }
         }
         tracing::info!(target: "tower_deepseek_gateway", "stopped");

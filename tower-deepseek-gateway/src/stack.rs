@@ -55,6 +55,8 @@ pub(crate) struct Built {
     /// too large), which never reach the stack.
     pub(crate) audit_layer: Option<AuditLayer>,
     pub(crate) wired: Vec<&'static str>,
+    /// The review layer's handle (feedback), when `[review]` is set.
+    pub(crate) review: Option<tower_deepseek::redact::review::ReviewHandle>,
 }
 
 fn config_err(layer: &'static str) -> impl FnOnce(String) -> StartError {
@@ -165,6 +167,12 @@ pub(crate) fn build(
         stack = stack.audit(layer);
     }
 
+    let review = crate::review::layer(cfg, audit_hmac_key(cfg).ok())?;
+    let review_handle = review.as_ref().map(|l| l.handle());
+    if let Some(layer) = review {
+        stack = stack.review(layer);
+    }
+
     let stack = stack.build().map_err(stack_err)?;
     let mut wired: Vec<&'static str> = stack
         .layers()
@@ -185,6 +193,7 @@ pub(crate) fn build(
         audit,
         audit_layer,
         wired,
+        review: review_handle,
     })
 }
 

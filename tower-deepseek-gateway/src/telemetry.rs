@@ -21,6 +21,12 @@ pub const TOKENS_TOTAL: &str = "deepseek_gateway_tokens_total";
 /// `deepseek_gateway_in_flight`: requests being answered (gauge).
 pub const IN_FLIGHT: &str = "deepseek_gateway_in_flight";
 
+/// `deepseek_review_score{model,tenant,source}`: the review layer's quality scores (0 to 1,
+/// `source` `human` or `evaluator`), with buckets of a tenth.
+pub const REVIEW_SCORE: &str = "deepseek_review_score";
+
+const SCORE_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 120.0,
@@ -34,6 +40,11 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets(BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(REVIEW_SCORE.to_owned()),
+                SCORE_BUCKETS,
+            )
             .expect("the bucket list is not empty");
         let handle = match builder.install_recorder() {
             Ok(h) => h,
@@ -69,6 +80,10 @@ fn describe() {
     metrics::describe_counter!(RESPONSES_TOTAL, "Gateway calls by final outcome");
     metrics::describe_counter!(TOKENS_TOTAL, "Tokens of the answers by kind");
     metrics::describe_gauge!(IN_FLIGHT, "Requests being answered");
+    metrics::describe_histogram!(
+        REVIEW_SCORE,
+        "Quality scores of calls, 0 to 1, from people (feedback) and evaluators"
+    );
 }
 
 /// The Prometheus text: every recorded metric, then the process metrics.
