@@ -41,6 +41,8 @@
 //! token_url = "https://auth.example.com/oauth2/token"
 //! client_id = "gateway"
 //! client_secret = "..."
+//! [websocket]     # WebSocketConfig: GET /v1/chat/completions/ws
+//! idle_timeout_ms = 300000
 //! ```
 
 use std::fmt;
@@ -56,6 +58,8 @@ use tower_deepseek::redact::audit::SinkFailurePolicy;
 use tower_deepseek::retry::RetryConfig;
 use tower_deepseek::retry::rate_limit::RateLimitConfig;
 use tower_deepseek::retry::timeout::TimeoutConfig;
+
+pub use crate::ws::config::WebSocketConfig;
 
 /// The whole configuration file. See the [module docs](self).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -86,6 +90,8 @@ pub struct GatewayConfig {
     pub audit: AuditConfig,
     /// OAuth2 client credentials for the upstream (instead of `DEEPSEEK_API_KEY`).
     pub oauth2: Option<OAuth2Config>,
+    /// The WebSocket route.
+    pub websocket: WebSocketConfig,
     /// Quality review: sampled calls to a file, feedback, evaluation
     /// ([`crate::review::ReviewTable`]). Absent: off.
     pub review: Option<crate::review::ReviewTable>,

@@ -11,6 +11,7 @@
 //! | `POST /v1/chat/completions`, `POST /chat/completions` | proxied to `<upstream>/chat/completions` |
 //! | `GET /v1/models`, `GET /models` | proxied to `<upstream>/models` |
 //! | `POST /beta/completions` | proxied to `<upstream>/beta/completions` |
+//! | `GET /v1/chat/completions/ws` | WebSocket: chat completions over one long connection (README, "WebSocket") |
 //! | `GET /healthz` | `{"status":"ok"}` |
 //! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
 //! | `POST /v1/feedback` | a score for a call (with `[review]`; see [`review`]) |
@@ -41,7 +42,8 @@
 //! # Shutdown
 //!
 //! The future given to [`Gateway::serve`] (in the binary: SIGTERM or Ctrl-C) stops accepting
-//! connections; requests and streams in flight finish, up to `server.drain_timeout_ms`; audit
+//! connections; requests and streams in flight finish, up to `server.drain_timeout_ms`
+//! (WebSocket connections refuse new requests, finish their answers and close with 1001); audit
 //! records are flushed; then `serve` returns.
 
 use std::future::Future;
@@ -68,6 +70,7 @@ mod server;
 mod stack;
 mod stream;
 pub mod telemetry;
+mod ws;
 
 pub use config::GatewayConfig;
 
@@ -239,6 +242,7 @@ struct Shared {
     service: stack::Svc,
     classifier: Classifier,
     audit_layer: Option<AuditLayer>,
+    ws: ws::Settings,
 }
 
 /// A configured gateway, ready to [`serve`](Gateway::serve).
@@ -251,6 +255,7 @@ pub struct Gateway {
     open: bool,
     allow_open_non_loopback: bool,
     wired: Vec<&'static str>,
+    ws: ws::Runtime,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -295,6 +300,10 @@ impl Gateway {
                 "[server]: max_connections and the timeouts must be above 0, max_header_bytes at least 1024".to_owned(),
             ));
         }
+        cfg.websocket.validate().map_err(|e| StartError::Layer {
+            layer: "websocket",
+            message: format!("`{}` {}", e.field(), e.reason()),
+        })?;
         let mut meta = MetadataConfig::new();
         for net in &cfg.server.trusted_proxies {
             let net = net.parse().map_err(|_| {
@@ -338,8 +347,14 @@ impl Gateway {
             service: built.service,
             classifier: Classifier::new(),
             audit_layer: built.audit_layer,
+            ws: ws::Settings::new(cfg.websocket.clone()),
         });
-        let router = Router::new()
+        let ws_runtime = shared.ws.runtime.clone();
+        let mut router = Router::new();
+        if cfg.websocket.enabled {
+            router = router.route(ws::PATH, get(ws::upgrade));
+        }
+        let router = router
             .route("/v1/chat/completions", post(chat))
             .route("/chat/completions", post(chat))
             .route("/v1/models", get(models))
@@ -365,6 +380,7 @@ impl Gateway {
             open,
             allow_open_non_loopback: cfg.server.allow_open_non_loopback,
             wired: built.wired,
+            ws: ws_runtime,
         })
     }
 
@@ -397,6 +413,12 @@ impl Gateway {
         let refusal = Router::new()
             .route("/healthz", get(healthz))
             .fallback(too_many_connections);
+        // WebSocket connections leave the HTTP server once upgraded: they drain on their own.
+        let ws = self.ws.clone();
+        let shutdown = async move {
+            shutdown.await;
+            ws.begin_shutdown();
+        };
         let result = server::run(
             listener,
             self.router.clone(),
@@ -406,6 +428,7 @@ impl Gateway {
             self.drain,
         )
         .await;
+        self.ws.drain(self.drain).await;
         if let Some(audit) = &self.audit {
             if let Err(e) = audit.shutdown() {
                 tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the audit log failed");

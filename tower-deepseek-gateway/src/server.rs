@@ -214,7 +214,8 @@ async fn serve_full(
             }))
         }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    // With upgrades: the WebSocket route takes the connection over after its 101.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut closing = false;
     loop {

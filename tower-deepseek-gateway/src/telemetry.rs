@@ -20,6 +20,15 @@ pub const RESPONSES_TOTAL: &str = "deepseek_gateway_responses_total";
 pub const TOKENS_TOTAL: &str = "deepseek_gateway_tokens_total";
 /// `deepseek_gateway_in_flight`: requests being answered (gauge).
 pub const IN_FLIGHT: &str = "deepseek_gateway_in_flight";
+/// `deepseek_gateway_websocket_connections`: WebSocket connections open (gauge).
+pub const WEBSOCKET_CONNECTIONS: &str = "deepseek_gateway_websocket_connections";
+/// `deepseek_gateway_websocket_upgrades_total{outcome}`: upgrade requests by outcome
+/// (`accepted`, `unauthorized`, `refused` (503: at the cap or shutting down), `invalid`).
+pub const WEBSOCKET_UPGRADES_TOTAL: &str = "deepseek_gateway_websocket_upgrades_total";
+/// `deepseek_gateway_websocket_closed_total{code}`: WebSocket connections closed, by the close
+/// code the gateway sent (`1000`, `1001`, `1003`, `1009`, `1011`, ...) or `peer` when the
+/// client closed or went away.
+pub const WEBSOCKET_CLOSED_TOTAL: &str = "deepseek_gateway_websocket_closed_total";
 
 /// `deepseek_review_score{model,tenant,source}`: the review layer's quality scores (0 to 1,
 /// `source` `human` or `evaluator`), with buckets of a tenth.
@@ -83,6 +92,15 @@ fn describe() {
     metrics::describe_histogram!(
         REVIEW_SCORE,
         "Quality scores of calls, 0 to 1, from people (feedback) and evaluators"
+    );
+    metrics::describe_gauge!(WEBSOCKET_CONNECTIONS, "WebSocket connections open");
+    metrics::describe_counter!(
+        WEBSOCKET_UPGRADES_TOTAL,
+        "WebSocket upgrade requests by outcome"
+    );
+    metrics::describe_counter!(
+        WEBSOCKET_CLOSED_TOTAL,
+        "WebSocket connections closed, by close code (or peer)"
     );
 }
 
