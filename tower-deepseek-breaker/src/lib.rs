@@ -190,8 +190,8 @@ pub use crate::circuit_breaker::{
     DEFAULT_MAX_KEYS, ResponseBody, ResponseFuture, SlidingWindowType,
 };
 pub use crate::failover::{
-    AllEndpointsUnavailable, Endpoint, EndpointConfig, Failover, FailoverConfig, FailoverLayer,
-    FailoverLayerBuilder,
+    AllEndpointsUnavailable, Endpoint, EndpointConfig, EndpointIndex, Failover, FailoverConfig,
+    FailoverLayer, FailoverLayerBuilder, PerEndpoint, PerEndpointFuture,
 };
 pub use crate::keyed::{
     DefaultKey, KeyedCircuitBreaker, KeyedCircuitBreakerLayer, MakeKey, ModelHint, RequestHead,

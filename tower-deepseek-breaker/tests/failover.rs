@@ -14,7 +14,7 @@ use tokio::time::advance;
 use tower::{Layer, Service, ServiceExt};
 use tower_deepseek_breaker::{
     AllEndpointsUnavailable, BodyTooLarge, BoxError, BreakerOpen, CircuitBreakerLayer, Endpoint,
-    FailoverLayer, State,
+    EndpointIndex, FailoverLayer, State,
 };
 use tower_deepseek_core::body::BufferedBody;
 use tower_deepseek_core::error::RequestNotSent;
@@ -67,7 +67,7 @@ impl Upstreams {
         Request<BufferedBody>,
         Response = Response<Full<Bytes>>,
         Error = BoxError,
-        Future = impl Send,
+        Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send,
     > + Clone
     + Send
     + 'static {
@@ -321,4 +321,112 @@ fn builder_validates() {
         serde_json::from_str::<tower_deepseek_breaker::failover::FailoverConfig>(r#"{"nope":1}"#)
             .is_err()
     );
+}
+
+/// A client that tags each request with its own name, for `layer_each`.
+fn tagged(
+    up: &Upstreams,
+    name: &'static str,
+) -> impl Service<
+    Request<BufferedBody>,
+    Response = Response<Full<Bytes>>,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send,
+> + Clone
++ Send
++ 'static {
+    let inner = up.client();
+    tower::service_fn(move |mut req: Request<BufferedBody>| {
+        let mut inner = inner.clone();
+        req.headers_mut()
+            .insert("x-client", http::HeaderValue::from_static(name));
+        let index = req.extensions().get::<EndpointIndex>().copied();
+        async move {
+            assert!(
+                index.is_some(),
+                "every attempt carries its endpoint's index"
+            );
+            let resp = inner.ready().await?.call(req).await?;
+            Ok::<_, BoxError>(resp)
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_endpoint_its_own_service() {
+    let up = Upstreams::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let layer = two(1, 1);
+    let mk = |name: &'static str| {
+        let seen = seen.clone();
+        let inner = tagged(&up, name);
+        tower::service_fn(move |req: Request<BufferedBody>| {
+            seen.lock()
+                .unwrap()
+                .push((name, req.uri().authority().unwrap().to_string()));
+            inner.clone().oneshot(req)
+        })
+    };
+    let mut svc = layer.layer_each(vec![mk("one"), mk("two")]).unwrap();
+    up.set("a.test", Behaviour::Refused);
+    for _ in 0..4 {
+        assert_eq!(send(&mut svc).await.unwrap(), 200);
+    }
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|(n, a)| (*n == "one") == (a == "a.test")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|(n, _)| *n == "two"));
+    assert!(
+        layer.layer_each(vec![mk("one")]).is_err(),
+        "one service per endpoint"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn eject_on_opens_at_once_and_all_ejected_fails_fast() {
+    let up = Upstreams::default();
+    let layer = FailoverLayer::builder()
+        .endpoint(Endpoint::new("http://user:pw@a.test".parse().unwrap()).name("az1"))
+        .endpoint(Endpoint::new("http://b.test:8080".parse().unwrap()).name("az2"))
+        .breaker(CircuitBreakerLayer::builder().name("fo"))
+        .eject_on(|c| matches!(c, tower_deepseek_core::classify::FailureClass::Connect))
+        .build()
+        .unwrap();
+    let handles = layer.handles();
+    assert_eq!(
+        handles[0].1.name(),
+        "fo/az1",
+        "a name replaces the authority"
+    );
+    let mut svc = layer.layer(up.client());
+    up.set("user:pw@a.test", Behaviour::Refused);
+    assert_eq!(send(&mut svc).await.unwrap(), 200);
+    assert_eq!(handles[0].1.state(), State::Open, "one refusal ejects");
+    up.clear();
+    for _ in 0..4 {
+        assert_eq!(send(&mut svc).await.unwrap(), 200);
+    }
+    assert_eq!(up.count("b.test:8080"), 4);
+    // Both refuse: the first call that finds b dead fails with the typed error, not the
+    // connect error (nothing left to retry on), and so does the next, without an attempt.
+    up.set("b.test:8080", Behaviour::Refused);
+    let err = send(&mut svc).await.unwrap_err();
+    assert!(
+        err.downcast_ref::<AllEndpointsUnavailable>().is_some(),
+        "{err}"
+    );
+    up.clear();
+    let err = send(&mut svc).await.unwrap_err();
+    assert!(
+        err.downcast_ref::<AllEndpointsUnavailable>().is_some(),
+        "{err}"
+    );
+    assert!(up.hits().is_empty());
+    // Closed through its handle (an active health check): a takes traffic again.
+    handles[0].1.transition_to_closed();
+    up.set("user:pw@a.test", Behaviour::Ok);
+    assert_eq!(send(&mut svc).await.unwrap(), 200);
+    assert_eq!(up.hits(), ["user:pw@a.test"]);
 }

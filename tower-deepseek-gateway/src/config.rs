@@ -27,7 +27,12 @@
 //! [rate_limit]    # tower_deepseek_retry::rate_limit::RateLimitConfig (defaults for keys without own limits)
 //! requests_per_minute = 3000
 //! key_by = "tenant"
-//! [cache]         # tower_deepseek_cache::CacheConfig (`--redis` sets redis_url)
+//! [rate_limit.redis]  # optional: quotas shared by every gateway on this Redis (fleet::FleetConfig)
+//! redis_url = "redis://127.0.0.1:6379"   # or redis_cluster_urls = [...]; rediss:// and AUTH
+//! key_prefix = "deepseek-gateway:fleet"
+//! timeout_ms = 50                        # slower: this gateway uses its local share
+//! expected_instances = 3                 # local share = quota / 3 while Redis is down
+//! [cache]         # tower_deepseek_cache::CacheConfig (`--redis` sets redis_url; also the OAuth2 token store)
 //! l1_ttl_ms = 300000
 //! [breaker]       # tower_deepseek_breaker::CircuitBreakerConfig
 //! failure_rate_threshold = 50.0
@@ -41,12 +46,28 @@
 //! token_url = "https://auth.example.com/oauth2/token"
 //! client_id = "gateway"
 //! client_secret = "..."
+//!
+//! # Active-active upstreams (instead of --upstream); each its own pool, breaker, credential.
+//! [[upstreams]]
+//! name = "az1"                      # the label in metrics and /readyz (default upstream-N)
+//! url = "https://az1.example.com"
+//! weight = 2
+//! api_key_env = "DEEPSEEK_API_KEY_AZ1"   # or an [upstreams.oauth2] table; default: the global one
+//! [upstreams.models]                # the model name to send there
+//! "deepseek-chat" = "deepseek-v3"
+//! [upstreams.probe]                 # optional active health check: GET <url>/models
+//! interval_ms = 10000
+//! [health]        # passive health: latency ejection
+//! latency_threshold_ms = 10000
 //! [websocket]     # WebSocketConfig: GET /v1/chat/completions/ws
 //! idle_timeout_ms = 300000
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tower_deepseek::auth::OAuth2Config;
@@ -90,6 +111,10 @@ pub struct GatewayConfig {
     pub audit: AuditConfig,
     /// OAuth2 client credentials for the upstream (instead of `DEEPSEEK_API_KEY`).
     pub oauth2: Option<OAuth2Config>,
+    /// Active-active upstreams (`[[upstreams]]`). Empty: the one `--upstream`.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Passive and active health of the upstreams.
+    pub health: HealthConfig,
     /// The WebSocket route.
     pub websocket: WebSocketConfig,
     /// Quality review: sampled calls to a file, feedback, evaluation
@@ -97,11 +122,189 @@ pub struct GatewayConfig {
     pub review: Option<crate::review::ReviewTable>,
 }
 
+/// One upstream of an active-active set (`[[upstreams]]`): its own connection pool, circuit
+/// breaker, credential and model names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// Its name: the label in metrics, logs and `/readyz` (never the URL, which may hold
+    /// credentials). Default `upstream-N` (N from 0, in file order).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The base URL (`https://api.deepseek.com`, `http://10.0.0.7:8080/v1`).
+    pub url: String,
+    /// Its share of the traffic relative to the others. Default 1; 0 = standby, used only
+    /// when no weighted upstream is usable.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// The environment variable holding this upstream's API key. Default: the global
+    /// credential (`DEEPSEEK_API_KEY` or `[oauth2]`). Not together with `oauth2`.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// OAuth2 client credentials for this upstream (`[upstreams.oauth2]`).
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
+    /// Model names to send to this upstream: the client's name → this upstream's name (for a
+    /// provider that serves DeepSeek models under other names). Names not listed go as they are.
+    #[serde(default)]
+    pub models: BTreeMap<String, String>,
+    /// An active health check (`[upstreams.probe]`); none by default.
+    #[serde(default)]
+    pub probe: Option<ProbeConfig>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url`, weight 1, the global credential, no model map, no probe.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            name: None,
+            url: url.into(),
+            weight: 1,
+            api_key_env: None,
+            oauth2: None,
+            models: BTreeMap::new(),
+            probe: None,
+        }
+    }
+
+    /// With a name.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// With a weight.
+    #[must_use]
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// With its API key from the environment variable `var`.
+    #[must_use]
+    pub fn api_key_env(mut self, var: impl Into<String>) -> Self {
+        self.api_key_env = Some(var.into());
+        self
+    }
+
+    /// With a model name mapping (`from` as clients send it, `to` as this upstream wants it).
+    #[must_use]
+    pub fn model(mut self, from: impl Into<String>, to: impl Into<String>) -> Self {
+        self.models.insert(from.into(), to.into());
+        self
+    }
+
+    /// With an active probe.
+    #[must_use]
+    pub fn probe(mut self, probe: ProbeConfig) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+}
+
+/// An upstream's active health check (`[upstreams.probe]`): `GET <url><path>` every
+/// `interval_ms`; a failure (no answer within `timeout_ms`, or not a 2xx) after
+/// `unhealthy_after` in a row takes the upstream out, a success after `healthy_after` in a
+/// row brings an ejected upstream back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ProbeConfig {
+    /// The path probed, relative to the upstream's URL. Default `/models`.
+    pub path: String,
+    /// How often. Default 10 000.
+    #[serde(
+        rename = "interval_ms",
+        with = "tower_deepseek::core::config::duration_ms"
+    )]
+    pub interval: Duration,
+    /// How long one probe may take. Default 5 000.
+    #[serde(
+        rename = "timeout_ms",
+        with = "tower_deepseek::core::config::duration_ms"
+    )]
+    pub timeout: Duration,
+    /// Failed probes in a row that take the upstream out. Default 2.
+    pub unhealthy_after: u32,
+    /// Successful probes in a row that bring it back. Default 1.
+    pub healthy_after: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            path: "/models".to_owned(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            unhealthy_after: 2,
+            healthy_after: 1,
+        }
+    }
+}
+
+impl ProbeConfig {
+    /// Sets the interval.
+    #[must_use]
+    pub fn interval(mut self, d: Duration) -> Self {
+        self.interval = d;
+        self
+    }
+
+    /// Sets the timeout of one probe.
+    #[must_use]
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+}
+
+/// Passive health of the upstreams (`[health]`): the latency ejection of the guide's Nginx
+/// rule. Each upstream's latency (time to its first content) is averaged (an EWMA, so the last
+/// few calls dominate); above `latency_threshold_ms` its weight is 0 until a recovery call
+/// (one every `latency_probe_interval_ms`) comes back under it. Its breaker (`[breaker]`'s
+/// settings, one per upstream) takes it out on errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// The latency above which an upstream's weight drops to 0. Default 10 000; `null` or 0
+    /// turns latency ejection off.
+    #[serde(
+        rename = "latency_threshold_ms",
+        with = "tower_deepseek::core::config::option_duration_ms"
+    )]
+    pub latency_threshold: Option<Duration>,
+    /// How often an upstream dropped for latency gets one real call to see whether it
+    /// recovered. Default 5 000.
+    #[serde(
+        rename = "latency_probe_interval_ms",
+        with = "tower_deepseek::core::config::duration_ms"
+    )]
+    pub latency_probe_interval: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            latency_threshold: Some(Duration::from_secs(10)),
+            latency_probe_interval: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The gateway's own server settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServerConfig {
+    /// The address to listen on (`--listen`). Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
     /// After SIGTERM, how long requests and streams in flight may take to finish. Default 30 000.
     pub drain_timeout_ms: u64,
     /// Proxies (CIDR) whose `x-forwarded-for` is believed for the client IP. Default none.
@@ -139,6 +342,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             drain_timeout_ms: 30_000,
             trusted_proxies: Vec::new(),
             allow_open_non_loopback: false,
@@ -259,7 +463,7 @@ impl Default for LayersConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AuditConfig {
-    /// The JSON Lines file (`--audit-log` wins).
+    /// The JSON Lines file (`--audit-log`).
     pub path: Option<PathBuf>,
     /// Rotate at this size. Default 100 MiB.
     pub max_bytes: u64,
@@ -369,5 +573,49 @@ mod tests {
         assert_eq!(cfg.server.drain_timeout_ms, 30_000);
         assert_eq!(cfg.server.max_header_bytes, 32 * 1024);
         assert!(!cfg.retry.wait_for_open_breaker);
+        assert!(cfg.upstreams.is_empty());
+        assert_eq!(cfg.health.latency_threshold, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn upstreams_parse_with_defaults() {
+        let cfg = GatewayConfig::from_toml(
+            r#"
+[[upstreams]]
+url = "http://a.test"
+[[upstreams]]
+name = "az2"
+url = "http://b.test/v1"
+weight = 3
+api_key_env = "KEY_B"
+[upstreams.models]
+"deepseek-chat" = "ds-chat"
+[upstreams.probe]
+interval_ms = 250
+[health]
+latency_threshold_ms = 800
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.upstreams.len(), 2);
+        assert_eq!(cfg.upstreams[0].weight, 1);
+        assert!(cfg.upstreams[0].probe.is_none() && cfg.upstreams[0].name.is_none());
+        let b = &cfg.upstreams[1];
+        assert_eq!((b.name.as_deref(), b.weight), (Some("az2"), 3));
+        assert_eq!(b.api_key_env.as_deref(), Some("KEY_B"));
+        assert_eq!(b.models["deepseek-chat"], "ds-chat");
+        let probe = b.probe.as_ref().unwrap();
+        assert_eq!(probe.interval, Duration::from_millis(250));
+        assert_eq!(
+            (probe.path.as_str(), probe.timeout),
+            ("/models", Duration::from_secs(5))
+        );
+        assert_eq!(
+            cfg.health.latency_threshold,
+            Some(Duration::from_millis(800))
+        );
+        let err = GatewayConfig::from_toml("[[upstreams]]\nurl = \"http://a\"\nwieght = 2\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("wieght"), "{err}");
     }
 }

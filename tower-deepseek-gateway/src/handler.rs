@@ -2,35 +2,18 @@
 //! and the request and response header handling around them.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use tower::ServiceExt;
-use tower_deepseek::core::body::ObservedBody;
-use tower_deepseek::core::classify::{ClassifiedResponse, OnEos, StreamEnd, is_event_stream};
-use tower_deepseek::core::meta::{PeerAddr, RequestId, X_REQUEST_ID};
+use tower_deepseek::core::meta::X_REQUEST_ID;
 use tower_deepseek::redact::audit::AuditUnavailable;
 
+use crate::layers::AuditRefused;
 use crate::*;
-
-pub(crate) type SharedState = State<Arc<Shared>>;
-
-pub(crate) async fn chat(State(s): SharedState, req: Request<Body>) -> Response<Body> {
-    proxy(s, req, Route::Chat).await
-}
-
-pub(crate) async fn models(State(s): SharedState, req: Request<Body>) -> Response<Body> {
-    proxy(s, req, Route::Models).await
-}
-
-pub(crate) async fn fim(State(s): SharedState, req: Request<Body>) -> Response<Body> {
-    proxy(s, req, Route::Fim).await
-}
 
 pub(crate) async fn healthz() -> Response<Body> {
     let mut res = Response::new(Body::from(r#"{"status":"ok"}"#));
@@ -183,22 +166,6 @@ pub(crate) fn wrap_non_json_error(res: Response<Body>) -> Response<Body> {
     wrapped
 }
 
-/// Decrements the in-flight gauge when the call is over (response body ended or dropped).
-pub(crate) struct InFlight;
-
-impl InFlight {
-    fn start() -> Self {
-        metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
-        InFlight
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        metrics::gauge!(telemetry::IN_FLIGHT).decrement(1.0);
-    }
-}
-
 /// An answer the gateway makes itself, before the stack (a refused key, headers or a body too
 /// large, a body that does not arrive): written to the audit log like any call, through the same
 /// audit layer, before its head goes out. When the audit sink refuses it (fail closed), the
@@ -214,65 +181,30 @@ pub(crate) async fn refuse(s: &Shared, req: Request<Body>, res: Response<Body>) 
     });
     match tower::Layer::layer(layer, answer).oneshot(req).await {
         Ok(res) => res.map(Body::new),
-        Err(e) => {
-            let mut res = error::error_response(&*e);
-            if let Some(a) = e.downcast_ref::<AuditUnavailable>() {
-                audit_unavailable(&mut res, a.retry_after());
-            }
-            res
-        }
+        Err(e) => stack_error(&*e),
     }
 }
 
+/// The answer to an error of the stack; an audit refusal is marked for the response clean-up
+/// (`Retry-After`, `Connection: close`: nothing is served until the log recovers, and the
+/// client's request body may be unread).
+fn stack_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Response<Body> {
+    let mut res = error::error_response(e);
+    if let Some(a) = e.downcast_ref::<AuditUnavailable>() {
+        res.extensions_mut().insert(AuditRefused(a.retry_after()));
+    }
+    res
+}
+
+/// The proxied call, inside the gateway's layers (`layers`): the request has its id, its
+/// peer and client IP, and its tenant (the key was checked); here it gets the header
+/// allow-list, the upstream path and its whole body, and goes through the stack.
 pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) -> Response<Body> {
-    let start = Instant::now();
-    let guard = InFlight::start();
-    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
-        req.extensions_mut().insert(PeerAddr(peer));
-    }
-    // Reads the request id and, from trusted proxies only, `X-Forwarded-For`: first, so that
-    // the answers the gateway makes itself carry them too (and their audit records).
-    s.meta.apply(&mut req);
-    let request_id = req.extensions().get::<RequestId>().cloned();
-    if header_bytes(req.headers()) > s.max_header_bytes {
-        let res = error::json_error(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "invalid_request_error",
-            "request_header_fields_too_large",
-            "the request's headers are too large for this gateway (server.max_header_bytes)",
-            None,
-        );
-        let res = refuse(&s, req, res).await;
-        return finish(&s, route, start, guard, res, request_id);
-    }
-    let client = match s.keys.check(req.headers()) {
-        inbound::Verdict::Allowed(c) => c,
-        inbound::Verdict::Missing => {
-            let res = error::json_error(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "invalid_api_key",
-                "missing API key: send `Authorization: Bearer <your gateway key>`",
-                None,
-            );
-            let res = refuse(&s, req, res).await;
-            return finish(&s, route, start, guard, res, request_id);
-        }
-        inbound::Verdict::Unknown => {
-            let res = error::json_error(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "invalid_api_key",
-                "invalid API key: this key is not allowed on this gateway",
-                None,
-            );
-            let res = refuse(&s, req, res).await;
-            return finish(&s, route, start, guard, res, request_id);
-        }
-    };
-    if let Some(c) = client {
-        req.extensions_mut().insert(c.tenant);
-    }
+    // The keys and stack the key was checked against (one reload's snapshot).
+    let live = req
+        .extensions_mut()
+        .remove::<Arc<Live>>()
+        .unwrap_or_else(|| s.live());
     sanitize_request(req.headers_mut());
     // The upstream client's pool picks the protocol (HTTP/1.1 or HTTP/2 by ALPN): the inbound
     // request's version (HTTP/2 from an h2 client) must not leak into it.
@@ -292,8 +224,7 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
                 "invalid query string",
                 None,
             );
-            let res = refuse(&s, req, res).await;
-            return finish(&s, route, start, guard, res, request_id);
+            return refuse(&s, req, res).await;
         }
     }
     // The whole request body, within `server.body_read_timeout_ms` (a client that trickles it
@@ -318,8 +249,7 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
                     None,
                 )
             };
-            let res = refuse(&s, Request::from_parts(parts, Body::empty()), res).await;
-            return finish(&s, route, start, guard, res, request_id);
+            return refuse(&s, Request::from_parts(parts, Body::empty()), res).await;
         }
         Err(_) => {
             let res = error::json_error(
@@ -329,115 +259,19 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
                 "the request body did not arrive within the gateway's body read timeout (server.body_read_timeout_ms)",
                 None,
             );
-            let res = refuse(&s, Request::from_parts(parts, Body::empty()), res).await;
-            return finish(&s, route, start, guard, res, request_id);
+            return refuse(&s, Request::from_parts(parts, Body::empty()), res).await;
         }
     };
     let req = Request::from_parts(parts, Body::new(body));
-    let mut audit_refused = None;
-    let res = match s.service.clone().oneshot(req).await {
+    match live.service.clone().oneshot(req).await {
         // The one allocation for the body's type on the way out: axum's `Body`.
         Ok(res) => wrap_non_json_error(res.map(Body::new)),
         Err(e) => {
             let status = error::status_for(&*e);
             tracing::debug!(target: "tower_deepseek_gateway", route = route.path(), %status, "request failed in the stack");
-            audit_refused = e
-                .downcast_ref::<AuditUnavailable>()
-                .map(|a| a.retry_after());
-            error::error_response(&*e)
+            stack_error(&*e)
         }
-    };
-    let mut res = finish(&s, route, start, guard, res, request_id);
-    if let Some(wait) = audit_refused {
-        audit_unavailable(&mut res, wait);
     }
-    res
-}
-
-/// The audit log cannot take records and the policy is fail closed: the 503 says when to come
-/// back (`Retry-After`), and the connection closes (`Connection: close`): nothing is served
-/// until the log recovers, and the client's request body may be unread.
-pub(crate) fn audit_unavailable(res: &mut Response<Body>, wait: Duration) {
-    let secs = wait.as_secs().max(1);
-    res.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-}
-
-/// Cleans the response, counts it, and watches its body to the end.
-pub(crate) fn finish(
-    s: &Shared,
-    route: Route,
-    start: Instant,
-    guard: InFlight,
-    res: Response<Body>,
-    request_id: Option<RequestId>,
-) -> Response<Body> {
-    let (mut parts, body) = res.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    // The layers may rewrite the body (restored placeholders): the server frames it.
-    parts.headers.remove(header::CONTENT_LENGTH);
-    if let Some(id) = request_id {
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), id.to_header_value());
-    }
-    let status = parts.status;
-    metrics::counter!(telemetry::REQUESTS_TOTAL, "route" => route.path(), "status" => status.as_str().to_owned())
-        .increment(1);
-    metrics::histogram!(telemetry::REQUEST_DURATION, "route" => route.path())
-        .record(start.elapsed().as_secs_f64());
-    let body = match s.classifier.classify_head(status, &parts.headers) {
-        ClassifiedResponse::Ready(outcome) => {
-            record_outcome(route, StreamEnd::Finished(outcome));
-            drop(guard);
-            body
-        }
-        ClassifiedResponse::RequiresEos(eos) => {
-            // Event streams end with an error event rather than a reset when they fail after
-            // their head was sent (see `stream`); the observer below tells the guard how the
-            // stream ended, and still sees the failure itself.
-            let verdict = is_event_stream(&parts.headers).then(stream::Verdict::default);
-            let told = verdict.clone();
-            let observer = OnEos::new(eos, move |end, summary| {
-                let _guard = guard;
-                if let (Some(v), StreamEnd::Finished(r)) = (&told, &end) {
-                    let _ = v.set(r.clone());
-                }
-                if let Some(u) = &summary.usage {
-                    let tokens = |kind: &'static str, n: u64| {
-                        metrics::counter!(telemetry::TOKENS_TOTAL, "kind" => kind).increment(n);
-                    };
-                    tokens("prompt", u.prompt_tokens);
-                    tokens("completion", u.completion_tokens);
-                    if let Some(n) = u.prompt_cache_hit_tokens {
-                        tokens("prompt_cache_hit", n);
-                    }
-                    if let Some(n) = u.prompt_cache_miss_tokens {
-                        tokens("prompt_cache_miss", n);
-                    }
-                }
-                record_outcome(route, end);
-            });
-            let observed = ObservedBody::new(body, observer);
-            match verdict {
-                Some(v) => Body::new(stream::SseGuard::new(observed, v)),
-                None => Body::new(observed),
-            }
-        }
-    };
-    Response::from_parts(parts, body)
-}
-
-pub(crate) fn record_outcome(route: Route, end: StreamEnd) {
-    let outcome = match &end {
-        StreamEnd::Finished(Ok(())) => "ok",
-        StreamEnd::Finished(Err(class)) => class.as_str(),
-        _ => "cancelled",
-    };
-    metrics::counter!(telemetry::RESPONSES_TOTAL, "route" => route.path(), "outcome" => outcome)
-        .increment(1);
 }
 
 #[cfg(test)]

@@ -1,15 +1,24 @@
-//! Inbound authentication: which clients may use the gateway, and which tenant each one is.
+//! Inbound authentication: which clients may use the gateway, and which tenant each one is;
+//! and the layer that admits a request (`InboundLayer`: header size, client key).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use http::HeaderMap;
+use axum::body::Body;
+use futures_util::future::BoxFuture;
 use http::header::AUTHORIZATION;
+use http::{HeaderMap, Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
+use tower::{Layer, Service};
 use tower_deepseek::core::meta::TenantId;
 
+use crate::Shared;
 use crate::config::ClientKey;
+use crate::error;
+use crate::handler::{header_bytes, refuse};
 
 /// A configured key is not 64 hex digits.
 #[derive(Debug, Clone)]
@@ -144,6 +153,109 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         }
     }
     None
+}
+
+/// Admits a request to a proxied route, or answers it (through the audit layer, like any
+/// call): headers larger than `server.max_header_bytes` get a 431, a missing or unknown client
+/// key a 401. An admitted request carries its tenant ([`TenantId`]) and the running keys and
+/// stack it was checked against (one reload's snapshot) in its extensions.
+#[derive(Clone)]
+pub(crate) struct InboundLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for InboundLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundLayer").finish_non_exhaustive()
+    }
+}
+
+impl InboundLayer {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl<S> Layer<S> for InboundLayer {
+    type Service = Inbound<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Inbound {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`InboundLayer`].
+#[derive(Clone)]
+pub(crate) struct Inbound<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> fmt::Debug for Inbound<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbound").finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<Request<Body>> for Inbound<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // The service made ready is the one that serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let s = self.shared.clone();
+        Box::pin(async move {
+            if header_bytes(req.headers()) > s.max_header_bytes {
+                let res = error::json_error(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "invalid_request_error",
+                    "request_header_fields_too_large",
+                    "the request's headers are too large for this gateway (server.max_header_bytes)",
+                    None,
+                );
+                return Ok(refuse(&s, req, res).await);
+            }
+            let live = s.live();
+            let message = match live.keys.check(req.headers()) {
+                Verdict::Allowed(client) => {
+                    if let Some(c) = client {
+                        req.extensions_mut().insert(c.tenant);
+                    }
+                    req.extensions_mut().insert(live);
+                    return inner.call(req).await;
+                }
+                Verdict::Missing => {
+                    "missing API key: send `Authorization: Bearer <your gateway key>`"
+                }
+                Verdict::Unknown => "invalid API key: this key is not allowed on this gateway",
+            };
+            let res = error::json_error(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                message,
+                None,
+            );
+            Ok(refuse(&s, req, res).await)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,14 @@
 //! answers and the rest gets a 503. An event stream that fails after its head was sent ends
 //! with a final error event in the OpenAI shape and a clean end, never a reset.
 //!
+//! # Configuration and reload
+//!
+//! [`sources::load`] merges the TOML file, the `DEEPSEEK_GATEWAY_*` environment and the
+//! command line into a [`GatewayConfig`], flag over environment over file, for every setting;
+//! [`Gateway::check`] validates it without starting. [`Gateway::reloader`] (SIGHUP in the
+//! binary, [`reload_on_sighup`]) swaps in new client keys and limits without dropping a
+//! request in flight.
+//!
 //! # Shutdown
 //!
 //! The future given to [`Gateway::serve`] (in the binary: SIGTERM or Ctrl-C) stops accepting
@@ -53,11 +61,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
-use tower_deepseek::core::classify::Classifier;
 use tower_deepseek::core::meta::MetadataConfig;
 use tower_deepseek::redact::audit::{AuditHandle, AuditLayer};
 
@@ -65,14 +73,19 @@ pub mod config;
 mod error;
 mod handler;
 pub mod inbound;
+mod layers;
+mod reload;
 pub mod review;
 mod server;
+pub mod sources;
 mod stack;
 mod stream;
 pub mod telemetry;
 mod ws;
 
 pub use config::GatewayConfig;
+pub use reload::{Reloader, reload_on_sighup};
+pub use sources::{LoadError, Overrides};
 
 /// Everything the gateway needs to start.
 #[derive(Debug, Clone)]
@@ -80,13 +93,19 @@ pub use config::GatewayConfig;
 pub struct Options {
     /// The address to listen on (checked against the inbound-key rule).
     pub listen: SocketAddr,
-    /// The upstream's base URL.
+    /// The upstream's base URL, when neither [`upstreams`](Self::upstreams) nor the
+    /// configuration's `[[upstreams]]` name any.
     pub upstream: String,
-    /// The configuration (file).
+    /// Upstream base URLs given on the command line (`--upstream`, repeated): each weight 1
+    /// with the global credential. When not empty they replace the configuration's
+    /// `[[upstreams]]` (a flag wins over the file).
+    pub upstreams: Vec<String>,
+    /// The configuration (see [`sources`] for the merge of file, environment and flags).
     pub config: GatewayConfig,
-    /// Redis for the L2 cache and the shared OAuth2 token.
+    /// Redis for the L2 cache and the shared OAuth2 token: when set, replaces
+    /// `config.cache.redis_url`.
     pub redis: Option<String>,
-    /// The audit log (JSON Lines).
+    /// The audit log (JSON Lines): when set, replaces `config.audit.path`.
     pub audit_log: Option<PathBuf>,
     /// The upstream API key (`DEEPSEEK_API_KEY`).
     pub api_key: Option<SecretString>,
@@ -98,10 +117,21 @@ impl Options {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream: "https://api.deepseek.com".to_owned(),
+            upstreams: Vec::new(),
             config: GatewayConfig::default(),
             redis: None,
             audit_log: None,
             api_key: None,
+        }
+    }
+
+    /// The options of a merged configuration ([`sources::load`]): its `server.listen`, its
+    /// `[[upstreams]]`, no upstream key.
+    pub fn from_config(config: GatewayConfig) -> Self {
+        Self {
+            listen: config.server.listen,
+            config,
+            ..Self::new()
         }
     }
 
@@ -116,6 +146,13 @@ impl Options {
     #[must_use]
     pub fn upstream(mut self, url: impl Into<String>) -> Self {
         self.upstream = url.into();
+        self
+    }
+
+    /// Adds an upstream base URL (as `--upstream` repeated; see [`upstreams`](Self::upstreams)).
+    #[must_use]
+    pub fn add_upstream(mut self, url: impl Into<String>) -> Self {
+        self.upstreams.push(url.into());
         self
     }
 
@@ -233,16 +270,28 @@ impl Route {
     }
 }
 
-struct Shared {
+/// What a reload replaces, as one snapshot: a request sees the keys and the limits of the
+/// same configuration.
+struct Live {
     keys: inbound::Keys,
+    service: stack::Svc,
+}
+
+struct Shared {
+    live: ArcSwap<Live>,
     meta: MetadataConfig,
     max_header_bytes: usize,
     max_body_bytes: usize,
     body_read_timeout: Duration,
-    service: stack::Svc,
-    classifier: Classifier,
     audit_layer: Option<AuditLayer>,
     ws: ws::Settings,
+}
+
+impl Shared {
+    /// The running keys and stack (the ones of the last successful reload).
+    fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
 }
 
 /// A configured gateway, ready to [`serve`](Gateway::serve).
@@ -255,6 +304,7 @@ pub struct Gateway {
     open: bool,
     allow_open_non_loopback: bool,
     wired: Vec<&'static str>,
+    reloader: Reloader,
     ws: ws::Runtime,
 }
 
@@ -276,14 +326,53 @@ impl Gateway {
     /// [`StartError`]: no keys on a non-loopback address, an invalid key hash, upstream URL or
     /// layer configuration.
     pub fn new(options: Options) -> Result<Self, StartError> {
+        Self::build(options, stack::AuditSink::File)
+    }
+
+    /// Checks `options` as [`new`](Self::new) does (every layer's builder, the keys, the
+    /// upstream URL, the server bounds) without opening the audit log or listening; returns
+    /// the layers that would be wired, outermost first. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The [`StartError`] that [`new`](Self::new) would return (short of the audit log's file
+    /// itself: only its directory is checked).
+    pub fn check(options: Options) -> Result<Vec<&'static str>, StartError> {
+        let gw = Self::build(options, stack::AuditSink::DryRun)?;
+        Ok(gw.wired)
+    }
+
+    fn build(options: Options, sink: stack::AuditSink) -> Result<Self, StartError> {
         let Options {
             listen,
             upstream,
-            config: cfg,
+            upstreams,
+            config: mut cfg,
             redis,
             audit_log,
             api_key,
         } = options;
+        // Until the active-active pool is wired: the first upstream given.
+        let upstream = upstreams
+            .into_iter()
+            .next()
+            .or_else(|| cfg.upstreams.first().map(|u| u.url.clone()))
+            .unwrap_or(upstream);
+        if let Some(url) = redis {
+            cfg.cache.redis_url = Some(url);
+        }
+        if let Some(path) = audit_log {
+            cfg.audit.path = Some(path);
+        }
+        if let (true, Some(path)) = (cfg.layers.audit, &cfg.audit.path) {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return Err(StartError::Layer {
+                    layer: "audit",
+                    message: format!("path: the directory of {} does not exist", path.display()),
+                });
+            }
+        }
         let keys = inbound::Keys::new(&cfg.keys).map_err(|e| StartError::Keys(e.to_string()))?;
         let open = keys.is_empty();
         if open && !listen.ip().is_loopback() && !cfg.server.allow_open_non_loopback {
@@ -327,25 +416,19 @@ impl Gateway {
         };
         // The recorder must exist before the layers register their metrics.
         telemetry::handle();
-        let built = stack::build(
-            &cfg,
-            &upstream,
-            &credential,
-            redis.as_deref(),
-            audit_log.as_deref(),
-        )?;
+        let built = stack::build(&cfg, &upstream, &credential, sink)?;
         if open {
             tracing::warn!(target: "tower_deepseek_gateway", "no client keys configured: serving any client, on a loopback address only");
         }
-        let feedback_keys = keys.clone();
         let shared = Arc::new(Shared {
-            keys,
+            live: ArcSwap::from_pointee(Live {
+                keys,
+                service: built.service,
+            }),
             meta,
             max_header_bytes: cfg.server.max_header_bytes,
             max_body_bytes: cfg.server.max_body_bytes,
             body_read_timeout: Duration::from_millis(cfg.server.body_read_timeout_ms),
-            service: built.service,
-            classifier: Classifier::new(),
             audit_layer: built.audit_layer,
             ws: ws::Settings::new(cfg.websocket.clone()),
         });
@@ -355,17 +438,26 @@ impl Gateway {
             router = router.route(ws::PATH, get(ws::upgrade));
         }
         let router = router
-            .route("/v1/chat/completions", post(chat))
-            .route("/chat/completions", post(chat))
-            .route("/v1/models", get(models))
-            .route("/models", get(models))
-            .route("/beta/completions", post(fim))
+            .route(
+                "/v1/chat/completions",
+                layers::proxied(&shared, Route::Chat),
+            )
+            .route("/chat/completions", layers::proxied(&shared, Route::Chat))
+            .route("/v1/models", layers::proxied(&shared, Route::Models))
+            .route("/models", layers::proxied(&shared, Route::Models))
+            .route("/beta/completions", layers::proxied(&shared, Route::Fim))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics_page))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
-            .with_state(shared);
-        let router = review::routes(router, &feedback_keys, built.review.as_ref());
+            .with_state(shared.clone());
+        let router = review::routes(router, &shared, built.review.as_ref());
+        let reloader = Reloader::new(
+            shared,
+            built.fixed,
+            listen,
+            cfg.server.allow_open_non_loopback,
+        );
         Ok(Self {
             router,
             audit: built.audit,
@@ -380,8 +472,15 @@ impl Gateway {
             open,
             allow_open_non_loopback: cfg.server.allow_open_non_loopback,
             wired: built.wired,
+            reloader,
             ws: ws_runtime,
         })
+    }
+
+    /// The handle that reloads the client keys and the limits of a running gateway (the
+    /// binary calls it on SIGHUP). Cheap to clone.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The layers wired, outermost first (`audit`, `redact`, `cache_l1`, ..., `client`).

@@ -38,7 +38,7 @@ use axum::extract::State;
 use axum::routing::post;
 use http::{Request, Response, StatusCode};
 use serde::{Deserialize, Deserializer};
-use tower_deepseek::redact::audit::JsonlFileSink;
+use tower_deepseek::redact::audit::{JsonlFileSink, WriterSink};
 use tower_deepseek::redact::review::{Feedback, FeedbackError, ReviewConfig, ReviewHandle};
 use tower_deepseek::redact::{RedactLayer, ReviewLayer};
 
@@ -115,6 +115,7 @@ fn err(message: impl fmt::Display) -> StartError {
 pub(crate) fn layer(
     cfg: &GatewayConfig,
     hash_key: Option<Vec<u8>>,
+    dry_run: bool,
 ) -> Result<Option<ReviewLayer>, StartError> {
     let Some(table) = &cfg.review else {
         return Ok(None);
@@ -123,38 +124,45 @@ pub(crate) fn layer(
         .path
         .as_ref()
         .ok_or_else(|| err("path: must be set (the review file)"))?;
-    if !cfg.layers.redact {
+    if !cfg.layers.redact && !dry_run {
         tracing::warn!(target: "tower_deepseek_gateway", "[review] with the redact layer off: review records hold unmasked text");
     }
-    let sink = JsonlFileSink::builder(path)
-        .max_bytes(table.max_bytes)
-        .keep(table.keep)
-        .fsync_interval(std::time::Duration::from_millis(table.fsync_interval_ms))
-        .open()
-        .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
+    let builder = ReviewLayer::builder();
+    let builder = if dry_run {
+        // Validating the settings (`check-config`): nothing is opened.
+        builder.sink(WriterSink::new(std::io::sink()))
+    } else {
+        builder.sink(
+            JsonlFileSink::builder(path)
+                .max_bytes(table.max_bytes)
+                .keep(table.keep)
+                .fsync_interval(std::time::Duration::from_millis(table.fsync_interval_ms))
+                .open()
+                .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?,
+        )
+    };
     let redactor = RedactLayer::from_config(cfg.redact.clone(), hash_key)
         .map_err(|e| err(format!("the [redact] table for feedback: {e}")))?
         .redactor()
         .clone();
-    ReviewLayer::builder()
+    builder
         .config(table.layer.clone())
-        .sink(sink)
         .redactor(redactor)
         .build()
         .map(Some)
         .map_err(err)
 }
 
-#[derive(Clone)]
 struct FeedbackState {
-    keys: inbound::Keys,
+    /// The gateway's state: the client keys of the last (re)load.
+    shared: Arc<crate::Shared>,
     review: ReviewHandle,
 }
 
 /// `router` with `POST /v1/feedback` when the review layer is on.
 pub(crate) fn routes(
     router: Router,
-    keys: &inbound::Keys,
+    shared: &Arc<crate::Shared>,
     review: Option<&ReviewHandle>,
 ) -> Router {
     match review {
@@ -162,7 +170,7 @@ pub(crate) fn routes(
             Router::new()
                 .route(ROUTE, post(feedback))
                 .with_state(Arc::new(FeedbackState {
-                    keys: keys.clone(),
+                    shared: shared.clone(),
                     review: r.clone(),
                 })),
         ),
@@ -187,7 +195,7 @@ fn invalid(message: &str) -> Response<Body> {
 }
 
 async fn feedback(State(s): State<Arc<FeedbackState>>, req: Request<Body>) -> Response<Body> {
-    let tenant = match s.keys.check(req.headers()) {
+    let tenant = match s.shared.live.load().keys.check(req.headers()) {
         inbound::Verdict::Allowed(c) => c.map(|c| c.tenant),
         inbound::Verdict::Missing | inbound::Verdict::Unknown => {
             return answer(error::json_error(

@@ -8,18 +8,27 @@
 //! [`StackConfig`]; the program adds what a file cannot hold: the audit sink, the upstream
 //! credential, and a rate limiter per client with limits of its own.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use axum::body::Body;
 use secrecy::{ExposeSecret, SecretString};
 use tower::Layer;
 use tower_deepseek::auth::store::RedisTokenStore;
 use tower_deepseek::auth::{BearerAuthLayer, OAuth2Layer};
+use tower_deepseek::breaker::CircuitBreakerLayer;
+use tower_deepseek::cache::CacheLayer;
 use tower_deepseek::client::{BaseUrl, BaseUrlLayer, UpstreamClient, upstream_client};
 use tower_deepseek::core::body::BufferedBody;
-use tower_deepseek::redact::audit::{AuditHandle, AuditLayer, JsonlFileSink};
+use tower_deepseek::redact::RedactLayer;
+use tower_deepseek::redact::audit::{AuditHandle, AuditLayer, JsonlFileSink, WriterSink};
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
-use tower_deepseek::stack::{Recommended, StackConfig, StackConfigError, StackRequestBody};
+use tower_deepseek::retry::timeout::TimeoutLayer;
+use tower_deepseek::retry::{RetryConfig, RetryLayer};
+use tower_deepseek::stack::{
+    Recommended, RecommendedStack, StackConfigError, StackRequestBody, TokenClient,
+};
 
 use crate::StartError;
 use crate::config::GatewayConfig;
@@ -47,8 +56,40 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// The layers built once at start and kept across reloads (their state lives on: cache
+/// entries, breaker windows, the OAuth2 token, the audit chain, the connection pool), and the
+/// settings the reloadable part is built from.
+pub(crate) struct Fixed {
+    audit: Option<AuditLayer>,
+    redact: Option<RedactLayer>,
+    review: Option<tower_deepseek::redact::ReviewLayer>,
+    cache: Option<CacheLayer>,
+    breaker: Option<CircuitBreakerLayer>,
+    timeout: Option<TimeoutLayer>,
+    auth: Auth,
+    retry: Option<RetryConfig>,
+    inner: BaseUrl<UpstreamClient<StackRequestBody<Body>>>,
+    l2: bool,
+    /// The rate limiters of the running stack, by their effective settings, so that a reload
+    /// keeps the windows of the limits it does not change.
+    limiters: Mutex<Limiters>,
+}
+
+#[derive(Default)]
+struct Limiters {
+    default: Option<(String, RateLimitLayer, Option<RetryLayer>)>,
+    tenants: HashMap<String, RateLimitLayer>,
+}
+
+enum Auth {
+    Bearer(BearerAuthLayer),
+    OAuth2(OAuth2Layer<TokenClient>),
+    None,
+}
+
 /// What [`build`] made.
 pub(crate) struct Built {
+    pub(crate) fixed: Fixed,
     pub(crate) service: Svc,
     pub(crate) audit: Option<AuditHandle>,
     /// The audit layer, also for the answers the gateway makes itself (a refused key, a body
@@ -72,129 +113,247 @@ fn stack_err(e: StackConfigError) -> StartError {
     config_err(layer)(e.message().to_owned())
 }
 
-/// Builds the stack for `upstream` from `cfg`.
+/// Where the audit records go: a file, or (to validate the settings without touching the
+/// disk) nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuditSink {
+    File,
+    DryRun,
+}
+
+/// Builds the stack for `upstream` from `cfg` (whose `cache.redis_url` is also the OAuth2
+/// token store's Redis).
 pub(crate) fn build(
     cfg: &GatewayConfig,
     upstream: &str,
     credential: &Credential,
-    redis: Option<&str>,
-    audit_log: Option<&std::path::Path>,
+    sink: AuditSink,
 ) -> Result<Built, StartError> {
     let on = cfg.layers;
-    let mut cache = cfg.cache.clone();
-    if let Some(url) = redis {
-        if cache.redis_url.is_none() && cache.redis_cluster_urls.is_empty() {
-            cache.redis_url = Some(url.to_owned());
-        }
-    }
-    let l2 = cache.redis_url.is_some() || !cache.redis_cluster_urls.is_empty();
+    let l2 = cfg.cache.redis_url.is_some() || !cfg.cache.redis_cluster_urls.is_empty();
 
-    // The layers a file configures. With both a rate limit and retries, the retry layer
-    // pauses the shared limiter on every 429 it sees (DeepSeek's limits are account-wide).
-    let mut tables = StackConfig::default();
-    tables.redact = on.redact.then(|| cfg.redact.clone());
-    tables.cache = on.cache.then_some(cache);
-    tables.rate_limit = on.rate_limit.then(|| cfg.rate_limit.clone());
-    tables.retry = on.retry.then(|| cfg.retry.clone());
-    tables.circuit_breaker = on.breaker.then(|| cfg.breaker.clone());
-    tables.timeout = on.timeout.then_some(cfg.timeout);
-    let mut stack = tables
-        .builder::<Body>(audit_hmac_key(cfg).ok())
-        .map_err(stack_err)?;
-
-    if on.rate_limit {
-        for key in cfg.keys.iter().filter(|k| k.has_own_limits()) {
-            let tenant =
-                crate::inbound::tenant_for(key).map_err(|e| StartError::Keys(e.to_string()))?;
-            let mut c = cfg.rate_limit.clone();
-            c.requests_per_minute = key.requests_per_minute.or(c.requests_per_minute);
-            c.tokens_per_minute = key.tokens_per_minute.or(c.tokens_per_minute);
-            // One limiter per such client: its quota is its own whatever `key_by` says.
-            c.key_by = Default::default();
-            let layer = RateLimitLayer::from_config(c)
-                .map_err(|e| config_err("rate_limit")(e.to_string()))?;
-            stack = stack.tenant_rate_limit(tenant, layer);
-        }
+    // The layers a file configures, validated by their own builders.
+    let redact = on
+        .redact
+        .then(|| RedactLayer::from_config(cfg.redact.clone(), audit_hmac_key(cfg).ok()))
+        .transpose()
+        .map_err(|e| config_err("redact")(e.to_string()))?;
+    let cache = on
+        .cache
+        .then(|| CacheLayer::from_config(cfg.cache.clone()))
+        .transpose()
+        .map_err(|e| config_err("cache")(e.to_string()))?;
+    let breaker = on
+        .breaker
+        .then(|| CircuitBreakerLayer::from_config(cfg.breaker.clone()))
+        .transpose()
+        .map_err(|e| config_err("breaker")(e.to_string()))?;
+    let timeout = on
+        .timeout
+        .then(|| TimeoutLayer::from_config(cfg.timeout))
+        .transpose()
+        .map_err(|e| config_err("timeout")(e.to_string()))?;
+    if on.retry {
+        // Validated here once; built (with the limiter's pause handle) by `compose`.
+        RetryLayer::from_config(cfg.retry.clone())
+            .map_err(|e| config_err("retry")(e.to_string()))?;
     }
 
-    match credential {
-        Credential::ApiKey(key) => {
-            let layer = BearerAuthLayer::new(SecretString::from(key.expose_secret()))
-                .map_err(|e| config_err("auth")(e.to_string()))?;
-            stack = stack.bearer_auth(layer);
-        }
+    let auth = match credential {
+        Credential::ApiKey(key) => Auth::Bearer(
+            BearerAuthLayer::new(SecretString::from(key.expose_secret()))
+                .map_err(|e| config_err("auth")(e.to_string()))?,
+        ),
         Credential::OAuth2 => {
             let oauth = cfg.oauth2.clone().expect("checked by the caller");
             let token_client = upstream_client::<BufferedBody>(&cfg.client);
             let mut builder = OAuth2Layer::builder(oauth, token_client);
-            if let Some(url) = redis {
+            if let Some(url) = &cfg.cache.redis_url {
                 let store =
                     RedisTokenStore::open(url).map_err(|e| config_err("oauth2")(e.to_string()))?;
                 builder = builder.store(store);
             }
-            let layer = builder
-                .build()
-                .map_err(|e| config_err("oauth2")(e.to_string()))?;
-            stack = stack.oauth2(layer);
+            Auth::OAuth2(
+                builder
+                    .build()
+                    .map_err(|e| config_err("oauth2")(e.to_string()))?,
+            )
         }
-        Credential::None => {}
-    }
+        Credential::None => Auth::None,
+    };
 
     let mut audit = None;
     let mut audit_layer = None;
-    let path = audit_log.map(ToOwned::to_owned).or(cfg.audit.path.clone());
-    if let (true, Some(path)) = (on.audit, path) {
+    if let (true, Some(path)) = (on.audit, &cfg.audit.path) {
         let a = &cfg.audit;
-        let sink = JsonlFileSink::builder(&path)
-            .max_bytes(a.max_bytes)
-            .keep(a.keep)
-            .fsync_interval(std::time::Duration::from_millis(a.fsync_interval_ms))
-            .open()
-            .map_err(|e| config_err("audit")(format!("cannot open {}: {e}", path.display())))?;
         let key = audit_hmac_key(cfg).unwrap_or_else(|_| {
-            tracing::warn!(target: "tower_deepseek_gateway", env = %a.hmac_key_env, "no audit HMAC key in the environment: using a random key for this process");
+            if sink == AuditSink::File {
+                tracing::warn!(target: "tower_deepseek_gateway", env = %a.hmac_key_env, "no audit HMAC key in the environment: using a random key for this process");
+            }
             (0..4).flat_map(|_| fastrand_bytes()).collect()
         });
-        let layer = AuditLayer::builder()
+        let builder = AuditLayer::builder()
             .hmac_key(key)
-            .sink(sink)
             .hash_chain(a.hash_chain)
-            .on_sink_failure(a.on_sink_failure)
+            .on_sink_failure(a.on_sink_failure);
+        let builder = match sink {
+            AuditSink::File => builder.sink(
+                JsonlFileSink::builder(path)
+                    .max_bytes(a.max_bytes)
+                    .keep(a.keep)
+                    .fsync_interval(std::time::Duration::from_millis(a.fsync_interval_ms))
+                    .open()
+                    .map_err(|e| {
+                        config_err("audit")(format!("cannot open {}: {e}", path.display()))
+                    })?,
+            ),
+            AuditSink::DryRun => builder.sink(WriterSink::new(std::io::sink())),
+        };
+        let layer = builder
             .build()
             .map_err(|e| config_err("audit")(e.to_string()))?;
         audit = Some(layer.handle());
-        audit_layer = Some(layer.clone());
-        stack = stack.audit(layer);
+        audit_layer = Some(layer);
     }
 
-    let review = crate::review::layer(cfg, audit_hmac_key(cfg).ok())?;
+    let review = crate::review::layer(cfg, audit_hmac_key(cfg).ok(), sink == AuditSink::DryRun)?;
     let review_handle = review.as_ref().map(|l| l.handle());
-    if let Some(layer) = review {
-        stack = stack.review(layer);
-    }
-
-    let stack = stack.build().map_err(stack_err)?;
-    let mut wired: Vec<&'static str> = stack
-        .layers()
-        .into_iter()
-        .map(|name| match name {
-            "cache" if l2 => "cache_l1_l2",
-            "cache" => "cache_l1",
-            "circuit_breaker" => "breaker",
-            other => other,
-        })
-        .collect();
-    wired.push("client");
 
     let base = BaseUrlLayer::new(upstream).map_err(|e| StartError::Upstream(e.to_string()))?;
     let client = upstream_client::<StackRequestBody<Body>>(&cfg.client);
+    let fixed = Fixed {
+        audit: audit_layer.clone(),
+        redact,
+        review,
+        cache,
+        breaker,
+        timeout,
+        auth,
+        retry: on.retry.then(|| cfg.retry.clone()),
+        inner: base.layer(client),
+        l2,
+        limiters: Mutex::new(Limiters::default()),
+    };
+    let (service, wired) = fixed.compose(cfg)?;
     Ok(Built {
-        service: stack.layer(base.layer(client)),
+        fixed,
+        service,
         audit,
         audit_layer,
         wired,
         review: review_handle,
     })
+}
+
+impl Fixed {
+    /// The stack with the rate limits of `cfg` (`[rate_limit]` and the keys' own) around the
+    /// layers built at start. A limiter whose settings did not change is kept (its window
+    /// goes on); a changed one starts afresh.
+    pub(crate) fn compose(
+        &self,
+        cfg: &GatewayConfig,
+    ) -> Result<(Svc, Vec<&'static str>), StartError> {
+        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Limiters::default();
+        let mut b = RecommendedStack::<Body>::builder();
+        if let Some(l) = &self.audit {
+            b = b.audit(l.clone());
+        }
+        if let Some(l) = &self.redact {
+            b = b.redact(l.clone());
+        }
+        if let Some(l) = &self.review {
+            b = b.review(l.clone());
+        }
+        if let Some(l) = &self.cache {
+            b = b.cache(l.clone());
+        }
+        if cfg.layers.rate_limit {
+            let id = format!("{:?}", cfg.rate_limit);
+            let (limiter, retry) = match &limiters.default {
+                Some((old, l, r)) if *old == id => (l.clone(), r.clone()),
+                _ => {
+                    let l = RateLimitLayer::from_config(cfg.rate_limit.clone())
+                        .map_err(|e| config_err("rate_limit")(e.to_string()))?;
+                    (l, None)
+                }
+            };
+            let retry = match (retry, &self.retry) {
+                (Some(r), _) => Some(r),
+                (None, Some(c)) => Some(
+                    RetryLayer::builder()
+                        .config(c.clone())
+                        .pause_on_rate_limit(limiter.pause_handle())
+                        .build()
+                        .map_err(|e| config_err("retry")(e.to_string()))?,
+                ),
+                (None, None) => None,
+            };
+            if let Some(r) = &retry {
+                b = b.retry(r.clone());
+            }
+            b = b.rate_limit(limiter.clone());
+            next.default = Some((id, limiter, retry));
+            for key in cfg.keys.iter().filter(|k| k.has_own_limits()) {
+                let tenant =
+                    crate::inbound::tenant_for(key).map_err(|e| StartError::Keys(e.to_string()))?;
+                let mut c = cfg.rate_limit.clone();
+                c.requests_per_minute = key.requests_per_minute.or(c.requests_per_minute);
+                c.tokens_per_minute = key.tokens_per_minute.or(c.tokens_per_minute);
+                // One limiter per such client: its quota is its own whatever `key_by` says.
+                c.key_by = Default::default();
+                // Shared through Redis: the client's quota under a prefix of its own (a digest of
+                // the tenant), so that it is neither the default limiter's nor another client's.
+                if let Some(redis) = &mut c.redis {
+                    redis.key_prefix = format!(
+                        "{}:tenant:{}",
+                        redis.key_prefix,
+                        tower_deepseek::retry::fleet::Fleet::digest(tenant.as_str())
+                    );
+                }
+                let id = format!("{}\0{c:?}", tenant.as_str());
+                let layer = match limiters.tenants.get(&id).cloned() {
+                    Some(l) => l,
+                    None => RateLimitLayer::from_config(c)
+                        .map_err(|e| config_err("rate_limit")(e.to_string()))?,
+                };
+                next.tenants.insert(id, layer.clone());
+                b = b.tenant_rate_limit(tenant, layer);
+            }
+        } else if let Some(c) = &self.retry {
+            b = b.retry(
+                RetryLayer::builder()
+                    .config(c.clone())
+                    .build()
+                    .map_err(|e| config_err("retry")(e.to_string()))?,
+            );
+        }
+        if let Some(l) = &self.breaker {
+            b = b.circuit_breaker(l.clone());
+        }
+        if let Some(l) = self.timeout {
+            b = b.timeout(l);
+        }
+        let b = match &self.auth {
+            Auth::Bearer(l) => b.bearer_auth(l.clone()),
+            Auth::OAuth2(l) => b.oauth2(l.clone()),
+            Auth::None => b,
+        };
+        let stack = b.build().map_err(stack_err)?;
+        *limiters = next;
+        let mut wired: Vec<&'static str> = stack
+            .layers()
+            .into_iter()
+            .map(|name| match name {
+                "cache" if self.l2 => "cache_l1_l2",
+                "cache" => "cache_l1",
+                "circuit_breaker" => "breaker",
+                other => other,
+            })
+            .collect();
+        wired.push("client");
+        Ok((stack.layer(self.inner.clone()), wired))
+    }
 }
 
 /// 8 random bytes from the request-id generator of core (128 random bits per id).

@@ -1,4 +1,5 @@
-//! Prometheus: one process-wide recorder, gateway request metrics, process CPU and memory.
+//! Prometheus: one process-wide recorder, gateway request metrics, and the process's own
+//! metrics from the `metrics-process` crate.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -58,9 +59,9 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
         let handle = match builder.install_recorder() {
             Ok(h) => h,
             // Another recorder is already installed (an embedding program's): render ours
-            // anyway; it just stays empty.
+            // anyway; it just stays empty (the process metrics go to that recorder too).
             Err(e) => {
-                tracing::warn!(target: "tower_deepseek_gateway", error = %e, "a metrics recorder is already installed; /metrics shows only process metrics");
+                tracing::warn!(target: "tower_deepseek_gateway", error = %e, "a metrics recorder is already installed; /metrics stays empty (every metric goes to that recorder)");
                 PrometheusBuilder::new().build_recorder().handle()
             }
         };
@@ -104,57 +105,24 @@ fn describe() {
     );
 }
 
-/// The Prometheus text: every recorded metric, then the process metrics.
-pub(crate) fn render() -> String {
-    let mut out = handle().render();
-    process_metrics(&mut out);
-    out
+/// The process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
+/// `process_start_time_seconds`, `process_threads`, ...) from the `metrics-process` crate,
+/// which reads them from the OS (Linux, macOS, Windows, FreeBSD), described once.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let c = metrics_process::Collector::default();
+        c.describe();
+        c
+    })
 }
 
-/// `process_cpu_seconds_total`, `process_resident_memory_bytes`,
-/// `process_virtual_memory_bytes`, `process_open_fds` from `/proc` (Linux; nothing elsewhere).
-fn process_metrics(out: &mut String) {
-    use std::fmt::Write;
-    // Linux reports CPU times in USER_HZ ticks (100 on every mainstream architecture) and
-    // memory in pages (4 KiB on x86-64 and most arm64 kernels).
-    const TICKS_PER_SEC: f64 = 100.0;
-    const PAGE: u64 = 4096;
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 of the line: 11 and 12 after the ')'.
-            if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
-                if let (Ok(u), Ok(s)) = (u.parse::<u64>(), s.parse::<u64>()) {
-                    let secs = (u + s) as f64 / TICKS_PER_SEC;
-                    let _ = write!(
-                        out,
-                        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {secs}\n\n"
-                    );
-                }
-            }
-        }
-    }
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-        let mut it = statm.split_whitespace();
-        let size = it.next().and_then(|v| v.parse::<u64>().ok());
-        let rss = it.next().and_then(|v| v.parse::<u64>().ok());
-        if let (Some(size), Some(rss)) = (size, rss) {
-            let _ = write!(
-                out,
-                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\n# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {}\n\n",
-                rss * PAGE,
-                size * PAGE
-            );
-        }
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let n = dir.count();
-        let _ = write!(
-            out,
-            "# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {n}\n"
-        );
-    }
+/// The Prometheus text: the process metrics, refreshed now, and every recorded metric.
+pub(crate) fn render() -> String {
+    let handle = handle();
+    process_collector().collect();
+    handle.render()
 }
 
 #[cfg(test)]
@@ -162,18 +130,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn process_metrics_are_rendered_on_linux() {
-        let mut s = String::new();
-        process_metrics(&mut s);
+    fn process_metrics_are_rendered() {
+        let s = render();
         if cfg!(target_os = "linux") {
             assert!(s.contains("process_cpu_seconds_total "), "{s}");
-            let rss: u64 = s
+            assert!(s.contains("process_open_fds "), "{s}");
+            let rss: f64 = s
                 .lines()
                 .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
                 .unwrap()
                 .parse()
                 .unwrap();
-            assert!(rss > 1024 * 1024);
+            assert!(rss > 1024.0 * 1024.0);
         }
     }
 }

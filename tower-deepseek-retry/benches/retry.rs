@@ -240,6 +240,32 @@ fn benches(c: &mut Criterion) {
     g.bench_function("keyed_rpm_tpm_per_model_settled", |b| {
         b.iter_custom(|iters| rt.block_on(timed(iters, &mut model)))
     });
+    // The same quota shared through Redis on loopback (`REDIS_URL`, default
+    // 127.0.0.1:6379): one script round trip to admit, one in the background to settle.
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let fleet = tower_deepseek_retry::fleet::Fleet::builder()
+        .redis_url(url)
+        .key_prefix(format!("tdr-bench:{}", std::process::id()))
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let mut shared = RateLimitLayer::builder()
+        .requests_per_minute(u32::MAX / 2)
+        .request_burst(u32::MAX / 2)
+        .tokens_per_minute(u64::MAX / 4_000_000_000)
+        .key_by(KeyBy::Model)
+        .fleet(fleet.clone())
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(handler::<ReplayBody<Full<Bytes>>>));
+    rt.block_on(timed(1, &mut shared));
+    if fleet.is_up() {
+        g.bench_function("fleet_redis_rpm_tpm_per_model_settled", |b| {
+            b.iter_custom(|iters| rt.block_on(timed(iters, &mut shared)))
+        });
+    } else {
+        eprintln!("notice: no Redis; the fleet variant is not measured");
+    }
     g.finish();
 }
 

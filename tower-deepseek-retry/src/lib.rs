@@ -13,6 +13,10 @@
 //! - [`rate_limit`]: [`RateLimitLayer`]: requests and tokens per
 //!   minute, keyed per model or tenant, fair bounded waits, paused by a 429's `Retry-After`.
 //!
+//! - [`fleet`] (feature `redis`, on by default): the Redis backends of the rate limiter and
+//!   the concurrency limit, shared by a fleet of instances, with a local share of each quota
+//!   while Redis is unavailable.
+//!
 //! Every layer classifies outcomes with the one shared classifier of `tower-deepseek-core`.
 //!
 //! # Order
@@ -75,6 +79,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod concurrency;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 pub mod rate_limit;
 mod retry;
 pub mod timeout;

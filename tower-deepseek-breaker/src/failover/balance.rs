@@ -13,6 +13,7 @@ use tower_deepseek_core::body::BufferedBody;
 use tower_deepseek_core::classify::FailureClass;
 
 use super::layer::MAX_ENDPOINTS;
+use super::per_endpoint::EndpointIndex;
 use crate::state::{Permit, State, Striped};
 
 pub(super) type FailoverOn = Arc<dyn Fn(&FailureClass) -> bool + Send + Sync>;
@@ -38,6 +39,7 @@ pub(super) struct Shared {
     pub(super) probe_interval: Duration,
     pub(super) body_limit: usize,
     pub(super) failover_on: FailoverOn,
+    pub(super) eject_on: Option<FailoverOn>,
 }
 
 impl fmt::Debug for Shared {
@@ -147,6 +149,20 @@ impl Shared {
         }
     }
 
+    /// When every endpoint's breaker is open: the soonest any admits a call again.
+    pub(super) fn all_open(&self) -> Option<Duration> {
+        let mut soonest: Option<Duration> = None;
+        for e in &self.endpoints {
+            let b = e.breaker.breaker();
+            if !matches!(b.state(), State::Open | State::ForcedOpen) {
+                return None;
+            }
+            let r = b.retry_after().unwrap_or_default();
+            soonest = Some(soonest.map_or(r, |s| s.min(r)));
+        }
+        soonest
+    }
+
     pub(super) fn rewrite(
         &self,
         i: usize,
@@ -172,6 +188,7 @@ impl Shared {
         *req.headers_mut() = parts.headers.clone();
         req.headers_mut().remove(header::HOST);
         *req.extensions_mut() = parts.extensions.clone();
+        req.extensions_mut().insert(EndpointIndex(i));
         Ok(req)
     }
 }

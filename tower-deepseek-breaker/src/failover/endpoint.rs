@@ -7,13 +7,18 @@ use http::Uri;
 pub struct Endpoint {
     pub(super) base: Uri,
     pub(super) weight: u32,
+    pub(super) name: Option<String>,
 }
 
 impl Endpoint {
     /// An endpoint at `base` (e.g. `https://az1.example.com` or `http://10.0.0.7:8080/v1`),
     /// weight 1.
     pub fn new(base: Uri) -> Self {
-        Self { base, weight: 1 }
+        Self {
+            base,
+            weight: 1,
+            name: None,
+        }
     }
 
     /// Its share of the traffic relative to the others (default 1; 0 = standby, used only
@@ -21,6 +26,14 @@ impl Endpoint {
     #[must_use]
     pub fn weight(mut self, weight: u32) -> Self {
         self.weight = weight;
+        self
+    }
+
+    /// Its name in its breaker's label (`<breaker name>/<name>`, in metrics and logs) instead
+    /// of its authority and path: for a base URI that holds credentials, or a shorter label.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 

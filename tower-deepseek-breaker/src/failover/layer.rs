@@ -13,6 +13,7 @@ use tower_layer::Layer;
 use super::balance::{Balance, EndpointState, FailoverOn, Shared};
 use super::config::FailoverConfig;
 use super::endpoint::Endpoint;
+use super::per_endpoint::PerEndpoint;
 use super::service::Failover;
 use crate::circuit_breaker::CircuitBreakerLayerBuilder;
 use crate::state::{Breaker, BreakerHandle, Spec, Striped};
@@ -39,6 +40,7 @@ pub struct FailoverLayerBuilder {
     probe_interval: Duration,
     body_limit: usize,
     failover_on: FailoverOn,
+    eject_on: Option<FailoverOn>,
 }
 
 impl fmt::Debug for FailoverLayerBuilder {
@@ -102,6 +104,21 @@ impl FailoverLayerBuilder {
         self
     }
 
+    /// Failures that open the endpoint's breaker at once (default: none, the breaker's window
+    /// decides), e.g. [`FailureClass::Connect`]: an endpoint that refuses connections is then
+    /// skipped by the next calls instead of being tried first by each. It comes back when its
+    /// breaker half-opens and a trial call succeeds, or when its breaker is closed through
+    /// [`FailoverLayer::handles`]. With this set, a call whose every endpoint failed and is
+    /// now open fails with [`AllEndpointsUnavailable`](super::AllEndpointsUnavailable) (nothing
+    /// left to retry on) rather than with the last attempt's error.
+    pub fn eject_on(
+        mut self,
+        predicate: impl Fn(&FailureClass) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.eject_on = Some(Arc::new(predicate));
+        self
+    }
+
     /// Validates the settings and builds the layer.
     ///
     /// # Errors
@@ -135,7 +152,10 @@ impl FailoverLayerBuilder {
                 ));
             };
             let prefix = e.base.path().trim_end_matches('/').to_owned();
-            let label: Arc<str> = format!("{}/{}{}", spec.config.name, authority, prefix).into();
+            let label: Arc<str> = match &e.name {
+                Some(name) => format!("{}/{}", spec.config.name, name).into(),
+                None => format!("{}/{}{}", spec.config.name, authority, prefix).into(),
+            };
             endpoints.push(EndpointState {
                 scheme: scheme.clone(),
                 authority: authority.clone(),
@@ -157,6 +177,7 @@ impl FailoverLayerBuilder {
                 probe_interval: self.probe_interval,
                 body_limit: self.body_limit,
                 failover_on: self.failover_on,
+                eject_on: self.eject_on,
             }),
         })
     }
@@ -185,6 +206,7 @@ impl FailoverLayer {
             probe_interval: Duration::from_secs(5),
             body_limit: DEFAULT_BODY_LIMIT,
             failover_on: Arc::new(default_failover_on),
+            eject_on: None,
         }
     }
 
@@ -211,6 +233,65 @@ impl FailoverLayer {
                 )
             })
             .collect()
+    }
+}
+
+impl FailoverLayer {
+    /// A [`Failover`] over one inner service per endpoint (`services[i]` for the `i`-th
+    /// endpoint added), through [`PerEndpoint`]: each endpoint its own client, credential or
+    /// request rewriting. The URI is rewritten as with [`Layer::layer`].
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceExt};
+    /// use tower_deepseek_breaker::{BoxError, Endpoint, FailoverLayer};
+    /// use tower_deepseek_core::body::BufferedBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
+    /// let layer = FailoverLayer::builder()
+    ///     .endpoint(Endpoint::new("http://az1.test".parse()?).name("az1"))
+    ///     .endpoint(Endpoint::new("http://az2.test".parse()?).name("az2"))
+    ///     .build()?;
+    /// // Stand-ins for two clients, each with its own pool and credential.
+    /// let client = |name: &'static str| {
+    ///     tower::service_fn(move |req: http::Request<BufferedBody>| async move {
+    ///         assert!(req.uri().to_string().starts_with("http://az"));
+    ///         Ok::<_, BoxError>(http::Response::new(Full::new(Bytes::from(name))))
+    ///     })
+    /// };
+    /// let mut svc = layer.layer_each(vec![client("one"), client("two")])?;
+    /// let req = http::Request::post("/chat/completions").body(Full::new(Bytes::new()))?;
+    /// let resp = ServiceExt::<http::Request<Full<Bytes>>>::ready(&mut svc).await?.call(req).await?;
+    /// assert_eq!(resp.status(), 200);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] on field `endpoints` when the number of services is not the number
+    /// of endpoints.
+    pub fn layer_each<S>(&self, services: Vec<S>) -> Result<Failover<PerEndpoint<S>>, ConfigError> {
+        if services.len() != self.shared.endpoints.len() {
+            return Err(ConfigError::new(
+                "endpoints",
+                "needs one service per endpoint",
+            ));
+        }
+        Ok(Failover::new(
+            PerEndpoint::new(services),
+            self.shared.clone(),
+        ))
+    }
+
+    /// Each endpoint's latency threshold: above it, weight 0 (`None`: latency ejection off).
+    pub fn latency_threshold(&self) -> Option<Duration> {
+        self.shared.latency_threshold.map(Duration::from_secs_f64)
+    }
+
+    /// The endpoints' configured weights, in the order they were added.
+    pub fn weights(&self) -> Vec<u32> {
+        self.shared.endpoints.iter().map(|e| e.weight).collect()
     }
 }
 

@@ -22,6 +22,23 @@
 //!    503, a `BreakerOpen` from below), moves to the next endpoint, each endpoint at most once.
 //!    A 2xx is never retried elsewhere: its stream goes to the caller as it comes.
 //!
+//! # One service per endpoint
+//!
+//! [`FailoverLayer::layer_each`] takes one inner service per endpoint instead of one shared
+//! client: each attempt goes to the chosen endpoint's own service (through [`PerEndpoint`],
+//! which routes by the [`EndpointIndex`] every attempt carries), so that each endpoint has its
+//! own connection pool, credential and request rewriting (e.g. model names). The URI is
+//! rewritten as above either way.
+//!
+//! # Ejection
+//!
+//! [`FailoverLayerBuilder::eject_on`] names failures that open an endpoint's breaker at once
+//! (like Nginx's `max_fails=1`; e.g. a refused connection), rather than after the breaker's
+//! window fills. The endpoint then gets no traffic until its breaker half-opens (or is closed
+//! through its [`BreakerHandle`](crate::BreakerHandle), e.g. by an active health check). With
+//! it set, a call whose every endpoint failed and is now open fails with
+//! [`AllEndpointsUnavailable`] rather than the last attempt's error.
+//!
 //! When every endpoint's breaker rejects, the call fails at once with
 //! [`AllEndpointsUnavailable`], whose `retry_after` is the soonest any endpoint admits a probe.
 //! When every endpoint was tried and failed, the caller gets the last attempt's response or
@@ -73,6 +90,7 @@ mod endpoint;
 mod error;
 mod future;
 mod layer;
+mod per_endpoint;
 mod service;
 
 pub use self::config::{EndpointConfig, FailoverConfig};
@@ -80,4 +98,5 @@ pub use self::endpoint::Endpoint;
 pub use self::error::AllEndpointsUnavailable;
 pub use self::future::ResponseFuture;
 pub use self::layer::{FailoverLayer, FailoverLayerBuilder, MAX_ENDPOINTS};
+pub use self::per_endpoint::{EndpointIndex, PerEndpoint, PerEndpointFuture};
 pub use self::service::Failover;

@@ -15,6 +15,7 @@ use super::balance::{Pick, Shared};
 use super::error::AllEndpointsUnavailable;
 use super::future::ResponseFuture;
 use crate::circuit_breaker::{Asks, ResponseBody};
+use crate::state::State;
 
 /// Sends each request to one of several endpoints through one inner client. See the
 /// [module docs](crate::failover).
@@ -149,6 +150,18 @@ where
         };
         match class {
             Some(class) if (shared.failover_on)(&class) => {
+                if shared.eject_on.as_ref().is_some_and(|eject| eject(&class)) {
+                    let breaker = shared.endpoints[i].breaker.breaker();
+                    if !matches!(breaker.state(), State::Open | State::ForcedOpen) {
+                        tracing::warn!(
+                            target: "tower_deepseek_breaker",
+                            endpoint = %breaker.label(),
+                            class = class.as_str(),
+                            "ejecting the endpoint: its breaker opens"
+                        );
+                        breaker.force(State::Open);
+                    }
+                }
                 metrics::counter!(
                     "deepseek_breaker_failovers_total",
                     "breaker" => shared.endpoints[i].breaker.breaker().label().to_string(),
@@ -159,6 +172,11 @@ where
                 inner = inner.clone();
             }
             _ => return result,
+        }
+    }
+    if shared.eject_on.is_some() {
+        if let Some(retry_after) = shared.all_open() {
+            return Err(AllEndpointsUnavailable::new(retry_after).into());
         }
     }
     match last {

@@ -1,6 +1,6 @@
-//! One request of a connection: through the gateway's own proxy handler (the same path, the
-//! same stack and the same accounting as `POST /v1/chat/completions`), its answer turned into
-//! messages.
+//! One request of a connection: through the gateway's own proxy handler inside its layers
+//! (the same path, key check, stack and accounting as `POST /v1/chat/completions`), its answer
+//! turned into messages.
 
 use std::sync::Arc;
 
@@ -15,7 +15,9 @@ use tower_deepseek::core::meta::X_REQUEST_ID;
 use tower_deepseek::core::sse::SseParser;
 
 use super::message::{self, error_member, gateway_error, json_object};
-use crate::{Route, Shared, handler};
+use tower::ServiceExt;
+
+use crate::{Route, Shared, layers};
 
 /// The most of an error answer's body read (its JSON error object).
 const ERROR_BODY_LIMIT: usize = 1024 * 1024;
@@ -29,7 +31,10 @@ pub(crate) async fn answer(
     tag: Option<Value>,
     tx: mpsc::Sender<String>,
 ) -> String {
-    let res = handler::proxy(s, req, Route::Chat).await;
+    let res = match layers::service(&s, Route::Chat).oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
     let request_id = res
         .headers()
         .get(&X_REQUEST_ID)

@@ -11,7 +11,7 @@
 //!   refusal is audited like the HTTP routes' own.
 //! - **Requests.** Each text message is a chat-completion request body, with an optional `id`
 //!   (string or number) that tags it; the `id` is removed before the request goes on. Each goes
-//!   through [`handler::proxy`](crate::handler::proxy), exactly as `POST /v1/chat/completions`
+//!   through the proxy handler inside the gateway's layers, exactly as `POST /v1/chat/completions`
 //!   does: the key check (again, per request), the body limits, the whole stack (audit,
 //!   redaction and restore, cache, limits, retries, breaker, timeouts), the metrics.
 //! - **Answers.** `{"id":…,"chunk":{chat.completion.chunk}}` per event of a stream,
@@ -211,7 +211,7 @@ pub(crate) async fn upgrade(
     let offered = offered(req.headers());
     let credentials = credentials(req.headers(), &offered);
     let mut tenant = None;
-    let refusal = match s.keys.check(&credentials) {
+    let refusal = match s.live().keys.check(&credentials) {
         inbound::Verdict::Allowed(client) => {
             tenant = client.map(|c| c.tenant);
             None

@@ -11,14 +11,23 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::state::Shared;
 
+/// What a request in flight holds.
+pub(crate) enum Held {
+    /// A permit of this process's semaphore.
+    Local(OwnedSemaphorePermit),
+    /// A fleet lease (given back when dropped).
+    #[cfg(feature = "redis")]
+    Lease(#[allow(dead_code)] super::fleet::Lease),
+}
+
 pub(crate) struct PermitGuard {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) permit: Option<Held>,
 }
 
 impl Drop for PermitGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.permit.take() {
+        if let Some(Held::Local(p)) = self.permit.take() {
             self.shared.release(p);
         }
     }

@@ -16,6 +16,28 @@
 //! reached) and held **until the response body ends** (or is dropped): a stream in progress
 //! counts as in flight.
 //!
+//! # Shared by a fleet (Redis)
+//!
+//! DeepSeek's cap is per account, not per process. With a [`Fleet`](crate::fleet::Fleet)
+//! ([`AdaptiveConcurrencyLayerBuilder::fleet`], or a `redis` table in
+//! [`AdaptiveConcurrencyConfig`]; feature `redis`), every instance with the same Redis, key
+//! prefix and `account` shares one limit and one count of requests in flight:
+//!
+//! - a permit is a **lease** in a sorted set scored by its expiry: one script purges the expired
+//!   leases, counts the rest and adds the new one if fewer than the limit are held. A held lease
+//!   is renewed every third of `lease_ttl_ms` (default 10 s) and given back when the body ends;
+//!   the leases of an instance that dies (SIGKILL) are not renewed and come back after their
+//!   TTL, so a crash never leaks capacity for longer;
+//! - the AIMD limit lives in Redis beside the leases (one hash tag: one cluster slot); a lease
+//!   given back applies its response's outcome (success: + 1/limit; 429: × `decrease_factor`,
+//!   once per wave across the fleet), so one instance's 429 lowers every instance's limit;
+//! - a request waits for a lease by polling (2 ms, doubling up to 50 ms, with jitter): FIFO
+//!   order holds within the local semaphore only.
+//!
+//! While Redis is unavailable, each instance takes permits of its **local share** (the
+//! configured limits divided by `expected_instances`, at least 1), with its own AIMD; leases are
+//! taken again as soon as Redis answers.
+//!
 //! # Order
 //!
 //! Above the retry layer if retries should queue like new requests; below it if each
@@ -45,6 +67,8 @@
 
 mod body;
 mod config;
+#[cfg(feature = "redis")]
+mod fleet;
 mod future;
 mod layer;
 mod service;

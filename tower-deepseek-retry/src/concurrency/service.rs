@@ -8,7 +8,7 @@ use http::{Request, Response, StatusCode};
 use tower_deepseek_core::BoxError;
 use tower_service::Service;
 
-use super::body::{PermitGuard, ResponseBody};
+use super::body::{Held, PermitGuard, ResponseBody};
 use super::future::ResponseFuture;
 use super::state::Shared;
 
@@ -49,34 +49,44 @@ where
         let shared = self.shared.clone();
         ResponseFuture {
             inner: Box::pin(async move {
-                let permit = shared
-                    .semaphore
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
+                let mut held = shared.acquire().await;
                 let epoch = shared.epoch.load(Ordering::Acquire);
                 let resp = inner.call(req).await.map_err(Into::into);
                 let resp = match resp {
                     Ok(r) => r,
                     Err(e) => {
-                        shared.release(permit);
+                        // A fleet lease goes back when dropped.
+                        #[allow(irrefutable_let_patterns)] // without the `redis` feature
+                        if let Held::Local(permit) = held {
+                            shared.release(permit);
+                        }
                         return Err(e);
                     }
                 };
                 let s = resp.status();
-                if s == StatusCode::TOO_MANY_REQUESTS
-                    || (s == StatusCode::SERVICE_UNAVAILABLE && shared.cfg.decrease_on_overloaded)
-                {
-                    shared.on_overload(epoch);
-                } else if s.is_success() {
-                    shared.on_success();
+                let overload = s == StatusCode::TOO_MANY_REQUESTS
+                    || (s == StatusCode::SERVICE_UNAVAILABLE && shared.cfg.decrease_on_overloaded);
+                match &mut held {
+                    Held::Local(_) if overload => shared.on_overload(epoch),
+                    Held::Local(_) if s.is_success() => shared.on_success(),
+                    Held::Local(_) => {}
+                    #[cfg(feature = "redis")]
+                    Held::Lease(lease) => {
+                        use super::fleet::Outcome;
+                        lease.set_outcome(if overload {
+                            Outcome::Overload
+                        } else if s.is_success() {
+                            Outcome::Success
+                        } else {
+                            Outcome::Neutral
+                        });
+                    }
                 }
                 Ok(resp.map(|inner| ResponseBody {
                     inner,
                     permit: Some(PermitGuard {
                         shared,
-                        permit: Some(permit),
+                        permit: Some(held),
                     }),
                 }))
             }),

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "redis")]
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -22,6 +24,10 @@ pub(crate) struct Shared {
     pub(crate) limit: Mutex<Limit>,
     /// Incremented on each decrease; a 429 for a request sent before it is ignored.
     pub(crate) epoch: AtomicU64,
+    /// The Redis backend: the fleet's leases and limit (the fields above are then this
+    /// process's local share, used while Redis is unavailable).
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: Option<Arc<super::fleet::FleetLeases>>,
 }
 
 impl fmt::Debug for Shared {
@@ -86,5 +92,38 @@ impl Shared {
             l.debt -= 1;
             permit.forget();
         }
+    }
+}
+
+impl Shared {
+    /// Waits for a permit: a fleet lease while Redis answers, otherwise (or without a fleet)
+    /// a permit of this process's semaphore, in FIFO order.
+    pub(crate) async fn acquire(&self) -> super::body::Held {
+        #[cfg(feature = "redis")]
+        if let Some(f) = &self.fleet {
+            // Polls while the fleet is full: 2 ms, doubling up to 50 ms, with jitter.
+            let mut pause = Duration::from_millis(2);
+            loop {
+                match f.try_acquire().await {
+                    Ok(Some(lease)) => return super::body::Held::Lease(lease),
+                    Ok(None) => {
+                        let jitter = pause.mul_f64(fastrand::f64() * 0.5);
+                        tokio::time::sleep(pause + jitter).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    Err(_) => {
+                        f.fleet().count_fallback("concurrency");
+                        break;
+                    }
+                }
+            }
+        }
+        super::body::Held::Local(
+            self.semaphore
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed"),
+        )
     }
 }

@@ -16,8 +16,9 @@ pub(crate) struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub(super) fn new(per_minute: u64, burst: u64) -> Self {
-        let interval = (60_000_000_000 / per_minute).max(1);
+    /// `per_window` tokens per `window_ns` nanoseconds, `burst` at once.
+    pub(super) fn new(per_window: u64, burst: u64, window_ns: u64) -> Self {
+        let interval = (window_ns / per_window).max(1);
         Self {
             tat: AtomicU64::new(0),
             interval,
@@ -89,7 +90,7 @@ mod tests {
     #[test]
     fn burst_then_rate() {
         // 60 per minute = 1 per second, burst 10.
-        let b = TokenBucket::new(60, 10);
+        let b = TokenBucket::new(60, 10, 60 * S);
         assert_eq!(b.wait(10, 0), Duration::ZERO);
         b.take(10, 0);
         assert_eq!(b.wait(1, 0), Duration::from_secs(1));
@@ -119,7 +120,7 @@ mod tests {
                 .allow_burst(NonZeroU32::new(burst).unwrap());
             let clock = FakeRelativeClock::default();
             let governor = RateLimiter::direct_with_clock(quota, clock.clone());
-            let ours = TokenBucket::new(u64::from(per_minute), u64::from(burst));
+            let ours = TokenBucket::new(u64::from(per_minute), u64::from(burst), 60 * S);
             let mut now = 0u64;
             for _ in 0..300 {
                 let gap = match rng.u8(0..4) {
@@ -144,7 +145,7 @@ mod tests {
 
     #[test]
     fn settle_takes_debt_and_refunds() {
-        let b = TokenBucket::new(60, 10);
+        let b = TokenBucket::new(60, 10, 60 * S);
         b.take(5, 0);
         b.adjust(5, 0); // the answer used 5 more
         assert_eq!(b.wait(1, 0), Duration::from_secs(1));

@@ -31,11 +31,12 @@ pub enum KeyBy {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RateLimitConfig {
-    /// Requests per minute per key; `null` for no request limit.
+    /// Requests per minute (per `window`) per key; `null` for no request limit.
     pub requests_per_minute: Option<u32>,
-    /// Requests allowed at once after a quiet period (default: one second's worth, at least 1).
+    /// Requests allowed at once after a quiet period (default: a sixtieth of the quota, at
+    /// least 1: one second's worth with the default window).
     pub request_burst: Option<u32>,
-    /// Tokens per minute per key; `null` for no token limit.
+    /// Tokens per minute (per `window`) per key; `null` for no token limit.
     pub tokens_per_minute: Option<u64>,
     /// Tokens allowed at once (default: the per-minute quota).
     pub token_burst: Option<u64>,
@@ -50,6 +51,15 @@ pub struct RateLimitConfig {
     /// Largest request body read for the model and the estimate (default 8 MiB); a larger body
     /// is estimated at this size and passed on unread.
     pub body_limit: usize,
+    /// The period the quotas are given for (default a minute; serde `window_ms`). Shorter
+    /// windows are for tests and demonstrations: the quotas keep their names.
+    #[serde(rename = "window_ms", with = "duration_ms")]
+    pub window: Duration,
+    /// The Redis backend (feature `redis`): when set, the quotas are shared by every instance
+    /// with the same Redis and key prefix; each instance falls back to its share
+    /// (quota / `expected_instances`) while Redis is unavailable. Unset (default): in memory.
+    #[cfg(feature = "redis")]
+    pub redis: Option<crate::fleet::FleetConfig>,
 }
 
 impl Default for RateLimitConfig {
@@ -63,6 +73,9 @@ impl Default for RateLimitConfig {
             max_wait: Duration::from_millis(30_000),
             default_max_tokens: 4096,
             body_limit: tower_deepseek_core::body::DEFAULT_BODY_LIMIT,
+            window: Duration::from_secs(60),
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }

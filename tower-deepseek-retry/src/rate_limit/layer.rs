@@ -22,6 +22,8 @@ impl RateLimitLayer {
     pub fn builder() -> RateLimitLayerBuilder {
         RateLimitLayerBuilder {
             cfg: RateLimitConfig::default(),
+            #[cfg(feature = "redis")]
+            fleet: None,
         }
     }
 
@@ -29,9 +31,29 @@ impl RateLimitLayer {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for zero quotas or bursts.
+    /// [`ConfigError`] for zero quotas or bursts, a window under a millisecond, or a `redis`
+    /// table that cannot work (see [`Fleet::from_config`](crate::fleet::Fleet::from_config)).
     pub fn from_config(cfg: RateLimitConfig) -> Result<Self, ConfigError> {
+        #[cfg(feature = "redis")]
+        let fleet = cfg
+            .redis
+            .as_ref()
+            .map(crate::fleet::Fleet::from_config)
+            .transpose()?;
+        #[cfg(feature = "redis")]
+        return Self::build_with(cfg, fleet);
+        #[cfg(not(feature = "redis"))]
+        Self::build_with(cfg)
+    }
+
+    fn build_with(
+        cfg: RateLimitConfig,
+        #[cfg(feature = "redis")] fleet: Option<crate::fleet::Fleet>,
+    ) -> Result<Self, ConfigError> {
         let bad = |field, reason| Err(ConfigError::new(field, reason));
+        if cfg.window < Duration::from_millis(1) {
+            return bad("window_ms", "must be at least 1");
+        }
         let rpm = match cfg.requests_per_minute {
             None => None,
             Some(0) => return bad("requests_per_minute", "must be more than 0"),
@@ -57,6 +79,22 @@ impl RateLimitLayer {
                 Some((n, burst))
             }
         };
+        // With a fleet, the quotas above are the fleet's; this process keeps its local share
+        // of each, for when Redis is unavailable.
+        #[cfg(feature = "redis")]
+        let (rpm, token_quota, fleet) = match fleet {
+            None => (rpm, token_quota, None),
+            Some(f) => {
+                let share = |(n, burst): (u64, u64)| (f.local_share(n), f.local_share(burst));
+                let quotas =
+                    super::fleet::FleetQuotas::new(f.clone(), rpm, token_quota, cfg.window);
+                (
+                    rpm.map(share),
+                    token_quota.map(share),
+                    Some(Arc::new(quotas)),
+                )
+            }
+        };
         let clock = TokioClock {
             origin: tokio::time::Instant::now(),
         };
@@ -64,6 +102,8 @@ impl RateLimitLayer {
             shared: Arc::new(Shared {
                 rpm_quota: rpm,
                 token_quota,
+                #[cfg(feature = "redis")]
+                fleet,
                 keys: RwLock::default(),
                 prune_at: std::sync::atomic::AtomicUsize::new(PRUNE_FLOOR),
                 hasher: RandomState::new(),
@@ -99,6 +139,8 @@ impl RateLimitLayer {
 #[must_use]
 pub struct RateLimitLayerBuilder {
     cfg: RateLimitConfig,
+    #[cfg(feature = "redis")]
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl RateLimitLayerBuilder {
@@ -150,12 +192,33 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// The period the quotas are given for (default a minute): `requests_per_minute(100)`
+    /// with a window of 2 s admits 100 requests per 2 s. For tests and demonstrations.
+    pub fn window(mut self, d: Duration) -> Self {
+        self.cfg.window = d;
+        self
+    }
+
+    /// Shares the quotas with every instance that uses the same Redis and key prefix (feature
+    /// `redis`); see [`fleet`](crate::fleet). One [`Fleet`](crate::fleet::Fleet) may serve
+    /// several layers. Without it (default), the quotas are this process's own.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn fleet(mut self, fleet: crate::fleet::Fleet) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
     /// Validates and builds.
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for zero quotas or bursts.
+    /// [`ConfigError`] for zero quotas or bursts, or a window under a millisecond.
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
+        #[cfg(feature = "redis")]
+        if self.fleet.is_some() {
+            return RateLimitLayer::build_with(self.cfg, self.fleet);
+        }
         RateLimitLayer::from_config(self.cfg)
     }
 }

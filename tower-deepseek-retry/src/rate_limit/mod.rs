@@ -38,6 +38,58 @@
 //! [`RetryLayerBuilder::pause_on_rate_limit`](crate::RetryLayerBuilder::pause_on_rate_limit)
 //! so that every 429 it retries pauses the limiter too.
 //!
+//! # Shared by a fleet (Redis)
+//!
+//! With a [`Fleet`](crate::fleet::Fleet) ([`RateLimitLayerBuilder::fleet`], or a `redis` table in
+//! [`RateLimitConfig`]; feature `redis`), the quotas are the fleet's: every instance with the same
+//! Redis and key prefix draws on one quota per key. Admission is one script in one round trip
+//! (`EVALSHA`): the same GCRA for requests and tokens, on Redis' clock, taking the request and its
+//! token estimate together or neither; the settlement from `usage` is a second script, sent in the
+//! background when the body ends. Keys are `{<prefix>:rl:<digest>}:r` and `…:t` (the digest of
+//! what the quota is kept per: no tenant or model in clear; one hash tag, so one cluster slot),
+//! and expire once the quota has refilled. Waiting is as above: FIFO per key within an instance,
+//! bounded by `max_wait`; the 429 pause stays per instance.
+//!
+//! While Redis is unavailable (an error, or no answer within the fleet's timeout, 50 ms by
+//! default), each instance admits on its **local share** of each quota (quota and burst divided
+//! by `expected_instances`), so traffic goes on and the fleet admits at most about the quota;
+//! the quota is shared again as soon as Redis answers. A settlement lost while Redis is down is
+//! not replayed. `window_ms` shortens the period of the quotas (for tests and demonstrations).
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt, Service};
+//! use tower_deepseek_retry::fleet::Fleet;
+//! use tower_deepseek_retry::rate_limit::{KeyBy, RateLimitLayer};
+//! use tower_deepseek_core::body::ReplayBody;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let fleet = Fleet::builder()
+//!     .redis_url("redis://127.0.0.1:1") // e.g. rediss://:password@redis:6379 in production
+//!     .key_prefix("gateway")
+//!     .expected_instances(3)
+//!     .build()?;
+//! let limiter = RateLimitLayer::builder()
+//!     .requests_per_minute(3_000)
+//!     .tokens_per_minute(1_000_000)
+//!     .key_by(KeyBy::Tenant)
+//!     .fleet(fleet.clone())
+//!     .build()?;
+//! let mut svc = ServiceBuilder::new().layer(limiter).service_fn(|_req: http::Request<ReplayBody<Full<Bytes>>>| async {
+//!     Ok::<_, tower::BoxError>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+//! });
+//! let req = http::Request::post("https://api.deepseek.com/chat/completions")
+//!     .body(Full::new(Bytes::from_static(br#"{"model":"deepseek-chat","max_tokens":100,"messages":[]}"#)))?;
+//! // Nothing listens on that port: admitted on this instance's share (1 000 per minute).
+//! let resp = svc.ready().await?.call(req).await?;
+//! assert_eq!(resp.status(), 200);
+//! assert!(!fleet.is_up());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Order
 //!
 //! Above the retry layer (a retry does not take a second slot: the retry layer's own budget and
@@ -74,6 +126,8 @@ mod body;
 mod bucket;
 mod config;
 mod error;
+#[cfg(feature = "redis")]
+mod fleet;
 mod future;
 mod layer;
 mod service;

@@ -67,9 +67,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        if !shared.needs_body() {
+        if !shared.needs_body() && !shared.is_fleet() {
             // Fast path: no body to read; admitted at once unless the key must queue.
-            let key = shared.key(None, req.extensions().get::<TenantId>());
+            let key = shared.key_hash(None, req.extensions().get::<TenantId>());
             if let Some(admitted) = shared.admit_now(key) {
                 let fut = inner.call(req.map(ReplayBody::passthrough));
                 return ResponseFuture {

@@ -79,12 +79,15 @@ pub(crate) struct RequestQuota {
 }
 
 impl RequestQuota {
-    pub(crate) fn new(per_minute: u64, burst: u64, clock: TokioClock) -> Self {
-        let per_minute = NonZeroU32::new(u32::try_from(per_minute).unwrap_or(u32::MAX))
-            .expect("validated: more than 0");
+    /// `per_window` requests per `window`, `burst` at once.
+    pub(crate) fn new(per_window: u64, burst: u64, window: Duration, clock: TokioClock) -> Self {
+        let per_window = per_window.max(1);
         let burst = NonZeroU32::new(u32::try_from(burst).unwrap_or(u32::MAX))
             .expect("validated: more than 0");
-        let quota = Quota::per_minute(per_minute).allow_burst(burst);
+        let period = Duration::from_nanos((window.as_nanos() as u64 / per_window).max(1));
+        let quota = Quota::with_period(period)
+            .expect("a period of at least 1 ns")
+            .allow_burst(burst);
         Self {
             limiter: RateLimiter::direct_with_clock(quota, clock),
             burst,
@@ -114,8 +117,15 @@ pub(crate) struct KeyState {
 
 pub(crate) struct Shared {
     pub(crate) cfg: RateLimitConfig,
-    pub(crate) rpm_quota: Option<(u64, u64)>, // (per minute, burst)
-    pub(crate) token_quota: Option<(u64, u64)>, // (per minute, burst)
+    /// (per window, burst) of this process: the whole quota, or its local share with a
+    /// fleet backend.
+    pub(crate) rpm_quota: Option<(u64, u64)>,
+    /// (per window, burst), as `rpm_quota`.
+    pub(crate) token_quota: Option<(u64, u64)>,
+    /// The Redis backend: quotas shared by a fleet (the ones above are then the local shares,
+    /// used while Redis is unavailable).
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: Option<Arc<super::fleet::FleetQuotas>>,
     pub(crate) keys: RwLock<HashMap<u64, Arc<KeyState>, BuildHasherDefault<KeyHasher>>>,
     pub(crate) prune_at: std::sync::atomic::AtomicUsize,
     pub(crate) hasher: RandomState,
@@ -181,8 +191,46 @@ pub(crate) struct Probe<'a> {
 
 /// What admission decided for one request.
 pub(crate) struct Admitted {
-    pub(crate) key: Option<Arc<KeyState>>,
+    /// Where the token estimate was taken (to settle it); `None` without a token quota.
+    pub(crate) ticket: Option<Ticket>,
     pub(crate) estimate: u64,
+}
+
+/// Where a request's tokens were taken: this process's bucket, or the fleet's in Redis.
+pub(crate) enum Ticket {
+    Local(Arc<KeyState>),
+    #[cfg(feature = "redis")]
+    Fleet(Arc<super::fleet::FleetQuotas>, Arc<str>),
+}
+
+impl Ticket {
+    fn settles_tokens(&self) -> bool {
+        match self {
+            Ticket::Local(k) => k.tokens.is_some(),
+            #[cfg(feature = "redis")]
+            Ticket::Fleet(q, _) => q.has_tokens(),
+        }
+    }
+
+    /// Takes (`delta > 0`) or gives back (`delta < 0`) tokens.
+    fn adjust(&self, delta: i64, clock: &TokioClock) {
+        match self {
+            Ticket::Local(k) => {
+                if let Some(b) = &k.tokens {
+                    b.adjust(delta, clock.nanos());
+                }
+            }
+            #[cfg(feature = "redis")]
+            Ticket::Fleet(q, name) => q.settle(name.clone(), delta),
+        }
+    }
+}
+
+/// A quota's key: its hash in this process, and its name in the fleet (with a fleet backend).
+pub(crate) struct QuotaKey {
+    pub(crate) hash: u64,
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: Option<Arc<str>>,
 }
 
 impl Shared {
@@ -191,7 +239,26 @@ impl Shared {
             || matches!(self.cfg.key_by, KeyBy::Model | KeyBy::ModelAndTenant)
     }
 
-    pub(crate) fn key(&self, model: Option<&str>, tenant: Option<&TenantId>) -> u64 {
+    /// Whether the quotas are shared by a fleet (no fast path: admission is a round trip).
+    pub(crate) fn is_fleet(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.fleet.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
+    pub(crate) fn key(&self, model: Option<&str>, tenant: Option<&TenantId>) -> QuotaKey {
+        QuotaKey {
+            hash: self.key_hash(model, tenant),
+            #[cfg(feature = "redis")]
+            fleet: self
+                .fleet
+                .as_ref()
+                .map(|_| super::fleet::FleetQuotas::name(self.cfg.key_by, model, tenant)),
+        }
+    }
+
+    pub(crate) fn key_hash(&self, model: Option<&str>, tenant: Option<&TenantId>) -> u64 {
         match self.cfg.key_by {
             KeyBy::Global => 0,
             KeyBy::Model => self.hasher.hash_one((1u8, model.unwrap_or(""))),
@@ -223,12 +290,12 @@ impl Shared {
             .or_insert_with(|| {
                 Arc::new(KeyState {
                     turnstile: Semaphore::new(1),
-                    rpm: self
-                        .rpm_quota
-                        .map(|(per_min, burst)| RequestQuota::new(per_min, burst, self.clock)),
-                    tokens: self
-                        .token_quota
-                        .map(|(per_min, burst)| TokenBucket::new(per_min, burst)),
+                    rpm: self.rpm_quota.map(|(per_window, burst)| {
+                        RequestQuota::new(per_window, burst, self.cfg.window, self.clock)
+                    }),
+                    tokens: self.token_quota.map(|(per_window, burst)| {
+                        TokenBucket::new(per_window, burst, self.cfg.window.as_nanos() as u64)
+                    }),
                 })
             })
             .clone()
@@ -285,7 +352,7 @@ impl Shared {
     pub(crate) fn admit_now(&self, key: u64) -> Option<Admitted> {
         if self.rpm_quota.is_none() && self.token_quota.is_none() {
             return Some(Admitted {
-                key: None,
+                ticket: None,
                 estimate: 0,
             });
         }
@@ -301,7 +368,7 @@ impl Shared {
             }
             self.try_now(state, 0).ok()?;
             Some(Admitted {
-                key: None,
+                ticket: None,
                 estimate: 0,
             })
         };
@@ -325,9 +392,9 @@ impl Shared {
             Ok(r) => r,
             Err(e) => {
                 let e: BoxError = e.into();
-                if let Some(k) = &admitted.key {
+                if let Some(t) = &admitted.ticket {
                     if Classifier::new().classify_error(&*e).was_not_sent() {
-                        k.refund(admitted.estimate, self.clock.nanos());
+                        t.adjust(-(admitted.estimate as i64), &self.clock);
                     }
                 }
                 return Err(e);
@@ -338,11 +405,11 @@ impl Shared {
                 self.pause.pause_for(ra);
             }
         }
-        let observer = match &admitted.key {
-            Some(k) if k.tokens.is_some() => {
+        let observer = match admitted.ticket {
+            Some(t) if t.settles_tokens() => {
                 match Classifier::new().classify_head(resp.status(), resp.headers()) {
                     ClassifiedResponse::RequiresEos(eos) => Some(Settle {
-                        key: k.clone(),
+                        ticket: t,
                         estimate: admitted.estimate,
                         // A layer below that classifies the same body (the breaker, when audit
                         // asks for call facts) shares its summary: read at the end when it is
@@ -353,7 +420,7 @@ impl Shared {
                     ClassifiedResponse::Ready(Ok(())) => None,
                     ClassifiedResponse::Ready(Err(_)) => {
                         // An HTTP error: nothing was generated.
-                        k.refund(admitted.estimate, self.clock.nanos());
+                        t.adjust(-(admitted.estimate as i64), &self.clock);
                         None
                     }
                 }
@@ -366,21 +433,28 @@ impl Shared {
     }
 
     /// Waits for (or refuses) admission of `tokens` under `key`.
-    pub(crate) async fn admit(&self, key: u64, tokens: u64) -> Result<Admitted, BoxError> {
+    pub(crate) async fn admit(&self, key: QuotaKey, tokens: u64) -> Result<Admitted, BoxError> {
         if self.rpm_quota.is_none() && self.token_quota.is_none() {
             return Ok(Admitted {
-                key: None,
+                ticket: None,
                 estimate: 0,
             });
         }
-        if let Some((_, burst)) = self.token_quota {
+        #[cfg(feature = "redis")]
+        let burst = match &self.fleet {
+            Some(f) => f.token_burst(),
+            None => self.token_quota.map(|(_, b)| b),
+        };
+        #[cfg(not(feature = "redis"))]
+        let burst = self.token_quota.map(|(_, b)| b);
+        if let Some(burst) = burst {
             if tokens > burst {
                 metrics::counter!("deepseek_ratelimit_rejected_total", "reason" => "too_large")
                     .increment(1);
                 return Err(Box::new(RequestTooLarge::new(tokens, burst)));
             }
         }
-        let state = self.state(key);
+        let state = self.state(key.hash);
         let start = tokio::time::Instant::now();
         let deadline = start + self.max_wait;
         let _turn = match state.turnstile.try_acquire() {
@@ -395,17 +469,14 @@ impl Shared {
             },
         };
         loop {
-            let mut wait = match self.try_now(&state, tokens) {
-                Ok(()) => {
+            let mut wait = match self.try_shared_or_local(&key, &state, tokens).await {
+                Ok(admitted) => {
                     let waited = start.elapsed();
                     if !waited.is_zero() {
                         metrics::histogram!("deepseek_ratelimit_wait_seconds")
                             .record(waited.as_secs_f64());
                     }
-                    return Ok(Admitted {
-                        key: Some(state.clone()),
-                        estimate: tokens,
-                    });
+                    return Ok(admitted);
                 }
                 Err(wait) => wait,
             };
@@ -424,19 +495,48 @@ impl Shared {
             tokio::time::sleep_until(wake).await;
         }
     }
-}
 
-impl KeyState {
-    pub(crate) fn refund(&self, tokens: u64, now: u64) {
-        if let Some(b) = &self.tokens {
-            b.adjust(-(tokens as i64), now);
+    /// One admission try: on the fleet's shared quota when there is one and Redis answers,
+    /// otherwise on this process's quota (with a fleet: its local share).
+    async fn try_shared_or_local(
+        &self,
+        key: &QuotaKey,
+        state: &Arc<KeyState>,
+        tokens: u64,
+    ) -> Result<Admitted, Duration> {
+        #[cfg(feature = "redis")]
+        if let (Some(f), Some(name)) = (&self.fleet, &key.fleet) {
+            let paused = self.pause.remaining();
+            if !paused.is_zero() {
+                return Err(paused);
+            }
+            match f.try_admit(name, tokens).await {
+                Ok(Ok(())) => {
+                    return Ok(Admitted {
+                        ticket: Some(Ticket::Fleet(f.clone(), name.clone())),
+                        estimate: tokens,
+                    });
+                }
+                Ok(Err(wait)) => return Err(wait),
+                Err(_) => f.fleet().count_fallback("rate_limit"),
+            }
         }
+        #[cfg(not(feature = "redis"))]
+        let _ = key;
+        // The local share's burst may be smaller than the fleet's: an estimate above it is
+        // taken as the whole burst (and settled from the usage as usual).
+        let tokens = self.token_quota.map_or(tokens, |(_, b)| tokens.min(b));
+        self.try_now(state, tokens)?;
+        Ok(Admitted {
+            ticket: Some(Ticket::Local(state.clone())),
+            estimate: tokens,
+        })
     }
 }
 
 /// Settles the token estimate against the real usage at the end of the body.
 pub(crate) struct Settle {
-    pub(crate) key: Arc<KeyState>,
+    pub(crate) ticket: Ticket,
     pub(crate) estimate: u64,
     /// Where the real usage is read at the end of the body.
     pub(crate) usage: EndJudge,
@@ -466,9 +566,7 @@ impl BodyObserver for SettleSlot {
         let total = s.usage.summary().usage.as_ref().map(|u| u.total_tokens);
         if let Some(total) = total {
             let delta = total as i64 - s.estimate as i64;
-            if let Some(b) = &s.key.tokens {
-                b.adjust(delta, s.clock.nanos());
-            }
+            s.ticket.adjust(delta, &s.clock);
             metrics::counter!("deepseek_ratelimit_tokens_settled_total").increment(total);
         }
     }
@@ -486,7 +584,7 @@ mod tests {
             origin: tokio::time::Instant::now(),
         };
         for (per_minute, burst, spent) in [(60, 1, 1), (60, 5, 3), (600, 10, 10), (7, 2, 1)] {
-            let q = RequestQuota::new(per_minute, burst, clock);
+            let q = RequestQuota::new(per_minute, burst, Duration::from_secs(60), clock);
             for _ in 0..spent {
                 q.try_take(&clock).unwrap();
             }

@@ -1,0 +1,270 @@
+//! Reloading the client keys and limits with a request in flight: in-process through
+//! `Gateway::reloader`, and through the real binary on SIGHUP.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tower_deepseek_gateway::{Gateway, GatewayConfig, Options};
+use tower_deepseek_testkit::MockServer;
+
+fn stream_body() -> serde_json::Value {
+    let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+    json!({"model": "deepseek-chat", "stream": true,
+           "messages": [{"role": "user", "content": words.join(" ")}]})
+}
+
+fn plain_body() -> serde_json::Value {
+    json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Reads the rest of a body (with a bound), returning the text.
+async fn rest(mut body: Incoming, mut text: String) -> String {
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("frames keep coming")
+    {
+        if let Ok(d) = frame.expect("the stream is not cut").into_data() {
+            text.push_str(std::str::from_utf8(&d).unwrap());
+        }
+    }
+    text
+}
+
+/// Waits for the first data frame of `body`.
+async fn first_frame(body: &mut Incoming) -> String {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            return String::from_utf8(d.to_vec()).unwrap();
+        }
+    }
+}
+
+/// Only `OTHER_KEY` is allowed, one request a minute, refused at once beyond.
+fn only_other_key() -> String {
+    format!(
+        "[rate_limit]\nmax_wait_ms = 0\n\n[[keys]]\nsha256 = \"{}\"\ntenant = \"beta\"\nrequests_per_minute = 1\n",
+        sha256_hex(OTHER_KEY)
+    )
+}
+
+fn only_client_key() -> String {
+    format!(
+        "[[keys]]\nsha256 = \"{}\"\ntenant = \"acme\"\n",
+        sha256_hex(CLIENT_KEY)
+    )
+}
+
+async fn chat_status(url: &str, key: &str) -> u16 {
+    let res = send(&client(), chat_request(url, Some(key), plain_body())).await;
+    let status = res.status().as_u16();
+    let _ = body_string(res).await;
+    status
+}
+
+#[tokio::test]
+async fn a_reload_swaps_keys_and_limits_and_the_request_in_flight_completes() {
+    let upstream = MockServer::builder()
+        .api_key(UPSTREAM_KEY)
+        .stream_chunk_delay(Duration::from_millis(20))
+        .start()
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = Gateway::new(
+        Options::new()
+            .listen(listener.local_addr().unwrap())
+            .upstream(upstream.url())
+            .config(GatewayConfig::from_toml(&only_client_key()).unwrap())
+            .api_key(UPSTREAM_KEY),
+    )
+    .unwrap();
+    let reloader = gateway.reloader();
+    let gw = Running::spawn(gateway, listener);
+    let url = gw.url("/v1/chat/completions");
+
+    // A stream with the old key is in flight ...
+    let res = send(
+        &client(),
+        chat_request(&url, Some(CLIENT_KEY), stream_body()),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let first = first_frame(&mut body).await;
+
+    // ... while the keys and limits change.
+    reloader
+        .reload(&GatewayConfig::from_toml(&only_other_key()).unwrap())
+        .unwrap();
+    assert_eq!(
+        chat_status(&url, CLIENT_KEY).await,
+        401,
+        "the old key is out"
+    );
+    assert_eq!(chat_status(&url, OTHER_KEY).await, 200, "the new key is in");
+    assert_eq!(
+        chat_status(&url, OTHER_KEY).await,
+        429,
+        "with its new limit"
+    );
+
+    // A broken configuration changes nothing.
+    let broken = GatewayConfig::from_toml("[[keys]]\nsha256 = \"not-a-hash\"\n").unwrap();
+    let err = reloader.reload(&broken).unwrap_err();
+    assert!(err.to_string().contains("keys[0].sha256"), "{err}");
+    assert_eq!(chat_status(&url, CLIENT_KEY).await, 401);
+    assert_eq!(
+        chat_status(&url, OTHER_KEY).await,
+        429,
+        "the same limiter goes on"
+    );
+
+    // A reload with the limiter's settings unchanged keeps its window.
+    reloader
+        .reload(&GatewayConfig::from_toml(&only_other_key()).unwrap())
+        .unwrap();
+    assert_eq!(chat_status(&url, OTHER_KEY).await, 429);
+
+    let text = rest(body, first).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        text.matches("chat.completion.chunk").count() >= 40,
+        "{text}"
+    );
+    gw.stop().await.unwrap();
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_deepseek-gateway");
+
+#[tokio::test]
+async fn the_binary_reloads_on_sighup_without_dropping_a_stream() {
+    let upstream = MockServer::builder()
+        .api_key(UPSTREAM_KEY)
+        .stream_chunk_delay(Duration::from_millis(30))
+        .start()
+        .await;
+    let dir = std::env::temp_dir().join(format!("deepseek-gateway-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, only_client_key()).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.url(),
+            "--config",
+        ])
+        .arg(&path)
+        .env("DEEPSEEK_API_KEY", UPSTREAM_KEY)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the gateway starts")
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .to_owned();
+    let url = format!("http://{addr}/v1/chat/completions");
+    // The log, line by line, to wait for each reload's outcome (and to look for secrets).
+    let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = err_lines.next_line().await {
+            let _ = log_tx.send(l);
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = async |what: &str, seen: &mut String| {
+        loop {
+            let l = tokio::time::timeout(Duration::from_secs(10), log.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {what:?} in the log: {seen}"))
+                .expect("the log goes on");
+            seen.push_str(&l);
+            seen.push('\n');
+            if l.contains(what) {
+                return;
+            }
+        }
+    };
+    let hup = |pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let pid = child.id().unwrap();
+
+    let res = send(
+        &client(),
+        chat_request(&url, Some(CLIENT_KEY), stream_body()),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let first = first_frame(&mut body).await;
+
+    std::fs::write(&path, only_other_key()).unwrap();
+    hup(pid);
+    wait_for("configuration reloaded", &mut seen).await;
+    assert_eq!(chat_status(&url, CLIENT_KEY).await, 401);
+    assert_eq!(chat_status(&url, OTHER_KEY).await, 200);
+
+    // A broken file (with a secret in it): the running configuration stays, the log says
+    // why without the secret.
+    std::fs::write(
+        &path,
+        "[oauth2]\ntoken_url = \"https://auth.example/token\"\nclient_id = \"gw\"\nclient_secret = \"sk-oauth-secret-0042\"\nscope = [\n",
+    )
+    .unwrap();
+    hup(pid);
+    wait_for("reload failed", &mut seen).await;
+    assert!(seen.contains("gateway.toml:"), "{seen}");
+    assert_eq!(chat_status(&url, CLIENT_KEY).await, 401);
+    assert_eq!(
+        chat_status(&url, OTHER_KEY).await,
+        429,
+        "the reloaded limit holds"
+    );
+
+    let text = rest(body, first).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(5), log.recv()).await {
+        seen.push_str(&l);
+    }
+    for secret in ["sk-oauth-secret-0042", UPSTREAM_KEY, CLIENT_KEY, OTHER_KEY] {
+        assert!(!seen.contains(secret), "{secret} in the logs: {seen}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
