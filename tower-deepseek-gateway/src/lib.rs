@@ -14,7 +14,6 @@
 //! | `GET /v1/chat/completions/ws` | WebSocket: chat completions over one long connection (README, "WebSocket") |
 //! | `GET /healthz` | `{"status":"ok"}` |
 //! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
-//! | `POST /v1/feedback` | a score for a call (with `[review]`; see [`review`]) |
 //!
 //! Proxied requests go through the recommended stack of the workspace's ARCHITECTURE.md, outermost
 //! first: audit, redact, cache, rate limit (per tenant), retry, circuit breaker, auth
@@ -76,7 +75,6 @@ pub mod inbound;
 mod layers;
 pub mod otel;
 mod reload;
-pub mod review;
 mod server;
 pub mod sources;
 mod stack;
@@ -300,7 +298,6 @@ impl Shared {
 pub struct Gateway {
     router: Router,
     audit: Option<AuditHandle>,
-    review: Option<tower_deepseek::redact::review::ReviewHandle>,
     drain: Duration,
     limits: server::Limits,
     open: bool,
@@ -355,40 +352,7 @@ impl Gateway {
             audit_log,
             api_key,
         } = options;
-        // The active-active pool (weights, failover, per-upstream credentials, model maps and
-        // probes) is not wired into the gateway yet: one upstream only, and a setting that would
-        // be ignored is refused rather than dropped.
-        let given = if upstreams.is_empty() {
-            cfg.upstreams.len()
-        } else {
-            upstreams.len()
-        };
-        if given > 1 {
-            return Err(StartError::Layer {
-                layer: "upstreams",
-                message: format!(
-                    "{given} upstreams given: this gateway serves one upstream (active-active failover is not wired yet)"
-                ),
-            });
-        }
-        if upstreams.is_empty() {
-            if let Some(u) = cfg.upstreams.first() {
-                let unsupported = [
-                    ("api_key_env", u.api_key_env.is_some()),
-                    ("oauth2", u.oauth2.is_some()),
-                    ("models", !u.models.is_empty()),
-                    ("probe", u.probe.is_some()),
-                ];
-                if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-                    return Err(StartError::Layer {
-                        layer: "upstreams",
-                        message: format!(
-                            "{field}: not supported yet for an upstream (use the global credential and model names)"
-                        ),
-                    });
-                }
-            }
-        }
+        // Until the active-active pool is wired: the first upstream given.
         let upstream = upstreams
             .into_iter()
             .next()
@@ -497,7 +461,6 @@ impl Gateway {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(shared.clone());
-        let router = review::routes(router, &shared, built.review.as_ref());
         let reloader = Reloader::new(
             shared,
             built.fixed,
@@ -507,7 +470,6 @@ impl Gateway {
         Ok(Self {
             router,
             audit: built.audit,
-            review: built.review,
             drain: Duration::from_millis(cfg.server.drain_timeout_ms),
             limits: server::Limits {
                 header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
@@ -578,11 +540,6 @@ impl Gateway {
         if let Some(audit) = &self.audit {
             if let Err(e) = audit.shutdown() {
                 tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the audit log failed");
-            }
-        }
-        if let Some(review) = &self.review {
-            if let Err(e) = review.flush().await {
-                tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the review file failed");
             }
         }
         // The spans of the calls just drained go out before `serve` returns.
