@@ -352,7 +352,40 @@ impl Gateway {
             audit_log,
             api_key,
         } = options;
-        // Until the active-active pool is wired: the first upstream given.
+        // The active-active pool (weights, failover, per-upstream credentials, model maps and
+        // probes) is not wired into the gateway yet: one upstream only, and a setting that would
+        // be ignored is refused rather than dropped.
+        let given = if upstreams.is_empty() {
+            cfg.upstreams.len()
+        } else {
+            upstreams.len()
+        };
+        if given > 1 {
+            return Err(StartError::Layer {
+                layer: "upstreams",
+                message: format!(
+                    "{given} upstreams given: this gateway serves one upstream (active-active failover is not wired yet)"
+                ),
+            });
+        }
+        if upstreams.is_empty() {
+            if let Some(u) = cfg.upstreams.first() {
+                let unsupported = [
+                    ("api_key_env", u.api_key_env.is_some()),
+                    ("oauth2", u.oauth2.is_some()),
+                    ("models", !u.models.is_empty()),
+                    ("probe", u.probe.is_some()),
+                ];
+                if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+                    return Err(StartError::Layer {
+                        layer: "upstreams",
+                        message: format!(
+                            "{field}: not supported yet for an upstream (use the global credential and model names)"
+                        ),
+                    });
+                }
+            }
+        }
         let upstream = upstreams
             .into_iter()
             .next()

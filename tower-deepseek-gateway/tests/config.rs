@@ -235,6 +235,35 @@ async fn the_redis_option_wins_over_the_file() {
     assert!(layers.contains(&"cache_l1_l2"), "{layers:?}");
 }
 
+/// Until the active-active pool is wired, a second upstream or a per-upstream setting is
+/// refused at start (never silently ignored), from the flags and from the file alike.
+#[tokio::test]
+async fn upstream_settings_not_served_yet_are_refused() {
+    let check = |o: Options| tower_deepseek_gateway::Gateway::check(o).map_err(|e| e.to_string());
+    let two_flags = GatewayConfig::from_toml("").unwrap();
+    let err = check(
+        Options::from_config(two_flags)
+            .add_upstream("http://127.0.0.1:1")
+            .add_upstream("http://127.0.0.1:2"),
+    )
+    .unwrap_err();
+    assert!(err.contains("2 upstreams"), "{err}");
+    let two_tables = GatewayConfig::from_toml(
+        "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n[[upstreams]]\nurl = \"http://127.0.0.1:2\"\n",
+    )
+    .unwrap();
+    assert!(check(Options::from_config(two_tables)).is_err());
+    let models = GatewayConfig::from_toml(
+        "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n[upstreams.models]\n\"deepseek-chat\" = \"v3\"\n",
+    )
+    .unwrap();
+    let err = check(Options::from_config(models)).unwrap_err();
+    assert!(err.contains("models"), "{err}");
+    // One plain upstream is served.
+    let one = GatewayConfig::from_toml("[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n").unwrap();
+    assert!(check(Options::from_config(one)).is_ok());
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_deepseek-gateway");
 
 fn check_config(file: &str, env: &[(&str, &str)]) -> (i32, String) {
