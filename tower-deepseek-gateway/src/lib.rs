@@ -11,7 +11,8 @@
 //! | `POST /v1/chat/completions`, `POST /chat/completions` | proxied to `<upstream>/chat/completions` |
 //! | `GET /v1/models`, `GET /models` | proxied to `<upstream>/models` |
 //! | `POST /beta/completions` | proxied to `<upstream>/beta/completions` |
-//! | `GET /healthz` | `{"status":"ok"}` |
+//! | `GET /healthz` | `{"status":"ok"}` (liveness) |
+//! | `GET /readyz` | 200 while at least one upstream is usable and the audit sink (when on) takes records, else 503; JSON: each upstream's state, weight, breaker state |
 //! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
 //!
 //! Proxied requests go through the recommended stack of the workspace's ARCHITECTURE.md, outermost
@@ -66,6 +67,7 @@ mod server;
 mod stack;
 mod stream;
 pub mod telemetry;
+mod upstream;
 
 pub use config::GatewayConfig;
 
@@ -250,6 +252,7 @@ struct Shared {
     service: stack::Svc,
     classifier: Classifier,
     audit_layer: Option<AuditLayer>,
+    upstreams: Arc<upstream::Upstreams>,
 }
 
 /// A configured gateway, ready to [`serve`](Gateway::serve).
@@ -290,8 +293,7 @@ impl Gateway {
             audit_log,
             api_key,
         } = options;
-        // Until the active-active pool is wired: the first upstream given.
-        let upstream = upstreams.into_iter().next().unwrap_or(upstream);
+        let (upstreams, pooled) = upstream::pool::resolve(upstream, upstreams, &cfg);
         let keys = inbound::Keys::new(&cfg.keys).map_err(|e| StartError::Keys(e.to_string()))?;
         let open = keys.is_empty();
         if open && !listen.ip().is_loopback() && !cfg.server.allow_open_non_loopback {
@@ -333,13 +335,23 @@ impl Gateway {
         telemetry::handle();
         let built = stack::build(
             &cfg,
-            &upstream,
+            &upstreams,
+            pooled,
             &credential,
             redis.as_deref(),
             audit_log.as_deref(),
         )?;
         if open {
             tracing::warn!(target: "tower_deepseek_gateway", "no client keys configured: serving any client, on a loopback address only");
+        }
+        let upstreams = Arc::new(upstream::Upstreams {
+            entries: built.entries,
+            latency_threshold: cfg.health.latency_threshold.filter(|d| !d.is_zero()),
+            audit: built.audit.clone(),
+            pooled,
+        });
+        for probe in built.probes {
+            upstream::probe::spawn(probe, Arc::downgrade(&upstreams));
         }
         let shared = Arc::new(Shared {
             keys,
@@ -350,6 +362,7 @@ impl Gateway {
             service: built.service,
             classifier: Classifier::new(),
             audit_layer: built.audit_layer,
+            upstreams,
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -358,7 +371,8 @@ impl Gateway {
             .route("/models", get(models))
             .route("/beta/completions", post(fim))
             .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics_page))
+            .route("/readyz", get(upstream::health::readyz))
+            .route("/metrics", get(upstream::health::metrics_page))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(shared);

@@ -14,18 +14,23 @@ use axum::body::Body;
 use secrecy::{ExposeSecret, SecretString};
 use tower::Layer;
 use tower_deepseek::auth::store::RedisTokenStore;
-use tower_deepseek::auth::{BearerAuthLayer, OAuth2Layer};
-use tower_deepseek::client::{BaseUrl, BaseUrlLayer, UpstreamClient, upstream_client};
+use tower_deepseek::auth::{BearerAuthLayer, OAuth2Config, OAuth2Layer};
+use tower_deepseek::breaker::CircuitBreakerLayer;
+use tower_deepseek::client::upstream_client;
 use tower_deepseek::core::body::BufferedBody;
 use tower_deepseek::redact::audit::{AuditHandle, AuditLayer, JsonlFileSink};
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
-use tower_deepseek::stack::{Recommended, StackConfig, StackConfigError, StackRequestBody};
+use tower_deepseek::stack::{Recommended, StackConfig, StackConfigError};
 
 use crate::StartError;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, UpstreamConfig};
+use crate::upstream::Entry;
+use crate::upstream::pool::{self, Inner};
+use crate::upstream::probe::Probe;
 
-/// The stack around the upstream client, taking the server's request bodies.
-pub(crate) type Svc = Recommended<BaseUrl<UpstreamClient<StackRequestBody<Body>>>, Body>;
+/// The stack around the upstream client (or the failover pool), taking the server's request
+/// bodies.
+pub(crate) type Svc = Recommended<Inner, Body>;
 
 /// The upstream credential.
 pub(crate) enum Credential {
@@ -55,6 +60,28 @@ pub(crate) struct Built {
     /// too large), which never reach the stack.
     pub(crate) audit_layer: Option<AuditLayer>,
     pub(crate) wired: Vec<&'static str>,
+    /// Every upstream, for `/readyz` and the metrics.
+    pub(crate) entries: Vec<Entry>,
+    /// The active probes to start.
+    pub(crate) probes: Vec<Probe>,
+}
+
+/// An OAuth2 layer for `oauth` (the global `[oauth2]` or an upstream's own), its token shared
+/// through Redis when there is one.
+pub(crate) fn oauth2_layer(
+    oauth: &OAuth2Config,
+    cfg: &GatewayConfig,
+    redis: Option<&str>,
+) -> Result<OAuth2Layer<tower_deepseek::stack::TokenClient>, StartError> {
+    let token_client = upstream_client::<BufferedBody>(&cfg.client);
+    let mut builder = OAuth2Layer::builder(oauth.clone(), token_client);
+    if let Some(url) = redis {
+        let store = RedisTokenStore::open(url).map_err(|e| config_err("oauth2")(e.to_string()))?;
+        builder = builder.store(store);
+    }
+    builder
+        .build()
+        .map_err(|e| config_err("oauth2")(e.to_string()))
 }
 
 fn config_err(layer: &'static str) -> impl FnOnce(String) -> StartError {
@@ -70,10 +97,13 @@ fn stack_err(e: StackConfigError) -> StartError {
     config_err(layer)(e.message().to_owned())
 }
 
-/// Builds the stack for `upstream` from `cfg`.
+/// Builds the stack for `upstreams` from `cfg`: the plain stack around one upstream's client,
+/// or (`pooled`) the stack without its breaker, auth and timeout stages around the failover
+/// pool, which has them per upstream.
 pub(crate) fn build(
     cfg: &GatewayConfig,
-    upstream: &str,
+    upstreams: &[UpstreamConfig],
+    pooled: bool,
     credential: &Credential,
     redis: Option<&str>,
     audit_log: Option<&std::path::Path>,
@@ -94,11 +124,19 @@ pub(crate) fn build(
     tables.cache = on.cache.then_some(cache);
     tables.rate_limit = on.rate_limit.then(|| cfg.rate_limit.clone());
     tables.retry = on.retry.then(|| cfg.retry.clone());
-    tables.circuit_breaker = on.breaker.then(|| cfg.breaker.clone());
-    tables.timeout = on.timeout.then_some(cfg.timeout);
+    // The breaker is set below (its handle is kept for `/readyz`).
+    tables.circuit_breaker = None;
+    tables.timeout = (on.timeout && !pooled).then_some(cfg.timeout);
     let mut stack = tables
         .builder::<Body>(audit_hmac_key(cfg).ok())
         .map_err(stack_err)?;
+    let mut breaker = None;
+    if on.breaker && !pooled {
+        let layer = CircuitBreakerLayer::from_config(cfg.breaker.clone())
+            .map_err(|e| config_err("breaker")(e.to_string()))?;
+        breaker = Some(layer.handle());
+        stack = stack.circuit_breaker(layer);
+    }
 
     if on.rate_limit {
         for key in cfg.keys.iter().filter(|k| k.has_own_limits()) {
@@ -116,24 +154,15 @@ pub(crate) fn build(
     }
 
     match credential {
+        _ if pooled => {}
         Credential::ApiKey(key) => {
             let layer = BearerAuthLayer::new(SecretString::from(key.expose_secret()))
                 .map_err(|e| config_err("auth")(e.to_string()))?;
             stack = stack.bearer_auth(layer);
         }
         Credential::OAuth2 => {
-            let oauth = cfg.oauth2.clone().expect("checked by the caller");
-            let token_client = upstream_client::<BufferedBody>(&cfg.client);
-            let mut builder = OAuth2Layer::builder(oauth, token_client);
-            if let Some(url) = redis {
-                let store =
-                    RedisTokenStore::open(url).map_err(|e| config_err("oauth2")(e.to_string()))?;
-                builder = builder.store(store);
-            }
-            let layer = builder
-                .build()
-                .map_err(|e| config_err("oauth2")(e.to_string()))?;
-            stack = stack.oauth2(layer);
+            let oauth = cfg.oauth2.as_ref().expect("checked by the caller");
+            stack = stack.oauth2(oauth2_layer(oauth, cfg, redis)?);
         }
         Credential::None => {}
     }
@@ -176,15 +205,32 @@ pub(crate) fn build(
             other => other,
         })
         .collect();
+    let (inner, entries, probes) = if pooled {
+        // Each upstream: its breaker, credential, attempt timeouts and client.
+        wired.extend(["failover", "breaker", "auth"]);
+        if on.timeout {
+            wired.push("timeout");
+        }
+        let p = pool::pool(cfg, upstreams, credential, redis)?;
+        (p.inner, p.entries, p.probes)
+    } else {
+        let u = &upstreams[0];
+        let entry = Entry {
+            name: pool::name_of(0, u),
+            weight: 1,
+            breaker,
+            probe: None,
+        };
+        (pool::single(cfg, &u.url)?, vec![entry], Vec::new())
+    };
     wired.push("client");
-
-    let base = BaseUrlLayer::new(upstream).map_err(|e| StartError::Upstream(e.to_string()))?;
-    let client = upstream_client::<StackRequestBody<Body>>(&cfg.client);
     Ok(Built {
-        service: stack.layer(base.layer(client)),
+        service: stack.layer(inner),
         audit,
         audit_layer,
         wired,
+        entries,
+        probes,
     })
 }
 

@@ -253,6 +253,19 @@ fn alert_rules_are_well_formed_and_cover_the_guide() {
     assert!(errors.expr.ends_with("> 0.05"), "{errors:?}");
     let down = find("deepseek_breaker_state");
     assert!(down.expr.contains("open"), "{down:?}");
+    // Active-active upstreams (issue 18): one out for 5 minutes, and all out.
+    let one_out = find("deepseek_gateway_upstream_up");
+    assert!(
+        one_out.expr.ends_with("== 0")
+            && one_out.r#for == "5m"
+            && one_out.expr.contains("upstream"),
+        "{one_out:?}"
+    );
+    let all_out = find("deepseek_gateway_upstreams_usable");
+    assert!(
+        all_out.expr.ends_with("== 0") && all_out.severity == "critical",
+        "{all_out:?}"
+    );
 
     // The real check, where promtool is installed (never required).
     if let Ok(out) = std::process::Command::new("promtool")
