@@ -391,8 +391,10 @@ fn long_answer() -> impl Strategy<Value = J> {
                     if let J::Arr(choices) = v {
                         for c in choices {
                             if let J::Obj(cf) = c {
+                                // After the first field, when there is one.
+                                let at = cf.len().min(1);
                                 cf.insert(
-                                    1,
+                                    at,
                                     (
                                         "message".to_owned(),
                                         J::Obj(vec![
