@@ -65,6 +65,7 @@ impl fmt::Debug for Credential {
 pub(crate) struct Fixed {
     audit: Option<AuditLayer>,
     redact: Option<RedactLayer>,
+    review: Option<tower_deepseek::redact::ReviewLayer>,
     cache: Option<CacheLayer>,
     /// Built once: its budget tallies live across reloads.
     cost: Option<CostLayer>,
@@ -100,6 +101,8 @@ pub(crate) struct Built {
     /// too large), which never reach the stack.
     pub(crate) audit_layer: Option<AuditLayer>,
     pub(crate) wired: Vec<&'static str>,
+    /// The review layer's handle (feedback), when `[review]` is set.
+    pub(crate) review: Option<tower_deepseek::redact::review::ReviewHandle>,
 }
 
 fn config_err(layer: &'static str) -> impl FnOnce(String) -> StartError {
@@ -235,11 +238,15 @@ pub(crate) fn build(
         audit_layer = Some(layer);
     }
 
+    let review = crate::review::layer(cfg, audit_hmac_key(cfg).ok(), sink == AuditSink::DryRun)?;
+    let review_handle = review.as_ref().map(|l| l.handle());
+
     let base = BaseUrlLayer::new(upstream).map_err(|e| StartError::Upstream(e.to_string()))?;
     let client = upstream_client::<StackRequestBody<Body>>(&cfg.client);
     let fixed = Fixed {
         audit: audit_layer.clone(),
         redact,
+        review,
         cache,
         cost,
         breaker,
@@ -258,6 +265,7 @@ pub(crate) fn build(
         audit,
         audit_layer,
         wired,
+        review: review_handle,
     })
 }
 
@@ -277,6 +285,9 @@ impl Fixed {
         }
         if let Some(l) = &self.redact {
             b = b.redact(l.clone());
+        }
+        if let Some(l) = &self.review {
+            b = b.review(l.clone());
         }
         if let Some(l) = &self.cache {
             b = b.cache(l.clone());

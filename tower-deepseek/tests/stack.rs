@@ -15,6 +15,7 @@ use tower_deepseek::client::{
 use tower_deepseek::core::meta::TenantId;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditLayer, WriterSink};
+use tower_deepseek::redact::review::{ReviewLayer, SamplingRule};
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::retry::{Attempts, RetryLayer};
@@ -173,6 +174,52 @@ async fn every_layer_on() {
     assert!(third["prompt_tokens"].as_u64().unwrap() > 0, "{third}");
     assert!(third["completion_tokens"].as_u64().unwrap() > 0, "{third}");
     assert_eq!(third["model"], "deepseek-chat", "{third}");
+}
+
+#[tokio::test]
+async fn review_sits_below_redact_and_above_the_cache() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let log = WriterSink::new(Vec::new());
+    let review_log = WriterSink::new(Vec::new());
+    let review = ReviewLayer::builder()
+        .rule(SamplingRule::new(1.0))
+        .sink(review_log.clone())
+        .build()
+        .unwrap();
+    let handle = review.handle();
+    let stack = all_on(&log).review(review).build().unwrap();
+    assert_eq!(&stack.layers()[..4], ["audit", "redact", "review", "cache"]);
+    let svc = service(&server, stack);
+    let text = format!("mail me at {EMAIL}");
+    for stream in [false, false, true] {
+        let res = svc.clone().oneshot(chat(&text, stream)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains(EMAIL));
+    }
+    handle.flush().await.unwrap();
+    let reviewed = review_log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
+    // Masked: the placeholder, never the address (the caller got it back above).
+    assert!(!reviewed.contains(EMAIL), "{reviewed}");
+    let calls: Vec<serde_json::Value> = reviewed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Three calls, the cache hit (the second) included; each linked to its audit record.
+    assert_eq!(calls.len(), 3, "{reviewed}");
+    let audited = log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
+    for c in &calls {
+        assert_eq!(c["outcome"], "complete", "{c}");
+        assert_eq!(
+            c["answer"]["choices"][0]["content"],
+            "Echo: mail me at <EMAIL_1>"
+        );
+        let id = c["request_id"].as_str().unwrap();
+        assert!(
+            audited.contains(&format!("\"request_id\":\"{id}\"")),
+            "{id}"
+        );
+    }
 }
 
 #[tokio::test]

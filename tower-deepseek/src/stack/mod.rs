@@ -1,9 +1,9 @@
 //! [`RecommendedStack`]: the recommended stack of the design, as one statically typed layer
 //! in which every layer is optional.
 //!
-//! Outermost first: audit, redact, cache, cost (prices and budgets), rate limit (optionally per
-//! tenant), retry, circuit breaker, auth (API key or OAuth2), attempt timeouts; then the
-//! service it wraps, usually
+//! Outermost first: audit, redact, review, cache, cost (prices and budgets), rate limit
+//! (optionally per tenant), retry, circuit breaker, auth (API key or OAuth2), attempt timeouts;
+//! then the service it wraps, usually
 //! [`BaseUrlLayer`](crate::client::BaseUrlLayer) over the
 //! [`upstream_client`](crate::client::upstream_client). Whichever layers are set, they stay in
 //! this order: each layer's docs say why it sits where it does.
@@ -99,6 +99,7 @@ use tower_deepseek_cache::{Cache, CacheLayer};
 use tower_deepseek_core::body::{BufferedBody, ReplayBody};
 use tower_deepseek_core::meta::TenantId;
 use tower_deepseek_redact::audit::{Audit, AuditLayer, AuditRequestBody};
+use tower_deepseek_redact::review::{Review, ReviewLayer, ReviewRequestBody};
 use tower_deepseek_redact::{Redact, RedactLayer};
 use tower_deepseek_retry::cost::{Cost, CostLayer};
 use tower_deepseek_retry::rate_limit::{RateLimit, RateLimitLayer};
@@ -117,8 +118,10 @@ pub type TokenClient = UpstreamClient<BufferedBody>;
 pub type AuditedBody<B> = Either<AuditRequestBody<B>, B>;
 /// The request body below the redact stage.
 pub type RedactedBody<B> = Either<BufferedBody, AuditedBody<B>>;
+/// The request body below the review stage.
+pub type ReviewedBody<B> = Either<ReviewRequestBody<RedactedBody<B>>, RedactedBody<B>>;
 /// The request body below the cache stage.
-pub type CachedBody<B> = Either<BufferedBody, RedactedBody<B>>;
+pub type CachedBody<B> = Either<BufferedBody, ReviewedBody<B>>;
 /// The request body below the rate-limit stage.
 pub type LimitedBody<B> = Either<ReplayBody<CachedBody<B>>, CachedBody<B>>;
 /// The request body below the retry stage (and the breaker, which keeps it).
@@ -142,6 +145,8 @@ pub type RateLimitStage<S, B> = Optional<PerTenant<RateLimit<Left<S, B>>>, Right
 pub type CostStage<S> = Optional<Cost<S>, S>;
 /// The cache stage around `S`, taking bodies `B`.
 pub type CacheStage<S, B> = Optional<Cache<Left<S, B>>, Right<S, BufferedBody>>;
+/// The review stage around `S`, taking bodies `B`.
+pub type ReviewStage<S, B> = Optional<Review<Left<S, B>>, Right<S, ReviewRequestBody<B>>>;
 /// The redact stage around `S`, taking bodies `B`.
 pub type RedactStage<S, B> = Optional<Redact<Left<S, B>>, Right<S, BufferedBody>>;
 /// The audit stage around `S`, taking bodies `B`.
@@ -150,15 +155,18 @@ pub type AuditStage<S, B> = Optional<Audit<Left<S, B>>, Right<S, AuditRequestBod
 /// The service of [`RecommendedStack<B, T>`] around `S`, taking `Request<B>`.
 pub type Recommended<S, B, T = TokenClient> = AuditStage<
     RedactStage<
-        CacheStage<
-            CostStage<
-                RateLimitStage<
-                    RetryStage<
-                        BreakerStage<AuthStage<TimeoutStage<S>, RetriedBody<B>, T>>,
-                        LimitedBody<B>,
+        ReviewStage<
+            CacheStage<
+                CostStage<
+                    RateLimitStage<
+                        RetryStage<
+                            BreakerStage<AuthStage<TimeoutStage<S>, RetriedBody<B>, T>>,
+                            LimitedBody<B>,
+                        >,
+                        CachedBody<B>,
                     >,
-                    CachedBody<B>,
                 >,
+                ReviewedBody<B>,
             >,
             RedactedBody<B>,
         >,
@@ -184,6 +192,7 @@ enum AuthLayer<T> {
 pub struct RecommendedStack<B, T = TokenClient> {
     audit: Option<AuditLayer>,
     redact: Option<RedactLayer>,
+    review: Option<ReviewLayer>,
     cache: Option<CacheLayer>,
     cost: Option<CostLayer>,
     rate_limit: Option<RateLimitLayer>,
@@ -200,6 +209,7 @@ impl<B, T> Clone for RecommendedStack<B, T> {
         Self {
             audit: self.audit.clone(),
             redact: self.redact.clone(),
+            review: self.review.clone(),
             cache: self.cache.clone(),
             cost: self.cost.clone(),
             rate_limit: self.rate_limit.clone(),
@@ -232,6 +242,7 @@ impl<B> RecommendedStack<B> {
             stack: RecommendedStack {
                 audit: None,
                 redact: None,
+                review: None,
                 cache: None,
                 cost: None,
                 rate_limit: None,
@@ -247,8 +258,9 @@ impl<B> RecommendedStack<B> {
 }
 
 impl<B, T> RecommendedStack<B, T> {
-    /// The names of the layers that are on, outermost first: `audit`, `redact`, `cache`,
-    /// `cost`, `rate_limit`, `retry`, `circuit_breaker`, `oauth2` or `bearer_auth`, `timeout`.
+    /// The names of the layers that are on, outermost first: `audit`, `redact`, `review`,
+    /// `cache`, `cost`, `rate_limit`, `retry`, `circuit_breaker`, `oauth2` or `bearer_auth`,
+    /// `timeout`.
     pub fn layers(&self) -> Vec<&'static str> {
         let mut on = Vec::new();
         let mut push = |yes: bool, name| {
@@ -258,6 +270,7 @@ impl<B, T> RecommendedStack<B, T> {
         };
         push(self.audit.is_some(), "audit");
         push(self.redact.is_some(), "redact");
+        push(self.review.is_some(), "review");
         push(self.cache.is_some(), "cache");
         push(self.cost.is_some(), "cost");
         push(self.rate_limit.is_some(), "rate_limit");
@@ -319,6 +332,7 @@ where
             None => Optional::Off(svc),
         };
         let svc = stage(self.cache.as_ref(), svc);
+        let svc = stage(self.review.as_ref(), svc);
         let svc = stage(self.redact.as_ref(), svc);
         stage(self.audit.as_ref(), svc)
     }
@@ -351,6 +365,13 @@ impl<B, T> StackBuilder<B, T> {
     /// Masks PII before anything below sees it; restores placeholders in the answer.
     pub fn redact(mut self, layer: RedactLayer) -> Self {
         self.stack.redact = Some(layer);
+        self
+    }
+
+    /// Samples calls into a review sink: below redact, so that the review holds only masked
+    /// text, and above the cache, so that cache hits are sampled too. Off by default.
+    pub fn review(mut self, layer: ReviewLayer) -> Self {
+        self.stack.review = Some(layer);
         self
     }
 
@@ -416,6 +437,7 @@ impl<B, T> StackBuilder<B, T> {
             stack: RecommendedStack {
                 audit: s.audit,
                 redact: s.redact,
+                review: s.review,
                 cache: s.cache,
                 cost: s.cost,
                 rate_limit: s.rate_limit,
