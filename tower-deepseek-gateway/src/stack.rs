@@ -2,17 +2,16 @@
 //! Audit, Redact, Cache, Cost (with `[prices]` or `[budgets]`), RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout, client.
 //!
 //! It is the facade's [`RecommendedStack`](tower_deepseek::stack::RecommendedStack): one
-//! statically typed layer in which each layer is optional at run time (an absent layer is the
-//! `Off` side of an enum, and body types unify through `http_body_util::Either`), so nothing is
-//! boxed between stages. The gateway's `[layers]` switches and tables map onto a
-//! [`StackConfig`]; the program adds what a file cannot hold: the audit sink, the upstream
-//! credential, and a rate limiter per client with limits of its own.
+//! boxed service per stage, each layer optional at run time (a layer that is off is not
+//! there). The gateway's `[layers]` switches and tables map onto a
+//! [`StackConfig`](tower_deepseek::stack::StackConfig); the program adds what a file cannot
+//! hold: the audit sink, the upstream credential, and a rate limiter per client with limits of
+//! its own.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 
-use axum::body::Body;
 use secrecy::{ExposeSecret, SecretString};
 use tower::Layer;
 use tower_deepseek::auth::store::RedisTokenStore;
@@ -29,15 +28,14 @@ use tower_deepseek::retry::rate_limit::RateLimitLayer;
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::retry::{RetryConfig, RetryLayer};
 use tower_deepseek::stack::{
-    Recommended, RecommendedStack, StackConfigError, StackRequestBody, TokenClient,
+    RecommendedStack, StackBody, StackConfigError, StackService, TokenClient,
 };
 
 use crate::StartError;
 use crate::config::GatewayConfig;
 
 /// The stack around the upstream client, taking the server's request bodies.
-pub(crate) type Svc =
-    Recommended<BaseUrl<crate::otel::Traced<UpstreamClient<StackRequestBody<Body>>>>, Body>;
+pub(crate) type Svc = StackService;
 
 /// The upstream credential.
 pub(crate) enum Credential {
@@ -73,7 +71,7 @@ pub(crate) struct Fixed {
     timeout: Option<TimeoutLayer>,
     auth: Auth,
     retry: Option<RetryConfig>,
-    inner: BaseUrl<crate::otel::Traced<UpstreamClient<StackRequestBody<Body>>>>,
+    inner: BaseUrl<crate::otel::Traced<UpstreamClient<StackBody>>>,
     l2: bool,
     /// The rate limiters of the running stack, by their effective settings, so that a reload
     /// keeps the windows of the limits it does not change.
@@ -242,7 +240,7 @@ pub(crate) fn build(
     let review_handle = review.as_ref().map(|l| l.handle());
 
     let base = BaseUrlLayer::new(upstream).map_err(|e| StartError::Upstream(e.to_string()))?;
-    let client = upstream_client::<StackRequestBody<Body>>(&cfg.client);
+    let client = upstream_client::<StackBody>(&cfg.client);
     let fixed = Fixed {
         audit: audit_layer.clone(),
         redact,
@@ -279,7 +277,7 @@ impl Fixed {
     ) -> Result<(Svc, Vec<&'static str>), StartError> {
         let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = Limiters::default();
-        let mut b = RecommendedStack::<Body>::builder();
+        let mut b = RecommendedStack::builder();
         if let Some(l) = &self.audit {
             b = b.audit(l.clone());
         }

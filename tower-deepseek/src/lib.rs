@@ -16,8 +16,8 @@
 //!
 //! Outermost first: request metadata, audit, redact, review (quality sampling), cache, rate limit, retry, circuit breaker,
 //! auth, base URL, client. Each layer also works alone; each crate's docs say what it expects
-//! around it. [`stack::RecommendedStack`] composes them, each optional, as one statically
-//! typed layer (from code or from a [`stack::StackConfig`] file); `cargo run -p example-tour`
+//! around it. [`stack::RecommendedStack`] composes them, each optional, as one
+//! layer (from code or from a [`stack::StackConfig`] file); `cargo run -p example-tour`
 //! shows them all at work.
 //!
 //! # Feature Flags

@@ -10,7 +10,7 @@ use tower_deepseek::auth::BearerAuthLayer;
 use tower_deepseek::breaker::CircuitBreakerLayer;
 use tower_deepseek::cache::CacheLayer;
 use tower_deepseek::client::{
-    BaseUrl, BaseUrlLayer, ClientConfig, UpstreamClient, upstream_client,
+    BaseUrlLayer, ClientConfig, upstream_client,
 };
 use tower_deepseek::core::meta::TenantId;
 use tower_deepseek::redact::RedactLayer;
@@ -20,7 +20,7 @@ use tower_deepseek::retry::rate_limit::RateLimitLayer;
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::retry::{Attempts, RetryLayer};
 use tower_deepseek::stack::{
-    Recommended, RecommendedStack, StackBuilder, StackConfig, StackRequestBody,
+    RecommendedStack, StackBody, StackBuilder, StackConfig, StackService,
 };
 use tower_deepseek_testkit::{Fault, Match, MockServer};
 
@@ -29,10 +29,10 @@ const EMAIL: &str = "zhang.san@example.com";
 
 type Caller = Full<Bytes>;
 
-type Svc = Recommended<BaseUrl<UpstreamClient<StackRequestBody<Caller>>>, Caller>;
+type Svc = StackService;
 
 /// `stack` around the facade's client, pointed at `server`.
-fn service(server: &MockServer, stack: RecommendedStack<Caller>) -> Svc {
+fn service(server: &MockServer, stack: RecommendedStack) -> Svc {
     ServiceBuilder::new()
         .layer(stack)
         .layer(BaseUrlLayer::new(&server.url()).unwrap())
@@ -52,7 +52,7 @@ fn chat(text: &str, stream: bool) -> Request<Caller> {
         .unwrap()
 }
 
-fn all_on(log: &WriterSink<Vec<u8>>) -> StackBuilder<Caller> {
+fn all_on(log: &WriterSink<Vec<u8>>) -> StackBuilder {
     RecommendedStack::builder()
         .audit(
             AuditLayer::builder()
@@ -322,7 +322,7 @@ async fn errors_map_to_openai_json() {
 
 #[test]
 fn tenant_limits_need_a_default() {
-    let err = RecommendedStack::<Caller>::builder()
+    let err = RecommendedStack::builder()
         .tenant_rate_limit(
             TenantId::new("t"),
             RateLimitLayer::builder().build().unwrap(),
@@ -335,11 +335,11 @@ fn tenant_limits_need_a_default() {
 #[test]
 fn config_tables_turn_layers_on_and_are_validated() {
     let cfg: StackConfig = serde_json::from_str(r#"{"cache":{},"retry":{},"timeout":{}}"#).unwrap();
-    let stack = cfg.builder::<Caller>(None).unwrap().build().unwrap();
+    let stack = cfg.builder(None).unwrap().build().unwrap();
     assert_eq!(stack.layers(), ["cache", "retry", "timeout"]);
 
     let all = StackConfig::recommended()
-        .builder::<Caller>(None)
+        .builder(None)
         .unwrap()
         .build()
         .unwrap();
@@ -359,7 +359,7 @@ fn config_tables_turn_layers_on_and_are_validated() {
     assert!(err.to_string().contains("cahce"), "{err}");
 
     let bad: StackConfig = serde_json::from_str(r#"{"retry":{"max_attempts":0}}"#).unwrap();
-    let err = bad.builder::<Caller>(None).unwrap_err();
+    let err = bad.builder(None).unwrap_err();
     assert_eq!(err.layer(), "retry");
     assert!(
         err.to_string().starts_with("invalid [retry] configuration"),
@@ -392,7 +392,7 @@ async fn oauth2_replaces_the_static_key_and_replays_after_a_401() {
     let svc = ServiceBuilder::new()
         .layer(stack)
         .layer(BaseUrlLayer::new(&server.url()).unwrap())
-        .service(upstream_client::<StackRequestBody<Caller>>(
+        .service(upstream_client::<StackBody>(
             &ClientConfig::default(),
         ));
 
