@@ -228,10 +228,8 @@ fn bench(c: &mut Criterion) {
 
     // What each layer costs alone: the same stack with one layer on.
     let mut group = c.benchmark_group("stack_one_layer");
-    type Pick = fn(
-        tower_deepseek::stack::StackBuilder,
-        Layers,
-    ) -> tower_deepseek::stack::StackBuilder;
+    type Pick =
+        fn(tower_deepseek::stack::StackBuilder, Layers) -> tower_deepseek::stack::StackBuilder;
     let picks: [(&str, Pick); 9] = [
         ("none", |b, _| b),
         ("audit", |b, l| b.audit(l.audit)),
@@ -244,9 +242,7 @@ fn bench(c: &mut Criterion) {
         ("timeout", |b, l| b.timeout(l.timeout)),
     ];
     for (name, pick) in picks {
-        let stack = pick(RecommendedStack::builder(), layers())
-            .build()
-            .unwrap();
+        let stack = pick(RecommendedStack::builder(), layers()).build().unwrap();
         let svc = stack.layer(Upstream);
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {

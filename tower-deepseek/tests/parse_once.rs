@@ -7,14 +7,13 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
+use tower_deepseek::AuditLayer;
 use tower_deepseek::core::classify::bytes_scanned;
 use tower_deepseek::redact::audit::WriterSink;
-use tower_deepseek::stack::{RecommendedStack, StackBuilder, StackBody};
-use tower_deepseek::{
-    AuditLayer, BearerAuthLayer, CacheLayer, CircuitBreakerLayer, RateLimitLayer, RedactLayer,
-    RetryLayer, TimeoutLayer,
-};
+use tower_deepseek::stack::{RecommendedStack, StackBody};
 
+mod common;
+use common::reading_layers;
 
 /// A 2 KB JSON answer, with usage.
 fn json_answer() -> Bytes {
@@ -56,21 +55,6 @@ impl http_body::Body for Frames {
     fn is_end_stream(&self) -> bool {
         self.0.is_empty()
     }
-}
-
-fn layers(b: StackBuilder) -> StackBuilder {
-    b.redact(RedactLayer::new())
-        .cache(CacheLayer::new())
-        .rate_limit(
-            RateLimitLayer::builder()
-                .tokens_per_minute(1_000_000)
-                .build()
-                .unwrap(),
-        )
-        .retry(RetryLayer::builder().build().unwrap())
-        .circuit_breaker(CircuitBreakerLayer::new())
-        .bearer_auth(BearerAuthLayer::new("sk-parse-once").unwrap())
-        .timeout(TimeoutLayer::builder().build().unwrap())
 }
 
 /// Bytes scanned by the classifiers for one call of `stack` answered with `answer`.
@@ -137,7 +121,7 @@ async fn an_answer_is_scanned_once_with_and_without_audit() {
                         .unwrap(),
                 );
             }
-            let stack = layers(b).build().unwrap();
+            let stack = reading_layers(b, true).build().unwrap();
             let n = scanned_for_one_call(
                 stack,
                 answer,

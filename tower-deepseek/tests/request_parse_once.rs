@@ -10,14 +10,13 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
+use tower_deepseek::AuditLayer;
 use tower_deepseek::core::view::requests_parsed;
 use tower_deepseek::redact::audit::WriterSink;
-use tower_deepseek::stack::{RecommendedStack, StackBuilder, StackBody};
-use tower_deepseek::{
-    AuditLayer, BearerAuthLayer, CacheLayer, CircuitBreakerLayer, RateLimitLayer, RedactLayer,
-    RetryLayer, TimeoutLayer,
-};
+use tower_deepseek::stack::{RecommendedStack, StackBody};
 
+mod common;
+use common::reading_layers;
 
 /// A JSON answer; without `model` when `model` is false (audit then takes the model of the
 /// request, from the view).
@@ -30,25 +29,6 @@ fn answer(model: bool) -> Bytes {
     Bytes::from(format!(
         r#"{{"id":"c1","object":"chat.completion","created":1,{model}"choices":[{{"index":0,"message":{{"role":"assistant","content":"fine"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}}}"#
     ))
-}
-
-fn layers(b: StackBuilder, redact: bool) -> StackBuilder {
-    let b = if redact {
-        b.redact(RedactLayer::new())
-    } else {
-        b
-    };
-    b.cache(CacheLayer::new())
-        .rate_limit(
-            RateLimitLayer::builder()
-                .tokens_per_minute(1_000_000)
-                .build()
-                .unwrap(),
-        )
-        .retry(RetryLayer::builder().build().unwrap())
-        .circuit_breaker(CircuitBreakerLayer::new())
-        .bearer_auth(BearerAuthLayer::new("sk-parse-once").unwrap())
-        .timeout(TimeoutLayer::builder().build().unwrap())
 }
 
 /// Requests parsed for one call of `stack` with `prompt`; the body that reached the
@@ -108,7 +88,7 @@ async fn a_request_is_parsed_once_with_and_without_audit() {
                                 .unwrap(),
                         );
                     }
-                    let stack = layers(b, redact).build().unwrap();
+                    let stack = reading_layers(b, redact).build().unwrap();
                     // A fresh stack (and cache) per case, so every call goes upstream.
                     let prompt = if pii {
                         "call me at 13800138000 or alice@example.com"

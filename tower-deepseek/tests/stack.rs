@@ -9,9 +9,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_deepseek::auth::BearerAuthLayer;
 use tower_deepseek::breaker::CircuitBreakerLayer;
 use tower_deepseek::cache::CacheLayer;
-use tower_deepseek::client::{
-    BaseUrlLayer, ClientConfig, upstream_client,
-};
+use tower_deepseek::client::{BaseUrlLayer, ClientConfig, upstream_client};
 use tower_deepseek::core::meta::TenantId;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditLayer, WriterSink};
@@ -19,9 +17,7 @@ use tower_deepseek::redact::review::{ReviewLayer, SamplingRule};
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::retry::{Attempts, RetryLayer};
-use tower_deepseek::stack::{
-    RecommendedStack, StackBody, StackBuilder, StackConfig, StackService,
-};
+use tower_deepseek::stack::{RecommendedStack, StackBody, StackBuilder, StackConfig, StackService};
 use tower_deepseek_testkit::{Fault, Match, MockServer};
 
 const KEY: &str = "sk-stack-test-0001";
@@ -392,9 +388,7 @@ async fn oauth2_replaces_the_static_key_and_replays_after_a_401() {
     let svc = ServiceBuilder::new()
         .layer(stack)
         .layer(BaseUrlLayer::new(&server.url()).unwrap())
-        .service(upstream_client::<StackBody>(
-            &ClientConfig::default(),
-        ));
+        .service(upstream_client::<StackBody>(&ClientConfig::default()));
 
     let res = svc.clone().oneshot(chat("one", false)).await.unwrap();
     assert_eq!(res.status(), 200);

@@ -104,7 +104,8 @@ where
 pub fn stage<L, RB>(layer: &L, inner: StageService) -> Stage
 where
     L: Layer<StageService>,
-    L::Service: Service<Request<StackBody>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    L::Service:
+        Service<Request<StackBody>, Response = Response<RB>> + Clone + Send + Sync + 'static,
     <L::Service as Service<Request<StackBody>>>::Error: Into<BoxError>,
     <L::Service as Service<Request<StackBody>>>::Future: Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
