@@ -199,7 +199,8 @@ fn leases_key(prefix: &str, account: &str) -> String {
     format!("{{{prefix}:cc:{digest}}}:leases")
 }
 
-/// One Redis command over RESP (arguments without spaces); the integer answer.
+/// One Redis command over RESP on 127.0.0.1:`port` (following a cluster's `MOVED` once); the
+/// integer answer.
 fn redis_int(port: u16, cmd: &[&str]) -> i64 {
     use std::io::{BufRead, BufReader, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -211,8 +212,12 @@ fn redis_int(port: u16, cmd: &[&str]) -> i64 {
     s.write_all(req.as_bytes()).unwrap();
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
-    line.trim()
-        .strip_prefix(':')
+    let line = line.trim();
+    if let Some(moved) = line.strip_prefix("-MOVED ") {
+        let port = moved.rsplit(':').next().unwrap().parse().unwrap();
+        return redis_int(port, cmd);
+    }
+    line.strip_prefix(':')
         .unwrap_or_else(|| panic!("not an integer: {line:?}"))
         .parse()
         .unwrap()
@@ -223,10 +228,26 @@ async fn a_fleet_concurrency_cap_holds_across_processes_and_a_sigkill() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
+    let url = format!("redis_url = \"{}\"", redis.url());
+    cap_holds_across_a_sigkill(&url, "gw-proc-cc", redis.port()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_concurrency_cap_holds_across_processes_and_a_sigkill_on_a_cluster() {
+    let Some((urls, port)) = cluster().await else {
+        return;
+    };
+    // The cluster is shared by every run: a key prefix of this run's own.
+    let prefix = format!("gw-proc-cc-{:x}", rand_u64());
+    cap_holds_across_a_sigkill(&urls, &prefix, port).await;
+}
+
+/// Two gateways under one fleet cap of 4 on the Redis of `redis` (a TOML line of the
+/// `[concurrency.redis]` table; `port` a node to ask for the leases).
+async fn cap_holds_across_a_sigkill(redis: &str, prefix: &str, port: u16) {
     const CAP: usize = 4;
     const TTL: Duration = Duration::from_millis(3_000);
     let upstream = CountingUpstream::start(Duration::from_millis(250)).await;
-    let prefix = "gw-proc-cc";
     let cfg = format!(
         r#"
 [layers]
@@ -239,44 +260,50 @@ max = {CAP}
 lease_ttl_ms = {ttl}
 
 [concurrency.redis]
-redis_url = "{url}"
+{redis}
 key_prefix = "{prefix}"
 timeout_ms = 1000
 expected_instances = 2
 "#,
         ttl = TTL.as_millis(),
-        url = redis.url()
     );
     let mut a = GatewayProcess::spawn(&upstream.url(), &cfg, &[], &[]).await;
     let b = GatewayProcess::spawn(&upstream.url(), &cfg, &[], &[]).await;
     let begin = Instant::now();
 
     // Both loaded (6 callers each, 250 ms per call): the upstream sees the cap, never more.
-    let stop_a = Arc::new(AtomicBool::new(false));
-    let stop_b = Arc::new(AtomicBool::new(false));
-    let load_a = load(&a, 6, stop_a.clone());
-    let load_b = load(&b, 6, stop_b.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_a = load(&a, 6, stop.clone());
+    let load_b = load(&b, 6, stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // B's callers stop; A alone holds the leases a moment later, and is killed holding them.
-    stop_b.store(true, Ordering::SeqCst);
-    let tally_b = load_b.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (tally_a, tally_b) = (load_a.await.unwrap(), load_b.await.unwrap());
     let both = upstream.peak(begin, Instant::now());
+    eprintln!("both loaded: A {tally_a:?}, B {tally_b:?}, at most {both} in flight");
+    // (How the cap was split between them is not the point: a waiter polls Redis, so the
+    // fairness of a local semaphore's queue does not hold across processes.)
+    assert!(tally_a.ok + tally_b.ok > 0);
+    assert_eq!(
+        tally_a.other + tally_b.other,
+        0,
+        "{}\n{}",
+        a.logs(),
+        b.logs()
+    );
+    assert_eq!(both, CAP, "two processes under one cap of {CAP}");
+
+    // A alone, loaded: it takes the leases, and is killed (SIGKILL) holding them.
+    let stop_a = Arc::new(AtomicBool::new(false));
+    let load_a = load(&a, 6, stop_a.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
     a.kill().await;
     let killed = Instant::now();
     stop_a.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // Every lease left in Redis is the dead process's.
-    let stale = redis_int(redis.port(), &["ZCARD", &leases_key(prefix, "default")]) as usize;
-    let tally_a = load_a.await.unwrap();
-    eprintln!(
-        "before the kill: A {tally_a:?}, B {tally_b:?}, peak {both}, A's leases left {stale}"
-    );
-    // (Both were loaded; how the cap was split between them is not the point: a waiter polls
-    // Redis, so the fairness of a local semaphore's queue does not hold across processes.)
-    assert!(tally_a.ok > 0, "{tally_a:?}");
-    assert_eq!(tally_b.other, 0, "{tally_b:?}\n{}", b.logs());
-    assert_eq!(both, CAP, "two processes under one cap of {CAP}");
+    // B is idle: every lease left in Redis is the dead process's.
+    let stale = redis_int(port, &["ZCARD", &leases_key(prefix, "default")]) as usize;
+    load_a.await.unwrap();
+    eprintln!("A killed holding {stale} leases");
     assert!(
         (1..=CAP).contains(&stale),
         "A was killed holding {stale} leases"
@@ -419,8 +446,10 @@ fn cluster_urls() -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_budget_stops_the_next_call_across_two_processes_on_a_cluster() {
+/// The CI's Redis Cluster (`REDIS_CLUSTER_URLS`, default 127.0.0.1:7000-7002): the TOML line
+/// `redis_cluster_urls = [...]` and the first node's port; `None` (skipped) locally without
+/// it, a failure under `CI=true`.
+async fn cluster() -> Option<(String, u16)> {
     let urls = cluster_urls();
     let first = urls[0].trim_start_matches("redis://").to_owned();
     let up = matches!(
@@ -437,21 +466,47 @@ async fn a_budget_stops_the_next_call_across_two_processes_on_a_cluster() {
             "the Redis Cluster ({urls:?}) is required under CI"
         );
         eprintln!("notice: no Redis Cluster at {urls:?}; skipped");
-        return;
+        return None;
     }
-    // The cluster is shared by every run: tenants of this run's own.
-    let run = format!("{:x}", rand_u64());
+    let port = first.rsplit(':').next().unwrap().parse().unwrap();
     let list = urls
         .iter()
         .map(|u| format!("\"{u}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    budget_is_shared(
-        &format!("redis_cluster_urls = [{list}]"),
-        &format!("acme-{run}"),
-        &format!("other-{run}"),
-    )
-    .await;
+    Some((format!("redis_cluster_urls = [{list}]"), port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_stops_the_next_call_across_two_processes_on_a_cluster() {
+    let Some((urls, _)) = cluster().await else {
+        return;
+    };
+    // The cluster is shared by every run: tenants of this run's own.
+    let run = format!("{:x}", rand_u64());
+    budget_is_shared(&urls, &format!("acme-{run}"), &format!("other-{run}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_admit_one_request_quota_together_on_a_cluster() {
+    let Some((urls, _)) = cluster().await else {
+        return;
+    };
+    let upstream = CountingUpstream::start(Duration::ZERO).await;
+    let prefix = format!("gw-proc-rpm-{:x}", rand_u64());
+    let cfg = quota_config(REQUEST_QUOTA, "", &prefix, 1_000).replace("redis_url = \"\"", &urls);
+    let a = GatewayProcess::spawn(&upstream.url(), &cfg, &[], &[]).await;
+    let b = GatewayProcess::spawn(&upstream.url(), &cfg, &[], &[]).await;
+    let t = overload(&[&a, &b], 6, Duration::from_secs(4)).await;
+    eprintln!("{t:?}");
+    assert_eq!(t.other, 0, "{t:?}\n{}\n{}", a.logs(), b.logs());
+    assert_eq!(t.ok, upstream.calls());
+    assert_within(
+        t.ok,
+        210,
+        5.0,
+        "two processes, one request quota, on the cluster",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,8 +554,9 @@ async fn redis_killed_mid_run_local_shares_then_shared_again() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    // Wait for the window of the calls above to refill, then overload again: one quota.
-    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    // The burst the calls above took refills (10 requests at 50 a second), then overload
+    // again: one quota for the two.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let t = overload(&[&a, &b], 6, Duration::from_secs(4)).await;
     eprintln!("Redis back: {t:?}");
     // (The keys expire once the quota has refilled: look right after the traffic.)
