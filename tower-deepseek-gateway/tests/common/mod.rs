@@ -148,13 +148,17 @@ pub async fn get(client: &TestClient, url: &str, key: Option<&str>) -> Response<
     send(client, b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
-/// A `deepseek-gateway` binary running as a child process (killed when dropped).
+/// A `deepseek-gateway` binary running as a child process (killed when dropped): the one
+/// helper the tests that run the real binary share.
 pub struct GatewayProcess {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
     /// Everything the process wrote to stderr so far (read in the background, so that the
     /// pipe never fills up).
-    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr_reader: Option<JoinHandle<()>>,
+    /// stdout after the `listening on` line.
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     config: Option<std::path::PathBuf>,
 }
 
@@ -163,8 +167,9 @@ pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_deepseek-gateway");
 
 impl GatewayProcess {
     /// Starts the binary on 127.0.0.1:0 in front of `upstream`, with `config` (TOML text,
-    /// written to a temporary file; empty for none), the extra `args` and `env`, the upstream
-    /// key in `DEEPSEEK_API_KEY`, and waits for its `listening on` line (at most 30 s).
+    /// written to a temporary file; empty for none), the extra `args` and `env` (`RUST_LOG` is
+    /// `warn` unless given), the upstream key in `DEEPSEEK_API_KEY`, and waits for its
+    /// `listening on` line (at most 30 s).
     pub async fn spawn(upstream: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::process::Stdio;
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -196,7 +201,7 @@ impl GatewayProcess {
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        tokio::spawn(async move {
+        let stderr_reader = tokio::spawn(async move {
             let mut buf = [0u8; 4096];
             while let Ok(n) = pipe.read(&mut buf).await {
                 if n == 0 {
@@ -207,8 +212,8 @@ impl GatewayProcess {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
             .await
             .expect("the gateway starts within 30 s")
             .unwrap();
@@ -224,12 +229,12 @@ impl GatewayProcess {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
-        // Nothing else comes on stdout; keep the pipe drained anyway.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         GatewayProcess {
             child,
             addr,
             stderr,
+            stderr_reader: Some(stderr_reader),
+            stdout,
             config: path,
         }
     }
@@ -238,15 +243,71 @@ impl GatewayProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The configuration file it was started with (to change it before a reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        self.config
+            .as_deref()
+            .expect("started with a configuration")
+    }
+
+    /// Sends a signal with `kill` (`"-HUP"`, `"-TERM"`).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+
     /// SIGKILL, and waits until the process is gone.
     pub async fn kill(&mut self) {
         self.child.start_kill().unwrap();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
 
+    /// Waits (at most 10 s) for the process to exit and for the rest of its stderr.
+    pub async fn exit(&mut self) -> std::process::ExitStatus {
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("the gateway exits within 10 s")
+            .unwrap();
+        if let Some(r) = self.stderr_reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+        status
+    }
+
+    /// The next stdout line after `listening on` (`None` at its end).
+    pub async fn next_stdout_line(&mut self) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(10), self.stdout.next_line())
+            .await
+            .expect("stdout ends or goes on")
+            .unwrap()
+    }
+
     /// What the process wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 10 s) until stderr holds `what` after its first `from` bytes; returns
+    /// where that occurrence ends, to wait for the next one from there.
+    pub async fn wait_for_log(&self, what: &str, from: usize) -> usize {
+        let start = std::time::Instant::now();
+        loop {
+            {
+                let logs = self.stderr.lock().unwrap();
+                if let Some(at) = logs.get(from..).and_then(|rest| rest.find(what)) {
+                    return from + at + what.len();
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no {what:?} in the log: {logs}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
