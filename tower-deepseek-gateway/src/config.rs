@@ -32,6 +32,12 @@
 //! key_prefix = "deepseek-gateway:fleet"
 //! timeout_ms = 50                        # slower: this gateway uses its local share
 //! expected_instances = 3                 # local share = quota / 3 while Redis is down
+//! [concurrency]   # tower_deepseek_retry::concurrency::AdaptiveConcurrencyConfig: a cap on calls in flight upstream
+//! initial = 16                           # initial = max: a fixed cap C, lowered (AIMD) after a 429
+//! max = 16
+//! account = "prod"                       # the upstream account the cap belongs to
+//! [concurrency.redis]                    # optional: one cap for every gateway on this Redis (leases)
+//! redis_url = "redis://127.0.0.1:6379"
 //! [cache]         # tower_deepseek_cache::CacheConfig (`--redis` sets redis_url; also the OAuth2 token store)
 //! l1_ttl_ms = 300000
 //! [breaker]       # tower_deepseek_breaker::CircuitBreakerConfig
@@ -88,6 +94,7 @@ use tower_deepseek::client::ClientConfig;
 use tower_deepseek::redact::RedactConfig;
 use tower_deepseek::redact::audit::SinkFailurePolicy;
 use tower_deepseek::retry::RetryConfig;
+use tower_deepseek::retry::concurrency::AdaptiveConcurrencyConfig;
 use tower_deepseek::retry::cost::{CostBudgets, PriceTable};
 use tower_deepseek::retry::rate_limit::RateLimitConfig;
 use tower_deepseek::retry::timeout::TimeoutConfig;
@@ -114,6 +121,10 @@ pub struct GatewayConfig {
     pub retry: RetryConfig,
     /// Rate limits for clients without limits of their own.
     pub rate_limit: RateLimitConfig,
+    /// A cap on calls in flight at the upstream (`[concurrency]`), adapted to 429s (AIMD);
+    /// with `[concurrency.redis]`, one cap for every gateway sharing that Redis and `account`
+    /// (leases that expire when their holder dies). Absent: no cap. Read at start only.
+    pub concurrency: Option<AdaptiveConcurrencyConfig>,
     /// The response cache.
     pub cache: CacheConfig,
     /// The circuit breaker.
@@ -578,6 +589,28 @@ mod tests {
         assert_eq!(cfg.rate_limit.requests_per_minute, Some(3000));
         assert!(cfg.oauth2.is_none());
         assert!(!format!("{:?}", cfg.keys[0]).contains(&cfg.keys[0].sha256));
+        let cc = cfg.concurrency.as_ref().unwrap();
+        assert_eq!(
+            (cc.initial, cc.max, cc.account.as_str()),
+            (32, 32, "default")
+        );
+        assert!(cc.redis.is_none());
+    }
+
+    #[test]
+    fn the_concurrency_table_is_optional_and_takes_a_fleet() {
+        assert!(GatewayConfig::from_toml("").unwrap().concurrency.is_none());
+        let cfg = GatewayConfig::from_toml(
+            "[concurrency]\nmax = 4\ninitial = 4\nlease_ttl_ms = 1500\n\
+             [concurrency.redis]\nredis_url = \"redis://127.0.0.1:6379\"\nexpected_instances = 2\n",
+        )
+        .unwrap();
+        let cc = cfg.concurrency.unwrap();
+        assert_eq!((cc.initial, cc.max, cc.min), (4, 4, 1));
+        assert_eq!(cc.lease_ttl, Duration::from_millis(1500));
+        assert_eq!(cc.redis.unwrap().expected_instances, 2);
+        let err = GatewayConfig::from_toml("[concurrency]\nmaxx = 4\n").unwrap_err();
+        assert!(err.to_string().contains("maxx"), "{err}");
     }
 
     #[test]

@@ -69,6 +69,7 @@ use tokio::net::TcpListener;
 use tower_deepseek::core::meta::MetadataConfig;
 use tower_deepseek::redact::audit::{AuditHandle, AuditLayer};
 
+mod concurrency;
 pub mod config;
 mod error;
 mod handler;

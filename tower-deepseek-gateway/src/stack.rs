@@ -1,5 +1,6 @@
 //! The recommended stack (ARCHITECTURE.md, "the recommended stack") around the upstream client, outermost first:
-//! Audit, Redact, Cache, Cost (with `[prices]` or `[budgets]`), RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout, client.
+//! Audit, Redact, Cache, Cost (with `[prices]` or `[budgets]`), RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout,
+//! then, below the stack, the `[concurrency]` cap around the client (`crate::concurrency::capped`).
 //!
 //! It is the facade's [`RecommendedStack`](tower_deepseek::stack::RecommendedStack): one
 //! boxed service per stage, each layer optional at run time (a layer that is off is not
@@ -33,6 +34,11 @@ use tower_deepseek::stack::{
 
 use crate::StartError;
 use crate::config::GatewayConfig;
+
+/// The upstream service below the stack: the client (traced, its URIs joined onto the
+/// upstream's base URL) under the `[concurrency]` cap.
+pub(crate) type Inner =
+    crate::concurrency::Capped<BaseUrl<crate::otel::Traced<UpstreamClient<StackBody>>>>;
 
 /// The stack around the upstream client, taking the server's request bodies.
 pub(crate) type Svc = StackService;
@@ -71,7 +77,9 @@ pub(crate) struct Fixed {
     timeout: Option<TimeoutLayer>,
     auth: Auth,
     retry: Option<RetryConfig>,
-    inner: BaseUrl<crate::otel::Traced<UpstreamClient<StackBody>>>,
+    inner: Inner,
+    /// Whether `inner` is under a `[concurrency]` cap (for the layer list).
+    capped: bool,
     l2: bool,
     /// The rate limiters of the running stack, by their effective settings, so that a reload
     /// keeps the windows of the limits it does not change.
@@ -190,10 +198,16 @@ pub(crate) fn build(
         let mut b = CostLayer::builder(cfg.prices.clone().unwrap_or_default());
         if let Some(budgets) = &cfg.budgets {
             b = b.budgets(budgets.clone());
-            if let Some(url) = &cfg.cache.redis_url {
-                // The fleet's Redis: every gateway on it shares the budgets.
-                let fleet = Fleet::builder()
-                    .redis_url(url)
+            // The fleet's Redis (or Redis Cluster): every gateway on it shares the budgets.
+            let fleet = match &cfg.cache.redis_url {
+                Some(url) => Some(Fleet::builder().redis_url(url)),
+                None if !cfg.cache.redis_cluster_urls.is_empty() => {
+                    Some(Fleet::builder().redis_cluster(cfg.cache.redis_cluster_urls.clone()))
+                }
+                None => None,
+            };
+            if let Some(fleet) = fleet {
+                let fleet = fleet
                     .build()
                     .map_err(|e| config_err("budgets")(e.to_string()))?;
                 b = b.fleet(fleet);
@@ -239,6 +253,14 @@ pub(crate) fn build(
     let review = crate::review::layer(cfg, audit_hmac_key(cfg).ok(), sink == AuditSink::DryRun)?;
     let review_handle = review.as_ref().map(|l| l.handle());
 
+    // Built once: its permits, leases and AIMD limit live across reloads.
+    let concurrency = cfg
+        .concurrency
+        .as_ref()
+        .map(crate::concurrency::layer)
+        .transpose()
+        .map_err(config_err("concurrency"))?;
+
     let base = BaseUrlLayer::new(upstream).map_err(|e| StartError::Upstream(e.to_string()))?;
     let client = upstream_client::<StackBody>(&cfg.client);
     let fixed = Fixed {
@@ -251,8 +273,13 @@ pub(crate) fn build(
         timeout,
         auth,
         retry: on.retry.then(|| cfg.retry.clone()),
-        // Innermost: one span per upstream attempt, when tracing is on (`otel`).
-        inner: base.layer(crate::otel::traced(client)),
+        // Innermost: one span per upstream attempt, when tracing is on (`otel`); around it,
+        // below the whole stack, the upstream account's concurrency cap (one permit per attempt).
+        inner: crate::concurrency::capped(
+            concurrency.as_ref(),
+            base.layer(crate::otel::traced(client)),
+        ),
+        capped: concurrency.is_some(),
         l2,
         limiters: Mutex::new(Limiters::default()),
     };
@@ -376,6 +403,9 @@ impl Fixed {
                 other => other,
             })
             .collect();
+        if self.capped {
+            wired.push("concurrency");
+        }
         wired.push("client");
         Ok((stack.layer(self.inner.clone()), wired))
     }

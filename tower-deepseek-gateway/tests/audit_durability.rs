@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,17 +13,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use http_body_util::BodyExt;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tower_deepseek_testkit::MockServer;
 
-const BIN: &str = env!("CARGO_BIN_EXE_deepseek-gateway");
-
-/// The gateway binary, listening.
-struct Gw {
-    child: Child,
-    addr: String,
-}
+/// The gateway binary, listening (the shared [`GatewayProcess`]).
+struct Gw(GatewayProcess);
 
 impl Gw {
     async fn start(upstream: &str, audit: &Path) -> Gw {
@@ -32,37 +24,20 @@ impl Gw {
     }
 
     async fn start_with(upstream: &str, args: &[&std::ffi::OsStr]) -> Gw {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
-            .args(args)
-            .env("DEEPSEEK_API_KEY", UPSTREAM_KEY)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("the gateway starts")
-            .unwrap()
-            .expect("a first line");
-        let addr = line
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Gw { child, addr }
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| a.to_str().expect("UTF-8 arguments"))
+            .collect();
+        Gw(GatewayProcess::spawn(upstream, "", &args, &[]).await)
     }
 
     fn url(&self) -> String {
-        format!("http://{}/v1/chat/completions", self.addr)
+        self.0.url("/v1/chat/completions")
     }
 
     /// SIGKILL, and wait for the process to be gone.
     async fn kill(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
+        self.0.kill().await;
     }
 }
 
@@ -123,7 +98,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// `deepseek-gateway audit verify FILES...`: (exit code, stdout).
 async fn verify(files: &[&Path]) -> (i32, String) {
-    let out = Command::new(BIN)
+    let out = tokio::process::Command::new(GATEWAY_BIN)
         .args(["audit", "verify"])
         .args(files)
         .output()

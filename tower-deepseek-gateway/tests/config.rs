@@ -343,3 +343,41 @@ fn check_config_on_a_broken_file_exits_1_with_the_line_and_the_field() {
         "{out}"
     );
 }
+
+#[test]
+fn the_concurrency_table_comes_from_the_environment_and_flags_too() {
+    Jail::expect_with(|jail| {
+        assert!(load(None, &Overrides::new()).unwrap().concurrency.is_none());
+        jail.set_env("DEEPSEEK_GATEWAY_CONCURRENCY__MAX", "8");
+        jail.set_env("DEEPSEEK_GATEWAY_CONCURRENCY__INITIAL", "8");
+        jail.set_env(
+            "DEEPSEEK_GATEWAY_CONCURRENCY__REDIS__REDIS_URL",
+            "redis://env:6379",
+        );
+        let c = load(None, &flags(&["concurrency.account=prod"])).unwrap();
+        let cc = c.concurrency.unwrap();
+        assert_eq!((cc.initial, cc.max, cc.account.as_str()), (8, 8, "prod"));
+        assert_eq!(
+            cc.redis.unwrap().redis_url.as_deref(),
+            Some("redis://env:6379")
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn check_config_wires_the_concurrency_cap_around_the_client() {
+    let (code, out) = check_config("[concurrency]\ninitial = 4\nmax = 4\n", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("timeout, concurrency, client"), "{out}");
+    let (code, out) = check_config(
+        "[layers]\ncache = true\n[concurrency]\ninitial = 8\nmax = 4\n",
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("FILE:3: "), "{out}");
+    assert!(
+        out.contains("concurrency") && out.contains("initial"),
+        "{out}"
+    );
+}

@@ -114,7 +114,34 @@ async fn two_gateways_share_each_clients_quota_through_redis() {
     b.stop().await.unwrap();
 }
 
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
+/// `[concurrency]` (in memory) caps the calls in flight at the upstream; without it, they are
+/// not capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_table_caps_calls_in_flight_at_the_upstream() {
+    let upstream = CountingUpstream::start(std::time::Duration::from_millis(200)).await;
+    let client = client();
+    let mut peaks = Vec::new();
+    for extra in ["", "[concurrency]\ninitial = 2\nmax = 2\n"] {
+        let cfg = GatewayConfig::from_toml(&format!("[layers]\ncache = false\n{extra}")).unwrap();
+        let gw = start(&upstream.url(), cfg, None).await;
+        let from = std::time::Instant::now();
+        let calls = (0..6).map(|i| {
+            let req = chat_request(
+                &gw.url("/v1/chat/completions"),
+                None,
+                json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": format!("call {i}")}]}),
+            );
+            let client = client.clone();
+            async move {
+                let res = send(&client, req).await;
+                assert_eq!(res.status(), 200);
+                body_string(res).await
+            }
+        });
+        futures_util::future::join_all(calls).await;
+        peaks.push(upstream.peak(from, std::time::Instant::now()));
+        gw.stop().await.unwrap();
+    }
+    assert!(peaks[0] >= 3, "without a cap: {peaks:?}");
+    assert_eq!(peaks[1], 2, "with a cap of 2: {peaks:?}");
 }

@@ -2,14 +2,12 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tower_deepseek_testkit::MockServer;
 
@@ -124,8 +122,6 @@ async fn drain_deadline_bounds_shutdown() {
     drop(body);
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_deepseek-gateway");
-
 #[tokio::test]
 async fn binary_drains_a_stream_on_sigterm() {
     let upstream = MockServer::builder()
@@ -133,71 +129,28 @@ async fn binary_drains_a_stream_on_sigterm() {
         .stream_chunk_delay(Duration::from_millis(40))
         .start()
         .await;
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--upstream", &upstream.url()])
-        .env("DEEPSEEK_API_KEY", UPSTREAM_KEY)
-        .env(
-            "RUST_LOG",
-            "info,tower_deepseek_gateway=trace,tower_deepseek_auth=trace,tower_deepseek_cache=trace,\
-             tower_deepseek_retry=trace,tower_deepseek_breaker=trace,tower_deepseek_redact=trace,\
-             deepseek_audit=trace",
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("the gateway starts")
-        .unwrap()
-        .unwrap();
-    let addr = line
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let rust_log = "info,tower_deepseek_gateway=trace,tower_deepseek_auth=trace,tower_deepseek_cache=trace,\
+                    tower_deepseek_retry=trace,tower_deepseek_breaker=trace,tower_deepseek_redact=trace,\
+                    deepseek_audit=trace";
+    let mut gw = GatewayProcess::spawn(&upstream.url(), "", &[], &[("RUST_LOG", rust_log)]).await;
 
     let res = send(
         &client(),
-        chat_request(
-            &format!("http://{addr}/v1/chat/completions"),
-            None,
-            stream_body(),
-        ),
+        chat_request(&gw.url("/v1/chat/completions"), None, stream_body()),
     )
     .await;
     assert_eq!(res.status(), 200);
     let mut body = res.into_body();
     let first = first_frame(&mut body).await;
 
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    gw.signal("-TERM");
 
     let text = rest(body, first).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the gateway exits after draining")
-        .unwrap();
+    let exit = gw.exit().await;
     assert!(exit.success(), "{exit:?}");
-    assert_eq!(
-        lines.next_line().await.unwrap(),
-        None,
-        "exactly one stdout line"
-    );
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    assert_eq!(gw.next_stdout_line().await, None, "exactly one stdout line");
+    let stderr = gw.logs();
     assert!(stderr.contains("no client keys configured"), "{stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
     for secret in [UPSTREAM_KEY, CLIENT_KEY, "13800138000", "reach me"] {
@@ -207,7 +160,7 @@ async fn binary_drains_a_stream_on_sigterm() {
 
 #[tokio::test]
 async fn binary_refuses_a_public_address_without_keys() {
-    let out = Command::new(BIN)
+    let out = Command::new(GATEWAY_BIN)
         .args(["--listen", "0.0.0.0:0", "--upstream", "http://127.0.0.1:9"])
         .env_remove("DEEPSEEK_API_KEY")
         .output()
@@ -227,7 +180,7 @@ async fn binary_rejects_a_broken_config_file() {
     let path =
         std::env::temp_dir().join(format!("deepseek-gateway-bad-{}.toml", std::process::id()));
     std::fs::write(&path, "[retry]\nmax_atempts = 3\n").unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(GATEWAY_BIN)
         .args(["--listen", "127.0.0.1:0", "--config"])
         .arg(&path)
         .output()

@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tower_deepseek_gateway::{Gateway, GatewayConfig, Options};
 use tower_deepseek_testkit::MockServer;
 
@@ -146,8 +143,6 @@ async fn a_reload_swaps_keys_and_limits_and_the_request_in_flight_completes() {
     gw.stop().await.unwrap();
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_deepseek-gateway");
-
 #[tokio::test]
 async fn the_binary_reloads_on_sighup_without_dropping_a_stream() {
     let upstream = MockServer::builder()
@@ -155,67 +150,15 @@ async fn the_binary_reloads_on_sighup_without_dropping_a_stream() {
         .stream_chunk_delay(Duration::from_millis(30))
         .start()
         .await;
-    let dir = std::env::temp_dir().join(format!("deepseek-gateway-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, only_client_key()).unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream.url(),
-            "--config",
-        ])
-        .arg(&path)
-        .env("DEEPSEEK_API_KEY", UPSTREAM_KEY)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("the gateway starts")
-        .unwrap()
-        .unwrap();
-    let addr = line
-        .strip_prefix("listening on http://")
-        .unwrap()
-        .to_owned();
-    let url = format!("http://{addr}/v1/chat/completions");
-    // The log, line by line, to wait for each reload's outcome (and to look for secrets).
-    let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(l)) = err_lines.next_line().await {
-            let _ = log_tx.send(l);
-        }
-    });
-    let mut seen = String::new();
-    let mut wait_for = async |what: &str, seen: &mut String| {
-        loop {
-            let l = tokio::time::timeout(Duration::from_secs(10), log.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no {what:?} in the log: {seen}"))
-                .expect("the log goes on");
-            seen.push_str(&l);
-            seen.push('\n');
-            if l.contains(what) {
-                return;
-            }
-        }
-    };
-    let hup = |pid: u32| {
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    let pid = child.id().unwrap();
+    let mut gw = GatewayProcess::spawn(
+        &upstream.url(),
+        &only_client_key(),
+        &[],
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    let path = gw.config_path().to_owned();
+    let url = gw.url("/v1/chat/completions");
 
     let res = send(
         &client(),
@@ -227,8 +170,8 @@ async fn the_binary_reloads_on_sighup_without_dropping_a_stream() {
     let first = first_frame(&mut body).await;
 
     std::fs::write(&path, only_other_key()).unwrap();
-    hup(pid);
-    wait_for("configuration reloaded", &mut seen).await;
+    gw.signal("-HUP");
+    let seen = gw.wait_for_log("configuration reloaded", 0).await;
     assert_eq!(chat_status(&url, CLIENT_KEY).await, 401);
     assert_eq!(chat_status(&url, OTHER_KEY).await, 200);
 
@@ -239,9 +182,10 @@ async fn the_binary_reloads_on_sighup_without_dropping_a_stream() {
         "[oauth2]\ntoken_url = \"https://auth.example/token\"\nclient_id = \"gw\"\nclient_secret = \"sk-oauth-secret-0042\"\nscope = [\n",
     )
     .unwrap();
-    hup(pid);
-    wait_for("reload failed", &mut seen).await;
-    assert!(seen.contains("gateway.toml:"), "{seen}");
+    gw.signal("-HUP");
+    gw.wait_for_log("reload failed", seen).await;
+    let file = path.file_name().unwrap().to_str().unwrap();
+    assert!(gw.logs().contains(&format!("{file}:")), "{}", gw.logs());
     assert_eq!(chat_status(&url, CLIENT_KEY).await, 401);
     assert_eq!(
         chat_status(&url, OTHER_KEY).await,
@@ -252,19 +196,11 @@ async fn the_binary_reloads_on_sighup_without_dropping_a_stream() {
     let text = rest(body, first).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
 
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    gw.signal("-TERM");
+    let exit = gw.exit().await;
     assert!(exit.success(), "{exit:?}");
-    while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(5), log.recv()).await {
-        seen.push_str(&l);
-    }
+    let seen = gw.logs();
     for secret in ["sk-oauth-secret-0042", UPSTREAM_KEY, CLIENT_KEY, OTHER_KEY] {
         assert!(!seen.contains(secret), "{secret} in the logs: {seen}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
