@@ -5,7 +5,10 @@
 //! answers a fixed JSON chat completion at once, so that only the stack is measured; then each
 //! layer alone (`stack_one_layer`), for what each one costs.
 //!
-//! `cargo bench -p tower-deepseek --bench stack`
+//! ```text
+//! cargo bench -p tower-deepseek --bench stack
+//! STACK_DRIVE=recommended_stack STACK_ITERS=2000 <stack bench binary>   # for callgrind
+//! ```
 
 use std::future::Future;
 use std::io;
@@ -15,7 +18,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
@@ -174,6 +177,22 @@ fn erased(l: &Layers) -> Svc {
     boxed(l.audit.layer(adapt::<AuditRequestBody<Body>>(svc)))
 }
 
+fn recommended() -> tower_deepseek::stack::StackService {
+    let l = layers();
+    let stack = RecommendedStack::builder()
+        .audit(l.audit)
+        .redact(l.redact)
+        .cache(l.cache)
+        .rate_limit(l.rate_limit)
+        .retry(l.retry)
+        .circuit_breaker(l.breaker)
+        .bearer_auth(l.auth)
+        .timeout(l.timeout)
+        .build()
+        .unwrap();
+    stack.layer(Upstream)
+}
+
 fn request() -> Request<Body> {
     Request::post("/chat/completions")
         .header("content-type", "application/json")
@@ -204,19 +223,7 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let l = layers();
-    let stack = RecommendedStack::builder()
-        .audit(l.audit)
-        .redact(l.redact)
-        .cache(l.cache)
-        .rate_limit(l.rate_limit)
-        .retry(l.retry)
-        .circuit_breaker(l.breaker)
-        .bearer_auth(l.auth)
-        .timeout(l.timeout)
-        .build()
-        .unwrap();
-    let fixed = stack.layer(Upstream);
+    let fixed = recommended();
     group.bench_function("recommended_stack", |b| {
         b.to_async(&rt).iter(|| async {
             let res = fixed.clone().oneshot(request()).await.unwrap();
@@ -255,4 +262,42 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `STACK_DRIVE=<erased_per_stage|recommended_stack> STACK_ITERS=<n>`: only `n` calls of that
+/// variant of `stack_all_layers`, after 1,000 to warm it, for callgrind (run with `n` and 0,
+/// subtract, divide by `n`).
+fn main() {
+    if let Ok(which) = std::env::var("STACK_DRIVE") {
+        let iters: u64 = std::env::var("STACK_ITERS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let erased = erased(&layers());
+        let fixed = recommended();
+        let run = |n: u64| {
+            rt.block_on(async {
+                for _ in 0..n {
+                    let res = match which.as_str() {
+                        "erased_per_stage" => erased.clone().oneshot(request()).await.unwrap(),
+                        "recommended_stack" => {
+                            let res = fixed.clone().oneshot(request()).await.unwrap();
+                            res.map(Body::new)
+                        }
+                        other => panic!("unknown variant {other}"),
+                    };
+                    std::hint::black_box(res.into_body().collect().await.unwrap());
+                }
+            })
+        };
+        run(1000);
+        run(iters);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,7 +1,7 @@
 //! The pieces the recommended stack is made of: one boxed service per stage, joined by one
 //! body type ([`StackBody`]), and [`PerTenant`].
 //!
-//! Each layer of the stack wraps a [`BoxedStage`]: a service that takes a request with any body
+//! Each layer of the stack wraps a [`StageService`]: a service that takes a request with any body
 //! (a layer's buffered or replayable body, or the caller's) and hands it down boxed as a
 //! [`StackBody`]. The layer's service is then boxed in turn, its answer's body boxed as a
 //! [`StackBody`], and becomes the inner service of the next layer up. Every stage therefore has
@@ -46,7 +46,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use pin_project_lite::pin_project;
-use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::util::Oneshot;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::meta::TenantId;
 use tower_layer::Layer;
@@ -84,8 +84,45 @@ fn already_boxed<B: 'static>(body: B) -> Result<StackBody, B> {
     }
 }
 
-/// One stage of the stack, boxed: takes and answers [`StackBody`]s. Cloning it clones one box.
-pub type Stage = BoxCloneSyncService<Request<StackBody>, Response<StackBody>, BoxError>;
+/// The future of a [`Stage`].
+pub type StageFuture = Pin<Box<dyn Future<Output = Result<Response<StackBody>, BoxError>> + Send>>;
+
+type CallFn = dyn Fn(Request<StackBody>) -> StageFuture + Send + Sync;
+
+/// One stage of the stack, type-erased: takes and answers [`StackBody`]s.
+///
+/// Cloning it is one reference count, whatever lies below: layers that clone their inner
+/// service per call (cache, rate limit, retry, redact) clone one `Arc`, not the stages below.
+/// Each call runs on a clone of the wrapped service, driven through its `poll_ready` and
+/// `call` inside the returned future ([`Oneshot`]), so a stage's own `poll_ready` is always
+/// ready and a wait for capacity (a rate limiter, a concurrency limit) happens in the call's
+/// future, where the caller's deadline and cancellation apply.
+#[derive(Clone)]
+pub struct Stage {
+    call: Arc<CallFn>,
+}
+
+impl fmt::Debug for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stage").finish_non_exhaustive()
+    }
+}
+
+impl Service<Request<StackBody>> for Stage {
+    type Response = Response<StackBody>;
+    type Error = BoxError;
+    type Future = StageFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<StackBody>) -> StageFuture {
+        (self.call)(req)
+    }
+}
 
 /// Makes `svc` a [`Stage`]: its answers' bodies boxed as [`StackBody`]s (not again when they
 /// are already), its errors boxed.
@@ -97,7 +134,13 @@ where
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
-    BoxCloneSyncService::new(BoxAnswer { inner: svc })
+    Stage {
+        call: Arc::new(move |req| {
+            Box::pin(BoxAnswerFuture {
+                fut: Oneshot::new(svc.clone(), req),
+            })
+        }),
+    }
 }
 
 /// `layer` around the stage `inner`, boxed as the next stage up.
@@ -161,7 +204,7 @@ where
 {
     type Response = Response<StackBody>;
     type Error = BoxError;
-    type Future = <Stage as Service<Request<StackBody>>>::Future;
+    type Future = StageFuture;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -174,37 +217,8 @@ where
     }
 }
 
-/// Boxes the answer's body of the service it wraps, and its errors.
-#[derive(Clone)]
-struct BoxAnswer<S> {
-    inner: S,
-}
-
-impl<S, RB> Service<Request<StackBody>> for BoxAnswer<S>
-where
-    S: Service<Request<StackBody>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
-    RB: Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    type Response = Response<StackBody>;
-    type Error = BoxError;
-    type Future = BoxAnswerFuture<S::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<StackBody>) -> Self::Future {
-        BoxAnswerFuture {
-            fut: self.inner.call(req),
-        }
-    }
-}
-
 pin_project! {
+    /// Boxes the answer's body of the future it wraps, and its error.
     struct BoxAnswerFuture<F> {
         #[pin]
         fut: F,
@@ -351,6 +365,45 @@ where
 mod tests {
     use super::*;
     use http_body_util::Full;
+
+    /// A service that counts its clones.
+    struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Counted(self.0.clone())
+        }
+    }
+
+    impl Service<Request<StackBody>> for Counted {
+        type Response = Response<Full<Bytes>>;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Self::Response, BoxError>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: Request<StackBody>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
+        }
+    }
+
+    #[test]
+    fn cloning_a_stage_does_not_clone_the_stages_below() {
+        let clones = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let bottom = boxed(Counted(clones.clone()));
+        let layer = tower::layer::layer_fn(|inner: StageService| inner);
+        let top = stage(
+            &layer,
+            StageService::from_stage(stage(&layer, StageService::from_stage(bottom))),
+        );
+        let before = clones.load(std::sync::atomic::Ordering::Relaxed);
+        let copies: Vec<Stage> = (0..10).map(|_| top.clone()).collect();
+        assert_eq!(copies.len(), 10);
+        assert_eq!(clones.load(std::sync::atomic::Ordering::Relaxed), before);
+    }
 
     #[test]
     fn a_stack_body_is_not_boxed_twice() {
