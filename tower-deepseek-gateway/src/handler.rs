@@ -52,7 +52,7 @@ pub(crate) async fn not_found(uri: Uri) -> Response<Body> {
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         "not_found",
-        "unknown route; the gateway serves /v1/chat/completions, /v1/models, /beta/completions, /healthz and /metrics",
+        "unknown route; the gateway serves /v1/chat/completions, /v1/models, /beta/completions, /healthz, /readyz and /metrics",
         None,
     )
 }

@@ -7,6 +7,10 @@
 //! boxed between stages. The gateway's `[layers]` switches and tables map onto a
 //! [`StackConfig`]; the program adds what a file cannot hold: the audit sink, the upstream
 //! credential, and a rate limiter per client with limits of its own.
+//!
+//! With several upstreams (or one with settings of its own) the stack leaves out its breaker,
+//! auth and timeout stages, and the service below it is the failover pool of
+//! [`upstream::pool`](crate::upstream::pool), which runs them per upstream.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,11 +19,12 @@ use std::sync::Mutex;
 use axum::body::Body;
 use secrecy::{ExposeSecret, SecretString};
 use tower::Layer;
+use tower_deepseek::auth::OAuth2Config;
 use tower_deepseek::auth::store::RedisTokenStore;
 use tower_deepseek::auth::{BearerAuthLayer, OAuth2Layer};
 use tower_deepseek::breaker::CircuitBreakerLayer;
 use tower_deepseek::cache::CacheLayer;
-use tower_deepseek::client::{BaseUrl, BaseUrlLayer, UpstreamClient, upstream_client};
+use tower_deepseek::client::upstream_client;
 use tower_deepseek::core::body::BufferedBody;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditHandle, AuditLayer, JsonlFileSink, WriterSink};
@@ -33,11 +38,17 @@ use tower_deepseek::stack::{
 };
 
 use crate::StartError;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, UpstreamConfig};
+use crate::upstream::pool::{self, Inner};
+use crate::upstream::probe::Probe;
+use crate::upstream::{Entry, Upstreams};
 
-/// The stack around the upstream client, taking the server's request bodies.
-pub(crate) type Svc =
-    Recommended<BaseUrl<crate::otel::Traced<UpstreamClient<StackRequestBody<Body>>>>, Body>;
+/// The request body the stack hands to the service below it.
+pub(crate) type StackIn = StackRequestBody<Body>;
+
+/// The stack around the upstream client (or the failover pool), taking the server's request
+/// bodies. The service below the stack is boxed ([`Inner`]): one upstream's client or the pool.
+pub(crate) type Svc = Recommended<Inner<StackIn>, Body>;
 
 /// The upstream credential.
 pub(crate) enum Credential {
@@ -72,7 +83,10 @@ pub(crate) struct Fixed {
     timeout: Option<TimeoutLayer>,
     auth: Auth,
     retry: Option<RetryConfig>,
-    inner: BaseUrl<crate::otel::Traced<UpstreamClient<StackRequestBody<Body>>>>,
+    inner: Inner<StackIn>,
+    /// What the service below the stack runs, for [`Gateway::layers`](crate::Gateway::layers):
+    /// `client`, or the pool's stages.
+    below: Vec<&'static str>,
     l2: bool,
     /// The rate limiters of the running stack, by their effective settings, so that a reload
     /// keeps the windows of the limits it does not change.
@@ -100,6 +114,27 @@ pub(crate) struct Built {
     /// too large), which never reach the stack.
     pub(crate) audit_layer: Option<AuditLayer>,
     pub(crate) wired: Vec<&'static str>,
+    /// Every upstream, for `/readyz` and the metrics.
+    pub(crate) upstreams: Upstreams,
+    /// The active probes to start.
+    pub(crate) probes: Vec<Probe>,
+}
+
+/// An OAuth2 layer for `oauth` (the global `[oauth2]` or an upstream's own), its token shared
+/// through the fleet's Redis (`cache.redis_url`) when there is one.
+pub(crate) fn oauth2_layer(
+    oauth: &OAuth2Config,
+    cfg: &GatewayConfig,
+) -> Result<OAuth2Layer<TokenClient>, StartError> {
+    let token_client = upstream_client::<BufferedBody>(&cfg.client);
+    let mut builder = OAuth2Layer::builder(oauth.clone(), token_client);
+    if let Some(url) = &cfg.cache.redis_url {
+        let store = RedisTokenStore::open(url).map_err(|e| config_err("oauth2")(e.to_string()))?;
+        builder = builder.store(store);
+    }
+    builder
+        .build()
+        .map_err(|e| config_err("oauth2")(e.to_string()))
 }
 
 fn config_err(layer: &'static str) -> impl FnOnce(String) -> StartError {
@@ -123,11 +158,14 @@ pub(crate) enum AuditSink {
     DryRun,
 }
 
-/// Builds the stack for `upstream` from `cfg` (whose `cache.redis_url` is also the OAuth2
-/// token store's Redis).
+/// Builds the stack for `upstreams` from `cfg` (whose `cache.redis_url` is also the OAuth2
+/// token store's Redis): the plain stack around one upstream's client, or (`pooled`) the stack
+/// without its breaker, auth and timeout stages around the failover pool, which has them per
+/// upstream.
 pub(crate) fn build(
     cfg: &GatewayConfig,
-    upstream: &str,
+    upstreams: &[UpstreamConfig],
+    pooled: bool,
     credential: &Credential,
     sink: AuditSink,
 ) -> Result<Built, StartError> {
@@ -166,21 +204,10 @@ pub(crate) fn build(
             BearerAuthLayer::new(SecretString::from(key.expose_secret()))
                 .map_err(|e| config_err("auth")(e.to_string()))?,
         ),
-        Credential::OAuth2 => {
-            let oauth = cfg.oauth2.clone().expect("checked by the caller");
-            let token_client = upstream_client::<BufferedBody>(&cfg.client);
-            let mut builder = OAuth2Layer::builder(oauth, token_client);
-            if let Some(url) = &cfg.cache.redis_url {
-                let store =
-                    RedisTokenStore::open(url).map_err(|e| config_err("oauth2")(e.to_string()))?;
-                builder = builder.store(store);
-            }
-            Auth::OAuth2(
-                builder
-                    .build()
-                    .map_err(|e| config_err("oauth2")(e.to_string()))?,
-            )
-        }
+        Credential::OAuth2 => Auth::OAuth2(oauth2_layer(
+            cfg.oauth2.as_ref().expect("checked by the caller"),
+            cfg,
+        )?),
         Credential::None => Auth::None,
     };
 
@@ -235,21 +262,67 @@ pub(crate) fn build(
         audit_layer = Some(layer);
     }
 
-    let base = BaseUrlLayer::new(upstream).map_err(|e| StartError::Upstream(e.to_string()))?;
-    let client = upstream_client::<StackRequestBody<Body>>(&cfg.client);
-    let fixed = Fixed {
-        audit: audit_layer.clone(),
-        redact,
-        cache,
-        cost,
-        breaker,
-        timeout,
-        auth,
-        retry: on.retry.then(|| cfg.retry.clone()),
-        // Innermost: one span per upstream attempt, when tracing is on (`otel`).
-        inner: base.layer(crate::otel::traced(client)),
-        l2,
-        limiters: Mutex::new(Limiters::default()),
+    let (fixed, upstreams, probes) = if pooled {
+        // Each upstream: its breaker, credential, attempt timeouts and client.
+        let global_oauth = match &auth {
+            Auth::OAuth2(l) => Some(l),
+            _ => None,
+        };
+        let p = pool::pool::<StackIn>(cfg, upstreams, credential, global_oauth)?;
+        let mut below = vec!["failover", "breaker"];
+        if timeout.is_some() {
+            below.push("timeout");
+        }
+        below.push("client");
+        let fixed = Fixed {
+            audit: audit_layer.clone(),
+            redact,
+            cache,
+            cost,
+            breaker: None,
+            timeout: None,
+            auth: Auth::None,
+            retry: on.retry.then(|| cfg.retry.clone()),
+            inner: p.inner,
+            below,
+            l2,
+            limiters: Mutex::new(Limiters::default()),
+        };
+        let upstreams = Upstreams {
+            entries: p.entries,
+            failover: Some(p.layer),
+            audit: audit.clone(),
+        };
+        (fixed, upstreams, p.probes)
+    } else {
+        let u = &upstreams[0];
+        pool::check_name(0, &pool::name_of(0, u))?;
+        let entry = Entry {
+            name: pool::name_of(0, u),
+            breaker: breaker.as_ref().map(CircuitBreakerLayer::handle),
+            probe: None,
+        };
+        let fixed = Fixed {
+            audit: audit_layer.clone(),
+            redact,
+            cache,
+            cost,
+            breaker,
+            timeout,
+            auth,
+            retry: on.retry.then(|| cfg.retry.clone()),
+            // Innermost: one span per upstream attempt, when tracing is on (`otel`).
+            inner: pool::single::<StackIn>(cfg, &u.url)?,
+            below: vec!["client"],
+            l2,
+            limiters: Mutex::new(Limiters::default()),
+        };
+        let upstreams = Upstreams {
+            entries: vec![entry],
+            failover: None,
+            audit: audit.clone(),
+        };
+        (fixed, upstreams, Vec::new())
     };
     let (service, wired) = fixed.compose(cfg)?;
     Ok(Built {
@@ -258,6 +331,8 @@ pub(crate) fn build(
         audit,
         audit_layer,
         wired,
+        upstreams,
+        probes,
     })
 }
 
@@ -367,7 +442,7 @@ impl Fixed {
                 other => other,
             })
             .collect();
-        wired.push("client");
+        wired.extend(self.below.iter().copied());
         Ok((stack.layer(self.inner.clone()), wired))
     }
 }
