@@ -22,7 +22,7 @@ use tower::Layer;
 use tower_deepseek::auth::OAuth2Config;
 use tower_deepseek::auth::store::RedisTokenStore;
 use tower_deepseek::auth::{BearerAuthLayer, OAuth2Layer};
-use tower_deepseek::breaker::CircuitBreakerLayer;
+use tower_deepseek::breaker::{CircuitBreakerLayer, FailoverLayer};
 use tower_deepseek::cache::CacheLayer;
 use tower_deepseek::client::upstream_client;
 use tower_deepseek::core::body::BufferedBody;
@@ -87,6 +87,9 @@ pub(crate) struct Fixed {
     /// What the service below the stack runs, for [`Gateway::layers`](crate::Gateway::layers):
     /// `client`, or the pool's stages.
     below: Vec<&'static str>,
+    /// The failover of a pool, and its upstreams' names and URLs in order: a reload sets
+    /// their weights.
+    pool: Option<(FailoverLayer, Vec<(String, String)>)>,
     l2: bool,
     /// The rate limiters of the running stack, by their effective settings, so that a reload
     /// keeps the windows of the limits it does not change.
@@ -285,6 +288,14 @@ pub(crate) fn build(
             retry: on.retry.then(|| cfg.retry.clone()),
             inner: p.inner,
             below,
+            pool: Some((
+                p.layer.clone(),
+                upstreams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (pool::name_of(i, u), u.url.clone()))
+                    .collect(),
+            )),
             l2,
             limiters: Mutex::new(Limiters::default()),
         };
@@ -314,6 +325,7 @@ pub(crate) fn build(
             // Innermost: one span per upstream attempt, when tracing is on (`otel`).
             inner: pool::single::<StackIn>(cfg, &u.url)?,
             below: vec!["client"],
+            pool: None,
             l2,
             limiters: Mutex::new(Limiters::default()),
         };
@@ -337,6 +349,48 @@ pub(crate) fn build(
 }
 
 impl Fixed {
+    /// The upstream weights of `cfg` for the running pool, checked: `None` when there is no
+    /// pool or `cfg` names no upstreams (the running weights stay). The upstreams themselves
+    /// (their number, names and URLs, credentials, model maps, probes) are read at start only.
+    pub(crate) fn weights(&self, cfg: &GatewayConfig) -> Result<Option<Vec<u32>>, StartError> {
+        let restart = || {
+            config_err("upstreams")(
+                "the upstreams (their number, names and URLs) change only at a restart; a reload changes their weights".to_owned(),
+            )
+        };
+        let Some((_, running)) = &self.pool else {
+            return if cfg.upstreams.len() > 1 {
+                Err(restart())
+            } else {
+                Ok(None)
+            };
+        };
+        if cfg.upstreams.is_empty() {
+            return Ok(None);
+        }
+        let same = cfg.upstreams.len() == running.len()
+            && cfg
+                .upstreams
+                .iter()
+                .enumerate()
+                .zip(running)
+                .all(|((i, u), (name, url))| pool::name_of(i, u) == *name && u.url == *url);
+        if !same {
+            return Err(restart());
+        }
+        Ok(Some(cfg.upstreams.iter().map(|u| u.weight).collect()))
+    }
+
+    /// Sets the pool's weights (from [`weights`](Self::weights)).
+    pub(crate) fn set_weights(&self, weights: &[u32]) -> Result<(), StartError> {
+        match &self.pool {
+            Some((layer, _)) => layer
+                .set_weights(weights)
+                .map_err(|e| config_err("upstreams")(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// The stack with the rate limits of `cfg` (`[rate_limit]` and the keys' own) around the
     /// layers built at start. A limiter whose settings did not change is kept (its window
     /// goes on); a changed one starts afresh.

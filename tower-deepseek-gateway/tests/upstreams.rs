@@ -371,3 +371,212 @@ async fn a_5xx_or_429_moves_to_the_next_upstream_and_the_model_is_mapped() {
     );
     gw.stop().await.unwrap();
 }
+
+/// Two upstreams `a` and `b` at `a_url`, `b_url`, with `extra_a` in `a`'s table.
+fn two_upstreams(a_url: &str, extra_a: &str, b_url: &str, extra_b: &str) -> String {
+    format!(
+        "[[upstreams]]\nname = \"a\"\nurl = \"{a_url}\"\n{extra_a}\n[[upstreams]]\nname = \"b\"\nurl = \"{b_url}\"\n{extra_b}\n"
+    )
+}
+
+#[tokio::test]
+async fn nothing_moves_after_the_first_byte_reached_the_caller() {
+    let a = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let b = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let gw = gateway(&two_upstreams(&a.url(), "", &b.url(), ""), &[]).await;
+    // The first call goes to `a` (the first of equal weights): its stream breaks after one
+    // event, once the head and that event were on their way to the caller.
+    a.enqueue(Fault::reset_mid_stream(1));
+    let (status, body) = call(&gw, true).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("stream_interrupted"), "{body}");
+    assert!(!body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert_eq!(
+        (a.chat_count(), b.chat_count()),
+        (1, 0),
+        "never sent again elsewhere"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_upstream_has_its_own_credential() {
+    // `a` takes the global API key; `b` its own OAuth2 client.
+    let a = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let b = MockServer::builder()
+        .oauth_client("pool-client", "pool-secret-0001")
+        .start()
+        .await;
+    let oauth = format!(
+        "[upstreams.oauth2]\ntoken_url = \"{}\"\nclient_id = \"pool-client\"\nclient_secret = \"pool-secret-0001\"\n",
+        b.token_url()
+    );
+    let gw = gateway(&two_upstreams(&a.url(), "", &b.url(), &oauth), &[]).await;
+    for i in 0..4 {
+        let (status, body) = call(&gw, i % 2 == 0).await;
+        assert_eq!(status, 200, "call {i}: {body}");
+    }
+    assert_eq!((a.chat_count(), b.chat_count()), (2, 2));
+    assert!(
+        a.requests_to("/chat/completions")
+            .iter()
+            .all(|r| r.bearer() == Some(UPSTREAM_KEY))
+    );
+    let b_sent = b.requests_to("/chat/completions");
+    assert!(
+        b_sent
+            .iter()
+            .all(|r| r.bearer().is_some_and(|t| t != UPSTREAM_KEY)),
+        "b gets its own token, never a's key"
+    );
+    assert_eq!(b.token_fetches(), 1, "one token for b's calls");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_weights_and_nothing_else() {
+    let a = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let b = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let text = |wa: u32, b_url: &str| {
+        format!(
+            "[layers]\ncache = false\n{}",
+            two_upstreams(&a.url(), &format!("weight = {wa}"), b_url, "")
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = Gateway::new(
+        Options::new()
+            .listen(listener.local_addr().unwrap())
+            .config(GatewayConfig::from_toml(&text(1, &b.url())).unwrap())
+            .api_key(UPSTREAM_KEY),
+    )
+    .unwrap();
+    let reloader = gateway.reloader();
+    let gw = Running::spawn(gateway, listener);
+    for _ in 0..4 {
+        assert_eq!(call(&gw, false).await.0, 200);
+    }
+    assert_eq!((a.chat_count(), b.chat_count()), (2, 2));
+
+    // `a` on standby: every call goes to `b`.
+    reloader
+        .reload(&GatewayConfig::from_toml(&text(0, &b.url())).unwrap())
+        .unwrap();
+    for _ in 0..4 {
+        assert_eq!(call(&gw, false).await.0, 200);
+    }
+    assert_eq!((a.chat_count(), b.chat_count()), (2, 6));
+    let (status, ready) = readyz(&gw).await;
+    assert_eq!(status, 200);
+    let s = upstream(&ready, "a");
+    assert_eq!(
+        (
+            s["state"].as_str(),
+            s["weight"].as_u64(),
+            s["configured_weight"].as_u64()
+        ),
+        (Some("standby"), Some(0), Some(0)),
+        "{ready}"
+    );
+
+    // Another URL is a restart's business: the reload fails and changes nothing.
+    let err = reloader
+        .reload(&GatewayConfig::from_toml(&text(3, "http://127.0.0.1:9")).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("restart"), "{err}");
+    assert!(!err.contains("127.0.0.1:9"), "no URL in the error: {err}");
+    for _ in 0..2 {
+        assert_eq!(call(&gw, false).await.0, 200);
+    }
+    assert_eq!((a.chat_count(), b.chat_count()), (2, 8));
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_plain_upstream_is_ready_and_shown() {
+    let up = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    // One `--upstream`: the plain stack, its one breaker; `/readyz` lists it all the same.
+    let gw = gateway("", &[&up.url()]).await;
+    assert_eq!(call(&gw, false).await.0, 200);
+    let (status, ready) = readyz(&gw).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["audit"], "off");
+    let u = upstream(&ready, "upstream-0");
+    assert_eq!(
+        (u["state"].as_str(), u["breaker"].as_str()),
+        (Some("up"), Some("closed")),
+        "{ready}"
+    );
+    gw.stop().await.unwrap();
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_deepseek-gateway");
+
+/// The binary with two upstreams from a file: `b`'s key from the variable its `api_key_env`
+/// names, `a`'s from `DEEPSEEK_API_KEY`.
+#[tokio::test]
+async fn the_binary_takes_an_upstream_key_from_its_own_variable() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let a = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let b = MockServer::builder()
+        .api_key("sk-upstream-b-0002")
+        .start()
+        .await;
+    let dir = std::env::temp_dir().join(format!("deepseek-gateway-pool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[layers]\ncache = false\n{}",
+            two_upstreams(
+                &a.url(),
+                "",
+                &b.url(),
+                "api_key_env = \"POOL_TEST_KEY_B\"\n[upstreams.models]\n\"deepseek-chat\" = \"b-chat\"\n"
+            )
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .env("DEEPSEEK_API_KEY", UPSTREAM_KEY)
+        .env("POOL_TEST_KEY_B", "sk-upstream-b-0002")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the gateway starts")
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .to_owned();
+    for _ in 0..4 {
+        let res = send(
+            &client(),
+            chat_request(
+                &format!("http://{addr}/v1/chat/completions"),
+                None,
+                chat(false),
+            ),
+        )
+        .await;
+        let status = res.status();
+        let body = body_string(res).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!((a.chat_count(), b.chat_count()), (2, 2));
+    assert!(b.requests_to("/chat/completions").iter().all(|r| r.bearer()
+        == Some("sk-upstream-b-0002")
+        && r.json().unwrap()["model"] == "b-chat"));
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -57,7 +57,10 @@ impl Upstreams {
     /// (when on) takes records (`audit_ok`: it could be flushed); 503 otherwise. The body lists
     /// every upstream.
     pub(crate) fn readiness(&self, audit_ok: Option<bool>) -> (StatusCode, serde_json::Value) {
-        let usable = self.refresh_metrics();
+        let usable = {
+            let _one = PAGE.lock().unwrap_or_else(|p| p.into_inner());
+            self.refresh_metrics()
+        };
         let audit = match audit_ok {
             None => "off",
             Some(true) => "ok",
@@ -121,6 +124,20 @@ pub(crate) async fn readyz(State(s): State<Arc<crate::Shared>>) -> Response<Body
 
 /// `GET /metrics`, with the upstream gauges brought up to date first.
 pub(crate) async fn metrics_page(State(s): State<Arc<crate::Shared>>) -> Response<Body> {
-    s.upstreams.refresh_metrics();
-    crate::handler::metrics_page().await
+    // The recorder is the process's: with two gateways in one process (embedding, tests), the
+    // page shows the gauges this gateway just set, not another's set in between.
+    let page = {
+        let _one = PAGE.lock().unwrap_or_else(|p| p.into_inner());
+        s.upstreams.refresh_metrics();
+        crate::telemetry::render()
+    };
+    let mut res = Response::new(Body::from(page));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
 }
+
+/// One refresh-and-render of the upstream gauges at a time.
+static PAGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
