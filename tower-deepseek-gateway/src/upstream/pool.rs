@@ -490,8 +490,10 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file_and_one_plain_upstream_is_the_plain_stack() {
-        let mut cfg = GatewayConfig::default();
-        cfg.upstreams = vec![UpstreamConfig::new("http://file.test")];
+        let mut cfg = GatewayConfig {
+            upstreams: vec![UpstreamConfig::new("http://file.test")],
+            ..GatewayConfig::default()
+        };
         let (l, pooled) = resolve("http://default.test".into(), vec![], &cfg);
         assert!(!pooled && l[0].url == "http://file.test");
         cfg.upstreams = vec![UpstreamConfig::new("http://file.test").model("a", "b")];
