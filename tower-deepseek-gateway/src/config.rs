@@ -40,6 +40,8 @@
 //! default_mode = "placeholder"
 //! [audit]         # the gateway's audit settings
 //! hash_chain = true
+//! [review]        # quality review (crate::review): sampled calls, feedback, evaluation
+//! path = "review.jsonl"
 //! [oauth2]        # tower_deepseek_auth::OAuth2Config (instead of DEEPSEEK_API_KEY)
 //! token_url = "https://auth.example.com/oauth2/token"
 //! client_id = "gateway"
@@ -138,6 +140,9 @@ pub struct GatewayConfig {
     /// OpenTelemetry traces over OTLP ([`OtelConfig`]); absent: no tracing. Needs the
     /// crate's `otel` feature: a gateway built without it refuses the table.
     pub otel: Option<OtelConfig>,
+    /// Quality review: sampled calls to a file, feedback, evaluation
+    /// ([`crate::review::ReviewTable`]). Absent: off.
+    pub review: Option<crate::review::ReviewTable>,
 }
 
 /// One upstream of an active-active set (`[[upstreams]]`): its own connection pool, circuit

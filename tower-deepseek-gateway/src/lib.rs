@@ -15,6 +15,7 @@
 //! | `GET /healthz` | `{"status":"ok"}` (liveness) |
 //! | `GET /readyz` | 200 while at least one upstream is usable and the audit sink (when on) takes records, else 503; JSON: each upstream's state, weight, breaker state |
 //! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
+//! | `POST /v1/feedback` | a score for a call (with `[review]`; see [`review`]) |
 //!
 //! Proxied requests go through the recommended stack of the workspace's ARCHITECTURE.md, outermost
 //! first: audit, redact, cache, rate limit (per tenant), retry, circuit breaker, auth
@@ -84,6 +85,7 @@ pub mod inbound;
 mod layers;
 pub mod otel;
 mod reload;
+pub mod review;
 mod server;
 pub mod sources;
 mod stack;
@@ -310,6 +312,7 @@ impl Shared {
 pub struct Gateway {
     router: Router,
     audit: Option<AuditHandle>,
+    review: Option<tower_deepseek::redact::review::ReviewHandle>,
     drain: Duration,
     limits: server::Limits,
     open: bool,
@@ -476,6 +479,7 @@ impl Gateway {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(shared.clone());
+        let router = review::routes(router, &shared, built.review.as_ref());
         let reloader = Reloader::new(
             shared,
             built.fixed,
@@ -485,6 +489,7 @@ impl Gateway {
         Ok(Self {
             router,
             audit: built.audit,
+            review: built.review,
             drain: Duration::from_millis(cfg.server.drain_timeout_ms),
             limits: server::Limits {
                 header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
@@ -555,6 +560,11 @@ impl Gateway {
         if let Some(audit) = &self.audit {
             if let Err(e) = audit.shutdown() {
                 tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the audit log failed");
+            }
+        }
+        if let Some(review) = &self.review {
+            if let Err(e) = review.flush().await {
+                tracing::error!(target: "tower_deepseek_gateway", error = %e, "flushing the review file failed");
             }
         }
         // The spans of the calls just drained go out before `serve` returns.

@@ -2,11 +2,11 @@
 //! Audit, Redact, Cache, Cost (with `[prices]` or `[budgets]`), RateLimit (per tenant), Retry, CircuitBreaker, auth, Timeout, client.
 //!
 //! It is the facade's [`RecommendedStack`](tower_deepseek::stack::RecommendedStack): one
-//! statically typed layer in which each layer is optional at run time (an absent layer is the
-//! `Off` side of an enum, and body types unify through `http_body_util::Either`), so nothing is
-//! boxed between stages. The gateway's `[layers]` switches and tables map onto a
-//! [`StackConfig`]; the program adds what a file cannot hold: the audit sink, the upstream
-//! credential, and a rate limiter per client with limits of its own.
+//! boxed service per stage, each layer optional at run time (a layer that is off is not
+//! there). The gateway's `[layers]` switches and tables map onto a
+//! [`StackConfig`](tower_deepseek::stack::StackConfig); the program adds what a file cannot
+//! hold: the audit sink, the upstream credential, and a rate limiter per client with limits of
+//! its own.
 //!
 //! With several upstreams (or one with settings of its own) the stack leaves out its breaker,
 //! auth and timeout stages, and the service below it is the failover pool of
@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 
-use axum::body::Body;
 use secrecy::{ExposeSecret, SecretString};
 use tower::Layer;
 use tower_deepseek::auth::OAuth2Config;
@@ -34,7 +33,7 @@ use tower_deepseek::retry::rate_limit::RateLimitLayer;
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::retry::{RetryConfig, RetryLayer};
 use tower_deepseek::stack::{
-    Recommended, RecommendedStack, StackConfigError, StackRequestBody, TokenClient,
+    RecommendedStack, StackBody, StackConfigError, StackService, TokenClient,
 };
 
 use crate::StartError;
@@ -43,12 +42,9 @@ use crate::upstream::pool::{self, Inner};
 use crate::upstream::probe::Probe;
 use crate::upstream::{Entry, Upstreams};
 
-/// The request body the stack hands to the service below it.
-pub(crate) type StackIn = StackRequestBody<Body>;
-
 /// The stack around the upstream client (or the failover pool), taking the server's request
-/// bodies. The service below the stack is boxed ([`Inner`]): one upstream's client or the pool.
-pub(crate) type Svc = Recommended<Inner<StackIn>, Body>;
+/// bodies. The service below it is boxed ([`Inner`]): one upstream's client, or the pool.
+pub(crate) type Svc = StackService;
 
 /// The upstream credential.
 pub(crate) enum Credential {
@@ -76,6 +72,7 @@ impl fmt::Debug for Credential {
 pub(crate) struct Fixed {
     audit: Option<AuditLayer>,
     redact: Option<RedactLayer>,
+    review: Option<tower_deepseek::redact::ReviewLayer>,
     cache: Option<CacheLayer>,
     /// Built once: its budget tallies live across reloads.
     cost: Option<CostLayer>,
@@ -83,7 +80,7 @@ pub(crate) struct Fixed {
     timeout: Option<TimeoutLayer>,
     auth: Auth,
     retry: Option<RetryConfig>,
-    inner: Inner<StackIn>,
+    inner: Inner<StackBody>,
     /// What the service below the stack runs, for [`Gateway::layers`](crate::Gateway::layers):
     /// `client`, or the pool's stages.
     below: Vec<&'static str>,
@@ -117,6 +114,8 @@ pub(crate) struct Built {
     /// too large), which never reach the stack.
     pub(crate) audit_layer: Option<AuditLayer>,
     pub(crate) wired: Vec<&'static str>,
+    /// The review layer's handle (feedback), when `[review]` is set.
+    pub(crate) review: Option<tower_deepseek::redact::review::ReviewHandle>,
     /// Every upstream, for `/readyz` and the metrics.
     pub(crate) upstreams: Upstreams,
     /// The active probes to start.
@@ -265,13 +264,16 @@ pub(crate) fn build(
         audit_layer = Some(layer);
     }
 
+    let review = crate::review::layer(cfg, audit_hmac_key(cfg).ok(), sink == AuditSink::DryRun)?;
+    let review_handle = review.as_ref().map(|l| l.handle());
+
     let (fixed, upstreams, probes) = if pooled {
         // Each upstream: its breaker, credential, attempt timeouts and client.
         let global_oauth = match &auth {
             Auth::OAuth2(l) => Some(l),
             _ => None,
         };
-        let p = pool::pool::<StackIn>(cfg, upstreams, credential, global_oauth)?;
+        let p = pool::pool::<StackBody>(cfg, upstreams, credential, global_oauth)?;
         let mut below = vec!["failover", "breaker"];
         if timeout.is_some() {
             below.push("timeout");
@@ -280,6 +282,7 @@ pub(crate) fn build(
         let fixed = Fixed {
             audit: audit_layer.clone(),
             redact,
+            review,
             cache,
             cost,
             breaker: None,
@@ -316,6 +319,7 @@ pub(crate) fn build(
         let fixed = Fixed {
             audit: audit_layer.clone(),
             redact,
+            review,
             cache,
             cost,
             breaker,
@@ -323,7 +327,7 @@ pub(crate) fn build(
             auth,
             retry: on.retry.then(|| cfg.retry.clone()),
             // Innermost: one span per upstream attempt, when tracing is on (`otel`).
-            inner: pool::single::<StackIn>(cfg, &u.url)?,
+            inner: pool::single::<StackBody>(cfg, &u.url)?,
             below: vec!["client"],
             pool: None,
             l2,
@@ -345,6 +349,7 @@ pub(crate) fn build(
         wired,
         upstreams,
         probes,
+        review: review_handle,
     })
 }
 
@@ -400,12 +405,15 @@ impl Fixed {
     ) -> Result<(Svc, Vec<&'static str>), StartError> {
         let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = Limiters::default();
-        let mut b = RecommendedStack::<Body>::builder();
+        let mut b = RecommendedStack::builder();
         if let Some(l) = &self.audit {
             b = b.audit(l.clone());
         }
         if let Some(l) = &self.redact {
             b = b.redact(l.clone());
+        }
+        if let Some(l) = &self.review {
+            b = b.review(l.clone());
         }
         if let Some(l) = &self.cache {
             b = b.cache(l.clone());

@@ -31,6 +31,12 @@ pub const WEBSOCKET_UPGRADES_TOTAL: &str = "deepseek_gateway_websocket_upgrades_
 /// client closed or went away.
 pub const WEBSOCKET_CLOSED_TOTAL: &str = "deepseek_gateway_websocket_closed_total";
 
+/// `deepseek_review_score{model,tenant,source}`: the review layer's quality scores (0 to 1,
+/// `source` `human` or `evaluator`), with buckets of a tenth.
+pub const REVIEW_SCORE: &str = "deepseek_review_score";
+
+const SCORE_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 120.0,
@@ -44,6 +50,11 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets(BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(REVIEW_SCORE.to_owned()),
+                SCORE_BUCKETS,
+            )
             .expect("the bucket list is not empty");
         let handle = match builder.install_recorder() {
             Ok(h) => h,
@@ -79,6 +90,10 @@ fn describe() {
     metrics::describe_counter!(RESPONSES_TOTAL, "Gateway calls by final outcome");
     metrics::describe_counter!(TOKENS_TOTAL, "Tokens of the answers by kind");
     metrics::describe_gauge!(IN_FLIGHT, "Requests being answered");
+    metrics::describe_histogram!(
+        REVIEW_SCORE,
+        "Quality scores of calls, 0 to 1, from people (feedback) and evaluators"
+    );
     metrics::describe_gauge!(WEBSOCKET_CONNECTIONS, "WebSocket connections open");
     metrics::describe_counter!(
         WEBSOCKET_UPGRADES_TOTAL,

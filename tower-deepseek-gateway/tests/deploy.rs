@@ -1,5 +1,6 @@
 //! The deployment files: the Grafana dashboard parses and uses only metrics the code emits;
-//! the Prometheus alert rules are well-formed YAML with the guide's three alerts (and pass
+//! the Prometheus alert rules are well-formed YAML with the guide's three alerts and the
+//! quality-score alert (and pass
 //! `promtool check rules` when promtool is installed).
 
 use std::collections::BTreeSet;
@@ -119,6 +120,9 @@ fn dashboard_uses_only_emitted_metrics() {
         "deepseek_retry_attempts_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
+        // The quality metric (issue 20): feedback and evaluator scores.
+        "deepseek_review_score_sum",
+        "deepseek_review_score_count",
     ] {
         assert!(all.contains(needed), "the dashboard shows {needed}");
     }
@@ -253,6 +257,18 @@ fn alert_rules_are_well_formed_and_cover_the_guide() {
     assert!(errors.expr.ends_with("> 0.05"), "{errors:?}");
     let down = find("deepseek_breaker_state");
     assert!(down.expr.contains("open"), "{down:?}");
+    // Quality: the 1-hour mean score (sum over count) below a threshold.
+    let quality = find("deepseek_review_score_sum");
+    assert!(
+        quality
+            .expr
+            .contains("increase(deepseek_review_score_sum[1h])")
+            && quality
+                .expr
+                .contains("increase(deepseek_review_score_count[1h])")
+            && quality.expr.contains(") < 0."),
+        "{quality:?}"
+    );
 
     // The real check, where promtool is installed (never required).
     if let Ok(out) = std::process::Command::new("promtool")

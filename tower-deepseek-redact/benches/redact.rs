@@ -325,6 +325,65 @@ fn bench_audit(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_review(c: &mut Criterion) {
+    use tower_deepseek_redact::review::{ReviewLayer, ReviewRequestBody, SamplingRule};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("review_per_request");
+    const ANSWER: &[u8] = br#"{"id":"x","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}"#;
+    let bare = service_fn(|req: Request<Full<Bytes>>| async move {
+        black_box(req.into_body().collect().await.unwrap());
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(ANSWER))))
+    });
+    g.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| async {
+            let res = bare.oneshot(chat_req("hello")).await.unwrap();
+            black_box(res.into_body().collect().await.unwrap());
+        })
+    });
+    for (name, entry) in [("piece/moka_insert", false), ("piece/moka_entry", true)] {
+        let cache: moka::sync::Cache<std::sync::Arc<str>, u64> = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(std::time::Duration::from_secs(86_400))
+            .build();
+        let mut n = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                n += 1;
+                let k: std::sync::Arc<str> = std::sync::Arc::from(format!("id-{n}"));
+                if entry {
+                    cache.entry(k).or_insert_with(|| n);
+                } else {
+                    cache.insert(k, n);
+                }
+            })
+        });
+    }
+    for (name, fraction) in [("unsampled", 0.0), ("sampled", 1.0)] {
+        let layer = ReviewLayer::builder()
+            .rule(SamplingRule::new(fraction))
+            .json_mode_evaluator(false)
+            .queue_capacity(1 << 16)
+            .sink(WriterSink::new(std::io::sink()))
+            .build()
+            .unwrap();
+        let svc = layer.layer(service_fn(
+            |req: Request<ReviewRequestBody<Full<Bytes>>>| async move {
+                black_box(req.into_body().collect().await.unwrap());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(ANSWER))))
+            },
+        ));
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let res = svc.clone().oneshot(chat_req("hello")).await.unwrap();
+                black_box(res.into_body().collect().await.unwrap());
+            })
+        });
+    }
+    g.finish();
+}
+
 /// One whole call: the request sent, the response body drained.
 async fn loopback_call<S, B>(svc: &S, req: Request<Full<Bytes>>) -> usize
 where
@@ -399,6 +458,7 @@ criterion_group!(
     bench_request,
     bench_restore,
     bench_restore_loopback,
-    bench_audit
+    bench_audit,
+    bench_review
 );
 criterion_main!(benches);

@@ -17,6 +17,10 @@
 //!   optional hash chain and [`audit::verify_chain`]. Never a prompt, answer, PII value or secret.
 //! - [`ContentFilterLayer`] ([`filter`]): keyword lists and regexes on answers, streams included:
 //!   mask, or block with a clear error.
+//! - [`ReviewLayer`] ([`review`]): the guide's quality metrics. A share of calls (per route,
+//!   model and tenant, decided from the request id) written masked to a review sink, streams
+//!   assembled in passing; feedback scores ([`ReviewHandle::feedback`]) and automatic
+//!   [`Evaluator`]s (run off the request path), into a histogram and the same sink.
 //!
 //! # Order
 //!
@@ -24,7 +28,8 @@
 //! AuditLayer          sees the caller's request and the final outcome
 //!   ContentFilterLayer checks the text the caller will see
 //!     RedactLayer      masks before anything below sees the request; restores on the way out
-//!       CacheLayer, RateLimitLayer, RetryLayer, CircuitBreakerLayer, auth, the HTTP client
+//!       ReviewLayer    samples the masked request and answer (optional)
+//!         CacheLayer, RateLimitLayer, RetryLayer, CircuitBreakerLayer, auth, the HTTP client
 //! ```
 //!
 //! Each layer also works alone.
@@ -88,7 +93,8 @@
 //! `deepseek_redact_unparseable_total{action,reason}` (`refused` or `passed`; `syntax`,
 //! `not_utf8` or `too_deep`),
 //! `deepseek_audit_records_total`, `deepseek_audit_sink_errors_total`,
-//! `deepseek_content_filter_total{action}`. Labels carry types, never values.
+//! `deepseek_content_filter_total{action}`, and the review's (`deepseek_review_score{model,tenant,source}`
+//! and its counters: see [`review`]). Labels carry types and names, never values.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audit;
@@ -98,6 +104,7 @@ pub mod filter;
 mod json;
 mod redact;
 mod redactor;
+pub mod review;
 
 pub use audit::{
     Audit, AuditHandle, AuditLayer, AuditLayerBuilder, AuditUnavailable, PromptRecorder,
@@ -114,4 +121,8 @@ pub use redact::{
     UnparseablePolicy,
 };
 pub use redactor::{Mode, PiiBlocked, PiiCounts, RedactContext, Redactor, RedactorBuilder, Vault};
+pub use review::{
+    Evaluator, Feedback, FeedbackError, JsonModeEvaluator, Review, ReviewConfig, ReviewHandle,
+    ReviewLayer, ReviewLayerBuilder, SamplingRule,
+};
 pub use tower_deepseek_core::config::ConfigError;

@@ -1,9 +1,9 @@
-//! The cost of composing the recommended stack: the static [`RecommendedStack`] against the
-//! same layers joined by type erasure (each stage boxed: `Arc<dyn Fn>`, a boxed future and an
-//! `axum::body::Body` per stage and request, as deepseek-gateway did before), and against no
-//! layers at all. Every layer on, around an in-process upstream that answers a fixed JSON chat
-//! completion at once, so that only the stack is measured; then each layer alone
-//! (`stack_one_layer`), for what each one costs.
+//! The cost of composing the recommended stack: [`RecommendedStack`] (one boxed service per
+//! stage, one `StackBody` between stages) against the same layers joined by the gateway's
+//! first type erasure (an `Arc<dyn Fn>`, a boxed future and an `axum::body::Body` per stage and
+//! request), and against no layers at all. Every layer on, around an in-process upstream that
+//! answers a fixed JSON chat completion at once, so that only the stack is measured; then each
+//! layer alone (`stack_one_layer`), for what each one costs.
 //!
 //! `cargo bench -p tower-deepseek --bench stack`
 
@@ -205,7 +205,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let l = layers();
-    let stack = RecommendedStack::<Body>::builder()
+    let stack = RecommendedStack::builder()
         .audit(l.audit)
         .redact(l.redact)
         .cache(l.cache)
@@ -228,10 +228,8 @@ fn bench(c: &mut Criterion) {
 
     // What each layer costs alone: the same stack with one layer on.
     let mut group = c.benchmark_group("stack_one_layer");
-    type Pick = fn(
-        tower_deepseek::stack::StackBuilder<Body>,
-        Layers,
-    ) -> tower_deepseek::stack::StackBuilder<Body>;
+    type Pick =
+        fn(tower_deepseek::stack::StackBuilder, Layers) -> tower_deepseek::stack::StackBuilder;
     let picks: [(&str, Pick); 9] = [
         ("none", |b, _| b),
         ("audit", |b, l| b.audit(l.audit)),
@@ -244,9 +242,7 @@ fn bench(c: &mut Criterion) {
         ("timeout", |b, l| b.timeout(l.timeout)),
     ];
     for (name, pick) in picks {
-        let stack = pick(RecommendedStack::<Body>::builder(), layers())
-            .build()
-            .unwrap();
+        let stack = pick(RecommendedStack::builder(), layers()).build().unwrap();
         let svc = stack.layer(Upstream);
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {

@@ -126,6 +126,9 @@ ext_methods! {
     "redact" => audit_layer(tower_deepseek_redact::AuditLayer);
     /// Masks PII in requests and restores it in answers (`tower_deepseek_redact::RedactLayer`).
     "redact" => redact_layer(tower_deepseek_redact::RedactLayer);
+    /// Samples calls, masked, into a review sink; feedback and evaluations
+    /// (`tower_deepseek_redact::ReviewLayer`).
+    "redact" => review_layer(tower_deepseek_redact::ReviewLayer);
     /// Filters model output (`tower_deepseek_redact::ContentFilterLayer`).
     "redact" => content_filter_layer(tower_deepseek_redact::ContentFilterLayer);
     /// Two-level response cache (`tower_deepseek_cache::CacheLayer`).

@@ -14,10 +14,10 @@
 //!
 //! # The recommended stack
 //!
-//! Outermost first: request metadata, audit, redact, cache, rate limit, retry, circuit breaker,
+//! Outermost first: request metadata, audit, redact, review (quality sampling), cache, rate limit, retry, circuit breaker,
 //! auth, base URL, client. Each layer also works alone; each crate's docs say what it expects
-//! around it. [`stack::RecommendedStack`] composes them, each optional, as one statically
-//! typed layer (from code or from a [`stack::StackConfig`] file); `cargo run -p example-tour`
+//! around it. [`stack::RecommendedStack`] composes them, each optional, as one
+//! layer (from code or from a [`stack::StackConfig`] file); `cargo run -p example-tour`
 //! shows them all at work.
 //!
 //! # Feature Flags
@@ -82,7 +82,7 @@ pub use tower_deepseek_breaker::{CircuitBreakerLayer, FailoverLayer, KeyedCircui
 #[cfg(feature = "cache")]
 pub use tower_deepseek_cache::CacheLayer;
 #[cfg(feature = "redact")]
-pub use tower_deepseek_redact::{AuditLayer, ContentFilterLayer, RedactLayer};
+pub use tower_deepseek_redact::{AuditLayer, ContentFilterLayer, RedactLayer, ReviewLayer};
 #[cfg(feature = "retry")]
 pub use tower_deepseek_retry::{
     AdaptiveConcurrencyLayer, CostLayer, RateLimitLayer, RetryLayer, TimeoutLayer,

@@ -54,6 +54,12 @@ fn every_layer_is_at_the_root_and_has_its_builder_method() {
         .request_metadata_layer(RequestMetadataLayer::default())
         .audit_layer(audit.clone())
         .redact_layer(RedactLayer::new())
+        .review_layer(
+            tower_deepseek::ReviewLayer::builder()
+                .sink(tower_deepseek::redact::audit::TracingSink)
+                .build()
+                .unwrap(),
+        )
         .content_filter_layer(filter.clone())
         .cache_layer(CacheLayer::new())
         .cost_layer(

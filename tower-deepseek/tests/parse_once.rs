@@ -9,13 +9,11 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 use tower_deepseek::core::classify::bytes_scanned;
 use tower_deepseek::redact::audit::WriterSink;
-use tower_deepseek::stack::{RecommendedStack, StackBuilder, StackRequestBody};
+use tower_deepseek::stack::{RecommendedStack, StackBody, StackBuilder};
 use tower_deepseek::{
     AuditLayer, BearerAuthLayer, CacheLayer, CircuitBreakerLayer, RateLimitLayer, RedactLayer,
     RetryLayer, TimeoutLayer,
 };
-
-type Caller = Full<Bytes>;
 
 /// A 2 KB JSON answer, with usage.
 fn json_answer() -> Bytes {
@@ -59,7 +57,7 @@ impl http_body::Body for Frames {
     }
 }
 
-fn layers(b: StackBuilder<Caller>) -> StackBuilder<Caller> {
+fn layers(b: StackBuilder) -> StackBuilder {
     b.redact(RedactLayer::new())
         .cache(CacheLayer::new())
         .rate_limit(
@@ -76,7 +74,7 @@ fn layers(b: StackBuilder<Caller>) -> StackBuilder<Caller> {
 
 /// Bytes scanned by the classifiers for one call of `stack` answered with `answer`.
 async fn scanned_for_one_call(
-    stack: RecommendedStack<Caller>,
+    stack: RecommendedStack,
     answer: Vec<Bytes>,
     stream: bool,
     prompt: &str,
@@ -86,7 +84,7 @@ async fn scanned_for_one_call(
     } else {
         "application/json"
     };
-    let upstream = tower::service_fn(move |_req: http::Request<StackRequestBody<Caller>>| {
+    let upstream = tower::service_fn(move |_req: http::Request<StackBody>| {
         let answer = answer.clone();
         async move {
             Ok::<_, tower_deepseek::BoxError>(
@@ -128,7 +126,7 @@ async fn an_answer_is_scanned_once_with_and_without_audit() {
             // Before it hands a stream over, the retry layer reads its first event itself: its
             // decision is about bytes it saw (a layer between could have rewritten them).
             let first_event = if stream { answer[0].len() as u64 } else { 0 };
-            let mut b = RecommendedStack::<Caller>::builder();
+            let mut b = RecommendedStack::builder();
             if audit {
                 b = b.audit(
                     AuditLayer::builder()

@@ -12,13 +12,11 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 use tower_deepseek::core::view::requests_parsed;
 use tower_deepseek::redact::audit::WriterSink;
-use tower_deepseek::stack::{RecommendedStack, StackBuilder, StackRequestBody};
+use tower_deepseek::stack::{RecommendedStack, StackBody, StackBuilder};
 use tower_deepseek::{
     AuditLayer, BearerAuthLayer, CacheLayer, CircuitBreakerLayer, RateLimitLayer, RedactLayer,
     RetryLayer, TimeoutLayer,
 };
-
-type Caller = Full<Bytes>;
 
 /// A JSON answer; without `model` when `model` is false (audit then takes the model of the
 /// request, from the view).
@@ -33,7 +31,7 @@ fn answer(model: bool) -> Bytes {
     ))
 }
 
-fn layers(b: StackBuilder<Caller>, redact: bool) -> StackBuilder<Caller> {
+fn layers(b: StackBuilder, redact: bool) -> StackBuilder {
     let b = if redact {
         b.redact(RedactLayer::new())
     } else {
@@ -55,12 +53,12 @@ fn layers(b: StackBuilder<Caller>, redact: bool) -> StackBuilder<Caller> {
 /// Requests parsed for one call of `stack` with `prompt`; the body that reached the
 /// upstream.
 async fn parsed_for_one_call(
-    stack: RecommendedStack<Caller>,
+    stack: RecommendedStack,
     prompt: &str,
     model_in_answer: bool,
 ) -> (u64, Bytes) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-    let upstream = tower::service_fn(move |req: http::Request<StackRequestBody<Caller>>| {
+    let upstream = tower::service_fn(move |req: http::Request<StackBody>| {
         let tx = tx.clone();
         async move {
             let sent = req.into_body().collect().await?.to_bytes();
@@ -98,7 +96,7 @@ async fn a_request_is_parsed_once_with_and_without_audit() {
         for redact in [true, false] {
             for pii in [false, true] {
                 for model_in_answer in [true, false] {
-                    let mut b = RecommendedStack::<Caller>::builder();
+                    let mut b = RecommendedStack::builder();
                     let log = WriterSink::new(Vec::new());
                     if audit {
                         b = b.audit(

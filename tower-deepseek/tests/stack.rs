@@ -9,18 +9,15 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_deepseek::auth::BearerAuthLayer;
 use tower_deepseek::breaker::CircuitBreakerLayer;
 use tower_deepseek::cache::CacheLayer;
-use tower_deepseek::client::{
-    BaseUrl, BaseUrlLayer, ClientConfig, UpstreamClient, upstream_client,
-};
+use tower_deepseek::client::{BaseUrlLayer, ClientConfig, upstream_client};
 use tower_deepseek::core::meta::TenantId;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditLayer, WriterSink};
+use tower_deepseek::redact::review::{ReviewLayer, SamplingRule};
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::retry::{Attempts, RetryLayer};
-use tower_deepseek::stack::{
-    Recommended, RecommendedStack, StackBuilder, StackConfig, StackRequestBody,
-};
+use tower_deepseek::stack::{RecommendedStack, StackBody, StackBuilder, StackConfig, StackService};
 use tower_deepseek_testkit::{Fault, Match, MockServer};
 
 const KEY: &str = "sk-stack-test-0001";
@@ -28,10 +25,10 @@ const EMAIL: &str = "zhang.san@example.com";
 
 type Caller = Full<Bytes>;
 
-type Svc = Recommended<BaseUrl<UpstreamClient<StackRequestBody<Caller>>>, Caller>;
+type Svc = StackService;
 
 /// `stack` around the facade's client, pointed at `server`.
-fn service(server: &MockServer, stack: RecommendedStack<Caller>) -> Svc {
+fn service(server: &MockServer, stack: RecommendedStack) -> Svc {
     ServiceBuilder::new()
         .layer(stack)
         .layer(BaseUrlLayer::new(&server.url()).unwrap())
@@ -51,7 +48,7 @@ fn chat(text: &str, stream: bool) -> Request<Caller> {
         .unwrap()
 }
 
-fn all_on(log: &WriterSink<Vec<u8>>) -> StackBuilder<Caller> {
+fn all_on(log: &WriterSink<Vec<u8>>) -> StackBuilder {
     RecommendedStack::builder()
         .audit(
             AuditLayer::builder()
@@ -176,6 +173,52 @@ async fn every_layer_on() {
 }
 
 #[tokio::test]
+async fn review_sits_below_redact_and_above_the_cache() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let log = WriterSink::new(Vec::new());
+    let review_log = WriterSink::new(Vec::new());
+    let review = ReviewLayer::builder()
+        .rule(SamplingRule::new(1.0))
+        .sink(review_log.clone())
+        .build()
+        .unwrap();
+    let handle = review.handle();
+    let stack = all_on(&log).review(review).build().unwrap();
+    assert_eq!(&stack.layers()[..4], ["audit", "redact", "review", "cache"]);
+    let svc = service(&server, stack);
+    let text = format!("mail me at {EMAIL}");
+    for stream in [false, false, true] {
+        let res = svc.clone().oneshot(chat(&text, stream)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains(EMAIL));
+    }
+    handle.flush().await.unwrap();
+    let reviewed = review_log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
+    // Masked: the placeholder, never the address (the caller got it back above).
+    assert!(!reviewed.contains(EMAIL), "{reviewed}");
+    let calls: Vec<serde_json::Value> = reviewed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Three calls, the cache hit (the second) included; each linked to its audit record.
+    assert_eq!(calls.len(), 3, "{reviewed}");
+    let audited = log.with_inner(|v| String::from_utf8(v.clone()).unwrap());
+    for c in &calls {
+        assert_eq!(c["outcome"], "complete", "{c}");
+        assert_eq!(
+            c["answer"]["choices"][0]["content"],
+            "Echo: mail me at <EMAIL_1>"
+        );
+        let id = c["request_id"].as_str().unwrap();
+        assert!(
+            audited.contains(&format!("\"request_id\":\"{id}\"")),
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn layers_off_are_bypassed() {
     let server = MockServer::builder().api_key(KEY).start().await;
     // Only retry and auth.
@@ -275,7 +318,7 @@ async fn errors_map_to_openai_json() {
 
 #[test]
 fn tenant_limits_need_a_default() {
-    let err = RecommendedStack::<Caller>::builder()
+    let err = RecommendedStack::builder()
         .tenant_rate_limit(
             TenantId::new("t"),
             RateLimitLayer::builder().build().unwrap(),
@@ -288,11 +331,11 @@ fn tenant_limits_need_a_default() {
 #[test]
 fn config_tables_turn_layers_on_and_are_validated() {
     let cfg: StackConfig = serde_json::from_str(r#"{"cache":{},"retry":{},"timeout":{}}"#).unwrap();
-    let stack = cfg.builder::<Caller>(None).unwrap().build().unwrap();
+    let stack = cfg.builder(None).unwrap().build().unwrap();
     assert_eq!(stack.layers(), ["cache", "retry", "timeout"]);
 
     let all = StackConfig::recommended()
-        .builder::<Caller>(None)
+        .builder(None)
         .unwrap()
         .build()
         .unwrap();
@@ -312,7 +355,7 @@ fn config_tables_turn_layers_on_and_are_validated() {
     assert!(err.to_string().contains("cahce"), "{err}");
 
     let bad: StackConfig = serde_json::from_str(r#"{"retry":{"max_attempts":0}}"#).unwrap();
-    let err = bad.builder::<Caller>(None).unwrap_err();
+    let err = bad.builder(None).unwrap_err();
     assert_eq!(err.layer(), "retry");
     assert!(
         err.to_string().starts_with("invalid [retry] configuration"),
@@ -345,9 +388,7 @@ async fn oauth2_replaces_the_static_key_and_replays_after_a_401() {
     let svc = ServiceBuilder::new()
         .layer(stack)
         .layer(BaseUrlLayer::new(&server.url()).unwrap())
-        .service(upstream_client::<StackRequestBody<Caller>>(
-            &ClientConfig::default(),
-        ));
+        .service(upstream_client::<StackBody>(&ClientConfig::default()));
 
     let res = svc.clone().oneshot(chat("one", false)).await.unwrap();
     assert_eq!(res.status(), 200);

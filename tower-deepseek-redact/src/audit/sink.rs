@@ -11,6 +11,9 @@ use super::{JsonlFileSink, SinkFailurePolicy};
 /// Where audit records go. Implementations must be cheap and must not block for long: `write`
 /// runs when a response ends, on the task that polls it, before the caller gets the last byte.
 ///
+/// It is a sink of JSON lines, and the [review layer](crate::review) writes its records to the
+/// same sinks (from a background thread: there `write` may block).
+///
 /// A sink that returns `Ok` from [`write`](Self::write) has taken the record: it must not hold
 /// it in a buffer that nothing flushes (the layer's promise is that an answer is never
 /// complete before its record was written; see the [module docs](super)).

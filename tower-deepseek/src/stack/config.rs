@@ -29,7 +29,7 @@ use super::{RecommendedStack, StackBuilder};
 ///     "retry": { "max_attempts": 3 },
 ///     "circuit_breaker": { "failure_rate_threshold": 50.0 }
 /// }"#).unwrap();
-/// let stack = cfg.builder::<http_body_util::Full<bytes::Bytes>>(None)?.build()?;
+/// let stack = cfg.builder(None)?.build()?;
 /// assert_eq!(stack.layers(), ["cache", "retry", "circuit_breaker"]);
 /// # Ok::<(), tower_deepseek::stack::StackConfigError>(())
 /// ```
@@ -71,10 +71,10 @@ impl StackConfig {
     /// # Errors
     ///
     /// [`StackConfigError`] naming the first layer whose table is invalid.
-    pub fn builder<B>(
+    pub fn builder(
         &self,
         redact_hash_key: Option<Vec<u8>>,
-    ) -> Result<StackBuilder<B>, StackConfigError> {
+    ) -> Result<StackBuilder, StackConfigError> {
         let mut b = RecommendedStack::builder();
         if let Some(c) = &self.redact {
             b = b.redact(

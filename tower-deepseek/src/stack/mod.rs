@@ -1,30 +1,28 @@
-//! [`RecommendedStack`]: the recommended stack of the design, as one statically typed layer
-//! in which every layer is optional.
+//! [`RecommendedStack`]: the recommended stack of the design, as one layer in which every
+//! layer is optional.
 //!
-//! Outermost first: audit, redact, cache, cost (prices and budgets), rate limit (optionally per
-//! tenant), retry, circuit breaker, auth (API key or OAuth2), attempt timeouts; then the
-//! service it wraps, usually
+//! Outermost first: audit, redact, review, cache, cost (prices and budgets), rate limit
+//! (optionally per tenant), retry, circuit breaker, auth (API key or OAuth2), attempt timeouts;
+//! then the service it wraps, usually
 //! [`BaseUrlLayer`](crate::client::BaseUrlLayer) over the
 //! [`upstream_client`](crate::client::upstream_client). Whichever layers are set, they stay in
 //! this order: each layer's docs say why it sits where it does.
 //!
-//! # Why one layer
+//! # One boxed service per stage
 //!
 //! Each layer changes the request or response body type (the cache buffers the request, the
-//! retry layer makes it replayable, the breaker observes the response), so a stack whose
-//! layers are chosen at run time (from a configuration file) needs the types unified between
-//! stages. Boxing them (`BoxCloneService`, `axum::body::Body` per stage) costs allocations per
-//! stage and request. Here an absent layer is the `Off` side of an [`Optional`] and the
-//! types unify statically: the service below a layer takes an
-//! [`http_body_util::Either`] of the layer's request body and the caller's, and each stage
-//! answers with an `Either` of the layer's response body and the one from below. Nothing is
-//! boxed by the stack itself, and the futures are enums of the layers' futures.
+//! retry layer makes it replayable, the breaker observes the response). The stack joins its
+//! stages with one body type, [`StackBody`] (a boxed body of `Bytes`), and boxes each stage's
+//! service ([`service::Stage`]): a layer that is off is simply not there, and the stack's
+//! type is [`StackService`] whatever the layers set. Adding a layer does not grow the type, so
+//! a program compiles each layer once. (An earlier, statically typed composition, in which an
+//! absent layer was the `Off` side of an enum and body types nested as `Either`s, was no
+//! faster in the same run and its type doubled with each stage: see `BENCHMARKS.md`.)
 //!
-//! For a caller's body `B` (a `Body<Data = Bytes>` that is `Unpin + Send + 'static`, as every
+//! For a caller's body `B` (any `Body<Data = Bytes>` that is `Send + 'static`, as every
 //! hyper, axum and http-body-util body is), the service below the stack (the client) takes
-//! [`StackRequestBody<B>`], and the stack answers with nested `Either`s of the layers' response
-//! bodies: a stream stays a stream. A server that needs one body type boxes the answer once,
-//! at the top (`axum::body::Body::new`).
+//! `Request<StackBody>`, and the stack answers `Response<StackBody>`: a stream stays a stream.
+//! A body that already is a [`StackBody`] is never boxed again.
 //!
 //! # Example
 //!
@@ -36,7 +34,7 @@
 //! use tower_deepseek::breaker::CircuitBreakerLayer;
 //! use tower_deepseek::cache::CacheLayer;
 //! use tower_deepseek::retry::RetryLayer;
-//! use tower_deepseek::stack::{RecommendedStack, StackRequestBody};
+//! use tower_deepseek::stack::{RecommendedStack, StackBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_deepseek::BoxError> {
@@ -48,7 +46,7 @@
 //!     .build()?;
 //!
 //! // In a program this is the upstream client; here, a stand-in for it.
-//! let upstream = tower::service_fn(|req: http::Request<StackRequestBody<Full<Bytes>>>| async move {
+//! let upstream = tower::service_fn(|req: http::Request<StackBody>| async move {
 //!     assert!(req.headers().contains_key("authorization"));
 //!     let res = http::Response::builder()
 //!         .header("content-type", "application/json")
@@ -69,13 +67,10 @@
 //!
 //! # Cost
 //!
-//! With every layer off, the stack adds about 0.1 µs per call to the service it wraps. With
-//! every layer on, it is about as fast as the same layers joined by boxing (within a few per
-//! cent either way in `cargo bench -p tower-deepseek --bench stack`): the allocations saved
-//! are most likely offset by the clones of the inner service that the cache, rate-limit, retry
-//! and redact layers make per call, which here clone the whole statically typed stack below
-//! them (a boxed stage clones in one reference count). The layers' own work (audit records,
-//! body buffering and parsing, classification) dominates.
+//! With every layer off, the stack is one boxed call around the service it wraps. With every
+//! layer on, each stage adds a boxed future and, where the layer changes a body, a boxed body
+//! (`cargo bench -p tower-deepseek --bench stack`, figures in `BENCHMARKS.md`); the layers'
+//! own work (audit records, body buffering and parsing, classification) dominates.
 //!
 //! From a configuration file, [`StackConfig`] turns one table per layer into a builder, to
 //! which the program adds what a file cannot hold (the audit sink, the credential).
@@ -90,82 +85,37 @@ pub mod service;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::marker::PhantomData;
 
-use http_body_util::Either;
-use tower_deepseek_auth::{BearerAuth, BearerAuthLayer, OAuth2, OAuth2Layer};
-use tower_deepseek_breaker::{CircuitBreaker, CircuitBreakerLayer};
-use tower_deepseek_cache::{Cache, CacheLayer};
-use tower_deepseek_core::body::{BufferedBody, ReplayBody};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_deepseek_auth::{BearerAuthLayer, OAuth2Layer};
+use tower_deepseek_breaker::CircuitBreakerLayer;
+use tower_deepseek_cache::CacheLayer;
+use tower_deepseek_core::BoxError;
+use tower_deepseek_core::body::BufferedBody;
 use tower_deepseek_core::meta::TenantId;
-use tower_deepseek_redact::audit::{Audit, AuditLayer, AuditRequestBody};
-use tower_deepseek_redact::{Redact, RedactLayer};
-use tower_deepseek_retry::cost::{Cost, CostLayer};
-use tower_deepseek_retry::rate_limit::{RateLimit, RateLimitLayer};
-use tower_deepseek_retry::timeout::{Timeout, TimeoutLayer};
-use tower_deepseek_retry::{Retry, RetryLayer};
+use tower_deepseek_redact::RedactLayer;
+use tower_deepseek_redact::audit::AuditLayer;
+use tower_deepseek_redact::review::ReviewLayer;
+use tower_deepseek_retry::RetryLayer;
+use tower_deepseek_retry::cost::CostLayer;
+use tower_deepseek_retry::rate_limit::RateLimitLayer;
+use tower_deepseek_retry::timeout::TimeoutLayer;
 use tower_layer::Layer;
+use tower_service::Service;
 
 pub use self::config::{StackConfig, StackConfigError};
-pub use self::service::{Auth, Left, Optional, PerTenant, Right};
+pub use self::service::{PerTenant, StackBody, StageService, stack_body};
+use self::service::{Stage, boxed, stage};
 use crate::client::UpstreamClient;
 
 /// The token client of an [`OAuth2Layer`] by default: the facade's pooled HTTPS client.
 pub type TokenClient = UpstreamClient<BufferedBody>;
 
-/// The request body below the audit stage, for a caller's body `B`.
-pub type AuditedBody<B> = Either<AuditRequestBody<B>, B>;
-/// The request body below the redact stage.
-pub type RedactedBody<B> = Either<BufferedBody, AuditedBody<B>>;
-/// The request body below the cache stage.
-pub type CachedBody<B> = Either<BufferedBody, RedactedBody<B>>;
-/// The request body below the rate-limit stage.
-pub type LimitedBody<B> = Either<ReplayBody<CachedBody<B>>, CachedBody<B>>;
-/// The request body below the retry stage (and the breaker, which keeps it).
-pub type RetriedBody<B> = Either<ReplayBody<LimitedBody<B>>, LimitedBody<B>>;
-/// The request body below the auth stage: what the service wrapped by the stack takes, for a
-/// caller's body `B`.
-pub type StackRequestBody<B> = Either<ReplayBody<RetriedBody<B>>, RetriedBody<B>>;
-
-/// The timeout stage around `S`.
-pub type TimeoutStage<S> = Optional<Timeout<S>, S>;
-/// The auth stage around `S`, taking bodies `B`.
-pub type AuthStage<S, B, T> =
-    Auth<OAuth2<Left<S, B>, T>, BearerAuth<Right<S, ReplayBody<B>>>, Right<S, ReplayBody<B>>>;
-/// The circuit-breaker stage around `S`.
-pub type BreakerStage<S> = Optional<CircuitBreaker<S>, S>;
-/// The retry stage around `S`, taking bodies `B`.
-pub type RetryStage<S, B> = Optional<Retry<Left<S, B>>, Right<S, ReplayBody<B>>>;
-/// The rate-limit stage around `S`, taking bodies `B`.
-pub type RateLimitStage<S, B> = Optional<PerTenant<RateLimit<Left<S, B>>>, Right<S, ReplayBody<B>>>;
-/// The cost stage around `S` (it passes request bodies through).
-pub type CostStage<S> = Optional<Cost<S>, S>;
-/// The cache stage around `S`, taking bodies `B`.
-pub type CacheStage<S, B> = Optional<Cache<Left<S, B>>, Right<S, BufferedBody>>;
-/// The redact stage around `S`, taking bodies `B`.
-pub type RedactStage<S, B> = Optional<Redact<Left<S, B>>, Right<S, BufferedBody>>;
-/// The audit stage around `S`, taking bodies `B`.
-pub type AuditStage<S, B> = Optional<Audit<Left<S, B>>, Right<S, AuditRequestBody<B>>>;
-
-/// The service of [`RecommendedStack<B, T>`] around `S`, taking `Request<B>`.
-pub type Recommended<S, B, T = TokenClient> = AuditStage<
-    RedactStage<
-        CacheStage<
-            CostStage<
-                RateLimitStage<
-                    RetryStage<
-                        BreakerStage<AuthStage<TimeoutStage<S>, RetriedBody<B>, T>>,
-                        LimitedBody<B>,
-                    >,
-                    CachedBody<B>,
-                >,
-            >,
-            RedactedBody<B>,
-        >,
-        AuditedBody<B>,
-    >,
-    B,
->;
+/// The service of [`RecommendedStack`]: takes `Request<B>` for any body `B`, answers
+/// `Response<StackBody>`. Cloning it clones one box.
+pub type StackService = StageService;
 
 /// The credential layer of the stack.
 #[derive(Clone)]
@@ -181,9 +131,10 @@ enum AuthLayer<T> {
 /// `B` is the request body type of the caller (e.g. `axum::body::Body`, `Full<Bytes>`), `T`
 /// the token client of the OAuth2 layer. Cloning it is cheap: each layer keeps its state
 /// behind an `Arc`, so every service made from it, and every clone, shares it.
-pub struct RecommendedStack<B, T = TokenClient> {
+pub struct RecommendedStack<T = TokenClient> {
     audit: Option<AuditLayer>,
     redact: Option<RedactLayer>,
+    review: Option<ReviewLayer>,
     cache: Option<CacheLayer>,
     cost: Option<CostLayer>,
     rate_limit: Option<RateLimitLayer>,
@@ -192,14 +143,14 @@ pub struct RecommendedStack<B, T = TokenClient> {
     breaker: Option<CircuitBreakerLayer>,
     auth: AuthLayer<T>,
     timeout: Option<TimeoutLayer>,
-    _body: PhantomData<fn(B)>,
 }
 
-impl<B, T> Clone for RecommendedStack<B, T> {
+impl<T> Clone for RecommendedStack<T> {
     fn clone(&self) -> Self {
         Self {
             audit: self.audit.clone(),
             redact: self.redact.clone(),
+            review: self.review.clone(),
             cache: self.cache.clone(),
             cost: self.cost.clone(),
             rate_limit: self.rate_limit.clone(),
@@ -212,12 +163,11 @@ impl<B, T> Clone for RecommendedStack<B, T> {
                 AuthLayer::None => AuthLayer::None,
             },
             timeout: self.timeout,
-            _body: PhantomData,
         }
     }
 }
 
-impl<B, T> fmt::Debug for RecommendedStack<B, T> {
+impl<T> fmt::Debug for RecommendedStack<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecommendedStack")
             .field("layers", &self.layers())
@@ -225,13 +175,14 @@ impl<B, T> fmt::Debug for RecommendedStack<B, T> {
     }
 }
 
-impl<B> RecommendedStack<B> {
+impl RecommendedStack {
     /// A builder with every layer off.
-    pub fn builder() -> StackBuilder<B> {
+    pub fn builder() -> StackBuilder {
         StackBuilder {
             stack: RecommendedStack {
                 audit: None,
                 redact: None,
+                review: None,
                 cache: None,
                 cost: None,
                 rate_limit: None,
@@ -240,15 +191,15 @@ impl<B> RecommendedStack<B> {
                 breaker: None,
                 auth: AuthLayer::None,
                 timeout: None,
-                _body: PhantomData,
             },
         }
     }
 }
 
-impl<B, T> RecommendedStack<B, T> {
-    /// The names of the layers that are on, outermost first: `audit`, `redact`, `cache`,
-    /// `cost`, `rate_limit`, `retry`, `circuit_breaker`, `oauth2` or `bearer_auth`, `timeout`.
+impl<T> RecommendedStack<T> {
+    /// The names of the layers that are on, outermost first: `audit`, `redact`, `review`,
+    /// `cache`, `cost`, `rate_limit`, `retry`, `circuit_breaker`, `oauth2` or `bearer_auth`,
+    /// `timeout`.
     pub fn layers(&self) -> Vec<&'static str> {
         let mut on = Vec::new();
         let mut push = |yes: bool, name| {
@@ -258,6 +209,7 @@ impl<B, T> RecommendedStack<B, T> {
         };
         push(self.audit.is_some(), "audit");
         push(self.redact.is_some(), "redact");
+        push(self.review.is_some(), "review");
         push(self.cache.is_some(), "cache");
         push(self.cost.is_some(), "cost");
         push(self.rate_limit.is_some(), "rate_limit");
@@ -270,57 +222,69 @@ impl<B, T> RecommendedStack<B, T> {
     }
 }
 
-/// A stage whose layer `L` hands its inner service request bodies `X` (for callers' bodies
-/// `B`): `On` through a [`Left`], `Off` through a [`Right`].
-fn stage<L, S, B, X>(layer: Option<&L>, inner: S) -> Optional<L::Service, Right<S, X>>
+impl<S, RB, T, TB> Layer<S> for RecommendedStack<T>
 where
-    L: Layer<Left<S, B>>,
+    S: Service<Request<StackBody>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+    T: Service<Request<BufferedBody>, Response = Response<TB>> + Clone + Send + Sync + 'static,
+    T::Error: Into<BoxError>,
+    T::Future: Send,
+    TB: Body + Send + 'static,
+    TB::Data: Send,
+    TB::Error: Into<BoxError>,
 {
-    match layer {
-        Some(l) => Optional::On(l.layer(Left::new(inner))),
-        None => Optional::Off(Right::new(inner)),
-    }
-}
+    type Service = StackService;
 
-impl<S, B, T> Layer<S> for RecommendedStack<B, T>
-where
-    S: Clone,
-{
-    type Service = Recommended<S, B, T>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        let svc = match &self.timeout {
-            Some(l) => Optional::On(l.layer(inner)),
-            None => Optional::Off(inner),
+    fn layer(&self, inner: S) -> StackService {
+        // Innermost first. A layer that is off adds nothing.
+        let mut svc: Stage = boxed(inner);
+        let wrap = |svc: Stage| StageService::from_stage(svc);
+        if let Some(l) = &self.timeout {
+            svc = stage(l, wrap(svc));
+        }
+        svc = match &self.auth {
+            AuthLayer::OAuth2(l) => stage(l, wrap(svc)),
+            AuthLayer::Bearer(l) => stage(l, wrap(svc)),
+            AuthLayer::None => svc,
         };
-        let svc = match &self.auth {
-            AuthLayer::OAuth2(l) => Auth::OAuth2(l.layer(Left::new(svc))),
-            AuthLayer::Bearer(l) => Auth::Bearer(l.layer(Right::new(svc))),
-            AuthLayer::None => Auth::None(Right::new(svc)),
-        };
-        let svc = match &self.breaker {
-            Some(l) => Optional::On(l.layer(svc)),
-            None => Optional::Off(svc),
-        };
-        let svc = stage(self.retry.as_ref(), svc);
-        let svc = match &self.rate_limit {
-            Some(default) => {
-                let own: HashMap<_, _> = self
-                    .tenant_limits
-                    .iter()
-                    .map(|(t, l)| (t.clone(), l.layer(Left::new(svc.clone()))))
-                    .collect();
-                Optional::On(PerTenant::new(default.layer(Left::new(svc)), own))
-            }
-            None => Optional::Off(Right::new(svc)),
-        };
-        let svc = match &self.cost {
-            Some(l) => Optional::On(l.layer(svc)),
-            None => Optional::Off(svc),
-        };
-        let svc = stage(self.cache.as_ref(), svc);
-        let svc = stage(self.redact.as_ref(), svc);
-        stage(self.audit.as_ref(), svc)
+        if let Some(l) = &self.breaker {
+            svc = stage(l, wrap(svc));
+        }
+        if let Some(l) = &self.retry {
+            svc = stage(l, wrap(svc));
+        }
+        if let Some(default) = &self.rate_limit {
+            let own: HashMap<_, _> = self
+                .tenant_limits
+                .iter()
+                .map(|(t, l)| (t.clone(), stage(l, wrap(svc.clone()))))
+                .collect();
+            let default = stage(default, wrap(svc));
+            svc = if own.is_empty() {
+                default
+            } else {
+                boxed(PerTenant::new(default, own))
+            };
+        }
+        if let Some(l) = &self.cost {
+            svc = stage(l, wrap(svc));
+        }
+        if let Some(l) = &self.cache {
+            svc = stage(l, wrap(svc));
+        }
+        if let Some(l) = &self.review {
+            svc = stage(l, wrap(svc));
+        }
+        if let Some(l) = &self.redact {
+            svc = stage(l, wrap(svc));
+        }
+        if let Some(l) = &self.audit {
+            svc = stage(l, wrap(svc));
+        }
+        wrap(svc)
     }
 }
 
@@ -328,11 +292,11 @@ where
 /// the last one; [`bearer_auth`](Self::bearer_auth) and [`oauth2`](Self::oauth2) replace each
 /// other (one credential per stack).
 #[must_use]
-pub struct StackBuilder<B, T = TokenClient> {
-    stack: RecommendedStack<B, T>,
+pub struct StackBuilder<T = TokenClient> {
+    stack: RecommendedStack<T>,
 }
 
-impl<B, T> fmt::Debug for StackBuilder<B, T> {
+impl<T> fmt::Debug for StackBuilder<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StackBuilder")
             .field("layers", &self.stack.layers())
@@ -341,7 +305,7 @@ impl<B, T> fmt::Debug for StackBuilder<B, T> {
     }
 }
 
-impl<B, T> StackBuilder<B, T> {
+impl<T> StackBuilder<T> {
     /// Writes one audit record per call; sees the caller's request and the final outcome.
     pub fn audit(mut self, layer: AuditLayer) -> Self {
         self.stack.audit = Some(layer);
@@ -351,6 +315,13 @@ impl<B, T> StackBuilder<B, T> {
     /// Masks PII before anything below sees it; restores placeholders in the answer.
     pub fn redact(mut self, layer: RedactLayer) -> Self {
         self.stack.redact = Some(layer);
+        self
+    }
+
+    /// Samples calls into a review sink: below redact, so that the review holds only masked
+    /// text, and above the cache, so that cache hits are sampled too. Off by default.
+    pub fn review(mut self, layer: ReviewLayer) -> Self {
+        self.stack.review = Some(layer);
         self
     }
 
@@ -410,12 +381,13 @@ impl<B, T> StackBuilder<B, T> {
 
     /// OAuth2 client credentials on every attempt, refreshed on 401 (replaces a static key
     /// set before). `T2` is the layer's token client.
-    pub fn oauth2<T2>(self, layer: OAuth2Layer<T2>) -> StackBuilder<B, T2> {
+    pub fn oauth2<T2>(self, layer: OAuth2Layer<T2>) -> StackBuilder<T2> {
         let s = self.stack;
         StackBuilder {
             stack: RecommendedStack {
                 audit: s.audit,
                 redact: s.redact,
+                review: s.review,
                 cache: s.cache,
                 cost: s.cost,
                 rate_limit: s.rate_limit,
@@ -424,7 +396,6 @@ impl<B, T> StackBuilder<B, T> {
                 breaker: s.breaker,
                 auth: AuthLayer::OAuth2(layer),
                 timeout: s.timeout,
-                _body: PhantomData,
             },
         }
     }
@@ -435,7 +406,7 @@ impl<B, T> StackBuilder<B, T> {
     ///
     /// [`StackConfigError`] when tenant rate limits are set without a default
     /// [`rate_limit`](Self::rate_limit) (the requests of other tenants would have none).
-    pub fn build(self) -> Result<RecommendedStack<B, T>, StackConfigError> {
+    pub fn build(self) -> Result<RecommendedStack<T>, StackConfigError> {
         if !self.stack.tenant_limits.is_empty() && self.stack.rate_limit.is_none() {
             return Err(StackConfigError::new(
                 "rate_limit",

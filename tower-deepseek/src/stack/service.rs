@@ -1,332 +1,235 @@
-//! The statically typed pieces the recommended stack is made of: [`Optional`], [`Left`] and
-//! [`Right`] (one [`Branch`] type), [`Auth`] and [`PerTenant`], and their futures.
+//! The pieces the recommended stack is made of: one boxed service per stage, joined by one
+//! body type ([`StackBody`]), and [`PerTenant`].
 //!
-//! They are public so that the stack's type can be named, and so that a stack of another
-//! shape can be composed from them (see [`Optional`]).
+//! Each layer of the stack wraps a [`BoxedStage`]: a service that takes a request with any body
+//! (a layer's buffered or replayable body, or the caller's) and hands it down boxed as a
+//! [`StackBody`]. The layer's service is then boxed in turn, its answer's body boxed as a
+//! [`StackBody`], and becomes the inner service of the next layer up. Every stage therefore has
+//! the same type, whatever the layers set: adding a layer does not grow the stack's type, and
+//! a program compiles each layer once, not once per combination.
+//!
+//! They are public so that a stack of another shape can be composed from them:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceExt, service_fn};
+//! use tower_deepseek::cache::CacheLayer;
+//! use tower_deepseek::stack::service::{StageService, stage};
+//! use tower_deepseek::stack::StackBody;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_deepseek::BoxError> {
+//! let below = service_fn(|_req: http::Request<StackBody>| async {
+//!     let body = Full::new(Bytes::from_static(b"{}"));
+//!     Ok::<_, tower_deepseek::BoxError>(http::Response::new(body))
+//! });
+//! // Any service becomes a stage; any layer over a stage makes the next stage.
+//! let svc = stage(&CacheLayer::new(), StageService::new(below));
+//! let req = http::Request::new(Full::new(Bytes::from_static(b"{}")).map_err(Into::into).boxed_unsync());
+//! let res = svc.oneshot(req).await?;
+//! assert_eq!(res.status(), 200);
+//! # Ok(()) }
+//! ```
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Either;
+use http_body::Body;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 use pin_project_lite::pin_project;
-use tower::util::Oneshot;
+use tower::util::{BoxCloneSyncService, Oneshot};
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::meta::TenantId;
+use tower_layer::Layer;
 use tower_service::Service;
 
-/// One of two services taking the same request: a layer's service (`On`) or the path around
-/// it (`Off`), chosen when the stack is built.
-///
-/// Both answer with a response whose body is an [`http_body_util::Either`] (`Left` from the
-/// layer, `Right` from the path around it), and fail with a [`BoxError`]; `poll_ready` and
-/// `call` go to the chosen service, and the future is an enum of the two futures (no box).
-///
-/// A layer that changes the request body type (most do: a buffered body, a replayable body)
-/// sees its inner service through a [`Left`], and the path around it through a [`Right`], so
-/// that the service below takes one request body type, an `Either` of the two:
-///
-/// ```
-/// use bytes::Bytes;
-/// use http_body_util::{Either, Full};
-/// use tower::{Layer, ServiceExt, service_fn};
-/// use tower_deepseek::cache::CacheLayer;
-/// use tower_deepseek::core::body::BufferedBody;
-/// use tower_deepseek::stack::service::{Left, Optional, Right};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), tower_deepseek::BoxError> {
-/// // The service below the (optional) cache takes either the cache's buffered body or the
-/// // caller's body.
-/// let below = service_fn(|_req: http::Request<Either<BufferedBody, Full<Bytes>>>| async {
-///     Ok::<_, tower_deepseek::BoxError>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
-/// });
-/// let cache_on = true;
-/// let svc = if cache_on {
-///     Optional::On(CacheLayer::new().layer(Left::<_, Full<Bytes>>::new(below)))
-/// } else {
-///     Optional::Off(Right::<_, BufferedBody>::new(below))
-/// };
-/// let res = svc.oneshot(http::Request::new(Full::new(Bytes::from_static(b"{}")))).await?;
-/// assert_eq!(res.status(), 200);
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub enum Optional<A, O> {
-    /// The layer is on: its service.
-    On(A),
-    /// The layer is off: the path around it.
-    Off(O),
-}
+/// The one body type between the stages of the stack, for requests and answers: a boxed body
+/// of [`Bytes`] with boxed errors. A stream stays a stream: boxing forwards every frame, the
+/// size hint and the end of stream as they come.
+pub type StackBody = UnsyncBoxBody<Bytes, BoxError>;
 
-impl<A, O, B, RA, RO> Service<Request<B>> for Optional<A, O>
+/// Boxes `body` as a [`StackBody`]; a body that already is one is returned as it is (no
+/// second box).
+pub fn stack_body<B>(body: B) -> StackBody
 where
-    A: Service<Request<B>, Response = Response<RA>>,
-    A::Error: Into<BoxError>,
-    O: Service<Request<B>, Response = Response<RO>>,
-    O::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
-    type Response = Response<Either<RA, RO>>;
-    type Error = BoxError;
-    type Future = ResponseFuture<A::Future, O::Future>;
+    match already_boxed(body) {
+        Ok(boxed) => boxed,
+        Err(body) => body.map_err(Into::into).boxed_unsync(),
+    }
+}
 
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self {
-            Optional::On(s) => s.poll_ready(cx).map_err(Into::into),
-            Optional::Off(s) => s.poll_ready(cx).map_err(Into::into),
+/// `body` itself when it is a [`StackBody`], else `body` back.
+fn already_boxed<B: 'static>(body: B) -> Result<StackBody, B> {
+    let mut slot = Some(body);
+    if let Some(boxed) = (&mut slot as &mut dyn Any).downcast_mut::<Option<StackBody>>() {
+        if let Some(boxed) = boxed.take() {
+            return Ok(boxed);
         }
     }
-
-    #[inline]
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let kind = match self {
-            Optional::On(s) => Kind::On { fut: s.call(req) },
-            Optional::Off(s) => Kind::Off { fut: s.call(req) },
-        };
-        ResponseFuture { kind }
+    match slot {
+        Some(body) => Err(body),
+        None => unreachable!("the slot is emptied only when it held a StackBody"),
     }
 }
 
-pin_project! {
-    /// The response future of [`Optional`].
-    pub struct ResponseFuture<FA, FO> {
-        #[pin]
-        kind: Kind<FA, FO>,
-    }
-}
+/// One stage of the stack, boxed: takes and answers [`StackBody`]s. Cloning it clones one box.
+pub type Stage = BoxCloneSyncService<Request<StackBody>, Response<StackBody>, BoxError>;
 
-pin_project! {
-    #[project = KindProj]
-    enum Kind<FA, FO> {
-        On { #[pin] fut: FA },
-        Off { #[pin] fut: FO },
-    }
-}
-
-impl<FA, FO> fmt::Debug for ResponseFuture<FA, FO> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<FA, FO, RA, RO, EA, EO> Future for ResponseFuture<FA, FO>
+/// Makes `svc` a [`Stage`]: its answers' bodies boxed as [`StackBody`]s (not again when they
+/// are already), its errors boxed.
+pub fn boxed<S, RB>(svc: S) -> Stage
 where
-    FA: Future<Output = Result<Response<RA>, EA>>,
-    FO: Future<Output = Result<Response<RO>, EO>>,
-    EA: Into<BoxError>,
-    EO: Into<BoxError>,
+    S: Service<Request<StackBody>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
-    type Output = Result<Response<Either<RA, RO>>, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::On { fut } => fut
-                .poll(cx)
-                .map(|r| r.map(|res| res.map(Either::Left)).map_err(Into::into)),
-            KindProj::Off { fut } => fut
-                .poll(cx)
-                .map(|r| r.map(|res| res.map(Either::Right)).map_err(Into::into)),
-        }
-    }
+    BoxCloneSyncService::new(BoxAnswer { inner: svc })
 }
 
-/// The inner service of a layer that is on: hands the layer's request body `X` down as
-/// `Either::Left(X)`. `B` is the request body of the path around the layer ([`Right`]).
-pub type Left<S, B> = Branch<S, B, OnLeft>;
-
-/// The path around a layer that is off: hands the caller's request body `B` down as
-/// `Either::Right(B)`. `X` is the request body the layer would have handed down ([`Left`]).
-pub type Right<S, X> = Branch<S, X, OnRight>;
-
-/// One side of the `Either` request body that the service below a stage takes: [`Left`] or
-/// [`Right`]. `O` is the body type of the other side; `P` ([`OnLeft`] or [`OnRight`]) says
-/// which side this one is.
-pub struct Branch<S, O, P> {
-    inner: S,
-    _body: PhantomData<fn(O, P)>,
+/// `layer` around the stage `inner`, boxed as the next stage up.
+pub fn stage<L, RB>(layer: &L, inner: StageService) -> Stage
+where
+    L: Layer<StageService>,
+    L::Service:
+        Service<Request<StackBody>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request<StackBody>>>::Error: Into<BoxError>,
+    <L::Service as Service<Request<StackBody>>>::Future: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    boxed(layer.layer(inner))
 }
 
-/// Which side of an `Either` a [`Branch`] puts its request body on.
-pub trait Side<T, O> {
-    /// The `Either` the body goes into (`Either<T, O>` on the left, `Either<O, T>` on the right).
-    type Body;
-    /// Puts `body` on this side.
-    fn place(body: T) -> Self::Body;
+/// A [`Stage`] as the inner service of a layer: it takes requests with any body (a layer's
+/// buffered or replayable body, or the caller's) and hands them down boxed as [`StackBody`]s.
+///
+/// The service of [`RecommendedStack`](super::RecommendedStack) is one too: it takes the
+/// caller's `Request<B>` for any body `B` and answers `Response<StackBody>`.
+#[derive(Clone)]
+pub struct StageService {
+    inner: Stage,
 }
 
-/// The left side: the body of a layer that is on.
-#[derive(Debug, Clone, Copy)]
-pub enum OnLeft {}
-
-/// The right side: the caller's body, around a layer that is off.
-#[derive(Debug, Clone, Copy)]
-pub enum OnRight {}
-
-impl<T, O> Side<T, O> for OnLeft {
-    type Body = Either<T, O>;
-    #[inline]
-    fn place(body: T) -> Either<T, O> {
-        Either::Left(body)
-    }
-}
-
-impl<T, O> Side<T, O> for OnRight {
-    type Body = Either<O, T>;
-    #[inline]
-    fn place(body: T) -> Either<O, T> {
-        Either::Right(body)
-    }
-}
-
-impl<S, O, P> Branch<S, O, P> {
-    /// Wraps `inner`, which takes the `Either` of both sides' bodies.
-    pub const fn new(inner: S) -> Self {
-        Self {
-            inner,
-            _body: PhantomData,
-        }
+impl StageService {
+    /// Wraps any service that takes `Request<StackBody>` (boxing it: see [`boxed`]).
+    pub fn new<S, RB>(svc: S) -> Self
+    where
+        S: Service<Request<StackBody>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        Self::from_stage(boxed(svc))
     }
 
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// Wraps a stage that is already boxed.
+    pub fn from_stage(inner: Stage) -> Self {
+        Self { inner }
     }
 
-    /// Consumes `self`, returning the wrapped service.
-    pub fn into_inner(self) -> S {
+    /// The boxed stage.
+    pub fn into_stage(self) -> Stage {
         self.inner
     }
 }
 
-impl<S: Clone, O, P> Clone for Branch<S, O, P> {
-    fn clone(&self) -> Self {
-        Self::new(self.inner.clone())
-    }
-}
-
-impl<S: fmt::Debug, O, P> fmt::Debug for Branch<S, O, P> {
+impl fmt::Debug for StageService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Branch").field(&self.inner).finish()
+        f.debug_struct("StageService").finish_non_exhaustive()
     }
 }
 
-impl<S, O, P, T> Service<Request<T>> for Branch<S, O, P>
+impl<B> Service<Request<B>> for StageService
 where
-    P: Side<T, O>,
-    S: Service<Request<P::Body>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Response = Response<StackBody>;
+    type Error = BoxError;
+    type Future = <Stage as Service<Request<StackBody>>>::Future;
 
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
     #[inline]
-    fn call(&mut self, req: Request<T>) -> S::Future {
-        self.inner.call(req.map(P::place))
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.inner.call(req.map(stack_body))
     }
 }
 
-/// The credential stage: OAuth2, a static key, or none. Unlike [`Optional`], the response
-/// passes through unchanged (no auth layer changes the response body).
-#[derive(Clone, Debug)]
-pub enum Auth<O, K, N> {
-    /// OAuth2 client credentials.
-    OAuth2(O),
-    /// A static API key.
-    Bearer(K),
-    /// No credential.
-    None(N),
+/// Boxes the answer's body of the service it wraps, and its errors.
+#[derive(Clone)]
+struct BoxAnswer<S> {
+    inner: S,
 }
 
-impl<O, K, N, B, R> Service<Request<B>> for Auth<O, K, N>
+impl<S, RB> Service<Request<StackBody>> for BoxAnswer<S>
 where
-    O: Service<Request<B>, Response = Response<R>>,
-    O::Error: Into<BoxError>,
-    K: Service<Request<B>, Response = Response<R>>,
-    K::Error: Into<BoxError>,
-    N: Service<Request<B>, Response = Response<R>>,
-    N::Error: Into<BoxError>,
+    S: Service<Request<StackBody>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
-    type Response = Response<R>;
+    type Response = Response<StackBody>;
     type Error = BoxError;
-    type Future = AuthFuture<O::Future, K::Future, N::Future>;
+    type Future = BoxAnswerFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self {
-            Auth::OAuth2(s) => s.poll_ready(cx).map_err(Into::into),
-            Auth::Bearer(s) => s.poll_ready(cx).map_err(Into::into),
-            Auth::None(s) => s.poll_ready(cx).map_err(Into::into),
-        }
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline]
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let kind = match self {
-            Auth::OAuth2(s) => AuthKind::OAuth2 { fut: s.call(req) },
-            Auth::Bearer(s) => AuthKind::Bearer { fut: s.call(req) },
-            Auth::None(s) => AuthKind::None { fut: s.call(req) },
-        };
-        AuthFuture { kind }
+    fn call(&mut self, req: Request<StackBody>) -> Self::Future {
+        BoxAnswerFuture {
+            fut: self.inner.call(req),
+        }
     }
 }
 
 pin_project! {
-    /// The response future of [`Auth`].
-    pub struct AuthFuture<FO, FK, FN> {
+    struct BoxAnswerFuture<F> {
         #[pin]
-        kind: AuthKind<FO, FK, FN>,
+        fut: F,
     }
 }
 
-pin_project! {
-    #[project = AuthKindProj]
-    enum AuthKind<FO, FK, FN> {
-        OAuth2 { #[pin] fut: FO },
-        Bearer { #[pin] fut: FK },
-        None { #[pin] fut: FN },
-    }
-}
-
-impl<FO, FK, FN> fmt::Debug for AuthFuture<FO, FK, FN> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthFuture").finish_non_exhaustive()
-    }
-}
-
-impl<FO, FK, FN, T, EO, EK, EN> Future for AuthFuture<FO, FK, FN>
+impl<F, RB, E> Future for BoxAnswerFuture<F>
 where
-    FO: Future<Output = Result<T, EO>>,
-    FK: Future<Output = Result<T, EK>>,
-    FN: Future<Output = Result<T, EN>>,
-    EO: Into<BoxError>,
-    EK: Into<BoxError>,
-    EN: Into<BoxError>,
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<Response<StackBody>, BoxError>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            AuthKindProj::OAuth2 { fut } => fut.poll(cx).map_err(Into::into),
-            AuthKindProj::Bearer { fut } => fut.poll(cx).map_err(Into::into),
-            AuthKindProj::None { fut } => fut.poll(cx).map_err(Into::into),
-        }
+        self.project()
+            .fut
+            .poll(cx)
+            .map(|r| r.map(|res| res.map(stack_body)).map_err(Into::into))
     }
 }
 
-/// Routes each request to the service of its tenant ([`TenantId`] in the request's
+/// Sends each request to the service of its tenant (a [`TenantId`] in the request's
 /// extensions) when that tenant has one of its own, else to the default service.
 ///
 /// In the recommended stack it holds one rate limiter per tenant with limits of its own.
@@ -441,5 +344,18 @@ where
             PerTenantKindProj::Default { fut } => fut.poll(cx).map_err(Into::into),
             PerTenantKindProj::Own { fut } => fut.poll(cx).map_err(Into::into),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[test]
+    fn a_stack_body_is_not_boxed_twice() {
+        let once = stack_body(Full::new(Bytes::from_static(b"x")));
+        assert!(already_boxed(once).is_ok());
+        assert!(already_boxed(Full::new(Bytes::from_static(b"x"))).is_err());
     }
 }
