@@ -54,7 +54,7 @@ impl Upstreams {
     }
 
     /// The `/readyz` answer: 200 while at least one upstream is usable and the audit sink
-    /// (when on) takes records (`audit_ok`: it could be flushed); 503 otherwise. The body lists
+    /// (when on) takes records (`audit_ok`: `AuditHandle::check`); 503 otherwise. The body lists
     /// every upstream.
     pub(crate) fn readiness(&self, audit_ok: Option<bool>) -> (StatusCode, serde_json::Value) {
         let usable = {
@@ -101,10 +101,10 @@ impl Upstreams {
 
 /// `GET /readyz`.
 pub(crate) async fn readyz(State(s): State<Arc<crate::Shared>>) -> Response<Body> {
-    // A flush may wait for the disk (fsync): off the request threads.
+    // A check probes and flushes the sinks (a write, an fsync): off the request threads.
     let audit_ok = match s.upstreams.audit.clone() {
         Some(a) => Some(
-            tokio::task::spawn_blocking(move || a.flush().is_ok())
+            tokio::task::spawn_blocking(move || a.check().is_ok())
                 .await
                 .unwrap_or(false),
         ),
