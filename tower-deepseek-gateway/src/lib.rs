@@ -53,7 +53,7 @@
 //! [`sources::load`] merges the TOML file, the `DEEPSEEK_GATEWAY_*` environment and the
 //! command line into a [`GatewayConfig`], flag over environment over file, for every setting;
 //! [`Gateway::check`] validates it without starting. [`Gateway::reloader`] (SIGHUP in the
-//! binary, [`reload_on_sighup`]) swaps in new client keys and limits without dropping a
+//! binary, [`reload_on_sighup`]) swaps in new client keys, limits and upstream weights without dropping a
 //! request in flight.
 //!
 //! # Shutdown
@@ -506,7 +506,7 @@ impl Gateway {
         })
     }
 
-    /// The handle that reloads the client keys and the limits of a running gateway (the
+    /// The handle that reloads the client keys, the limits and the upstream weights of a running gateway (the
     /// binary calls it on SIGHUP). Cheap to clone.
     pub fn reloader(&self) -> Reloader {
         self.reloader.clone()

@@ -22,7 +22,7 @@ use crate::{Live, Shared, StartError, inbound, stack};
 /// `deepseek_gateway_config_reloads_total{outcome}`: reloads by outcome (`ok`, `error`).
 pub(crate) const RELOADS_TOTAL: &str = "deepseek_gateway_config_reloads_total";
 
-/// Reloads the client keys and limits of a running [`Gateway`](crate::Gateway); from
+/// Reloads the client keys, limits and upstream weights of a running [`Gateway`](crate::Gateway); from
 /// [`Gateway::reloader`](crate::Gateway::reloader). Cheap to clone.
 #[derive(Clone)]
 pub struct Reloader {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Weak};
 
 use http::Request;
 use serde_json::json;
+use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_deepseek::breaker::{BreakerHandle, State};
 use tower_deepseek::core::body::BufferedBody;
@@ -76,11 +77,18 @@ impl Probe {
         let Ok(req) = Request::get(self.uri.clone()).body(BufferedBody::empty()) else {
             return false;
         };
-        let call = self.service.clone().oneshot(req);
-        match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(Ok(res)) => res.status().is_success(),
-            _ => false,
-        }
+        let service = self.service.clone();
+        // The answer is read whole (within the timeout), so its connection goes back to the pool.
+        let call = async move {
+            let res = service.oneshot(req).await.ok()?;
+            let ok = res.status().is_success();
+            res.into_body().collect().await.ok()?;
+            Some(ok)
+        };
+        matches!(
+            tokio::time::timeout(self.config.timeout, call).await,
+            Ok(Some(true))
+        )
     }
 
     fn record(&self, ok: bool) {
