@@ -372,7 +372,9 @@ async fn a_5xx_or_429_moves_to_the_next_upstream_and_the_model_is_mapped() {
     gw.stop().await.unwrap();
 }
 
-/// Two upstreams `a` and `b` at `a_url`, `b_url`, with `extra_a` in `a`'s table.
+/// Two upstreams `a` and `b` at `a_url`, `b_url`, with `extra_a` in `a`'s table. The metrics
+/// recorder is the process's: a test that asserts a counter of `a` or `b` asserts only an
+/// outcome no other test gives them.
 fn two_upstreams(a_url: &str, extra_a: &str, b_url: &str, extra_b: &str) -> String {
     format!(
         "[[upstreams]]\nname = \"a\"\nurl = \"{a_url}\"\n{extra_a}\n[[upstreams]]\nname = \"b\"\nurl = \"{b_url}\"\n{extra_b}\n"
@@ -579,4 +581,58 @@ async fn the_binary_takes_an_upstream_key_from_its_own_variable() {
         && r.json().unwrap()["model"] == "b-chat"));
     child.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_ejected_upstream_is_tried_again_when_its_breaker_half_opens() {
+    let live = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let dead = dead_url().await;
+    let gw = gateway(
+        &format!(
+            "[breaker]\nwait_duration_in_open_ms = 200\n\
+             [[upstreams]]\nname = \"ejected\"\nurl = \"{dead}\"\n\
+             [[upstreams]]\nname = \"steady-2\"\nurl = \"{}\"\n",
+            live.url()
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(call(&gw, false).await.0, 200);
+    let (_, ready) = readyz(&gw).await;
+    assert_eq!(upstream(&ready, "ejected")["state"], "out", "{ready}");
+    // Once the breaker's wait is over it half-opens: `recovering`, still ready.
+    let t = Instant::now();
+    let ready = loop {
+        let (status, ready) = readyz(&gw).await;
+        assert_eq!(status, 200, "{ready}");
+        if upstream(&ready, "ejected")["state"] == "recovering" {
+            break ready;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        upstream(&ready, "ejected")["breaker"],
+        "half_open",
+        "{ready}"
+    );
+    assert_eq!(upstream(&ready, "ejected")["weight"], 1, "{ready}");
+    // The trial call is refused again: out again, and the caller never sees it.
+    for _ in 0..3 {
+        assert_eq!(call(&gw, false).await.0, 200);
+    }
+    let (_, ready) = readyz(&gw).await;
+    assert_eq!(upstream(&ready, "ejected")["state"], "out", "{ready}");
+    let m = metrics(&gw).await;
+    assert!(
+        m.contains(
+            "deepseek_gateway_upstream_calls_total{upstream=\"ejected\",outcome=\"connect_error\"} 2"
+        ),
+        "the first call and one trial: {m}"
+    );
+    assert!(
+        m.contains("deepseek_gateway_upstream_state{upstream=\"ejected\",state=\"out\"} 1"),
+        "{m}"
+    );
+    gw.stop().await.unwrap();
 }

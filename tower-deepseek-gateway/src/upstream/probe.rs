@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use http::Request;
-use serde_json::json;
 use http_body_util::BodyExt;
+use serde_json::json;
 use tower::ServiceExt;
 use tower_deepseek::breaker::{BreakerHandle, State};
 use tower_deepseek::core::body::BufferedBody;
