@@ -177,6 +177,30 @@ async fn smooth_weighted_round_robin_and_uri_rewrite() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn set_weights_changes_the_split_of_every_service_at_once() {
+    let up = Upstreams::default();
+    let layer = two(1, 1);
+    let mut svc = layer.layer(up.client());
+    let mut other = layer.layer(up.client());
+    layer.set_weights(&[0, 3]).unwrap();
+    assert_eq!(layer.weights(), [0, 3]);
+    for _ in 0..3 {
+        assert_eq!(send(&mut svc).await.unwrap(), 200);
+        assert_eq!(send(&mut other).await.unwrap(), 200);
+    }
+    assert_eq!((up.count("a.test"), up.count("b.test:8080")), (0, 6));
+    // Back to an even split; a wrong length changes nothing.
+    assert!(layer.set_weights(&[1]).is_err());
+    assert_eq!(layer.weights(), [0, 3]);
+    layer.set_weights(&[1, 1]).unwrap();
+    up.clear();
+    for _ in 0..4 {
+        assert_eq!(send(&mut svc).await.unwrap(), 200);
+    }
+    assert_eq!((up.count("a.test"), up.count("b.test:8080")), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dead_endpoint_loses_its_traffic_and_gets_it_back_when_it_recovers() {
     let up = Upstreams::default();
     let layer = two(1, 1);

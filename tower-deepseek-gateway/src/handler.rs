@@ -37,22 +37,13 @@ pub(crate) async fn too_many_connections() -> Response<Body> {
     res
 }
 
-pub(crate) async fn metrics_page() -> Response<Body> {
-    let mut res = Response::new(Body::from(telemetry::render()));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    res
-}
-
 pub(crate) async fn not_found(uri: Uri) -> Response<Body> {
     let _ = uri;
     error::json_error(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         "not_found",
-        "unknown route; the gateway serves /v1/chat/completions, /v1/models, /beta/completions, /healthz and /metrics",
+        "unknown route; the gateway serves /v1/chat/completions, /v1/models, /beta/completions, /healthz, /readyz and /metrics",
         None,
     )
 }

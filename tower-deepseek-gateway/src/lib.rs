@@ -12,7 +12,8 @@
 //! | `GET /v1/models`, `GET /models` | proxied to `<upstream>/models` |
 //! | `POST /beta/completions` | proxied to `<upstream>/beta/completions` |
 //! | `GET /v1/chat/completions/ws` | WebSocket: chat completions over one long connection (README, "WebSocket") |
-//! | `GET /healthz` | `{"status":"ok"}` |
+//! | `GET /healthz` | `{"status":"ok"}` (liveness) |
+//! | `GET /readyz` | 200 while at least one upstream is usable and the audit sink (when on) takes records, else 503; JSON: each upstream's state, weight, breaker state |
 //! | `GET /metrics` | Prometheus text: every layer's `deepseek_*` metrics, the gateway's, the process's |
 //! | `POST /v1/feedback` | a score for a call (with `[review]`; see [`review`]) |
 //!
@@ -20,6 +21,14 @@
 //! first: audit, redact, cache, rate limit (per tenant), retry, circuit breaker, auth
 //! (API key or OAuth2), attempt timeouts, the pooled rustls client. Responses stream through
 //! as they arrive; every error is answered as `{"error":{"message","type","code"}}`.
+//!
+//! # Upstreams
+//!
+//! Several upstreams (`--upstream` repeated, or `[[upstreams]]`) are served active-active:
+//! each has its own connection pool, breaker, credential (`api_key_env` or
+//! `[upstreams.oauth2]`), model-name map and optional active probe; calls are spread by weight,
+//! a slow upstream's weight drops to 0, and a call that failed before its first byte reached the
+//! caller moves to the next upstream (README, "Upstreams and health").
 //!
 //! # Inbound authentication
 //!
@@ -44,7 +53,7 @@
 //! [`sources::load`] merges the TOML file, the `DEEPSEEK_GATEWAY_*` environment and the
 //! command line into a [`GatewayConfig`], flag over environment over file, for every setting;
 //! [`Gateway::check`] validates it without starting. [`Gateway::reloader`] (SIGHUP in the
-//! binary, [`reload_on_sighup`]) swaps in new client keys and limits without dropping a
+//! binary, [`reload_on_sighup`]) swaps in new client keys, limits and upstream weights without dropping a
 //! request in flight.
 //!
 //! # Shutdown
@@ -83,6 +92,7 @@ pub mod sources;
 mod stack;
 mod stream;
 pub mod telemetry;
+mod upstream;
 mod ws;
 
 pub use config::GatewayConfig;
@@ -288,6 +298,8 @@ struct Shared {
     audit_layer: Option<AuditLayer>,
     ws: ws::Settings,
     otel: Option<Arc<otel::Tracing>>,
+    /// Every upstream's health, for `/readyz` and the metrics.
+    upstreams: Arc<upstream::Upstreams>,
 }
 
 impl Shared {
@@ -356,45 +368,7 @@ impl Gateway {
             audit_log,
             api_key,
         } = options;
-        // The active-active pool (weights, failover, per-upstream credentials, model maps and
-        // probes) is not wired into the gateway yet: one upstream only, and a setting that would
-        // be ignored is refused rather than dropped.
-        let given = if upstreams.is_empty() {
-            cfg.upstreams.len()
-        } else {
-            upstreams.len()
-        };
-        if given > 1 {
-            return Err(StartError::Layer {
-                layer: "upstreams",
-                message: format!(
-                    "{given} upstreams given: this gateway serves one upstream (active-active failover is not wired yet)"
-                ),
-            });
-        }
-        if upstreams.is_empty() {
-            if let Some(u) = cfg.upstreams.first() {
-                let unsupported = [
-                    ("api_key_env", u.api_key_env.is_some()),
-                    ("oauth2", u.oauth2.is_some()),
-                    ("models", !u.models.is_empty()),
-                    ("probe", u.probe.is_some()),
-                ];
-                if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-                    return Err(StartError::Layer {
-                        layer: "upstreams",
-                        message: format!(
-                            "{field}: not supported yet for an upstream (use the global credential and model names)"
-                        ),
-                    });
-                }
-            }
-        }
-        let upstream = upstreams
-            .into_iter()
-            .next()
-            .or_else(|| cfg.upstreams.first().map(|u| u.url.clone()))
-            .unwrap_or(upstream);
+        let (upstreams, pooled) = upstream::pool::resolve(upstream, upstreams, &cfg);
         if let Some(url) = redis {
             cfg.cache.redis_url = Some(url);
         }
@@ -462,9 +436,15 @@ impl Gateway {
         };
         // The recorder must exist before the layers register their metrics.
         telemetry::handle();
-        let built = stack::build(&cfg, &upstream, &credential, sink)?;
+        let built = stack::build(&cfg, &upstreams, pooled, &credential, sink)?;
         if open {
             tracing::warn!(target: "tower_deepseek_gateway", "no client keys configured: serving any client, on a loopback address only");
+        }
+        let upstreams = Arc::new(built.upstreams);
+        if sink == stack::AuditSink::File {
+            for probe in built.probes {
+                upstream::probe::spawn(probe, Arc::downgrade(&upstreams));
+            }
         }
         let shared = Arc::new(Shared {
             live: ArcSwap::from_pointee(Live {
@@ -478,6 +458,7 @@ impl Gateway {
             audit_layer: built.audit_layer,
             ws: ws::Settings::new(cfg.websocket.clone()),
             otel: otel.clone(),
+            upstreams,
         });
         let ws_runtime = shared.ws.runtime.clone();
         let mut router = Router::new();
@@ -494,7 +475,8 @@ impl Gateway {
             .route("/models", layers::proxied(&shared, Route::Models))
             .route("/beta/completions", layers::proxied(&shared, Route::Fim))
             .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics_page))
+            .route("/readyz", get(upstream::health::readyz))
+            .route("/metrics", get(upstream::health::metrics_page))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(shared.clone());
@@ -525,7 +507,7 @@ impl Gateway {
         })
     }
 
-    /// The handle that reloads the client keys and the limits of a running gateway (the
+    /// The handle that reloads the client keys, the limits and the upstream weights of a running gateway (the
     /// binary calls it on SIGHUP). Cheap to clone.
     pub fn reloader(&self) -> Reloader {
         self.reloader.clone()

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Settings: flags over `DEEPSEEK_GATEWAY_*` variables over the file (see the library's
-//! `sources` module). SIGHUP reloads the client keys and limits.
+//! `sources` module). SIGHUP reloads the client keys, limits and upstream weights.
 //!
 //! The upstream credential comes from `DEEPSEEK_API_KEY` or the `[oauth2]` table of the
 //! config. Logs go to stderr (`RUST_LOG`, default `info`); when ready, one line goes to

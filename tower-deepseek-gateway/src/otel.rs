@@ -134,12 +134,12 @@ fn model_attr(model: &str) -> String {
 #[cfg(feature = "otel")]
 mod imp;
 #[cfg(feature = "otel")]
-pub(crate) use imp::{CallTrace, TraceLayer, Traced, Tracing, traced};
+pub(crate) use imp::{CallTrace, TraceLayer, Tracing, traced};
 
 #[cfg(not(feature = "otel"))]
 mod off;
 #[cfg(not(feature = "otel"))]
-pub(crate) use off::{CallTrace, TraceLayer, Traced, Tracing, traced};
+pub(crate) use off::{CallTrace, TraceLayer, Tracing, traced};
 
 #[cfg(test)]
 mod tests {

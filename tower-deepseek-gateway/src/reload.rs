@@ -1,5 +1,6 @@
-//! Reloading a running gateway: the client keys and the limits (`[[keys]]`, `[rate_limit]`)
-//! from a new configuration, without dropping a request in flight.
+//! Reloading a running gateway: the client keys, the limits (`[[keys]]`, `[rate_limit]`) and
+//! the upstreams' weights (`[[upstreams]] weight`) from a new configuration, without dropping a
+//! request in flight.
 //!
 //! A reload builds the new keys and rate limiters next to the running ones, around the same
 //! layers (cache, breaker, OAuth2 token, audit chain, connection pool: their state goes on),
@@ -7,7 +8,10 @@
 //! limits it started with, a request that starts after the swap sees the new ones. A limiter
 //! whose settings did not change keeps its window. Anything invalid in the new configuration
 //! fails the reload as a whole: the running configuration stays, and the error (never a
-//! secret) is returned and logged. Other settings are read at start only.
+//! secret) is returned and logged. New weights apply to the next pick of every call, those in
+//! flight included (an upstream's breaker, latency average and connections go on); the
+//! upstreams themselves (number, names, URLs: a change fails the reload) and their other
+//! settings are read at start only, like every other setting.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,7 +22,7 @@ use crate::{Live, Shared, StartError, inbound, stack};
 /// `deepseek_gateway_config_reloads_total{outcome}`: reloads by outcome (`ok`, `error`).
 pub(crate) const RELOADS_TOTAL: &str = "deepseek_gateway_config_reloads_total";
 
-/// Reloads the client keys and limits of a running [`Gateway`](crate::Gateway); from
+/// Reloads the client keys, limits and upstream weights of a running [`Gateway`](crate::Gateway); from
 /// [`Gateway::reloader`](crate::Gateway::reloader). Cheap to clone.
 #[derive(Clone)]
 pub struct Reloader {
@@ -60,13 +64,14 @@ impl Reloader {
         }
     }
 
-    /// Takes the client keys and the limits of `config`; requests in flight finish with the
-    /// ones they started with.
+    /// Takes the client keys, the limits and the upstream weights of `config`; requests in
+    /// flight finish with the keys and limits they started with.
     ///
     /// # Errors
     ///
     /// [`StartError`]: an invalid key hash, an invalid `[rate_limit]` (or a key's own
-    /// limits), or no keys left on a non-loopback address. The running configuration stays.
+    /// limits), no keys left on a non-loopback address, or `[[upstreams]]` that are not the
+    /// running ones (number, names, URLs). The running configuration stays.
     pub fn reload(&self, config: &GatewayConfig) -> Result<(), StartError> {
         let result = self.try_reload(config);
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -84,7 +89,11 @@ impl Reloader {
         {
             return Err(StartError::OpenNonLoopback { addr: inner.listen });
         }
+        let weights = inner.fixed.weights(config)?;
         let (service, _) = inner.fixed.compose(config)?;
+        if let Some(w) = weights {
+            inner.fixed.set_weights(&w)?;
+        }
         inner.shared.live.store(Arc::new(Live { keys, service }));
         Ok(())
     }
@@ -125,7 +134,7 @@ where
                 };
                 match result {
                     Ok(()) => {
-                        tracing::info!(target: "tower_deepseek_gateway", "configuration reloaded (client keys and limits)")
+                        tracing::info!(target: "tower_deepseek_gateway", "configuration reloaded (client keys, limits, upstream weights)")
                     }
                     Err(reason) => {
                         tracing::error!(target: "tower_deepseek_gateway", %reason, "reload failed: keeping the running configuration")

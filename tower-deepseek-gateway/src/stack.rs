@@ -8,6 +8,10 @@
 //! [`StackConfig`](tower_deepseek::stack::StackConfig); the program adds what a file cannot
 //! hold: the audit sink, the upstream credential, and a rate limiter per client with limits of
 //! its own.
+//!
+//! With several upstreams (or one with settings of its own) the stack leaves out its breaker,
+//! auth and timeout stages, and the service below it is the failover pool of
+//! [`upstream::pool`](crate::upstream::pool), which runs them per upstream.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,11 +19,12 @@ use std::sync::Mutex;
 
 use secrecy::{ExposeSecret, SecretString};
 use tower::Layer;
+use tower_deepseek::auth::OAuth2Config;
 use tower_deepseek::auth::store::RedisTokenStore;
 use tower_deepseek::auth::{BearerAuthLayer, OAuth2Layer};
-use tower_deepseek::breaker::CircuitBreakerLayer;
+use tower_deepseek::breaker::{CircuitBreakerLayer, FailoverLayer};
 use tower_deepseek::cache::CacheLayer;
-use tower_deepseek::client::{BaseUrl, BaseUrlLayer, UpstreamClient, upstream_client};
+use tower_deepseek::client::upstream_client;
 use tower_deepseek::core::body::BufferedBody;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditHandle, AuditLayer, JsonlFileSink, WriterSink};
@@ -33,14 +38,13 @@ use tower_deepseek::stack::{
 };
 
 use crate::StartError;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, UpstreamConfig};
+use crate::upstream::pool::{self, Inner};
+use crate::upstream::probe::Probe;
+use crate::upstream::{Entry, Upstreams};
 
-/// The upstream service below the stack: the client (traced, its URIs joined onto the
-/// upstream's base URL) under the `[concurrency]` cap.
-pub(crate) type Inner =
-    crate::concurrency::Capped<BaseUrl<crate::otel::Traced<UpstreamClient<StackBody>>>>;
-
-/// The stack around the upstream client, taking the server's request bodies.
+/// The stack around the upstream client (or the failover pool), taking the server's request
+/// bodies. The service below it is boxed ([`Inner`]): one upstream's client, or the pool.
 pub(crate) type Svc = StackService;
 
 /// The upstream credential.
@@ -77,9 +81,13 @@ pub(crate) struct Fixed {
     timeout: Option<TimeoutLayer>,
     auth: Auth,
     retry: Option<RetryConfig>,
-    inner: Inner,
-    /// Whether `inner` is under a `[concurrency]` cap (for the layer list).
-    capped: bool,
+    inner: Inner<StackBody>,
+    /// What the service below the stack runs, for [`Gateway::layers`](crate::Gateway::layers):
+    /// `client`, or the pool's stages.
+    below: Vec<&'static str>,
+    /// The failover of a pool, and its upstreams' names and URLs in order: a reload sets
+    /// their weights.
+    pool: Option<(FailoverLayer, Vec<(String, String)>)>,
     l2: bool,
     /// The rate limiters of the running stack, by their effective settings, so that a reload
     /// keeps the windows of the limits it does not change.
@@ -109,6 +117,27 @@ pub(crate) struct Built {
     pub(crate) wired: Vec<&'static str>,
     /// The review layer's handle (feedback), when `[review]` is set.
     pub(crate) review: Option<tower_deepseek::redact::review::ReviewHandle>,
+    /// Every upstream, for `/readyz` and the metrics.
+    pub(crate) upstreams: Upstreams,
+    /// The active probes to start.
+    pub(crate) probes: Vec<Probe>,
+}
+
+/// An OAuth2 layer for `oauth` (the global `[oauth2]` or an upstream's own), its token shared
+/// through the fleet's Redis (`cache.redis_url`) when there is one.
+pub(crate) fn oauth2_layer(
+    oauth: &OAuth2Config,
+    cfg: &GatewayConfig,
+) -> Result<OAuth2Layer<TokenClient>, StartError> {
+    let token_client = upstream_client::<BufferedBody>(&cfg.client);
+    let mut builder = OAuth2Layer::builder(oauth.clone(), token_client);
+    if let Some(url) = &cfg.cache.redis_url {
+        let store = RedisTokenStore::open(url).map_err(|e| config_err("oauth2")(e.to_string()))?;
+        builder = builder.store(store);
+    }
+    builder
+        .build()
+        .map_err(|e| config_err("oauth2")(e.to_string()))
 }
 
 fn config_err(layer: &'static str) -> impl FnOnce(String) -> StartError {
@@ -132,11 +161,14 @@ pub(crate) enum AuditSink {
     DryRun,
 }
 
-/// Builds the stack for `upstream` from `cfg` (whose `cache.redis_url` is also the OAuth2
-/// token store's Redis).
+/// Builds the stack for `upstreams` from `cfg` (whose `cache.redis_url` is also the OAuth2
+/// token store's Redis): the plain stack around one upstream's client, or (`pooled`) the stack
+/// without its breaker, auth and timeout stages around the failover pool, which has them per
+/// upstream.
 pub(crate) fn build(
     cfg: &GatewayConfig,
-    upstream: &str,
+    upstreams: &[UpstreamConfig],
+    pooled: bool,
     credential: &Credential,
     sink: AuditSink,
 ) -> Result<Built, StartError> {
@@ -175,21 +207,10 @@ pub(crate) fn build(
             BearerAuthLayer::new(SecretString::from(key.expose_secret()))
                 .map_err(|e| config_err("auth")(e.to_string()))?,
         ),
-        Credential::OAuth2 => {
-            let oauth = cfg.oauth2.clone().expect("checked by the caller");
-            let token_client = upstream_client::<BufferedBody>(&cfg.client);
-            let mut builder = OAuth2Layer::builder(oauth, token_client);
-            if let Some(url) = &cfg.cache.redis_url {
-                let store =
-                    RedisTokenStore::open(url).map_err(|e| config_err("oauth2")(e.to_string()))?;
-                builder = builder.store(store);
-            }
-            Auth::OAuth2(
-                builder
-                    .build()
-                    .map_err(|e| config_err("oauth2")(e.to_string()))?,
-            )
-        }
+        Credential::OAuth2 => Auth::OAuth2(oauth2_layer(
+            cfg.oauth2.as_ref().expect("checked by the caller"),
+            cfg,
+        )?),
         Credential::None => Auth::None,
     };
 
@@ -261,27 +282,93 @@ pub(crate) fn build(
         .transpose()
         .map_err(config_err("concurrency"))?;
 
-    let base = BaseUrlLayer::new(upstream).map_err(|e| StartError::Upstream(e.to_string()))?;
-    let client = upstream_client::<StackBody>(&cfg.client);
-    let fixed = Fixed {
-        audit: audit_layer.clone(),
-        redact,
-        review,
-        cache,
-        cost,
-        breaker,
-        timeout,
-        auth,
-        retry: on.retry.then(|| cfg.retry.clone()),
-        // Innermost: one span per upstream attempt, when tracing is on (`otel`); around it,
-        // below the whole stack, the upstream account's concurrency cap (one permit per attempt).
-        inner: crate::concurrency::capped(
+    let (fixed, upstreams, probes) = if pooled {
+        // Each upstream: its breaker, credential, attempt timeouts and client.
+        let global_oauth = match &auth {
+            Auth::OAuth2(l) => Some(l),
+            _ => None,
+        };
+        let p = pool::pool::<StackBody>(
+            cfg,
+            upstreams,
+            credential,
+            global_oauth,
             concurrency.as_ref(),
-            base.layer(crate::otel::traced(client)),
-        ),
-        capped: concurrency.is_some(),
-        l2,
-        limiters: Mutex::new(Limiters::default()),
+        )?;
+        let mut below = vec!["failover", "breaker"];
+        if timeout.is_some() {
+            below.push("timeout");
+        }
+        if concurrency.is_some() {
+            below.push("concurrency");
+        }
+        below.push("client");
+        let fixed = Fixed {
+            audit: audit_layer.clone(),
+            redact,
+            review,
+            cache,
+            cost,
+            breaker: None,
+            timeout: None,
+            auth: Auth::None,
+            retry: on.retry.then(|| cfg.retry.clone()),
+            inner: p.inner,
+            below,
+            pool: Some((
+                p.layer.clone(),
+                upstreams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (pool::name_of(i, u), u.url.clone()))
+                    .collect(),
+            )),
+            l2,
+            limiters: Mutex::new(Limiters::default()),
+        };
+        let upstreams = Upstreams {
+            entries: p.entries,
+            failover: Some(p.layer),
+            audit: audit.clone(),
+        };
+        (fixed, upstreams, p.probes)
+    } else {
+        let u = &upstreams[0];
+        pool::check_name(0, &pool::name_of(0, u))?;
+        let entry = Entry {
+            name: pool::name_of(0, u),
+            breaker: breaker.as_ref().map(CircuitBreakerLayer::handle),
+            probe: None,
+        };
+        let fixed = Fixed {
+            audit: audit_layer.clone(),
+            redact,
+            review,
+            cache,
+            cost,
+            breaker,
+            timeout,
+            auth,
+            retry: on.retry.then(|| cfg.retry.clone()),
+            // Innermost: one span per upstream attempt, when tracing is on (`otel`); around it,
+            // below the whole stack, the upstream account's concurrency cap (one permit per
+            // attempt).
+            inner: pool::single::<StackBody>(cfg, &u.url, concurrency.as_ref())?,
+            below: if concurrency.is_some() {
+                vec!["concurrency", "client"]
+            } else {
+                vec!["client"]
+            },
+            pool: None,
+            l2,
+            limiters: Mutex::new(Limiters::default()),
+        };
+        let upstreams = Upstreams {
+            entries: vec![entry],
+            failover: None,
+            audit: audit.clone(),
+        };
+        (fixed, upstreams, Vec::new())
     };
     let (service, wired) = fixed.compose(cfg)?;
     Ok(Built {
@@ -290,11 +377,55 @@ pub(crate) fn build(
         audit,
         audit_layer,
         wired,
+        upstreams,
+        probes,
         review: review_handle,
     })
 }
 
 impl Fixed {
+    /// The upstream weights of `cfg` for the running pool, checked: `None` when there is no
+    /// pool or `cfg` names no upstreams (the running weights stay). The upstreams themselves
+    /// (their number, names and URLs, credentials, model maps, probes) are read at start only.
+    pub(crate) fn weights(&self, cfg: &GatewayConfig) -> Result<Option<Vec<u32>>, StartError> {
+        let restart = || {
+            config_err("upstreams")(
+                "the upstreams (their number, names and URLs) change only at a restart; a reload changes their weights".to_owned(),
+            )
+        };
+        let Some((_, running)) = &self.pool else {
+            return if cfg.upstreams.len() > 1 {
+                Err(restart())
+            } else {
+                Ok(None)
+            };
+        };
+        if cfg.upstreams.is_empty() {
+            return Ok(None);
+        }
+        let same = cfg.upstreams.len() == running.len()
+            && cfg
+                .upstreams
+                .iter()
+                .enumerate()
+                .zip(running)
+                .all(|((i, u), (name, url))| pool::name_of(i, u) == *name && u.url == *url);
+        if !same {
+            return Err(restart());
+        }
+        Ok(Some(cfg.upstreams.iter().map(|u| u.weight).collect()))
+    }
+
+    /// Sets the pool's weights (from [`weights`](Self::weights)).
+    pub(crate) fn set_weights(&self, weights: &[u32]) -> Result<(), StartError> {
+        match &self.pool {
+            Some((layer, _)) => layer
+                .set_weights(weights)
+                .map_err(|e| config_err("upstreams")(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// The stack with the rate limits of `cfg` (`[rate_limit]` and the keys' own) around the
     /// layers built at start. A limiter whose settings did not change is kept (its window
     /// goes on); a changed one starts afresh.
@@ -403,10 +534,7 @@ impl Fixed {
                 other => other,
             })
             .collect();
-        if self.capped {
-            wired.push("concurrency");
-        }
-        wired.push("client");
+        wired.extend(self.below.iter().copied());
         Ok((stack.layer(self.inner.clone()), wired))
     }
 }

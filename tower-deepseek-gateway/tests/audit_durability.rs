@@ -41,6 +41,14 @@ impl Gw {
     }
 }
 
+/// `GET /readyz`: its status and JSON.
+async fn readyz(client: &TestClient, gw: &Gw) -> (u16, serde_json::Value) {
+    let res = get(client, &format!("http://{}/readyz", gw.0.addr), None).await;
+    let status = res.status().as_u16();
+    let text = body_string(res).await;
+    (status, serde_json::from_str(&text).unwrap())
+}
+
 fn body(stream: bool, content: &str) -> serde_json::Value {
     json!({"model": "deepseek-chat", "stream": stream, "stream_options": {"include_usage": true},
            "messages": [{"role": "user", "content": content}]})
@@ -309,6 +317,14 @@ async fn a_full_disk_fails_closed_with_a_clean_503_and_no_torn_line() {
     let headers = refused.expect("a 503 once the disk is full");
     assert!(headers.contains_key("retry-after"), "{headers:?}");
     assert_eq!(headers["connection"], "close");
+    // Not ready while the audit sink takes no records (the upstream is fine).
+    let (status, ready) = readyz(&client, &gw).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(
+        (ready["audit"].as_str(), ready["usable_upstreams"].as_u64()),
+        (Some("failing"), Some(1)),
+        "{ready}"
+    );
 
     // No torn line, no delivered answer without its record, and the chain holds.
     let text = std::fs::read(&log).unwrap();
@@ -323,6 +339,12 @@ async fn a_full_disk_fails_closed_with_a_clean_503_and_no_torn_line() {
 
     // Room again: calls are served and recorded.
     std::fs::remove_file(&filler).unwrap();
+    let (status, ready) = readyz(&client, &gw).await;
+    assert_eq!(
+        (status, ready["audit"].as_str()),
+        (200, Some("ok")),
+        "{ready}"
+    );
     let (status, id, _) = call(&client, &gw.url(), false, "room again")
         .await
         .expect("answered");

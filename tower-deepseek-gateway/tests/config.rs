@@ -235,33 +235,70 @@ async fn the_redis_option_wins_over_the_file() {
     assert!(layers.contains(&"cache_l1_l2"), "{layers:?}");
 }
 
-/// Until the active-active pool is wired, a second upstream or a per-upstream setting is
-/// refused at start (never silently ignored), from the flags and from the file alike.
+/// Several upstreams, from the flags or the file, are served as a pool (failover, then a
+/// breaker per upstream); one plain upstream is the plain stack. The per-upstream settings are
+/// checked at start: an unset `api_key_env` variable, both a key and `[upstreams.oauth2]`,
+/// two upstreams of one name, a name unfit for a metric label, a probe that never runs.
 #[tokio::test]
-async fn upstream_settings_not_served_yet_are_refused() {
+async fn upstreams_from_flags_and_file_are_served_and_checked() {
     let check = |o: Options| tower_deepseek_gateway::Gateway::check(o).map_err(|e| e.to_string());
-    let two_flags = GatewayConfig::from_toml("").unwrap();
-    let err = check(
-        Options::from_config(two_flags)
+    let pooled = |layers: &[&str]| {
+        let i = layers.iter().position(|l| *l == "failover");
+        i.is_some_and(|i| layers[i + 1] == "breaker" && layers.last() == Some(&"client"))
+    };
+    let layers = check(
+        Options::from_config(GatewayConfig::from_toml("").unwrap())
             .add_upstream("http://127.0.0.1:1")
             .add_upstream("http://127.0.0.1:2"),
     )
-    .unwrap_err();
-    assert!(err.contains("2 upstreams"), "{err}");
-    let two_tables = GatewayConfig::from_toml(
-        "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n[[upstreams]]\nurl = \"http://127.0.0.1:2\"\n",
-    )
     .unwrap();
-    assert!(check(Options::from_config(two_tables)).is_err());
-    let models = GatewayConfig::from_toml(
-        "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n[upstreams.models]\n\"deepseek-chat\" = \"v3\"\n",
-    )
+    assert!(pooled(&layers), "{layers:?}");
+    let file = |toml: &str| GatewayConfig::from_toml(toml).unwrap();
+    let two = "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n[[upstreams]]\nurl = \"http://127.0.0.1:2\"\n";
+    let layers = check(Options::from_config(file(two))).unwrap();
+    assert!(pooled(&layers), "{layers:?}");
+    assert!(!layers.contains(&"bearer_auth"), "per upstream: {layers:?}");
+    // One upstream with a model map of its own: a pool of one.
+    let models = "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n[upstreams.models]\n\"deepseek-chat\" = \"v3\"\n";
+    assert!(pooled(&check(Options::from_config(file(models))).unwrap()));
+    // One plain upstream: the plain stack.
+    let one = check(Options::from_config(file(
+        "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n",
+    )))
     .unwrap();
-    let err = check(Options::from_config(models)).unwrap_err();
-    assert!(err.contains("models"), "{err}");
-    // One plain upstream is served.
-    let one = GatewayConfig::from_toml("[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n").unwrap();
-    assert!(check(Options::from_config(one)).is_ok());
+    assert!(
+        !one.contains(&"failover") && one.contains(&"breaker"),
+        "{one:?}"
+    );
+
+    let refused = |toml: &str| check(Options::from_config(file(toml))).unwrap_err();
+    let err = refused(
+        "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\napi_key_env = \"DEEPSEEK_GATEWAY_TEST_UNSET_KEY_41\"\n",
+    );
+    assert!(
+        err.contains("[upstreams]") && err.contains("DEEPSEEK_GATEWAY_TEST_UNSET_KEY_41"),
+        "{err}"
+    );
+    let err = refused(
+        "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\napi_key_env = \"X\"\n[upstreams.oauth2]\ntoken_url = \"http://127.0.0.1:1/token\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    assert!(err.contains("exclusive"), "{err}");
+    let err = refused(
+        "[[upstreams]]\nname = \"az\"\nurl = \"http://127.0.0.1:1\"\n[[upstreams]]\nname = \"az\"\nurl = \"http://127.0.0.1:2\"\n",
+    );
+    assert!(err.contains("two upstreams are named"), "{err}");
+    let err = refused(
+        "[[upstreams]]\nname = \"a b\"\nurl = \"http://127.0.0.1:1\"\n[[upstreams]]\nurl = \"http://127.0.0.1:2\"\n",
+    );
+    assert!(err.contains("name"), "{err}");
+    let err = refused(
+        "[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n[upstreams.probe]\ninterval_ms = 0\n",
+    );
+    assert!(err.contains("interval_ms"), "{err}");
+    let err = refused(
+        "[[upstreams]]\nurl = \"127.0.0.1:1\"\n[[upstreams]]\nurl = \"http://127.0.0.1:2\"\n",
+    );
+    assert!(err.contains("upstream"), "{err}");
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_deepseek-gateway");

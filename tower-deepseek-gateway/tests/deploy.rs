@@ -123,6 +123,9 @@ fn dashboard_uses_only_emitted_metrics() {
         // The quality metric (issue 20): feedback and evaluator scores.
         "deepseek_review_score_sum",
         "deepseek_review_score_count",
+        // Active-active upstreams (issue 18): the weight each gets now, attempts by outcome.
+        "deepseek_gateway_upstream_weight",
+        "deepseek_gateway_upstream_calls_total",
     ] {
         assert!(all.contains(needed), "the dashboard shows {needed}");
     }
@@ -257,6 +260,19 @@ fn alert_rules_are_well_formed_and_cover_the_guide() {
     assert!(errors.expr.ends_with("> 0.05"), "{errors:?}");
     let down = find("deepseek_breaker_state");
     assert!(down.expr.contains("open"), "{down:?}");
+    // Active-active upstreams (issue 18): one out for 5 minutes, and all out.
+    let one_out = find("deepseek_gateway_upstream_up");
+    assert!(
+        one_out.expr.ends_with("== 0")
+            && one_out.r#for == "5m"
+            && one_out.expr.contains("upstream"),
+        "{one_out:?}"
+    );
+    let all_out = find("deepseek_gateway_upstreams_usable");
+    assert!(
+        all_out.expr.ends_with("== 0") && all_out.severity == "critical",
+        "{all_out:?}"
+    );
     // Quality: the 1-hour mean score (sum over count) below a threshold.
     let quality = find("deepseek_review_score_sum");
     assert!(

@@ -330,6 +330,49 @@ async fn fail_closed_refuses_until_the_sink_recovers() {
     assert_eq!(sink.lines.lock().unwrap().len(), 1);
 }
 
+/// A sink whose writes fail while `broken` is set, and whose flush always succeeds (as a file
+/// sink's after a refused write: nothing new to sync); its probe fails while broken.
+#[derive(Clone, Default)]
+struct WriteFails {
+    broken: Arc<AtomicBool>,
+}
+
+impl AuditSink for WriteFails {
+    fn write(&self, _record: &[u8]) -> io::Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(io::Error::other("disk full"));
+        }
+        Ok(())
+    }
+    fn probe(&self) -> io::Result<()> {
+        self.write(b"")
+    }
+}
+
+#[tokio::test]
+async fn check_says_whether_the_sinks_take_records_now() {
+    let sink = WriteFails::default();
+    let audit = AuditLayer::builder()
+        .hmac_key(KEY.to_vec())
+        .sink(sink.clone())
+        .build()
+        .unwrap();
+    let handle = audit.handle();
+    let svc = audit.layer(ok_service());
+    handle.check().unwrap();
+    sink.broken.store(true, Ordering::SeqCst);
+    let res = svc.clone().oneshot(chat("a")).await.unwrap();
+    assert!(res.into_body().collect().await.is_err());
+    // A flush alone would succeed: the failed write is what counts, through a probe.
+    handle.flush().unwrap();
+    assert!(handle.check().is_err());
+    sink.broken.store(false, Ordering::SeqCst);
+    handle.check().unwrap();
+    // The probe that passed brought the sink back for the layer too.
+    let res = svc.clone().oneshot(chat("b")).await.unwrap();
+    res.into_body().collect().await.unwrap();
+}
+
 /// A body whose one frame is its last (`is_end_stream` after it), as a body with a
 /// `Content-Length` is for hyper's server.
 struct Sized(Option<Bytes>);

@@ -2,6 +2,7 @@
 //! smooth weighted round-robin that picks among them.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ pub(super) struct EndpointState {
     pub(super) scheme: Scheme,
     pub(super) authority: Authority,
     pub(super) prefix: String,
-    pub(super) weight: u32,
+    /// Its weight: set at build, changed by [`FailoverLayer::set_weights`](super::FailoverLayer::set_weights).
+    pub(super) weight: AtomicU32,
     pub(super) breaker: Striped,
 }
 
@@ -50,7 +52,7 @@ impl fmt::Debug for Shared {
                 &self
                     .endpoints
                     .iter()
-                    .map(|e| (&e.base, e.weight))
+                    .map(|e| (&e.base, e.weight.load(Ordering::Relaxed)))
                     .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
@@ -100,13 +102,14 @@ impl Shared {
                         continue;
                     }
                     bal.last_probe[i] = None;
-                    if e.weight == 0 {
+                    let weight = e.weight.load(Ordering::Relaxed);
+                    if weight == 0 {
                         if fallback.is_none_or(|(_, l)| latency < l) {
                             fallback = Some((i, latency));
                         }
                         continue;
                     }
-                    weights[i] = e.weight as i64;
+                    weights[i] = i64::from(weight);
                     any_weighted = true;
                 }
                 if let Some(i) = probe {

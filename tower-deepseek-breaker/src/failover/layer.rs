@@ -1,6 +1,7 @@
 //! The failover layer and its builder.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -160,7 +161,7 @@ impl FailoverLayerBuilder {
                 scheme: scheme.clone(),
                 authority: authority.clone(),
                 prefix,
-                weight: e.weight,
+                weight: AtomicU32::new(e.weight),
                 breaker: Striped::new(Breaker::new(spec.clone(), label)),
                 base: e.base,
             });
@@ -291,7 +292,32 @@ impl FailoverLayer {
 
     /// The endpoints' configured weights, in the order they were added.
     pub fn weights(&self) -> Vec<u32> {
-        self.shared.endpoints.iter().map(|e| e.weight).collect()
+        self.shared
+            .endpoints
+            .iter()
+            .map(|e| e.weight.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Sets the endpoints' weights (in the order they were added), for every service made
+    /// from this layer, at once for the next pick: e.g. on a configuration reload. Breakers,
+    /// latency averages and connections go on.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] on field `endpoints` when `weights` does not hold one weight per
+    /// endpoint; nothing is changed then.
+    pub fn set_weights(&self, weights: &[u32]) -> Result<(), ConfigError> {
+        if weights.len() != self.shared.endpoints.len() {
+            return Err(ConfigError::new(
+                "endpoints",
+                "needs one weight per endpoint",
+            ));
+        }
+        for (e, w) in self.shared.endpoints.iter().zip(weights) {
+            e.weight.store(*w, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 

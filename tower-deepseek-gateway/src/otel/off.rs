@@ -57,9 +57,6 @@ impl CallTrace {
 }
 
 /// The upstream client as it is.
-pub(crate) type Traced<S> = S;
-
-/// The upstream client as it is.
 pub(crate) fn traced<S>(inner: S) -> S {
     inner
 }

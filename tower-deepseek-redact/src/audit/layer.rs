@@ -170,6 +170,25 @@ impl AuditHandle {
         self.shared.flush()
     }
 
+    /// Whether the sinks take records now (for a readiness check): after a failed write, each
+    /// sink is probed as a fail-closed layer does before it serves again (a sink that passes is
+    /// back for the layer too); then every sink is flushed. Never writes a record.
+    ///
+    /// # Errors
+    ///
+    /// The first probe or flush error.
+    pub fn check(&self) -> io::Result<()> {
+        let s = &self.shared;
+        if s.failed.load(Ordering::Acquire) {
+            let _probing = s.probing.lock().unwrap_or_else(|e| e.into_inner());
+            for sink in &s.sinks {
+                sink.probe()?;
+            }
+            s.failed.store(false, Ordering::Release);
+        }
+        s.flush()
+    }
+
     /// Records that a sink could not take, since the layer was built (under either policy).
     pub fn failed_writes(&self) -> u64 {
         self.shared.failed_writes.load(Ordering::Relaxed)
