@@ -145,3 +145,41 @@ async fn the_concurrency_table_caps_calls_in_flight_at_the_upstream() {
     assert!(peaks[0] >= 3, "without a cap: {peaks:?}");
     assert_eq!(peaks[1], 2, "with a cap of 2: {peaks:?}");
 }
+
+/// With several upstreams, the `[concurrency]` cap is one cap for the pool: two upstreams
+/// (both at the one counting server, so its count is theirs together) never see more than
+/// the cap in flight between them; without the cap they see more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_cap_holds_across_a_pool_of_upstreams() {
+    let upstream = CountingUpstream::start(std::time::Duration::from_millis(200)).await;
+    let client = client();
+    let url = upstream.url();
+    let pool = format!(
+        "[[upstreams]]\nname = \"az1\"\nurl = \"{url}\"\n[[upstreams]]\nname = \"az2\"\nurl = \"{url}\"\n"
+    );
+    let mut peaks = Vec::new();
+    for cap in ["", "[concurrency]\ninitial = 2\nmax = 2\n"] {
+        let cfg =
+            GatewayConfig::from_toml(&format!("[layers]\ncache = false\n{cap}{pool}")).unwrap();
+        let gw = start(&url, cfg, None).await;
+        let from = std::time::Instant::now();
+        let calls = (0..6).map(|i| {
+            let req = chat_request(
+                &gw.url("/v1/chat/completions"),
+                None,
+                json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": format!("call {i}")}]}),
+            );
+            let client = client.clone();
+            async move {
+                let res = send(&client, req).await;
+                assert_eq!(res.status(), 200);
+                body_string(res).await
+            }
+        });
+        futures_util::future::join_all(calls).await;
+        peaks.push(upstream.peak(from, std::time::Instant::now()));
+        gw.stop().await.unwrap();
+    }
+    assert!(peaks[0] >= 3, "without a cap: {peaks:?}");
+    assert_eq!(peaks[1], 2, "with a cap of 2 for the pool: {peaks:?}");
+}
