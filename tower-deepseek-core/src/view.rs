@@ -520,6 +520,25 @@ impl<'a> JsonRef<'a> {
         }
     }
 
+    /// The text of a string as UTF-8 bytes, unescaped (borrowed when it has no escapes): what
+    /// [`as_str`](Self::as_str) gives, without checking the bytes for UTF-8 again (the view
+    /// checked the whole body when it was parsed), for a reader that hashes or compares the
+    /// text. `None` for other kinds, and for a string whose escapes do not decode.
+    pub fn str_bytes(&self) -> Option<Cow<'a, [u8]>> {
+        let n = self.node();
+        if n.kind != JsonKind::String {
+            return None;
+        }
+        let bytes: &'a [u8] = &self.view.bytes[n.start..n.end];
+        if n.escaped {
+            serde_json::from_slice::<String>(bytes)
+                .ok()
+                .map(|s| Cow::Owned(s.into_bytes()))
+        } else {
+            Some(Cow::Borrowed(&bytes[1..bytes.len() - 1]))
+        }
+    }
+
     /// A boolean's value.
     pub fn as_bool(&self) -> Option<bool> {
         match self.kind() {
@@ -899,7 +918,12 @@ mod tests {
             JsonKind::Null => Value::Null,
             JsonKind::Bool => Value::Bool(r.as_bool().unwrap()),
             JsonKind::Number => serde_json::from_str(r.raw()).unwrap(),
-            JsonKind::String => Value::String(r.as_str().unwrap().into_owned()),
+            JsonKind::String => {
+                let text = r.as_str().unwrap();
+                // The bytes a hashing reader takes are the same text.
+                assert_eq!(r.str_bytes().as_deref(), Some(text.as_bytes()));
+                Value::String(text.into_owned())
+            }
             JsonKind::Array => Value::Array(r.items().map(to_value).collect()),
             JsonKind::Object => Value::Object(
                 r.members()
@@ -1051,6 +1075,15 @@ mod tests {
                 proptest::prop_assert_eq!(to_value(view.root()), v);
             }
         }
+    }
+
+    #[test]
+    fn string_bytes_only_of_strings_that_decode() {
+        let view = ChatView::parse(Bytes::from_static(br#"["a\u00e9", "\ud800", 1]"#)).unwrap();
+        let items: Vec<_> = view.root().items().collect();
+        assert_eq!(items[0].str_bytes().as_deref(), Some("a\u{e9}".as_bytes()));
+        assert!(items[1].str_bytes().is_none() && items[1].as_str().is_none());
+        assert!(items[2].str_bytes().is_none());
     }
 
     #[test]
