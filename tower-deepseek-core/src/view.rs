@@ -699,9 +699,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn ws(&mut self) {
-        while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\n' | b'\r') {
-            self.i += 1;
-        }
+        self.i = crate::scan::skip_ws(self.b, self.i);
     }
 
     fn leaf(&mut self, kind: JsonKind, start: usize, escaped: bool) {
@@ -751,74 +749,16 @@ impl Parser<'_> {
     }
 
     fn number(&mut self) -> Result<(), ViewError> {
-        if self.b[self.i] == b'-' {
-            self.i += 1;
-        }
-        let digits = |p: &mut Self| {
-            let st = p.i;
-            while p.i < p.b.len() && p.b[p.i].is_ascii_digit() {
-                p.i += 1;
-            }
-            p.i > st
-        };
-        match self.b.get(self.i) {
-            Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => {
-                digits(self);
-            }
-            _ => return Err(ViewError::Syntax),
-        }
-        if self.b.get(self.i) == Some(&b'.') {
-            self.i += 1;
-            if !digits(self) {
-                return Err(ViewError::Syntax);
-            }
-        }
-        if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
-            self.i += 1;
-            if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            if !digits(self) {
-                return Err(ViewError::Syntax);
-            }
-        }
+        self.i = crate::scan::number_end(self.b, self.i).ok_or(ViewError::Syntax)?;
         Ok(())
     }
 
     /// Past a string; whether it has escapes.
     fn string(&mut self) -> Result<bool, ViewError> {
-        self.i += 1;
-        let mut escaped = false;
-        loop {
-            let rest = &self.b[self.i..];
-            let Some(off) = memchr::memchr2(b'"', b'\\', rest) else {
-                return Err(ViewError::Syntax);
-            };
-            if rest[..off].iter().any(|c| *c < 0x20) {
-                return Err(ViewError::Syntax);
-            }
-            self.i += off;
-            if self.b[self.i] == b'"' {
-                self.i += 1;
-                return Ok(escaped);
-            }
-            escaped = true;
-            match self.b.get(self.i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
-                Some(b'u') => {
-                    let hex = self
-                        .b
-                        .get(self.i + 2..self.i + 6)
-                        .ok_or(ViewError::Syntax)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return Err(ViewError::Syntax);
-                    }
-                    self.i += 6;
-                }
-                _ => return Err(ViewError::Syntax),
-            }
-        }
+        let (end, escaped) =
+            crate::scan::string_end(self.b, self.i + 1).ok_or(ViewError::Syntax)?;
+        self.i = end;
+        Ok(escaped)
     }
 
     /// Opens a container node; returns its index.
