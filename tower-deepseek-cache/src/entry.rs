@@ -113,10 +113,11 @@ impl Entry {
     }
 
     /// An entry of a whole JSON answer, judged successful, read into the stored form when it
-    /// is first used. Its weight is estimated from the answer's length (an answer's text is at
-    /// most its length, escapes decoded).
+    /// is first used. Its weight is estimated from the answer's length, as
+    /// [`estimate_weight`] does from the text: the answer's text, head and framing are at most
+    /// its length (escapes decoded), and the answer's bytes are let go once read.
     pub(crate) fn from_answer(body: Bytes, kind: Kind) -> Entry {
-        let weight = 3 * (body.len() + 128 + 256) + 160;
+        let weight = 3 * (body.len() + 256) + 160;
         Entry {
             stored: OnceLock::new(),
             answer: Mutex::new(Some((body, kind))),

@@ -507,6 +507,20 @@ mod tests {
             stored_from_json(&e.json().unwrap(), Kind::Chat).as_ref(),
             e.stored()
         );
+        // The weight fixed at insertion, from the answer's length, in the range of what the
+        // three forms hold once rendered, as for an entry made from the stored form.
+        let held = e.stored_bytes().unwrap().len()
+            + e.json().unwrap().len()
+            + e.sse_frames(true)
+                .unwrap()
+                .iter()
+                .map(Bytes::len)
+                .sum::<usize>();
+        assert!(
+            e.weight() >= held / 2 && e.weight() <= held * 4,
+            "{} vs {held}",
+            e.weight()
+        );
 
         let no_finish = json!({"id":"a","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":null}]});
         let e = record_json(&no_finish.to_string());

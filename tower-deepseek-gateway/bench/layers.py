@@ -113,6 +113,7 @@ def main():
                 print(f"{scenario:8} {name:20} {res[name]:>12,.0f}{own}", flush=True)
             if "bare" in res:
                 print(f"{scenario:8} layers (full - bare) {res['full'] - res['bare']:>10,.0f}")
+        print(f"callgrind dumps (for callgrind_annotate): {work}")
     finally:
         up.terminate()
         up.wait()
