@@ -1,7 +1,7 @@
 //! The stored form of an answer, and how it is replayed as JSON or as SSE. How a passing
 //! response is recorded into it: [`record`](crate::record).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -62,12 +62,22 @@ pub(crate) struct StoredToolCall {
     pub(crate) arguments: String,
 }
 
-/// A cached answer. Nothing is rendered at insertion (a miss stores the stored form as it was
-/// recorded); each form is rendered once, the first time it is asked for: the JSON completion
-/// by a non-streaming hit, the SSE events by a streaming one, the compact stored bytes by the
-/// L2 write (off the request path) or given as read from L2.
+/// A cached answer. Nothing is rendered at insertion; each form is made once, the first time it
+/// is asked for: the JSON completion by a non-streaming hit, the SSE events by a streaming one,
+/// the compact stored bytes by the L2 write (off the request path) or given as read from L2.
+///
+/// A streamed answer is stored in the stored form, accumulated as it passed. A JSON answer is
+/// stored as the answer's own bytes, already judged whole and successful by the end check, and
+/// read into the stored form the first time the entry is used ([`stored`](Self::stored)), so
+/// that a miss does not parse the answer a second time for a hit that may never come. An
+/// answer that does not read into the stored form (no finish reason on a choice, say) then
+/// counts as absent, as it was never stored before.
 pub(crate) struct Entry {
-    stored: Stored,
+    /// The stored form: set at creation, or read from `answer` at first use (`None`: the
+    /// answer is not one the cache replays).
+    stored: OnceLock<Option<Stored>>,
+    /// The JSON answer not read yet, and its endpoint kind; let go once read.
+    answer: Mutex<Option<(Bytes, Kind)>>,
     /// The compact stored form (what L2 holds).
     stored_bytes: OnceLock<Bytes>,
     /// The answer as a JSON completion.
@@ -93,12 +103,40 @@ impl Entry {
     pub(crate) fn new(stored: Stored) -> Entry {
         let weight = estimate_weight(&stored);
         Entry {
-            stored,
+            stored: OnceLock::from(Some(stored)),
+            answer: Mutex::new(None),
             stored_bytes: OnceLock::new(),
             json: OnceLock::new(),
             sse: OnceLock::new(),
             weight,
         }
+    }
+
+    /// An entry of a whole JSON answer, judged successful, read into the stored form when it
+    /// is first used. Its weight is estimated from the answer's length, as
+    /// [`estimate_weight`] does from the text: the answer's text, head and framing are at most
+    /// its length (escapes decoded), and the answer's bytes are let go once read.
+    pub(crate) fn from_answer(body: Bytes, kind: Kind) -> Entry {
+        let weight = 3 * (body.len() + 256) + 160;
+        Entry {
+            stored: OnceLock::new(),
+            answer: Mutex::new(Some((body, kind))),
+            stored_bytes: OnceLock::new(),
+            json: OnceLock::new(),
+            sse: OnceLock::new(),
+            weight,
+        }
+    }
+
+    /// The stored form, read from the recorded answer the first time it is asked for. `None`
+    /// if the answer is not one the cache replays: the entry is then dropped as absent.
+    pub(crate) fn stored(&self) -> Option<&Stored> {
+        self.stored
+            .get_or_init(|| {
+                let answer = self.answer.lock().ok().and_then(|mut a| a.take());
+                answer.and_then(|(body, kind)| crate::record::stored_from_json(&body, kind))
+            })
+            .as_ref()
     }
 
     /// Parses the stored form read from L2. `None` if it is not ours (another version, garbage).
@@ -113,23 +151,30 @@ impl Entry {
     }
 
     /// The compact stored form (what L2 holds), serialised the first time it is asked for.
-    pub(crate) fn stored_bytes(&self) -> Bytes {
-        self.stored_bytes
-            .get_or_init(|| {
-                Bytes::from(serde_json::to_vec(&self.stored).expect("stored form serialises"))
-            })
-            .clone()
+    pub(crate) fn stored_bytes(&self) -> Option<Bytes> {
+        let stored = self.stored()?;
+        Some(
+            self.stored_bytes
+                .get_or_init(|| {
+                    Bytes::from(serde_json::to_vec(stored).expect("stored form serialises"))
+                })
+                .clone(),
+        )
     }
 
     /// The answer as a JSON completion, rendered the first time it is asked for.
-    pub(crate) fn json(&self) -> Bytes {
-        self.json
-            .get_or_init(|| Bytes::from(render_json(&self.stored).to_string()))
-            .clone()
+    pub(crate) fn json(&self) -> Option<Bytes> {
+        let stored = self.stored()?;
+        Some(
+            self.json
+                .get_or_init(|| Bytes::from(render_json(stored).to_string()))
+                .clone(),
+        )
     }
 
-    fn sse(&self) -> &(Bytes, Option<Bytes>) {
-        self.sse.get_or_init(|| render_sse(&self.stored))
+    fn sse(&self) -> Option<&(Bytes, Option<Bytes>)> {
+        let stored = self.stored()?;
+        Some(self.sse.get_or_init(|| render_sse(stored)))
     }
 
     /// Bytes held by this entry (what the L1 weigher counts), estimated at insertion.
@@ -138,8 +183,8 @@ impl Entry {
     }
 
     /// The body frames of an SSE replay, the events rendered the first time they are asked for.
-    pub(crate) fn sse_frames(&self, include_usage: bool) -> Vec<Bytes> {
-        let (events, usage) = self.sse();
+    pub(crate) fn sse_frames(&self, include_usage: bool) -> Option<Vec<Bytes>> {
+        let (events, usage) = self.sse()?;
         let mut frames = Vec::with_capacity(3);
         frames.push(events.clone());
         if include_usage {
@@ -148,7 +193,13 @@ impl Entry {
             }
         }
         frames.push(Bytes::from_static(DONE_EVENT));
-        frames
+        Some(frames)
+    }
+
+    /// Whether the stored form is made (at creation, or read from the answer since).
+    #[cfg(test)]
+    pub(crate) fn is_read(&self) -> bool {
+        self.stored.get().is_some()
     }
 
     /// Which forms are rendered: (stored bytes, JSON, SSE).

@@ -365,7 +365,7 @@ fn view_value(h: &mut Sink, r: JsonRef<'_>, top: bool) -> Option<()> {
         },
         JsonKind::String => {
             h.update(b"s");
-            put_bytes(h, r.as_str()?.as_bytes());
+            put_bytes(h, &r.str_bytes()?);
         }
         JsonKind::Array => {
             h.update(b"a");

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tower_deepseek_core::chat::{ChatResponse, Content, FinishReason, Usage};
 use tower_deepseek_core::sse::SseParser;
 
-use crate::entry::{Kind, STORED_VERSION, Stored, StoredChoice, StoredToolCall};
+use crate::entry::{Entry, Kind, STORED_VERSION, Stored, StoredChoice, StoredToolCall};
 
 /// Accumulates a passing response (SSE deltas or a JSON body) into the stored form.
 #[derive(Debug)]
@@ -302,9 +302,11 @@ impl Recorder {
         self.mode = RecMode::Json { chunks: Vec::new() };
     }
 
-    /// The body ended well (as far as the transport knows): the stored form, if the answer is
-    /// complete and ours to keep.
-    pub(crate) fn finish(self) -> Option<Stored> {
+    /// The body ended well and its end check judged it a success: the entry to store, if the
+    /// answer is ours to keep. A streamed answer's stored form is made here (its events were
+    /// read as they passed); a JSON answer is kept as its bytes and read into the stored form
+    /// when the entry is first used ([`Entry::stored`]), not parsed a second time on a miss.
+    pub(crate) fn finish(self) -> Option<Entry> {
         if self.spoiled {
             return None;
         }
@@ -321,7 +323,7 @@ impl Recorder {
                 {
                     return None;
                 }
-                Some(stored)
+                Some(Entry::new(stored))
             }
             RecMode::Json { chunks } => {
                 let body: Bytes = if chunks.len() == 1 {
@@ -333,7 +335,7 @@ impl Recorder {
                     }
                     b.freeze()
                 };
-                stored_from_json(&body, self.kind)
+                Some(Entry::from_answer(body, self.kind))
             }
         }
     }
@@ -387,7 +389,7 @@ mod tests {
         for piece in all.chunks(7) {
             r.on_data(&Bytes::copy_from_slice(piece));
         }
-        r.finish()
+        r.finish()?.stored().cloned()
     }
 
     #[test]
@@ -410,28 +412,33 @@ mod tests {
         let e = Entry::new(s.clone());
         // Stored without rendering anything; each form is rendered when first asked for.
         assert_eq!(e.rendered(), (false, false, false));
-        let again = record(&e.sse_frames(true), true).expect("replay is a complete stream");
+        let again =
+            record(&e.sse_frames(true).unwrap(), true).expect("replay is a complete stream");
         assert_eq!(e.rendered(), (false, false, true));
         assert_eq!(again, s);
         // Without usage requested, no usage chunk.
-        let no_usage = record(&e.sse_frames(false), true).unwrap();
+        let no_usage = record(&e.sse_frames(false).unwrap(), true).unwrap();
         assert!(no_usage.usage.is_none());
         // As JSON, the same answer.
-        let from_json = stored_from_json(&e.json(), Kind::Chat).unwrap();
+        let from_json = stored_from_json(&e.json().unwrap(), Kind::Chat).unwrap();
         assert_eq!(from_json, s);
         assert_eq!(e.rendered(), (false, true, true));
         // And a JSON answer replays as SSE with the same content.
         let e2 = Entry::new(from_json);
-        assert_eq!(record(&e2.sse_frames(true), true).unwrap(), s);
+        assert_eq!(record(&e2.sse_frames(true).unwrap(), true).unwrap(), s);
         // The stored bytes round-trip; read from L2, they are not serialised again.
-        let e3 = Entry::from_stored_bytes(e.stored_bytes()).unwrap();
+        let e3 = Entry::from_stored_bytes(e.stored_bytes().unwrap()).unwrap();
         assert_eq!(e3.rendered(), (true, false, false));
-        assert_eq!(e3.json(), e.json());
-        assert_eq!(e3.sse_frames(true), e.sse_frames(true));
+        assert_eq!(e3.json().unwrap(), e.json().unwrap());
+        assert_eq!(e3.sse_frames(true).unwrap(), e.sse_frames(true).unwrap());
         // The weight is fixed at insertion, in the range of what the three forms hold.
-        let held = e.stored_bytes().len()
-            + e.json().len()
-            + e.sse_frames(true).iter().map(Bytes::len).sum::<usize>();
+        let held = e.stored_bytes().unwrap().len()
+            + e.json().unwrap().len()
+            + e.sse_frames(true)
+                .unwrap()
+                .iter()
+                .map(Bytes::len)
+                .sum::<usize>();
         assert!(
             e.weight() >= held / 2 && e.weight() <= held * 4,
             "{} vs {held}",
@@ -469,10 +476,55 @@ mod tests {
         let s = stored_from_json(body.to_string().as_bytes(), Kind::Text).unwrap();
         let e = Entry::new(s.clone());
         let mut r = Recorder::new(true, Kind::Text, 1 << 20);
-        for f in e.sse_frames(true) {
+        for f in e.sse_frames(true).unwrap() {
             r.on_data(&f);
         }
-        assert_eq!(r.finish().unwrap(), s);
-        assert_eq!(stored_from_json(&e.json(), Kind::Text).unwrap(), s);
+        assert_eq!(r.finish().unwrap().stored(), Some(&s));
+        assert_eq!(stored_from_json(&e.json().unwrap(), Kind::Text).unwrap(), s);
+    }
+
+    /// A JSON answer is kept as its bytes on a miss and read into the stored form at its
+    /// first use, to the same stored form; one that does not read is absent then.
+    #[test]
+    fn json_answers_are_read_at_first_use() {
+        let body = json!({"id":"a","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"x \"q\""},"logprobs":null,"finish_reason":"stop"}]}).to_string();
+        let record_json = |body: &str| {
+            let mut r = Recorder::new(false, Kind::Chat, 1 << 20);
+            for piece in body.as_bytes().chunks(7) {
+                r.on_data(&Bytes::copy_from_slice(piece));
+            }
+            r.finish().expect("a judged JSON answer is kept")
+        };
+        let e = record_json(&body);
+        assert!(!e.is_read(), "not parsed on the miss");
+        assert_eq!(
+            e.stored(),
+            stored_from_json(body.as_bytes(), Kind::Chat).as_ref()
+        );
+        assert!(e.is_read() && e.stored().is_some());
+        assert_eq!(e.rendered(), (false, false, false));
+        assert_eq!(
+            stored_from_json(&e.json().unwrap(), Kind::Chat).as_ref(),
+            e.stored()
+        );
+        // The weight fixed at insertion, from the answer's length, in the range of what the
+        // three forms hold once rendered, as for an entry made from the stored form.
+        let held = e.stored_bytes().unwrap().len()
+            + e.json().unwrap().len()
+            + e.sse_frames(true)
+                .unwrap()
+                .iter()
+                .map(Bytes::len)
+                .sum::<usize>();
+        assert!(
+            e.weight() >= held / 2 && e.weight() <= held * 4,
+            "{} vs {held}",
+            e.weight()
+        );
+
+        let no_finish = json!({"id":"a","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":null}]});
+        let e = record_json(&no_finish.to_string());
+        assert!(e.stored().is_none() && e.json().is_none() && e.sse_frames(true).is_none());
+        assert!(e.stored_bytes().is_none());
     }
 }

@@ -454,3 +454,48 @@ async fn a_whole_answer_is_stored_without_spawning_a_task() {
         serde_json::from_slice(&hit.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(replayed["choices"][0]["message"]["content"], "whole");
 }
+
+/// A JSON answer is judged on the miss and read into the stored form at its first use: one the
+/// end check passes but that has a choice without `finish_reason` is never replayed, the
+/// next identical request goes upstream (before issue 17 it was refused on the miss; now it
+/// is removed at its first look-up), and a good answer is served from L1 as it was stored.
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_does_not_read_into_the_stored_form_is_never_replayed() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = CacheLayer::new().layer(service_fn(move |_r: Request<BufferedBody>| {
+        c.fetch_add(1, Ordering::SeqCst);
+        // The last choice ends, so the end check's verdict is a success; the first never does.
+        let answer = json!({"id":"c1","object":"chat.completion","created":1,"model":"m",
+            "choices":[
+                {"index":0,"message":{"role":"assistant","content":"a"},"finish_reason":null},
+                {"index":1,"message":{"role":"assistant","content":"b"},"finish_reason":"stop"}]});
+        async move { Ok::<_, Infallible>(Response::new(BufferedBody::from(answer.to_string()))) }
+    }));
+    for n in 1..=3 {
+        let r = svc.clone().oneshot(request(false)).await.unwrap();
+        assert_eq!(r.headers()["x-cache"], "miss");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            v["choices"][0]["finish_reason"].is_null(),
+            "passed through as sent"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), n);
+    }
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = CacheLayer::new().layer(service_fn(move |_r: Request<BufferedBody>| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, Infallible>(Response::new(BufferedBody::new(json_answer("x")))) }
+    }));
+    let first = svc.clone().oneshot(request(false)).await.unwrap();
+    first.into_body().collect().await.unwrap();
+    let hit = svc.clone().oneshot(request(false)).await.unwrap();
+    assert_eq!(hit.headers()["x-cache"], "hit-l1");
+    let v: Value =
+        serde_json::from_slice(&hit.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "x");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

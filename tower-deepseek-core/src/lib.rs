@@ -37,6 +37,7 @@ pub mod error;
 pub mod meta;
 pub mod money;
 pub mod protocol;
+mod scan;
 pub mod sse;
 pub mod view;
 

@@ -520,6 +520,25 @@ impl<'a> JsonRef<'a> {
         }
     }
 
+    /// The text of a string as UTF-8 bytes, unescaped (borrowed when it has no escapes): what
+    /// [`as_str`](Self::as_str) gives, without checking the bytes for UTF-8 again (the view
+    /// checked the whole body when it was parsed), for a reader that hashes or compares the
+    /// text. `None` for other kinds, and for a string whose escapes do not decode.
+    pub fn str_bytes(&self) -> Option<Cow<'a, [u8]>> {
+        let n = self.node();
+        if n.kind != JsonKind::String {
+            return None;
+        }
+        let bytes: &'a [u8] = &self.view.bytes[n.start..n.end];
+        if n.escaped {
+            serde_json::from_slice::<String>(bytes)
+                .ok()
+                .map(|s| Cow::Owned(s.into_bytes()))
+        } else {
+            Some(Cow::Borrowed(&bytes[1..bytes.len() - 1]))
+        }
+    }
+
     /// A boolean's value.
     pub fn as_bool(&self) -> Option<bool> {
         match self.kind() {
@@ -680,9 +699,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn ws(&mut self) {
-        while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\n' | b'\r') {
-            self.i += 1;
-        }
+        self.i = crate::scan::skip_ws(self.b, self.i);
     }
 
     fn leaf(&mut self, kind: JsonKind, start: usize, escaped: bool) {
@@ -732,74 +749,16 @@ impl Parser<'_> {
     }
 
     fn number(&mut self) -> Result<(), ViewError> {
-        if self.b[self.i] == b'-' {
-            self.i += 1;
-        }
-        let digits = |p: &mut Self| {
-            let st = p.i;
-            while p.i < p.b.len() && p.b[p.i].is_ascii_digit() {
-                p.i += 1;
-            }
-            p.i > st
-        };
-        match self.b.get(self.i) {
-            Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => {
-                digits(self);
-            }
-            _ => return Err(ViewError::Syntax),
-        }
-        if self.b.get(self.i) == Some(&b'.') {
-            self.i += 1;
-            if !digits(self) {
-                return Err(ViewError::Syntax);
-            }
-        }
-        if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
-            self.i += 1;
-            if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            if !digits(self) {
-                return Err(ViewError::Syntax);
-            }
-        }
+        self.i = crate::scan::number_end(self.b, self.i).ok_or(ViewError::Syntax)?;
         Ok(())
     }
 
     /// Past a string; whether it has escapes.
     fn string(&mut self) -> Result<bool, ViewError> {
-        self.i += 1;
-        let mut escaped = false;
-        loop {
-            let rest = &self.b[self.i..];
-            let Some(off) = memchr::memchr2(b'"', b'\\', rest) else {
-                return Err(ViewError::Syntax);
-            };
-            if rest[..off].iter().any(|c| *c < 0x20) {
-                return Err(ViewError::Syntax);
-            }
-            self.i += off;
-            if self.b[self.i] == b'"' {
-                self.i += 1;
-                return Ok(escaped);
-            }
-            escaped = true;
-            match self.b.get(self.i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
-                Some(b'u') => {
-                    let hex = self
-                        .b
-                        .get(self.i + 2..self.i + 6)
-                        .ok_or(ViewError::Syntax)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return Err(ViewError::Syntax);
-                    }
-                    self.i += 6;
-                }
-                _ => return Err(ViewError::Syntax),
-            }
-        }
+        let (end, escaped) =
+            crate::scan::string_end(self.b, self.i + 1).ok_or(ViewError::Syntax)?;
+        self.i = end;
+        Ok(escaped)
     }
 
     /// Opens a container node; returns its index.
@@ -899,7 +858,12 @@ mod tests {
             JsonKind::Null => Value::Null,
             JsonKind::Bool => Value::Bool(r.as_bool().unwrap()),
             JsonKind::Number => serde_json::from_str(r.raw()).unwrap(),
-            JsonKind::String => Value::String(r.as_str().unwrap().into_owned()),
+            JsonKind::String => {
+                let text = r.as_str().unwrap();
+                // The bytes a hashing reader takes are the same text.
+                assert_eq!(r.str_bytes().as_deref(), Some(text.as_bytes()));
+                Value::String(text.into_owned())
+            }
             JsonKind::Array => Value::Array(r.items().map(to_value).collect()),
             JsonKind::Object => Value::Object(
                 r.members()
@@ -1051,6 +1015,15 @@ mod tests {
                 proptest::prop_assert_eq!(to_value(view.root()), v);
             }
         }
+    }
+
+    #[test]
+    fn string_bytes_only_of_strings_that_decode() {
+        let view = ChatView::parse(Bytes::from_static(br#"["a\u00e9", "\ud800", 1]"#)).unwrap();
+        let items: Vec<_> = view.root().items().collect();
+        assert_eq!(items[0].str_bytes().as_deref(), Some("a\u{e9}".as_bytes()));
+        assert!(items[1].str_bytes().is_none() && items[1].as_str().is_none());
+        assert!(items[2].str_bytes().is_none());
     }
 
     #[test]

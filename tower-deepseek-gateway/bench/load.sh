@@ -6,6 +6,7 @@
 #   tower-deepseek-gateway/bench/load.sh                 # 30 s per scenario, testkit upstream
 #   UPSTREAM_KIND=fast tower-deepseek-gateway/bench/load.sh   # a minimal fixed-answer upstream
 #   DURATION=60s THREADS=1 tower-deepseek-gateway/bench/load.sh
+#   ROUNDS=3 DURATION=10s tower-deepseek-gateway/bench/load.sh   # the scenarios alternated, 3 rounds
 #
 # Scenarios: `proxied` (temperature 1: not cacheable, every call goes upstream through the whole
 # stack), `cached` (temperature 0, one prompt: L1 hits), and `bare` (a second gateway with every
@@ -16,6 +17,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-30s}
+ROUNDS=${ROUNDS:-1}
 THREADS=${THREADS:-1}
 CONNECTIONS=${CONNECTIONS:-64}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -96,6 +98,7 @@ done
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 echo "gateway $GATEWAY -> $UPSTREAM_KIND upstream $UPSTREAM; wrk -t$THREADS -c$CONNECTIONS -d$DURATION; $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for round in $(seq "$ROUNDS"); do
 for s in proxied cached bare; do
   if [ $s = bare ]; then pid=$BARE_PID url=$BARE lua=proxied; else pid=$GW_PID url=$GATEWAY lua=$s; fi
   before=$(rss $pid); c0=$(cpu $pid)
@@ -107,8 +110,9 @@ for s in proxied cached bare; do
   p99=$(awk '$1 == "99%" {print $2}' "$WORK/$s.wrk")
   errors=$(grep -E 'Non-2xx|Socket errors' "$WORK/$s.wrk" | tr '\n' ' ' || true)
   us=$(( (c1 - c0) * 10000000 / total / 1000 ))
-  printf '%-8s %10s req/s  %9s requests  p50 %8s  p99 %8s  gateway CPU %4s us/req  RSS %s -> %s  %s\n' \
-    "$s" "$rps" "$total" "$p50" "$p99" "$us" "$before" "$after" "$errors"
+  printf '%s%-8s %10s req/s  %9s requests  p50 %8s  p99 %8s  gateway CPU %4s us/req  RSS %s -> %s  %s\n' \
+    "$( [ "$ROUNDS" -gt 1 ] && echo "round $round  ")" "$s" "$rps" "$total" "$p50" "$p99" "$us" "$before" "$after" "$errors"
+done
 done
 curl -s "$GATEWAY/metrics" | grep -E '^deepseek_cache_requests_total|^deepseek_gateway_requests_total' || true
 kill -TERM $GW_PID; wait $GW_PID 2>/dev/null || true; GW_PID=

@@ -165,8 +165,8 @@ impl LeaderBody {
         if end == End::Complete {
             if let Some((recorder, mut judge)) = self.recording.take() {
                 if judge.finish().is_ok() {
-                    if let Some(stored) = recorder.finish() {
-                        self.shared.store(&self.fkey.key, stored);
+                    if let Some(entry) = recorder.finish() {
+                        self.shared.store(&self.fkey.key, entry);
                     }
                 }
             }

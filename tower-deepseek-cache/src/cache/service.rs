@@ -20,7 +20,7 @@ use super::config::CacheConfig;
 use super::error::ConfigError;
 use super::future::ResponseFuture;
 use super::layer::CacheLayer;
-use crate::entry::{Entry, Kind, Stored};
+use crate::entry::{Entry, Kind};
 use crate::flight::{FlightKey, Flights, Head, Joined, Role};
 use crate::key::{CacheKey, Scope, view_number};
 use crate::metrics;
@@ -68,13 +68,19 @@ pub(crate) struct L1Value {
     expires: tokio::time::Instant,
 }
 
+/// The hasher of the in-memory maps. The exact-request alias map hashes whole request bodies
+/// (2 KB and more) on every look-up, where std's SipHash cost a measurable share of a miss;
+/// foldhash, randomly seeded per process and per map, is several times faster on long keys.
+/// Its quality variant, because moka also feeds the hash to its frequency sketch.
+type MapHasher = foldhash::quality::RandomState;
+
 /// State shared by every clone of the service (created by the layer).
 pub(crate) struct Shared {
     pub(crate) cfg: CacheConfig,
-    l1: Option<moka::sync::Cache<CacheKey, L1Value>>,
+    l1: Option<moka::sync::Cache<CacheKey, L1Value, MapHasher>>,
     /// Exact request → its plan, for requests whose answer was found in L1 (hot prompts): a
     /// repeated identical request skips the JSON parse and the canonical SHA-256.
-    raw: Option<moka::sync::Cache<RawKey, RawPlan>>,
+    raw: Option<moka::sync::Cache<RawKey, RawPlan, MapHasher>>,
     #[cfg(feature = "redis")]
     l2: Option<crate::l2::L2>,
     pub(crate) flights: Flights,
@@ -107,7 +113,7 @@ impl Shared {
                     moka::notification::RemovalCause::Expired => metrics::eviction("expired"),
                     _ => {}
                 })
-                .build()
+                .build_with_hasher(MapHasher::default())
         });
         let raw = (cfg.l1_max_bytes > 0).then(|| {
             moka::sync::Cache::builder()
@@ -115,7 +121,7 @@ impl Shared {
                 .max_capacity((cfg.l1_max_bytes / 4).max(1))
                 .weigher(|k: &RawKey, _v: &RawPlan| k.weight())
                 .time_to_live(cfg.l1_ttl)
-                .build()
+                .build_with_hasher(MapHasher::default())
         });
         #[cfg(feature = "redis")]
         let l2 = crate::l2::L2::from_config(&cfg)?;
@@ -130,10 +136,12 @@ impl Shared {
         })
     }
 
+    /// The live entry of `key`, its stored form made. An expired entry, or one whose
+    /// recorded answer does not read into the stored form, is removed and absent.
     fn l1_get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let l1 = self.l1.as_ref()?;
         let v = l1.get(key)?;
-        if tokio::time::Instant::now() >= v.expires {
+        if tokio::time::Instant::now() >= v.expires || v.entry.stored().is_none() {
             l1.invalidate(key);
             return None;
         }
@@ -153,10 +161,11 @@ impl Shared {
 
     /// Stores a complete answer in L1, and (in the background) in L2.
     ///
-    /// Nothing is rendered here: the entry renders each form when a hit first asks for it,
-    /// and the L2 write serialises the stored form in its own task, off the request path.
-    pub(crate) fn store(self: &Arc<Self>, key: &CacheKey, stored: Stored) {
-        let entry = Arc::new(Entry::new(stored));
+    /// Nothing is rendered here (a JSON answer is not even read into the stored form): the
+    /// entry makes each form when a hit first asks for it, and the L2 write serialises the
+    /// stored form in its own task, off the request path.
+    pub(crate) fn store(self: &Arc<Self>, key: &CacheKey, entry: Entry) {
+        let entry = Arc::new(entry);
         #[cfg(feature = "redis")]
         if self.l2.is_some() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -164,8 +173,8 @@ impl Shared {
                 let key = *key;
                 let shared = self.clone();
                 handle.spawn(async move {
-                    if let Some(l2) = &shared.l2 {
-                        if l2.set(&key, entry.stored_bytes()).await {
+                    if let (Some(l2), Some(bytes)) = (&shared.l2, entry.stored_bytes()) {
+                        if l2.set(&key, bytes).await {
                             metrics::stored("l2");
                         }
                     }
@@ -361,14 +370,23 @@ impl Shared {
     }
 }
 
-fn replay<B>(entry: &Entry, fkey: &FlightKey, outcome: Outcome) -> Response<ResponseBody<B>> {
+/// The cached answer, in the form the request asks for; `None` if the entry has no stored form
+/// (never for an entry from [`Shared::l1_get`] or read from L2).
+fn replay<B>(
+    entry: &Entry,
+    fkey: &FlightKey,
+    outcome: Outcome,
+) -> Option<Response<ResponseBody<B>>> {
     let (body, ct) = if fkey.stream {
         (
-            ResponseBody::replay(entry.sse_frames(fkey.include_usage)),
+            ResponseBody::replay(entry.sse_frames(fkey.include_usage)?),
             "text/event-stream",
         )
     } else {
-        (ResponseBody::replay(vec![entry.json()]), "application/json")
+        (
+            ResponseBody::replay(vec![entry.json()?]),
+            "application/json",
+        )
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
@@ -378,7 +396,7 @@ fn replay<B>(entry: &Entry, fkey: &FlightKey, outcome: Outcome) -> Response<Resp
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     h.insert(X_CACHE.clone(), outcome.header());
-    resp
+    Some(resp)
 }
 
 /// Abandons the flight if the leader goes away before its response head.
@@ -447,7 +465,10 @@ where
         (Arc::new(crate::flight::Flight::default()), false)
     } else {
         loop {
-            if let Some(entry) = shared.l1_get(&fkey.key) {
+            if let Some(resp) = shared
+                .l1_get(&fkey.key)
+                .and_then(|entry| replay(&entry, &fkey, Outcome::HitL1))
+            {
                 match (&shared.raw, alias.take()) {
                     (Some(raw), Some((k, v))) => raw.insert(k, v),
                     // No alias to add: the plan came from the fast path.
@@ -456,7 +477,7 @@ where
                 }
                 tracing::debug!(target: TARGET, key = %fkey.key, "hit in L1");
                 metrics::request(Outcome::HitL1.label());
-                return Ok(replay(&entry, &fkey, Outcome::HitL1));
+                return Ok(resp);
             }
             match shared.flights.enter(fkey) {
                 Role::Leader(flight) => {
@@ -501,15 +522,17 @@ where
     if !refresh {
         if let Some(l2) = &shared.l2 {
             if let Some(bytes) = l2.get(&fkey.key).await {
-                match Entry::from_stored_bytes(bytes) {
-                    Some(entry) => {
+                let read = Entry::from_stored_bytes(bytes)
+                    .and_then(|entry| Some((replay(&entry, &fkey, Outcome::HitL2)?, entry)));
+                match read {
+                    Some((resp, entry)) => {
                         let entry = Arc::new(entry);
                         tracing::debug!(target: TARGET, key = %fkey.key, "hit in L2; promoted to L1");
                         shared.l1_put(fkey.key, entry.clone());
                         metrics::request(Outcome::HitL2.label());
                         // Followers start over and find the promoted entry in L1.
                         drop(guard);
-                        return Ok(replay(&entry, &fkey, Outcome::HitL2));
+                        return Ok(resp);
                     }
                     None => {
                         tracing::warn!(target: TARGET, key = %fkey.key, "unreadable L2 entry ignored");

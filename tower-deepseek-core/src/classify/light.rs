@@ -17,6 +17,7 @@ use serde::de::IgnoredAny;
 use crate::chat::FinishReason;
 
 use super::end::{DetailsProbe, LastFinish, Probe, UsageProbe};
+use crate::scan::{number_end, skip_ws, special, string_end};
 
 /// Nesting deeper than this falls back to serde (whose skipping has no depth limit).
 const MAX_DEPTH: u32 = 64;
@@ -63,9 +64,7 @@ impl<'a> Scan<'a> {
 
     #[inline]
     fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.i += 1;
-        }
+        self.i = skip_ws(self.b, self.i);
     }
 
     /// Skips whitespace and expects `c`.
@@ -290,27 +289,9 @@ impl<'a> Scan<'a> {
     /// Skips a string whose opening quote is consumed; whether it held an escape. Refuses
     /// what serde refuses: control characters, unknown escapes, a `\u` without 4 hex digits.
     fn skip_str(&mut self) -> R<bool> {
-        let mut escaped = false;
-        loop {
-            let n = special(self.b, self.i).ok_or(GiveUp)?;
-            self.i = n + 1;
-            match self.b[n] {
-                b'"' => return Ok(escaped),
-                b'\\' => escaped = true,
-                _ => return Err(GiveUp),
-            }
-            match self.peek() {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
-                Some(b'u') => {
-                    let hex = self.b.get(self.i + 1..self.i + 5).ok_or(GiveUp)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return Err(GiveUp);
-                    }
-                    self.i += 5;
-                }
-                _ => return Err(GiveUp),
-            }
-        }
+        let (end, escaped) = string_end(self.b, self.i).ok_or(GiveUp)?;
+        self.i = end;
+        Ok(escaped)
     }
 
     /// `usage`: `null` or an object of token counts, read as [`UsageProbe`] reads it.
@@ -500,89 +481,12 @@ impl<'a> Scan<'a> {
     }
 
     /// A number, by JSON's grammar (serde's `ignore_integer`, `ignore_decimal`,
-    /// `ignore_exponent`).
+    /// `ignore_exponent`; a leading zero followed by a digit is refused by the caller, which
+    /// then finds no separator).
     fn number(&mut self) -> R<()> {
-        if self.peek() == Some(b'-') {
-            self.i += 1;
-        }
-        match self.peek() {
-            Some(b'0') => {
-                self.i += 1;
-                if self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                    return Err(GiveUp);
-                }
-            }
-            Some(b'1'..=b'9') => self.digits(),
-            _ => return Err(GiveUp),
-        }
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            if !self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                return Err(GiveUp);
-            }
-            self.digits();
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.i += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.i += 1;
-            }
-            if !self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                return Err(GiveUp);
-            }
-            self.digits();
-        }
+        self.i = number_end(self.b, self.i).ok_or(GiveUp)?;
         Ok(())
     }
-
-    #[inline]
-    fn digits(&mut self) {
-        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-            self.i += 1;
-        }
-    }
-}
-
-/// The offset of the first quote, backslash or control character in `b` from `i` on. Sixteen
-/// bytes are tested at a time.
-#[inline]
-fn special(b: &[u8], mut i: usize) -> Option<usize> {
-    #[inline(always)]
-    fn is_special(c: u8) -> bool {
-        (c == b'"') | (c == b'\\') | (c < 0x20)
-    }
-    /// The high bit of each byte of `w` that is special, exact up to the lowest one (the
-    /// borrow of a subtraction may mark a later byte, never an earlier one).
-    #[inline(always)]
-    fn special_bits(w: u64) -> u64 {
-        const ONES: u64 = u64::MAX / 255;
-        let ctrl = w.wrapping_sub(ONES * 0x20) & !w;
-        let q = w ^ (ONES * u64::from(b'"'));
-        let quote = q.wrapping_sub(ONES) & !q;
-        let s = w ^ (ONES * u64::from(b'\\'));
-        let slash = s.wrapping_sub(ONES) & !s;
-        (ctrl | quote | slash) & (ONES << 7)
-    }
-    while let Some(chunk) = b.get(i..i + 16) {
-        let chunk: &[u8; 16] = chunk.try_into().ok()?;
-        // A reduction without early exit, which the compiler makes a vector compare; the
-        // position, when there is one, from two words.
-        if chunk.iter().fold(false, |any, &c| any | is_special(c)) {
-            let (lo, hi) = chunk.split_at(8);
-            let lo = special_bits(u64::from_le_bytes(lo.try_into().ok()?));
-            let at = if lo != 0 {
-                lo.trailing_zeros()
-            } else {
-                64 + special_bits(u64::from_le_bytes(hi.try_into().ok()?)).trailing_zeros()
-            };
-            return Some(i + at as usize / 8);
-        }
-        i += 16;
-    }
-    b.get(i..)?
-        .iter()
-        .position(|&c| is_special(c))
-        .map(|p| i + p)
 }
 
 /// A field met once; a second time is serde's "duplicate field", which the full probe judges.
