@@ -9,7 +9,10 @@
 //! exact; a shard never holds more than its share of the capacity. Eviction is by age: a
 //! rotation drops the shard's oldest generation, and the index keeps at least the newest half
 //! of each shard's share. Dropped generations give their table back to the next one (no
-//! reallocation in the steady state).
+//! reallocation in the steady state); the entries of a dropped generation (at most half
+//! a shard's share) are freed under the shard's lock, by the call that rotates it. The id
+//! is hashed once per insert or lookup (keyed SipHash); that hash picks the shard and keys
+//! the maps.
 //!
 //! A general cache (moka) did the same at several times the cost: an allocation per entry
 //! for its own bookkeeping, a write log, its eviction and admission policy run on the
@@ -17,8 +20,8 @@
 //! an old one (see BENCHMARKS.md).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -42,13 +45,41 @@ pub(super) struct RecentCalls {
 }
 
 struct Slot {
+    id: Box<str>,
     at: Instant,
     entry: CallEntry,
 }
 
+/// The maps are keyed by the id's hash, computed once per call with the index's keyed
+/// SipHash (callers choose their ids, so the hash must not be predictable); the slot keeps
+/// the id, and a lookup compares it. Two live ids with one 64-bit hash in one shard (about
+/// one chance in 10^10 over 100 000 entries) would leave the second unremembered.
+type Generation = HashMap<u64, Slot, BuildHasherDefault<Prehashed>>;
+
+/// Passes a hash through.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used: a `u64` key hashes through `write_u64`.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 struct Shard {
-    current: HashMap<Arc<str>, Slot>,
-    previous: HashMap<Arc<str>, Slot>,
+    current: Generation,
+    previous: Generation,
     /// When the current generation started.
     since: Instant,
 }
@@ -64,8 +95,8 @@ impl RecentCalls {
             shards: (0..shards)
                 .map(|_| {
                     Mutex::new(Shard {
-                        current: HashMap::new(),
-                        previous: HashMap::new(),
+                        current: Generation::default(),
+                        previous: Generation::default(),
                         since: now,
                     })
                 })
@@ -77,14 +108,13 @@ impl RecentCalls {
         }
     }
 
-    fn shard(&self, id: &str) -> &Mutex<Shard> {
-        let i = if self.shards.len() == 1 {
-            0
-        } else {
-            // The high bits: the map in the shard uses its own hasher.
-            (self.hasher.hash_one(id) >> 32) as usize % self.shards.len()
-        };
-        &self.shards[i]
+    /// The id's hash, and its shard (chosen by bits the map's table does not use).
+    fn locate(&self, id: &str) -> (u64, &Mutex<Shard>) {
+        let hash = self.hasher.hash_one(id);
+        (
+            hash,
+            &self.shards[(hash >> 32) as usize % self.shards.len()],
+        )
     }
 
     /// Remembers a call, unless a live call already has this id (the first call with an id
@@ -96,19 +126,24 @@ impl RecentCalls {
     fn insert_if_absent_at(&self, id: &str, entry: impl FnOnce() -> CallEntry, now: Instant) {
         let ttl = self.ttl;
         let live = |s: &Slot| now.saturating_duration_since(s.at) < ttl;
-        let mut shard = self.shard(id).lock().unwrap_or_else(|e| e.into_inner());
+        let (hash, shard) = self.locate(id);
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
-        if shard.previous.get(id).is_some_and(live) {
+        if shard
+            .previous
+            .get(&hash)
+            .is_some_and(|s| live(s) && *s.id == *id)
+        {
             return;
         }
-        if let Some(slot) = shard.current.get_mut(id) {
-            if !live(slot) {
-                *slot = Slot {
-                    at: now,
-                    entry: entry(),
-                };
+        if let Some(slot) = shard.current.get(&hash) {
+            // This id's, or (a hash collision) another live id's: kept while live.
+            if live(slot) {
+                return;
             }
-            return;
+            // Expired: inserted anew below, so that every entry of the current generation is
+            // younger than its start plus the time to live.
+            shard.current.remove(&hash);
         }
         let age = now.saturating_duration_since(shard.since);
         if shard.current.len() >= self.generation_limit || age >= ttl {
@@ -122,8 +157,9 @@ impl RecentCalls {
             shard.since = now;
         }
         shard.current.insert(
-            Arc::from(id),
+            hash,
             Slot {
+                id: id.into(),
                 at: now,
                 entry: entry(),
             },
@@ -136,11 +172,12 @@ impl RecentCalls {
     }
 
     fn get_at(&self, id: &str, now: Instant) -> Option<CallEntry> {
-        let shard = self.shard(id).lock().unwrap_or_else(|e| e.into_inner());
+        let (hash, shard) = self.locate(id);
+        let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         [&shard.current, &shard.previous]
             .into_iter()
-            .filter_map(|g| g.get(id))
-            .find(|s| now.saturating_duration_since(s.at) < self.ttl)
+            .filter_map(|g| g.get(&hash))
+            .find(|s| *s.id == *id && now.saturating_duration_since(s.at) < self.ttl)
             .map(|s| s.entry.clone())
     }
 
@@ -160,6 +197,7 @@ impl RecentCalls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tower_deepseek_core::protocol::TenantId;
 
     fn call(tenant: &str) -> CallEntry {
@@ -240,6 +278,19 @@ mod tests {
                 .count() as u64;
             assert_eq!(last, check, "capacity {capacity}");
         }
+    }
+
+    #[test]
+    fn a_call_taking_over_an_expired_id_outlives_the_rotations_after_it() {
+        let ttl = Duration::from_secs(60);
+        let r = RecentCalls::new(100, ttl);
+        let t0 = Instant::now();
+        r.insert_if_absent_at("id", || call("first"), t0);
+        let t1 = t0 + ttl + ttl / 2;
+        r.insert_if_absent_at("id", || call("second"), t1);
+        r.insert_if_absent_at("other", || call("x"), t0 + ttl * 2);
+        assert_eq!(tenant_of(&r, "id", t0 + ttl * 2).as_deref(), Some("second"));
+        assert_eq!(tenant_of(&r, "id", t1 + ttl), None);
     }
 
     #[test]
