@@ -151,7 +151,7 @@ impl RecentCalls {
             // past two lifetimes the current one is all expired too.
             std::mem::swap(&mut shard.current, &mut shard.previous);
             shard.current.clear();
-            if !self.keep_previous || age >= ttl * 2 {
+            if !self.keep_previous || age >= ttl.saturating_mul(2) {
                 shard.previous.clear();
             }
             shard.since = now;
