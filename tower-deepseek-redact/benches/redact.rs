@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
@@ -325,16 +325,55 @@ fn bench_audit(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_review(c: &mut Criterion) {
+const REVIEW_ANSWER: &[u8] = br#"{"id":"x","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}"#;
+
+/// A review layer sampling `fraction` of the calls (null sink, no evaluator) over a service
+/// answering [`REVIEW_ANSWER`].
+fn review_service(
+    fraction: f64,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<impl Body<Data = Bytes, Error = impl std::fmt::Debug>>,
+    Error = impl std::fmt::Debug,
+> + Clone {
     use tower_deepseek_redact::review::{ReviewLayer, ReviewRequestBody, SamplingRule};
+    let layer = ReviewLayer::builder()
+        .rule(SamplingRule::new(fraction))
+        .json_mode_evaluator(false)
+        .queue_capacity(1 << 16)
+        .sink(WriterSink::new(std::io::sink()))
+        .build()
+        .unwrap();
+    layer.layer(service_fn(
+        |req: Request<ReviewRequestBody<Full<Bytes>>>| async move {
+            black_box(req.into_body().collect().await.unwrap());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(REVIEW_ANSWER))))
+        },
+    ))
+}
+
+/// A moka cache configured as the recent-call index was before it was replaced (TinyLFU, a
+/// time to live, 100 000 entries), or with the LRU policy.
+fn moka_index(lru: bool) -> moka::sync::Cache<Arc<str>, u64> {
+    let b = moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(Duration::from_secs(86_400));
+    if lru {
+        b.eviction_policy(moka::policy::EvictionPolicy::lru())
+            .build()
+    } else {
+        b.build()
+    }
+}
+
+fn bench_review(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let mut g = c.benchmark_group("review_per_request");
-    const ANSWER: &[u8] = br#"{"id":"x","model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}"#;
     let bare = service_fn(|req: Request<Full<Bytes>>| async move {
         black_box(req.into_body().collect().await.unwrap());
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(ANSWER))))
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(REVIEW_ANSWER))))
     });
     g.bench_function("bare", |b| {
         b.to_async(&rt).iter(|| async {
@@ -342,16 +381,26 @@ fn bench_review(c: &mut Criterion) {
             black_box(res.into_body().collect().await.unwrap());
         })
     });
-    for (name, entry) in [("piece/moka_insert", false), ("piece/moka_entry", true)] {
-        let cache: moka::sync::Cache<std::sync::Arc<str>, u64> = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(std::time::Duration::from_secs(86_400))
-            .build();
+    // The key alone (the id formatted and shared), then moka inserts of that key once the
+    // cache is full (criterion runs far more than 100 000 iterations).
+    let mut n = 0u64;
+    g.bench_function("piece/key", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(Arc::<str>::from(format!("id-{n}")))
+        })
+    });
+    for (name, lru, entry) in [
+        ("piece/moka_insert", false, false),
+        ("piece/moka_insert_lru", true, false),
+        ("piece/moka_entry", false, true),
+    ] {
+        let cache = moka_index(lru);
         let mut n = 0u64;
         g.bench_function(name, |b| {
             b.iter(|| {
                 n += 1;
-                let k: std::sync::Arc<str> = std::sync::Arc::from(format!("id-{n}"));
+                let k: Arc<str> = Arc::from(format!("id-{n}"));
                 if entry {
                     cache.entry(k).or_insert_with(|| n);
                 } else {
@@ -361,19 +410,7 @@ fn bench_review(c: &mut Criterion) {
         });
     }
     for (name, fraction) in [("unsampled", 0.0), ("sampled", 1.0)] {
-        let layer = ReviewLayer::builder()
-            .rule(SamplingRule::new(fraction))
-            .json_mode_evaluator(false)
-            .queue_capacity(1 << 16)
-            .sink(WriterSink::new(std::io::sink()))
-            .build()
-            .unwrap();
-        let svc = layer.layer(service_fn(
-            |req: Request<ReviewRequestBody<Full<Bytes>>>| async move {
-                black_box(req.into_body().collect().await.unwrap());
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(ANSWER))))
-            },
-        ));
+        let svc = review_service(fraction);
         g.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
                 let res = svc.clone().oneshot(chat_req("hello")).await.unwrap();
@@ -382,6 +419,59 @@ fn bench_review(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// `REVIEW_DRIVE=<bare|unsampled|sampled|moka_insert|moka_insert_lru> REVIEW_ITERS=<n>`:
+/// only `n` calls (or inserts) of that variant of `review_per_request`, after 200 000 to warm
+/// it (and fill moka), for callgrind (run with `n` and 0, subtract, divide by `n`).
+fn review_drive(which: &str) {
+    let iters: u64 = std::env::var("REVIEW_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut run: Box<dyn FnMut(u64)> = match which {
+        "unsampled" | "sampled" => {
+            let svc = review_service(if which == "sampled" { 1.0 } else { 0.0 });
+            Box::new(move |k| {
+                rt.block_on(async {
+                    for _ in 0..k {
+                        let res = svc.clone().oneshot(chat_req("hello")).await.unwrap();
+                        black_box(res.into_body().collect().await.unwrap());
+                    }
+                })
+            })
+        }
+        "bare" => {
+            let bare = service_fn(|req: Request<Full<Bytes>>| async move {
+                black_box(req.into_body().collect().await.unwrap());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(REVIEW_ANSWER))))
+            });
+            Box::new(move |k| {
+                rt.block_on(async {
+                    for _ in 0..k {
+                        let res = bare.oneshot(chat_req("hello")).await.unwrap();
+                        black_box(res.into_body().collect().await.unwrap());
+                    }
+                })
+            })
+        }
+        "moka_insert" | "moka_insert_lru" => {
+            let cache = moka_index(which == "moka_insert_lru");
+            let mut n = 0u64;
+            Box::new(move |k| {
+                for _ in 0..k {
+                    n += 1;
+                    cache.insert(Arc::from(format!("id-{n}")), n);
+                }
+            })
+        }
+        other => panic!("unknown variant {other}"),
+    };
+    run(200_000);
+    run(iters);
 }
 
 /// One whole call: the request sent, the response body drained.
@@ -461,4 +551,11 @@ criterion_group!(
     bench_audit,
     bench_review
 );
-criterion_main!(benches);
+fn main() {
+    if let Ok(which) = std::env::var("REVIEW_DRIVE") {
+        review_drive(&which);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

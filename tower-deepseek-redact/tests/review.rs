@@ -448,3 +448,72 @@ async fn a_reused_request_id_stays_with_its_first_tenant() {
         Err(FeedbackError::OtherTenant)
     );
 }
+
+/// A layer over a service answering `{}`, remembering `capacity` calls for `ttl`.
+fn remembering(
+    capacity: u64,
+    ttl: Duration,
+) -> (
+    tower_deepseek_redact::review::ReviewHandle,
+    impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<impl Body<Data = Bytes, Error = impl std::fmt::Debug>>,
+        Error = impl std::fmt::Debug,
+    > + Clone,
+) {
+    let review = ReviewLayer::builder()
+        .recent_calls(capacity, ttl)
+        .sink(WriterSink::new(Vec::new()))
+        .build()
+        .unwrap();
+    let handle = review.handle();
+    let svc = review.layer(tower::service_fn(
+        |_req: Request<ReviewRequestBody<Full<Bytes>>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+        },
+    ));
+    (handle, svc)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn feedback_is_accepted_within_the_window_of_its_call_only() {
+    let minute = Duration::from_secs(60);
+    let (handle, svc) = remembering(100, minute);
+    let tenant = TenantId::new("t");
+    let score = |id: &str| handle.feedback(Some(&tenant), &Feedback::new(id, 1.0));
+    for (id, wait) in [("early", minute / 2), ("late", minute / 2)] {
+        let res = svc
+            .clone()
+            .oneshot(chat(id, "t", json!({"model": "m", "messages": []})))
+            .await
+            .unwrap();
+        res.into_body().collect().await.unwrap();
+        tokio::time::advance(wait).await;
+    }
+    assert_eq!(score("early"), Err(FeedbackError::UnknownCall));
+    assert!(score("late").is_ok());
+    tokio::time::advance(minute / 2 - Duration::from_millis(1)).await;
+    assert!(score("late").is_ok());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(score("late"), Err(FeedbackError::UnknownCall));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_index_forgets_the_oldest_calls_not_the_newest() {
+    let (handle, svc) = remembering(8, Duration::from_secs(3600));
+    for i in 0..100 {
+        let res = svc
+            .clone()
+            .oneshot(chat(&format!("id-{i}"), "t", json!({"model": "m"})))
+            .await
+            .unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let known: Vec<bool> = (0..100)
+        .map(|i| handle.recent_call(&format!("id-{i}")).is_some())
+        .collect();
+    assert!(known.iter().filter(|k| **k).count() <= 8);
+    // The newest half of the capacity at least.
+    assert!(known[96..].iter().all(|k| *k), "{known:?}");
+    assert!(!known[0]);
+}

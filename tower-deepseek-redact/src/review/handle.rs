@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tower_deepseek_core::protocol::TenantId;
 
 use super::evaluate::EvalQueue;
+use super::recent::RecentCalls;
 use super::record::ScoreLine;
 use super::sampler::Sampler;
 use super::writer::Writer;
@@ -38,7 +39,7 @@ pub(super) struct ReviewShared {
     pub(super) sampler: Sampler,
     pub(super) max_body_bytes: usize,
     pub(super) writer: Writer,
-    pub(super) recent: moka::sync::Cache<Arc<str>, CallEntry>,
+    pub(super) recent: RecentCalls,
     pub(super) eval: EvalQueue,
     pub(super) redactor: Redactor,
     /// Evaluations queued or running, and their wake-up for [`ReviewHandle::flush`].
@@ -330,7 +331,7 @@ impl ReviewHandle {
         let entry = self
             .shared
             .recent
-            .get(feedback.request_id.as_str())
+            .get(&feedback.request_id)
             .ok_or(FeedbackError::UnknownCall)?;
         if entry.tenant.as_ref() != tenant {
             return Err(FeedbackError::OtherTenant);

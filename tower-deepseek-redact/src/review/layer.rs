@@ -12,6 +12,7 @@ use tower_layer::Layer;
 use super::config::{ReviewConfig, SamplingRule};
 use super::evaluate::{EvalQueue, Evaluator, JsonModeEvaluator};
 use super::handle::{ReviewHandle, ReviewShared};
+use super::recent::RecentCalls;
 use super::sampler::Sampler;
 use super::service::Review;
 use super::writer::Writer;
@@ -180,10 +181,7 @@ impl ReviewLayerBuilder {
         if c.json_mode_evaluator {
             evaluators.insert(0, Arc::new(JsonModeEvaluator));
         }
-        let recent = moka::sync::Cache::builder()
-            .max_capacity(c.recent_calls)
-            .time_to_live(c.recent_call_ttl)
-            .build();
+        let recent = RecentCalls::new(c.recent_calls, c.recent_call_ttl);
         Ok(ReviewLayer {
             shared: Arc::new(ReviewShared {
                 sampler: Sampler::new(c.rules),

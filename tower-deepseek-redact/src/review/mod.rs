@@ -123,6 +123,7 @@ mod evaluate;
 mod future;
 mod handle;
 mod layer;
+mod recent;
 mod record;
 mod sampler;
 mod service;

@@ -181,18 +181,11 @@ impl Pending {
             }
         });
         // The first call with an id owns it: a later call reusing the id (another tenant's
-        // included) cannot take it over. A read, then a plain insert: moka's `entry` API costs
-        // twice an insert (BENCHMARKS.md); two calls racing with one id is the caller's doing.
-        let recent = &self.shared.recent;
-        if !recent.contains_key(id) {
-            recent.insert(
-                Arc::from(id),
-                CallEntry {
-                    tenant: self.tenant.clone(),
-                    model: model.as_deref().map(Arc::from),
-                },
-            );
-        }
+        // included) cannot take it over while the first is remembered.
+        self.shared.recent.insert_if_absent(id, || CallEntry {
+            tenant: self.tenant.clone(),
+            model: model.as_deref().map(Arc::from),
+        });
         Resolved { model, sampled }
     }
 }
