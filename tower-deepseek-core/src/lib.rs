@@ -38,6 +38,7 @@ pub mod meta;
 pub mod money;
 pub mod protocol;
 pub mod sse;
+pub mod trace;
 pub mod view;
 
 /// The error type of client-side layers, as in tower.
