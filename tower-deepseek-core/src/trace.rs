@@ -50,6 +50,15 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
+/// Runs `f` (a layer's call of its inner service) inside `span`, so that the spans the layers
+/// below open in their own `call` are its children. Always inlined: a layer's future is
+/// returned through it, and an outlined closure would copy it once more.
+#[inline(always)]
+pub fn in_scope<T>(span: &Span, f: impl FnOnce() -> T) -> T {
+    let _entered = span.enter();
+    f()
+}
+
 pin_project! {
     /// A layer's response future in the layer's span: the span is entered around every poll,
     /// the outcome class is recorded in [`OUTCOME`] when the answer's head is ready (with the
@@ -65,6 +74,7 @@ pin_project! {
 
 impl<F> InSpan<F> {
     /// `inner` in `span`.
+    #[inline]
     pub fn new(inner: F, span: Span) -> Self {
         InSpan {
             inner,
@@ -77,6 +87,7 @@ impl<F> InSpan<F> {
     /// when the span is disabled), to record a fact the layer put there (the cache's status,
     /// the retry layer's attempt count). Record integers as `i64`: exporters may take other
     /// integers for text.
+    #[inline]
     pub fn on_head(mut self, hook: fn(&Span, &HeaderMap, &Extensions)) -> Self {
         self.on_head = Some(hook);
         self
@@ -89,6 +100,7 @@ where
 {
     type Output = F::Output;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();

@@ -75,7 +75,7 @@ where
         // The layer's span (`tower_deepseek_core::trace`): no outcome is recorded, since the
         // inner service's answer may be of any type.
         let span = tracing::debug_span!(target: "tower_deepseek_auth", "deepseek.auth", deepseek.layer = "auth");
-        span.in_scope(|| self.inner.call(req)).instrument(span)
+        tower_deepseek_core::trace::in_scope(&span, || self.inner.call(req)).instrument(span)
     }
 }
 

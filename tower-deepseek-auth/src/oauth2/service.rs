@@ -94,7 +94,9 @@ where
         let fresh = self.shared.fresh();
         let shared = Arc::clone(&self.shared);
         let span = tracing::debug_span!(target: "tower_deepseek_auth", "deepseek.auth", deepseek.layer = "auth", deepseek.outcome = tracing::field::Empty);
-        let fut = span.in_scope(|| ResponseFuture::start(shared, &mut self.inner, req, fresh));
+        let fut = tower_deepseek_core::trace::in_scope(&span, || {
+            ResponseFuture::start(shared, &mut self.inner, req, fresh)
+        });
         InSpan::new(fut, span)
     }
 }

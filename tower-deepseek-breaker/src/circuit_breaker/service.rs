@@ -106,7 +106,7 @@ where
         let fut = match self.breaker.try_acquire() {
             Ok(permit) => {
                 let asks = Asks::of(req.extensions());
-                let inner = span.in_scope(|| self.inner.call(req));
+                let inner = tower_deepseek_core::trace::in_scope(&span, || self.inner.call(req));
                 ResponseFuture::called(inner, permit, asks)
             }
             Err(open) => ResponseFuture::rejected(open),

@@ -665,7 +665,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The layer's span (`tower_deepseek_core::trace`), entered around the work below.
         let span = tracing::debug_span!(target: "tower_deepseek_cache", "deepseek.cache", deepseek.layer = "cache", deepseek.outcome = tracing::field::Empty, deepseek.cache.status = tracing::field::Empty);
-        let fut = span.in_scope(|| {
+        let fut = tower_deepseek_core::trace::in_scope(&span, || {
             let clone = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, clone);
             ResponseFuture::new(Box::pin(handle(self.shared.clone(), inner, req)))

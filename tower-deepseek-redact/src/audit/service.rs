@@ -77,7 +77,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The layer's span (`tower_deepseek_core::trace`), entered around the work below.
         let span = tracing::debug_span!(target: "tower_deepseek_redact", "deepseek.audit", deepseek.layer = "audit", deepseek.outcome = tracing::field::Empty);
-        let fut = span.in_scope(|| {
+        let fut = tower_deepseek_core::trace::in_scope(&span, || {
             let shared = &self.shared;
             if shared.refuse() {
                 return ResponseFuture::new(None, Guard(None), shared.classifier);

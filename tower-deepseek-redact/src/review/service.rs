@@ -218,7 +218,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The layer's span (`tower_deepseek_core::trace`), entered around the work below.
         let span = tracing::debug_span!(target: "tower_deepseek_redact", "deepseek.review", deepseek.layer = "review", deepseek.outcome = tracing::field::Empty);
-        let fut = span.in_scope(|| {
+        let fut = tower_deepseek_core::trace::in_scope(&span, || {
             let mut req = req;
             // The id that links the review record to the audit record (audit above has set it
             // already; alone, this layer sets it and sends it upstream).

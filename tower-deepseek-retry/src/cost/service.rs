@@ -70,7 +70,7 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         // The layer's span (`tower_deepseek_core::trace`), entered around the work below.
         let span = tracing::debug_span!(target: "tower_deepseek_retry", "deepseek.cost", deepseek.layer = "cost", deepseek.outcome = tracing::field::Empty);
-        let fut = span.in_scope(|| {
+        let fut = tower_deepseek_core::trace::in_scope(&span, || {
             let call = self.shared.start(&req);
             // The usage is read from the verdict the lowest classifying layer shares, when there is
             // one, so that the answer is parsed once in the stack.

@@ -75,7 +75,9 @@ where
             // Fast path: no body to read; admitted at once unless the key must queue.
             let key = shared.key_hash(None, req.extensions().get::<TenantId>());
             if let Some(admitted) = shared.admit_now(key) {
-                let fut = span.in_scope(|| inner.call(req.map(ReplayBody::passthrough)));
+                let fut = tower_deepseek_core::trace::in_scope(&span, || {
+                    inner.call(req.map(ReplayBody::passthrough))
+                });
                 let fut = ResponseFuture {
                     kind: Kind::Fast {
                         fut,

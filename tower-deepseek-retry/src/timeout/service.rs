@@ -72,7 +72,7 @@ where
             (None, None) => None,
         };
         let span = tracing::debug_span!(target: "tower_deepseek_retry", "deepseek.timeout", deepseek.layer = "timeout", deepseek.outcome = tracing::field::Empty);
-        let inner = span.in_scope(|| self.inner.call(req));
+        let inner = tower_deepseek_core::trace::in_scope(&span, || self.inner.call(req));
         let fut = ResponseFuture {
             inner,
             sleep: head.map(|(_, d)| tokio::time::sleep_until(start + d)),
