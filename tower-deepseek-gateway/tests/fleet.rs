@@ -220,22 +220,27 @@ async fn budgets_redis_shares_a_budget_per_key_prefix() {
     let prod = start(&upstream.url(), budget_config(1, &table("prod")), None).await;
     let client = client();
 
-    // Staging's first call starts under the budget (0 of 1 token) and spends it.
-    assert_eq!(budget_call(&client, &staging_a, 0).await.0, 200);
-    // The other staging gateway refuses once the spending has reached Redis (it is settled
-    // in the background when the answer ends).
+    // Staging's first call starts under the budget (0 of 1 token) and spends it; the
+    // spending is settled in Redis in the background when the answer ends: once this gateway
+    // refuses, Redis holds it.
     let t = std::time::Instant::now();
-    let mut n = 1;
-    while budget_call(&client, &staging_b, n).await.0 != 429 {
+    let mut n = 0;
+    while budget_call(&client, &staging_a, n).await.0 != 429 {
         assert!(
             t.elapsed() < std::time::Duration::from_secs(5),
-            "staging's budget is not shared"
+            "never refused"
         );
         n += 1;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // The other staging gateway has not served anyone, and refuses its first call.
+    assert_eq!(
+        budget_call(&client, &staging_b, 100).await.0,
+        429,
+        "staging's budget is not shared"
+    );
     // Production, on the same Redis under its own prefix, has its whole budget.
-    assert_eq!(budget_call(&client, &prod, 100).await.0, 200);
+    assert_eq!(budget_call(&client, &prod, 200).await.0, 200);
     for gw in [staging_a, staging_b, prod] {
         gw.stop().await.unwrap();
     }
