@@ -449,3 +449,67 @@ async fn the_sampling_ratio_applies_to_traces_started_here_and_a_client_decides_
     assert!(sampled.ends_with("-01"), "{sampled}");
     upstream.shutdown().await;
 }
+
+/// The stack calls run under the gateway's own subscriber (for the layers' spans), which hands
+/// every event on to the subscriber that was the default when the gateway was built: the
+/// program's log still gets the layers' events, and no event becomes a span attribute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layers_events_still_reach_the_programs_subscriber() {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(event.metadata().target().to_owned());
+        }
+    }
+
+    let capture = Capture::default();
+    let program = tracing_subscriber::registry().with(
+        capture
+            .clone()
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
+    // The program's subscriber: this thread's default while the gateway is built, which is
+    // when the gateway takes it.
+    let _default = tracing::subscriber::set_default(program);
+    let (otlp, received) = receiver().await;
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let config = config_with_keys(&format!("[otel]\nendpoint = \"http://{otlp}\"\n"));
+    let gw = start(&upstream.url(), config, None).await;
+    // A 502, then a retry: the retry layer logs "retrying request" inside the stack call.
+    upstream.enqueue(Fault::status(502));
+    let res = send(
+        &client(),
+        chat_request(
+            &gw.url("/v1/chat/completions"),
+            Some(CLIENT_KEY),
+            json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    body_string(res).await;
+    gw.stop().await.unwrap();
+    let targets = capture.0.lock().unwrap().clone();
+    assert!(
+        targets.iter().any(|t| t == "tower_deepseek_retry"),
+        "{targets:?}"
+    );
+    let spans = received.spans.lock().unwrap().clone();
+    assert!(spans.iter().any(|s| s.name == "deepseek.retry"));
+    assert!(
+        spans.iter().all(|s| s.events.is_empty()),
+        "no event is exported: {spans:#?}"
+    );
+    upstream.shutdown().await;
+}

@@ -137,8 +137,11 @@ fn layer_dispatch(tracer: SdkTracer) -> Dispatch {
     let outer = tracing::dispatcher::get_default(Dispatch::clone);
     let max = LevelFilter::current();
     let check = outer.clone();
+    // The hint must hold: the program's subscriber may say yes to more than its own hint
+    // (a registry with per-layer filters does), so the level is checked here too.
     let events = Forward(outer).with_filter(
-        DynFilterFn::new(move |m, _| m.is_event() && check.enabled(m)).with_max_level_hint(max),
+        DynFilterFn::new(move |m, _| m.is_event() && *m.level() <= max && check.enabled(m))
+            .with_max_level_hint(max),
     );
     Dispatch::new(tracing_subscriber::registry().with(spans).with(events))
 }
