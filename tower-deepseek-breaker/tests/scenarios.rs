@@ -125,7 +125,9 @@ fn req() -> Request<Full<Bytes>> {
 /// Readies the service, then calls it (the mock insists on `poll_ready` first).
 async fn start(
     svc: &mut tower_deepseek_breaker::CircuitBreaker<Mock>,
-) -> tower_deepseek_breaker::ResponseFuture<<Mock as Service<Request<Full<Bytes>>>>::Future> {
+) -> tower_deepseek_core::trace::InSpan<
+    tower_deepseek_breaker::ResponseFuture<<Mock as Service<Request<Full<Bytes>>>>::Future>,
+> {
     svc.ready().await.unwrap().call(req())
 }
 

@@ -39,6 +39,7 @@ pub mod money;
 pub mod protocol;
 mod scan;
 pub mod sse;
+pub mod trace;
 pub mod view;
 
 /// The error type of client-side layers, as in tower.

@@ -73,9 +73,13 @@
 //! cache_hit = 0.028
 //! cache_miss = 0.28
 //! output = 0.42
-//! [budgets]       # tower_deepseek_retry::cost::CostBudgets (per tenant; `--redis`: fleet-wide)
+//! [budgets]       # tower_deepseek_retry::cost::CostBudgets (per tenant)
 //! default = { daily_cost = "5", monthly_tokens = 100000000 }
 //! tenants.acme = { monthly_cost = "500" }
+//! [budgets.redis]  # optional: budgets shared by every gateway on this Redis and key_prefix
+//! redis_url = "redis://127.0.0.1:6379"   # absent: [rate_limit.redis], else the cache's Redis
+//! key_prefix = "deepseek-gateway:prod"   # one per environment sharing the Redis
+//! expected_instances = 3                 # while Redis is down: limit / 3 per gateway
 //! [otel]          # crate::otel::OtelConfig: traces over OTLP (feature `otel`); absent = off
 //! endpoint = "http://127.0.0.1:4318"
 //! ```
@@ -146,7 +150,8 @@ pub struct GatewayConfig {
     /// and written in the audit record. See `docs/prices.example.toml`.
     pub prices: Option<PriceTable>,
     /// Budgets per tenant (so per client key) or for all, per day and month, in money (the
-    /// price table's currency) or tokens; shared by the fleet through `--redis` when given.
+    /// price table's currency) or tokens; shared by the fleet through `[budgets.redis]`, else
+    /// `[rate_limit.redis]`'s settings, else the cache's Redis (`--redis`) with the defaults.
     pub budgets: Option<CostBudgets>,
     /// OpenTelemetry traces over OTLP ([`OtelConfig`]); absent: no tracing. Needs the
     /// crate's `otel` feature: a gateway built without it refuses the table.

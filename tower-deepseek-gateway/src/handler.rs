@@ -261,7 +261,8 @@ pub(crate) async fn proxy(s: Arc<Shared>, mut req: Request<Body>, route: Route) 
     };
     trace.enter_stack(&mut parts, body.bytes());
     let req = Request::from_parts(parts, Body::new(body));
-    let res = match live.service.clone().oneshot(req).await {
+    // With `[otel]`, the layers' spans are children of the call's span.
+    let res = match trace.in_stack(live.service.clone().oneshot(req)).await {
         // The one allocation for the body's type on the way out: axum's `Body`.
         Ok(res) => wrap_non_json_error(res.map(Body::new)),
         Err(e) => {

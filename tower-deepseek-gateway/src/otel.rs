@@ -9,7 +9,8 @@
 //! | `POST /v1/chat/completions` (the method and the route) | server | the request .. the end of the answer's body | `http.request.method`, `http.route`, `http.response.status_code`, `deepseek.outcome` |
 //! | `gateway.handler` | internal | the request .. the request admitted (key check, headers, body read) | `http.response.status_code` when the gateway answers itself |
 //! | `chat deepseek-chat` (`gen_ai.operation.name` and the model; the stack call) | client | into the stack .. the end of the answer's body | the GenAI attributes below, `deepseek.retry.attempts`, `deepseek.retry.failures`, `deepseek.breaker.state`, `deepseek.cache.status`, `http.response.status_code` |
-//! | `POST` (one per upstream attempt) | client | the attempt leaves .. its response head | `http.request.method`, `server.address`, `server.port`, `url.path`, `deepseek.attempt`, `http.response.status_code`, `error.type` |
+//! | `deepseek.<layer>` (the library layers' `tracing` spans, nested as the layers are) | internal | the layer's call .. its answer's head | `deepseek.layer`, `deepseek.outcome`, `deepseek.cache.status`, `deepseek.retry.attempts`, `deepseek.breaker.state` |
+//! | `POST` (one per upstream attempt, under its `deepseek.timeout`) | client | the attempt leaves .. its response head | `http.request.method`, `server.address`, `server.port`, `url.path`, `deepseek.attempt`, `http.response.status_code`, `error.type` |
 //!
 //! GenAI attributes (OpenTelemetry semantic conventions): `gen_ai.system` and
 //! `gen_ai.provider.name` (`deepseek`), `gen_ai.operation.name` (`chat`, `text_completion`),
@@ -21,7 +22,13 @@
 //! A cache hit has no attempt span (nothing went upstream); retries are one attempt span each.
 //! The stack's layers publish what they did in response extensions (core's `protocol`:
 //! `Attempts`, `BreakerStatus`) and the `x-cache` header: the gateway reads them for the
-//! attributes, so the library layers carry no tracing code.
+//! stack-call span's attributes. The layers' own spans (`tower_deepseek::core::trace`: one
+//! `tracing` span per layer call, at `DEBUG`) are exported through `tracing-opentelemetry`:
+//! each stack call runs under the gateway's own subscriber (`CallTrace::in_stack`) with the
+//! stack-call span as the current OpenTelemetry context, so they become its children. That
+//! subscriber exports the spans of `tower_deepseek*` targets only, with their own fields and
+//! no source location, thread or timing fields, and hands every event on to the program's
+//! subscriber (the log); no global subscriber is installed.
 //!
 //! # Never exported
 //!

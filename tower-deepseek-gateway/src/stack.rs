@@ -29,7 +29,7 @@ use tower_deepseek::core::body::BufferedBody;
 use tower_deepseek::redact::RedactLayer;
 use tower_deepseek::redact::audit::{AuditHandle, AuditLayer, JsonlFileSink, WriterSink};
 use tower_deepseek::retry::cost::CostLayer;
-use tower_deepseek::retry::fleet::Fleet;
+use tower_deepseek::retry::fleet::FleetConfig;
 use tower_deepseek::retry::rate_limit::RateLimitLayer;
 use tower_deepseek::retry::timeout::TimeoutLayer;
 use tower_deepseek::retry::{RetryConfig, RetryLayer};
@@ -218,23 +218,25 @@ pub(crate) fn build(
     if cfg.prices.is_some() || cfg.budgets.is_some() {
         let mut b = CostLayer::builder(cfg.prices.clone().unwrap_or_default());
         if let Some(budgets) = &cfg.budgets {
-            b = b.budgets(budgets.clone());
-            // The fleet's Redis (or Redis Cluster): every gateway on it shares the budgets.
-            let fleet = match &cfg.cache.redis_url {
-                Some(url) => Some(Fleet::builder().redis_url(url)),
-                None if !cfg.cache.redis_cluster_urls.is_empty() => {
-                    Some(Fleet::builder().redis_cluster(cfg.cache.redis_cluster_urls.clone()))
-                }
-                None => None,
-            };
-            if let Some(fleet) = fleet {
-                let fleet = fleet
-                    .build()
-                    .map_err(|e| config_err("budgets")(e.to_string()))?;
-                b = b.fleet(fleet);
+            let mut budgets = budgets.clone();
+            // Where the fleet keeps the budgets: `[budgets.redis]`, else the quotas' Redis
+            // settings (`[rate_limit.redis]`: the same Redis, key prefix, timeout and
+            // `expected_instances`), else the cache's Redis with the fleet's defaults.
+            if budgets.redis.is_none() {
+                budgets.redis = budget_redis(cfg);
             }
+            b = b.budgets(budgets);
         }
-        cost = Some(b.build().map_err(|e| config_err("prices")(e.to_string()))?);
+        cost = Some(b.build().map_err(|e| {
+            // A Redis setting of the budgets names its table.
+            let table = match e.field() {
+                "redis_url" | "redis_cluster_urls" | "key_prefix" | "timeout_ms" | "retry_ms"
+                | "expected_instances" => "budgets.redis",
+                f if f.starts_with("budgets") => "budgets",
+                _ => "prices",
+            };
+            config_err(table)(e.to_string())
+        })?);
     }
 
     let mut audit = None;
@@ -547,4 +549,60 @@ fn fastrand_bytes() -> Vec<u8> {
 
 fn audit_hmac_key(cfg: &GatewayConfig) -> Result<Vec<u8>, std::env::VarError> {
     std::env::var(&cfg.audit.hmac_key_env).map(String::into_bytes)
+}
+
+/// The Redis settings of the budgets when `[budgets.redis]` is absent: `[rate_limit.redis]`
+/// when there is one (an operator describes the fleet once), else the cache's Redis (`--redis`)
+/// with the fleet's defaults (a warning says what that means while Redis is down), else none
+/// (budgets in this process's memory).
+fn budget_redis(cfg: &GatewayConfig) -> Option<FleetConfig> {
+    if let Some(r) = &cfg.rate_limit.redis {
+        return Some(r.clone());
+    }
+    let mut r = FleetConfig::default();
+    if let Some(url) = &cfg.cache.redis_url {
+        r.redis_url = Some(url.clone());
+    } else if !cfg.cache.redis_cluster_urls.is_empty() {
+        r.redis_cluster_urls = cfg.cache.redis_cluster_urls.clone();
+    } else {
+        return None;
+    }
+    tracing::warn!(
+        target: "tower_deepseek_gateway",
+        "budgets use the cache's Redis with the fleet defaults (expected_instances = 1: while Redis is down, each gateway allows the whole budget); set [budgets.redis] or [rate_limit.redis]"
+    );
+    Some(r)
+}
+
+#[cfg(test)]
+mod budget_redis_tests {
+    use super::*;
+
+    #[test]
+    fn budgets_follow_the_rate_limits_redis_else_the_caches() {
+        let cfg = |text: &str| GatewayConfig::from_toml(text).unwrap();
+        // Neither: budgets in memory.
+        assert_eq!(budget_redis(&cfg("[budgets]\n")), None);
+        // The cache's Redis only: the fleet defaults.
+        let r = budget_redis(&cfg(
+            "[cache]\nredis_url = \"redis://10.0.0.1:6379\"\n[budgets]\n",
+        ))
+        .unwrap();
+        assert_eq!(r.redis_url.as_deref(), Some("redis://10.0.0.1:6379"));
+        assert_eq!(r.expected_instances, 1);
+        // `[rate_limit.redis]`: its settings, the prefix and the share included.
+        let r = budget_redis(&cfg("[cache]\nredis_url = \"redis://10.0.0.1:6379\"\n\
+             [rate_limit.redis]\nredis_url = \"redis://10.0.0.2:6379\"\nkey_prefix = \"staging\"\n\
+             timeout_ms = 20\nexpected_instances = 3\n[budgets]\n"))
+        .unwrap();
+        assert_eq!(r.redis_url.as_deref(), Some("redis://10.0.0.2:6379"));
+        assert_eq!(r.key_prefix, "staging");
+        assert_eq!(r.timeout, std::time::Duration::from_millis(20));
+        assert_eq!(r.expected_instances, 3);
+        // `[budgets.redis]` is parsed into the budgets' own settings (which `build` prefers).
+        let c =
+            cfg("[budgets.redis]\nredis_url = \"redis://10.0.0.3:6379\"\nexpected_instances = 4\n");
+        let own = c.budgets.unwrap().redis.unwrap();
+        assert_eq!(own.expected_instances, 4);
+    }
 }

@@ -183,3 +183,139 @@ async fn the_concurrency_cap_holds_across_a_pool_of_upstreams() {
     assert!(peaks[0] >= 3, "without a cap: {peaks:?}");
     assert_eq!(peaks[1], 2, "with a cap of 2 for the pool: {peaks:?}");
 }
+
+/// A token budget of `daily_tokens` per client key, kept through `[budgets.redis]` (`redis`:
+/// the table's lines).
+fn budget_config(daily_tokens: u64, redis: &str) -> GatewayConfig {
+    let text = format!(
+        r#"
+[[keys]]
+sha256 = "{}"
+tenant = "acme"
+
+[layers]
+cache = false
+rate_limit = false
+
+[prices]
+currency = "USD"
+[prices.models.deepseek-chat]
+cache_hit = 0.028
+cache_miss = 0.28
+output = 0.42
+
+[budgets]
+default = {{ daily_tokens = {daily_tokens} }}
+
+[budgets.redis]
+{redis}
+"#,
+        sha256_hex(CLIENT_KEY),
+    );
+    GatewayConfig::from_toml(&text).unwrap()
+}
+
+/// One call of `acme`: its status and the tokens its answer says it used.
+async fn budget_call(client: &TestClient, gw: &Running, n: u32) -> (u16, u64) {
+    let body = json!({"model": "deepseek-chat",
+        "messages": [{"role": "user", "content": format!("budget call {n}")}]});
+    let res = send(
+        client,
+        chat_request(&gw.url("/v1/chat/completions"), Some(CLIENT_KEY), body),
+    )
+    .await;
+    let status = res.status().as_u16();
+    let text = body_string(res).await;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    match status {
+        200 => (200, v["usage"]["total_tokens"].as_u64().unwrap()),
+        429 => {
+            assert_eq!(v["error"]["code"], "budget_exceeded", "{text}");
+            (429, 0)
+        }
+        other => panic!("{other}: {text}"),
+    }
+}
+
+/// `[budgets.redis]`: two gateways of one environment (one key prefix) share a budget through
+/// Redis, and a gateway of another environment on the same Redis (another prefix) keeps its
+/// own.
+#[tokio::test]
+async fn budgets_redis_shares_a_budget_per_key_prefix() {
+    if !redis_available().await {
+        return;
+    }
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let run = format!("{}-{:x}", std::process::id(), rand_u64());
+    let table = |env: &str| {
+        format!(
+            "redis_url = \"{}\"\nkey_prefix = \"gw-budget-{env}-{run}\"\ntimeout_ms = 1000\n",
+            redis_url()
+        )
+    };
+    let staging_a = start(&upstream.url(), budget_config(1, &table("staging")), None).await;
+    let staging_b = start(&upstream.url(), budget_config(1, &table("staging")), None).await;
+    let prod = start(&upstream.url(), budget_config(1, &table("prod")), None).await;
+    let client = client();
+
+    // Staging's first call starts under the budget (0 of 1 token) and spends it; the
+    // spending is settled in Redis in the background when the answer ends: once this gateway
+    // refuses, Redis holds it.
+    let t = std::time::Instant::now();
+    let mut n = 0;
+    while budget_call(&client, &staging_a, n).await.0 != 429 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "never refused"
+        );
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The other staging gateway has not served anyone, and refuses its first call.
+    assert_eq!(
+        budget_call(&client, &staging_b, 100).await.0,
+        429,
+        "staging's budget is not shared"
+    );
+    // Production, on the same Redis under its own prefix, has its whole budget.
+    assert_eq!(budget_call(&client, &prod, 200).await.0, 200);
+    for gw in [staging_a, staging_b, prod] {
+        gw.stop().await.unwrap();
+    }
+}
+
+/// `[budgets.redis] expected_instances`: while Redis is unavailable, a gateway checks its own
+/// spending against its share of the budget (limit / expected_instances), not the whole.
+#[tokio::test]
+async fn while_redis_is_down_a_gateway_allows_its_share_of_the_budget() {
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let client = client();
+    // Nothing listens there: every check fails at once and falls back to the local share.
+    let down = "redis_url = \"redis://127.0.0.1:1\"\ntimeout_ms = 200\n";
+    let mut spent = Vec::new();
+    for instances in [1, 4] {
+        let cfg = budget_config(400, &format!("{down}expected_instances = {instances}\n"));
+        let gw = start(&upstream.url(), cfg, None).await;
+        let mut tokens = 0;
+        let mut per_call = 0;
+        for n in 0..100 {
+            match budget_call(&client, &gw, n).await {
+                (200, t) => {
+                    tokens += t;
+                    per_call = t;
+                }
+                _ => break,
+            }
+            assert!(n < 99, "never refused");
+        }
+        // Calls start while the spending is under the share, so it is passed by at most one.
+        let share = 400 / instances;
+        assert!(
+            tokens >= share && tokens < share + per_call,
+            "{instances} instance(s): {tokens} tokens spent for a share of {share}"
+        );
+        spent.push(tokens);
+        gw.stop().await.unwrap();
+    }
+    assert!(spent[1] * 2 < spent[0], "{spent:?}");
+}

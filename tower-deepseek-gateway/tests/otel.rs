@@ -1,5 +1,5 @@
 //! Traces across instances (feature `otel`): a loopback OTLP/HTTP receiver gets one trace per
-//! call, with the gateway's spans and the GenAI attributes; a client's `traceparent` is
+//! call, with the gateway's spans, the library layers' spans and the GenAI attributes; a client's `traceparent` is
 //! continued and carried upstream; no prompt, answer, PII or secret is in any span.
 #![cfg(feature = "otel")]
 
@@ -225,8 +225,51 @@ async fn one_trace_per_call_with_the_stack_spans_genai_attributes_and_no_secret(
     assert_eq!(text(chat, "deepseek.cache.status"), Some("miss"));
     assert_eq!(int(chat, "http.response.status_code"), Some(200));
 
-    // One span per upstream attempt, under the stack call; each went up with its traceparent.
-    let mut attempts = children(first, chat);
+    // The layers' spans, nested as the layers are, under the stack call: redact, cache,
+    // rate limit, retry, then per attempt the breaker, the credential and the timeouts.
+    let only = |parent: &Span, name: &str| -> Span {
+        let kids = children(first, parent);
+        assert_eq!(kids.len(), 1, "{name}: {kids:#?}");
+        assert_eq!(kids[0].name, name, "{kids:#?}");
+        kids[0].clone()
+    };
+    let redact = only(chat, "deepseek.redact");
+    assert_eq!(text(&redact, "deepseek.layer"), Some("redact"));
+    assert_eq!(text(&redact, "deepseek.outcome"), Some("ok"));
+    let cache = only(&redact, "deepseek.cache");
+    assert_eq!(text(&cache, "deepseek.cache.status"), Some("miss"));
+    let limit = only(&cache, "deepseek.rate_limit");
+    let retry = only(&limit, "deepseek.retry");
+    assert_eq!(
+        int(&retry, "deepseek.retry.attempts"),
+        Some(2),
+        "{retry:#?}"
+    );
+    assert_eq!(text(&retry, "deepseek.outcome"), Some("ok"));
+    let mut breakers = children(first, &retry);
+    breakers.sort_by_key(|s| s.start_time_unix_nano);
+    assert_eq!(
+        breakers.len(),
+        2,
+        "one breaker span per attempt: {breakers:#?}"
+    );
+    let mut attempt_spans = Vec::new();
+    for (b, outcome) in breakers.iter().zip(["server_error", "ok"]) {
+        assert_eq!(b.name, "deepseek.circuit_breaker");
+        assert_eq!(text(b, "deepseek.breaker.state"), Some("closed"));
+        assert_eq!(text(b, "deepseek.outcome"), Some(outcome));
+        let auth = only(b, "deepseek.auth");
+        let timeout = only(&auth, "deepseek.timeout");
+        assert_eq!(text(&timeout, "deepseek.outcome"), Some(outcome));
+        attempt_spans.push(only(&timeout, "POST"));
+    }
+    for s in [&redact, &cache, &limit, &retry] {
+        assert!(s.start_time_unix_nano >= chat.start_time_unix_nano);
+        assert!(s.end_time_unix_nano <= chat.end_time_unix_nano);
+    }
+
+    // One span per upstream attempt, under its timeout span; each went up with its traceparent.
+    let mut attempts: Vec<&Span> = attempt_spans.iter().collect();
     attempts.sort_by_key(|s| int(s, "deepseek.attempt"));
     assert_eq!(attempts.len(), 2, "{attempts:#?}");
     assert_eq!(int(attempts[0], "http.response.status_code"), Some(502));
@@ -251,6 +294,13 @@ async fn one_trace_per_call_with_the_stack_spans_genai_attributes_and_no_secret(
         })
         .expect("the cached call's trace");
     assert!(hit.iter().all(|s| s.name != "POST"), "{hit:#?}");
+    let names: Vec<&str> = hit.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"deepseek.redact"), "{names:?}");
+    assert!(names.contains(&"deepseek.cache"), "{names:?}");
+    assert!(
+        !names.contains(&"deepseek.rate_limit"),
+        "a hit goes no further: {names:?}"
+    );
 
     // Call 3: the stream's usage is read too; its upstream request carries its trace id.
     let client_trace = hex::decode(TRACE_ID).unwrap();
@@ -397,5 +447,69 @@ async fn the_sampling_ratio_applies_to_traces_started_here_and_a_client_decides_
     let sampled = sent[1].headers["traceparent"].to_str().unwrap();
     assert!(sampled.starts_with(&format!("00-{TRACE_ID}-")), "{sampled}");
     assert!(sampled.ends_with("-01"), "{sampled}");
+    upstream.shutdown().await;
+}
+
+/// The stack calls run under the gateway's own subscriber (for the layers' spans), which hands
+/// every event on to the subscriber that was the default when the gateway was built: the
+/// program's log still gets the layers' events, and no event becomes a span attribute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layers_events_still_reach_the_programs_subscriber() {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(event.metadata().target().to_owned());
+        }
+    }
+
+    let capture = Capture::default();
+    let program = tracing_subscriber::registry().with(
+        capture
+            .clone()
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
+    // The program's subscriber: this thread's default while the gateway is built, which is
+    // when the gateway takes it.
+    let _default = tracing::subscriber::set_default(program);
+    let (otlp, received) = receiver().await;
+    let upstream = MockServer::builder().api_key(UPSTREAM_KEY).start().await;
+    let config = config_with_keys(&format!("[otel]\nendpoint = \"http://{otlp}\"\n"));
+    let gw = start(&upstream.url(), config, None).await;
+    // A 502, then a retry: the retry layer logs "retrying request" inside the stack call.
+    upstream.enqueue(Fault::status(502));
+    let res = send(
+        &client(),
+        chat_request(
+            &gw.url("/v1/chat/completions"),
+            Some(CLIENT_KEY),
+            json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    body_string(res).await;
+    gw.stop().await.unwrap();
+    let targets = capture.0.lock().unwrap().clone();
+    assert!(
+        targets.iter().any(|t| t == "tower_deepseek_retry"),
+        "{targets:?}"
+    );
+    let spans = received.spans.lock().unwrap().clone();
+    assert!(spans.iter().any(|s| s.name == "deepseek.retry"));
+    assert!(
+        spans.iter().all(|s| s.events.is_empty()),
+        "no event is exported: {spans:#?}"
+    );
     upstream.shutdown().await;
 }

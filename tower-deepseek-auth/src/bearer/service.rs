@@ -7,6 +7,8 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use super::layer::BearerAuthLayer;
 
@@ -56,7 +58,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Instrumented<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -70,7 +72,10 @@ where
         if self.overwrite || !req.headers().contains_key(AUTHORIZATION) {
             req.headers_mut().insert(AUTHORIZATION, self.header.clone());
         }
-        self.inner.call(req)
+        // The layer's span (`tower_deepseek_core::trace`): no outcome is recorded, since the
+        // inner service's answer may be of any type.
+        let span = tracing::debug_span!(target: "tower_deepseek_auth", "deepseek.auth", deepseek.layer = "auth");
+        tower_deepseek_core::trace::in_scope(&span, || self.inner.call(req)).instrument(span)
     }
 }
 

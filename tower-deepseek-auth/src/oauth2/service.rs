@@ -16,6 +16,7 @@ use super::future::ResponseFuture;
 use super::layer::OAuth2Layer;
 use super::state::Shared;
 use tower_deepseek_core::body::ReplayBody;
+use tower_deepseek_core::trace::InSpan;
 
 /// The service made by [`OAuth2Layer`]. See the [module docs](crate::oauth2).
 pub struct OAuth2<S, T> {
@@ -81,7 +82,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, B, T>;
+    type Future = InSpan<ResponseFuture<S, B, T>>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -92,6 +93,10 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let fresh = self.shared.fresh();
         let shared = Arc::clone(&self.shared);
-        ResponseFuture::start(shared, &mut self.inner, req, fresh)
+        let span = tracing::debug_span!(target: "tower_deepseek_auth", "deepseek.auth", deepseek.layer = "auth", deepseek.outcome = tracing::field::Empty);
+        let fut = tower_deepseek_core::trace::in_scope(&span, || {
+            ResponseFuture::start(shared, &mut self.inner, req, fresh)
+        });
+        InSpan::new(fut, span)
     }
 }

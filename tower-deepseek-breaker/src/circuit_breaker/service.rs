@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tower_deepseek_core::BoxError;
+use tower_deepseek_core::trace::InSpan;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -81,19 +82,35 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = InSpan<ResponseFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        match self.breaker.try_acquire() {
+        let span = tracing::debug_span!(
+            target: "tower_deepseek_breaker",
+            "deepseek.circuit_breaker",
+            deepseek.layer = "circuit_breaker",
+            deepseek.outcome = tracing::field::Empty,
+            deepseek.breaker.state = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            // The state the call met (read once more: only when someone listens).
+            span.record(
+                "deepseek.breaker.state",
+                self.breaker.breaker().state().as_str(),
+            );
+        }
+        let fut = match self.breaker.try_acquire() {
             Ok(permit) => {
                 let asks = Asks::of(req.extensions());
-                ResponseFuture::called(self.inner.call(req), permit, asks)
+                let inner = tower_deepseek_core::trace::in_scope(&span, || self.inner.call(req));
+                ResponseFuture::called(inner, permit, asks)
             }
             Err(open) => ResponseFuture::rejected(open),
-        }
+        };
+        InSpan::new(fut, span)
     }
 }

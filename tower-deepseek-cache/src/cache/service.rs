@@ -12,6 +12,7 @@ use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer_or_reject};
 use tower_deepseek_core::classify::{ClassifiedResponse, Classifier, EndJudge};
 use tower_deepseek_core::protocol::ShareVerdict;
+use tower_deepseek_core::trace::InSpan;
 use tower_deepseek_core::view::{ChatView, JsonKind};
 use tower_service::Service;
 
@@ -678,15 +679,33 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = BoxError;
-    type Future = ResponseFuture<ResBody>;
+    type Future = InSpan<ResponseFuture<ResBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(Box::pin(handle(self.shared.clone(), inner, req)))
+        // The layer's span (`tower_deepseek_core::trace`), entered around the work below.
+        let span = tracing::debug_span!(target: "tower_deepseek_cache", "deepseek.cache", deepseek.layer = "cache", deepseek.outcome = tracing::field::Empty, deepseek.cache.status = tracing::field::Empty);
+        let fut = tower_deepseek_core::trace::in_scope(&span, || {
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            ResponseFuture::new(Box::pin(handle(self.shared.clone(), inner, req)))
+        });
+        InSpan::new(fut, span).on_head(record_cache_status)
     }
+}
+
+/// Records the cache's status of a call (`x-cache`: `hit-l1`, `hit-l2`, `miss`, `bypass`) in
+/// its span.
+fn record_cache_status(span: &tracing::Span, headers: &http::HeaderMap, _: &http::Extensions) {
+    let status = match headers.get(&X_CACHE).map(http::HeaderValue::as_bytes) {
+        Some(b"hit-l1") => "hit-l1",
+        Some(b"hit-l2") => "hit-l2",
+        Some(b"miss") => "miss",
+        Some(b"bypass") => "bypass",
+        _ => return,
+    };
+    span.record("deepseek.cache.status", status);
 }

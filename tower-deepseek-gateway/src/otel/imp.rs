@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use http::{HeaderMap, Request, Response, StatusCode};
+use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
@@ -20,6 +21,8 @@ use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProces
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use tower_deepseek::core::classify::{ResponseSummary, StreamEnd};
 use tower_deepseek::core::protocol::{Attempts, BreakerStatus, CollectCallFacts};
+use tracing::Dispatch;
+use tracing::instrument::{WithDispatch, WithSubscriber as _};
 
 use super::{OtelConfig, model_attr};
 
@@ -30,6 +33,9 @@ pub(crate) struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     timeout: Duration,
+    /// The subscriber of the stack calls: the layers' spans to OpenTelemetry, events to the
+    /// program's own subscriber.
+    layers: Dispatch,
 }
 
 impl std::fmt::Debug for Tracing {
@@ -70,10 +76,12 @@ impl Tracing {
             )
             .build();
         let tracer = provider.tracer(SCOPE);
+        let layers = layer_dispatch(tracer.clone());
         Ok(Self {
             provider,
             tracer,
             timeout,
+            layers,
         })
     }
 
@@ -97,6 +105,60 @@ impl Tracing {
     }
 }
 
+/// The subscriber that the stack calls run under (`CallTrace::in_stack`). The library layers'
+/// spans (targets `tower_deepseek*`, `DEBUG` and above: `tower_deepseek::core::trace`) go to
+/// OpenTelemetry through `tracing-opentelemetry`, as children of the current OpenTelemetry
+/// context (the call's span) and of each other; only their own fields become attributes (no
+/// source location, thread or timing fields). Events are not exported: they go on to the
+/// subscriber that was the default when the gateway was built (the program's log), as if
+/// this one were not there. No global subscriber is installed, so two gateways in one
+/// process trace apart.
+fn layer_dispatch(tracer: SdkTracer) -> Dispatch {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{DynFilterFn, FilterExt as _, FilterFn, LevelFilter};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_level(false)
+        .with_target(false)
+        .with_error_events_to_status(false)
+        .with_error_events_to_exceptions(false)
+        .with_error_fields_to_exceptions(false)
+        .with_error_records_to_exceptions(false)
+        .with_filter(
+            FilterFn::new(|m| m.is_span() && m.target().starts_with("tower_deepseek"))
+                .with_max_level_hint(LevelFilter::DEBUG)
+                .and(LevelFilter::DEBUG),
+        );
+    let outer = tracing::dispatcher::get_default(Dispatch::clone);
+    let max = LevelFilter::current();
+    let check = outer.clone();
+    // The hint must hold: the program's subscriber may say yes to more than its own hint
+    // (a registry with per-layer filters does), so the level is checked here too.
+    let events = Forward(outer).with_filter(
+        DynFilterFn::new(move |m, _| m.is_event() && *m.level() <= max && check.enabled(m))
+            .with_max_level_hint(max),
+    );
+    Dispatch::new(tracing_subscriber::registry().with(spans).with(events))
+}
+
+/// Hands events on to another subscriber.
+struct Forward(Dispatch);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.event(event);
+    }
+}
+
 fn str_array(items: Vec<String>) -> Value {
     Value::Array(Array::String(
         items.into_iter().map(StringValue::from).collect(),
@@ -112,6 +174,7 @@ pub(crate) struct CallTrace {
 
 struct Inner {
     tracer: SdkTracer,
+    layers: Dispatch,
     server: Context,
     handler: Context,
     stack: std::sync::Mutex<Option<Context>>,
@@ -146,6 +209,7 @@ impl CallTrace {
         Self {
             inner: Some(Arc::new(Inner {
                 tracer,
+                layers: t.layers.clone(),
                 server,
                 handler,
                 stack: std::sync::Mutex::new(None),
@@ -202,6 +266,17 @@ impl CallTrace {
             attempts: Arc::new(AtomicU32::new(0)),
         });
         *i.stack.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx);
+    }
+
+    /// `fut` (the stack's call) under the layers' subscriber, in the call's span: the
+    /// layers' spans become its children. As it is when tracing is off.
+    pub(crate) fn in_stack<F: Future>(&self, fut: F) -> Either<F, WithContext<WithDispatch<F>>> {
+        match (&self.inner, self.stack_cx()) {
+            (Some(i), Some(cx)) => {
+                Either::Right(fut.with_subscriber(i.layers.clone()).with_context(cx))
+            }
+            _ => Either::Left(fut),
+        }
     }
 
     /// The stack answered (or failed, with the gateway's error answer): what the layers
@@ -435,13 +510,23 @@ where
         if let Some(port) = req.uri().port_u16() {
             attrs.push(KeyValue::new("server.port", i64::from(port)));
         }
+        // The innermost layer's span, when the layers' spans are exported (`in_stack`), else
+        // the call's span.
+        let current = Context::current();
+        let base = if current.span().span_context().trace_id()
+            == parent.cx.span().span_context().trace_id()
+        {
+            current
+        } else {
+            parent.cx
+        };
         let span = parent
             .tracer
             .span_builder(method)
             .with_kind(SpanKind::Client)
             .with_attributes(attrs)
-            .start_with_context(&parent.tracer, &parent.cx);
-        let cx = parent.cx.with_span(span);
+            .start_with_context(&parent.tracer, &base);
+        let cx = base.with_span(span);
         inject(&cx, req.headers_mut());
         let fut = self.inner.call(req);
         Either::Right(Box::pin(async move {

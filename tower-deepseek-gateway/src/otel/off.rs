@@ -46,6 +46,9 @@ pub(crate) struct CallTrace;
 
 impl CallTrace {
     pub(crate) fn enter_stack(&self, _parts: &mut http::request::Parts, _body: &[u8]) {}
+    pub(crate) fn in_stack<F>(&self, fut: F) -> F {
+        fut
+    }
     pub(crate) fn on_head<B>(&self, _res: &Response<B>) {}
     pub(crate) fn on_end(
         &self,

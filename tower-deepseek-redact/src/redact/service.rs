@@ -11,6 +11,7 @@ use http_body::Body;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BufferedBody, buffer_or_reject};
 use tower_deepseek_core::meta::TenantId;
+use tower_deepseek_core::trace::InSpan;
 use tower_deepseek_core::view::ChatView;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -171,15 +172,20 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S>;
+    type Future = InSpan<ResponseFuture<S>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> ResponseFuture<S> {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(Box::pin(prepare_boxed(self.shared.clone(), req)), inner)
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The layer's span (`tower_deepseek_core::trace`), entered around the work below.
+        let span = tracing::debug_span!(target: "tower_deepseek_redact", "deepseek.redact", deepseek.layer = "redact", deepseek.outcome = tracing::field::Empty);
+        let fut = tower_deepseek_core::trace::in_scope(&span, || {
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            ResponseFuture::new(Box::pin(prepare_boxed(self.shared.clone(), req)), inner)
+        });
+        InSpan::new(fut, span)
     }
 }

@@ -13,6 +13,7 @@ use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{BodyEnd, BodyObserver, ObservedBody};
 use tower_deepseek_core::chat::ChatRequest;
 use tower_deepseek_core::protocol::{ModelHint, RequestId, TenantId, X_REQUEST_ID};
+use tower_deepseek_core::trace::InSpan;
 use tower_service::Service;
 
 #[cfg(doc)]
@@ -201,38 +202,43 @@ where
 {
     type Response = Response<super::ResponseBody<ResBody>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = InSpan<ResponseFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> ResponseFuture<S::Future> {
-        let mut req = req;
-        // The id that links the review record to the audit record (audit above has set it
-        // already; alone, this layer sets it and sends it upstream).
-        tower_deepseek_core::meta::ensure_request_id(&mut req, &X_REQUEST_ID, true);
-        let ext = req.extensions();
-        let request_id = ext
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::generate);
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let pending = Pending {
-            shared: self.shared.clone(),
-            request_id,
-            tenant: ext.get::<TenantId>().cloned(),
-            route: req.uri().path().to_owned(),
-            seen: seen.clone(),
-            hint: ext.get::<ModelHint>().cloned(),
-            started: Instant::now(),
-            timestamp: SystemTime::now(),
-        };
-        let tap = RequestTap {
-            seen,
-            limit: self.shared.max_body_bytes,
-        };
-        let fut = self.inner.call(req.map(|b| ObservedBody::new(b, tap)));
-        ResponseFuture::new(fut, Box::new(pending))
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The layer's span (`tower_deepseek_core::trace`), entered around the work below.
+        let span = tracing::debug_span!(target: "tower_deepseek_redact", "deepseek.review", deepseek.layer = "review", deepseek.outcome = tracing::field::Empty);
+        let fut = tower_deepseek_core::trace::in_scope(&span, || {
+            let mut req = req;
+            // The id that links the review record to the audit record (audit above has set it
+            // already; alone, this layer sets it and sends it upstream).
+            tower_deepseek_core::meta::ensure_request_id(&mut req, &X_REQUEST_ID, true);
+            let ext = req.extensions();
+            let request_id = ext
+                .get::<RequestId>()
+                .cloned()
+                .unwrap_or_else(RequestId::generate);
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let pending = Pending {
+                shared: self.shared.clone(),
+                request_id,
+                tenant: ext.get::<TenantId>().cloned(),
+                route: req.uri().path().to_owned(),
+                seen: seen.clone(),
+                hint: ext.get::<ModelHint>().cloned(),
+                started: Instant::now(),
+                timestamp: SystemTime::now(),
+            };
+            let tap = RequestTap {
+                seen,
+                limit: self.shared.max_body_bytes,
+            };
+            let fut = self.inner.call(req.map(|b| ObservedBody::new(b, tap)));
+            ResponseFuture::new(fut, Box::new(pending))
+        });
+        InSpan::new(fut, span)
     }
 }

@@ -98,6 +98,14 @@ pub struct CostBudgets {
     pub default: BudgetLimits,
     /// Limits of particular tenants, replacing `default` for them.
     pub tenants: BTreeMap<String, BudgetLimits>,
+    /// The Redis backend (feature `redis`; serde table `redis`): when set, the tallies are
+    /// kept in that Redis, so every instance on it with the same `key_prefix` shares each
+    /// budget, and while it is unavailable (no answer within `timeout_ms`) each instance
+    /// checks its own spending against limit / `expected_instances`. A fleet given to the
+    /// builder ([`CostLayerBuilder::fleet`](crate::cost::CostLayerBuilder::fleet)) wins.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub redis: Option<crate::fleet::FleetConfig>,
 }
 
 impl Default for CostBudgets {
@@ -107,6 +115,8 @@ impl Default for CostBudgets {
             time_zone: "UTC".into(),
             default: BudgetLimits::default(),
             tenants: BTreeMap::new(),
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }

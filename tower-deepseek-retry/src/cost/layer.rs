@@ -120,7 +120,13 @@ impl CostLayerBuilder {
                 }
                 let tz = time_zone("budgets.time_zone", &b.time_zone)?;
                 #[cfg(feature = "redis")]
-                let store = match self.fleet {
+                let fleet = match (self.fleet, &b.redis) {
+                    (Some(fleet), _) => Some(fleet),
+                    (None, Some(redis)) => Some(crate::fleet::Fleet::from_config(redis)?),
+                    (None, None) => None,
+                };
+                #[cfg(feature = "redis")]
+                let store = match fleet {
                     Some(fleet) => Store::Fleet {
                         redis: super::fleet::RedisTally { fleet },
                         local: Default::default(),

@@ -30,7 +30,7 @@ pub const DEFAULT_RETRY: Duration = Duration::from_millis(1_000);
 /// ).unwrap();
 /// assert_eq!(cfg.expected_instances, 3);
 /// ```
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct FleetConfig {

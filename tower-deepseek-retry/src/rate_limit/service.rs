@@ -10,6 +10,7 @@ use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::{Buffered, ReplayBody};
 use tower_deepseek_core::meta::TenantId;
 use tower_deepseek_core::protocol::ShareVerdict;
+use tower_deepseek_core::trace::InSpan;
 use tower_deepseek_core::view::ChatView;
 use tower_service::Service;
 
@@ -58,7 +59,7 @@ where
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, ResB>;
+    type Future = InSpan<ResponseFuture<S::Future, ResB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -68,21 +69,26 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
+        // The layer's span: its time includes the wait for a permit.
+        let span = tracing::debug_span!(target: "tower_deepseek_retry", "deepseek.rate_limit", deepseek.layer = "rate_limit", deepseek.outcome = tracing::field::Empty);
         if !shared.needs_body() && !shared.is_fleet() {
             // Fast path: no body to read; admitted at once unless the key must queue.
             let key = shared.key_hash(None, req.extensions().get::<TenantId>());
             if let Some(admitted) = shared.admit_now(key) {
-                let fut = inner.call(req.map(ReplayBody::passthrough));
-                return ResponseFuture {
+                let fut = tower_deepseek_core::trace::in_scope(&span, || {
+                    inner.call(req.map(ReplayBody::passthrough))
+                });
+                let fut = ResponseFuture {
                     kind: Kind::Fast {
                         fut,
                         shared,
                         admitted: Some(admitted),
                     },
                 };
+                return InSpan::new(fut, span);
             }
         }
-        ResponseFuture {
+        let fut = ResponseFuture {
             kind: Kind::Slow {
                 fut: Box::pin(async move {
                     let (mut parts, body) = req.into_parts();
@@ -126,6 +132,7 @@ where
                     shared.finish(admitted, result)
                 }),
             },
-        }
+        };
+        InSpan::new(fut, span)
     }
 }

@@ -7,6 +7,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::body::ReplayBody;
+use tower_deepseek_core::trace::InSpan;
 use tower_service::Service;
 
 use super::body::ResponseBody;
@@ -71,7 +72,7 @@ where
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, ReqB, ResB>;
+    type Future = InSpan<ResponseFuture<S, ReqB, ResB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -80,6 +81,22 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(service, self.shared.clone(), req)
+        let span = tracing::debug_span!(
+            target: "tower_deepseek_retry",
+            "deepseek.retry",
+            deepseek.layer = "retry",
+            deepseek.outcome = tracing::field::Empty,
+            deepseek.retry.attempts = tracing::field::Empty,
+        );
+        // The first attempt starts at the first poll, inside the span.
+        InSpan::new(ResponseFuture::new(service, self.shared.clone(), req), span)
+            .on_head(record_attempts)
+    }
+}
+
+/// Records the number of attempts of a call (its answer's `Attempts`) in its span.
+fn record_attempts(span: &tracing::Span, _headers: &http::HeaderMap, ext: &http::Extensions) {
+    if let Some(a) = ext.get::<tower_deepseek_core::protocol::Attempts>() {
+        span.record("deepseek.retry.attempts", i64::from(a.count()));
     }
 }

@@ -11,6 +11,7 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower_deepseek_core::BoxError;
 use tower_deepseek_core::error::TimeoutPhase;
+use tower_deepseek_core::trace::InSpan;
 use tower_service::Service;
 
 /// Applies attempt timeouts. See the [module docs](super).
@@ -43,7 +44,7 @@ where
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = InSpan<ResponseFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -70,12 +71,15 @@ where
             (None, Some(t)) => Some((TimeoutPhase::Total, t)),
             (None, None) => None,
         };
-        ResponseFuture {
-            inner: self.inner.call(req),
+        let span = tracing::debug_span!(target: "tower_deepseek_retry", "deepseek.timeout", deepseek.layer = "timeout", deepseek.outcome = tracing::field::Empty);
+        let inner = tower_deepseek_core::trace::in_scope(&span, || self.inner.call(req));
+        let fut = ResponseFuture {
+            inner,
             sleep: head.map(|(_, d)| tokio::time::sleep_until(start + d)),
             head,
             limits,
             start,
-        }
+        };
+        InSpan::new(fut, span)
     }
 }
