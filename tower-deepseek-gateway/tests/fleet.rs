@@ -114,15 +114,17 @@ async fn two_gateways_share_each_clients_quota_through_redis() {
     b.stop().await.unwrap();
 }
 
-/// `[concurrency]` (in memory) caps the calls in flight at the upstream; without it, they are
-/// not capped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_concurrency_table_caps_calls_in_flight_at_the_upstream() {
-    let upstream = CountingUpstream::start(std::time::Duration::from_millis(200)).await;
+/// The most calls in flight at `upstream` while six calls go through a gateway built from
+/// `[layers] cache = false` and `extra`, without a cap and with a cap of 2.
+async fn peaks_without_and_with_a_cap_of_two(
+    upstream: &CountingUpstream,
+    extra: &str,
+) -> Vec<usize> {
     let client = client();
     let mut peaks = Vec::new();
-    for extra in ["", "[concurrency]\ninitial = 2\nmax = 2\n"] {
-        let cfg = GatewayConfig::from_toml(&format!("[layers]\ncache = false\n{extra}")).unwrap();
+    for cap in ["", "[concurrency]\ninitial = 2\nmax = 2\n"] {
+        let cfg =
+            GatewayConfig::from_toml(&format!("[layers]\ncache = false\n{cap}{extra}")).unwrap();
         let gw = start(&upstream.url(), cfg, None).await;
         let from = std::time::Instant::now();
         let calls = (0..6).map(|i| {
@@ -142,6 +144,15 @@ async fn the_concurrency_table_caps_calls_in_flight_at_the_upstream() {
         peaks.push(upstream.peak(from, std::time::Instant::now()));
         gw.stop().await.unwrap();
     }
+    peaks
+}
+
+/// `[concurrency]` (in memory) caps the calls in flight at the upstream; without it, they are
+/// not capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_table_caps_calls_in_flight_at_the_upstream() {
+    let upstream = CountingUpstream::start(std::time::Duration::from_millis(200)).await;
+    let peaks = peaks_without_and_with_a_cap_of_two(&upstream, "").await;
     assert!(peaks[0] >= 3, "without a cap: {peaks:?}");
     assert_eq!(peaks[1], 2, "with a cap of 2: {peaks:?}");
 }
@@ -152,34 +163,11 @@ async fn the_concurrency_table_caps_calls_in_flight_at_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_concurrency_cap_holds_across_a_pool_of_upstreams() {
     let upstream = CountingUpstream::start(std::time::Duration::from_millis(200)).await;
-    let client = client();
     let url = upstream.url();
     let pool = format!(
         "[[upstreams]]\nname = \"az1\"\nurl = \"{url}\"\n[[upstreams]]\nname = \"az2\"\nurl = \"{url}\"\n"
     );
-    let mut peaks = Vec::new();
-    for cap in ["", "[concurrency]\ninitial = 2\nmax = 2\n"] {
-        let cfg =
-            GatewayConfig::from_toml(&format!("[layers]\ncache = false\n{cap}{pool}")).unwrap();
-        let gw = start(&url, cfg, None).await;
-        let from = std::time::Instant::now();
-        let calls = (0..6).map(|i| {
-            let req = chat_request(
-                &gw.url("/v1/chat/completions"),
-                None,
-                json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": format!("call {i}")}]}),
-            );
-            let client = client.clone();
-            async move {
-                let res = send(&client, req).await;
-                assert_eq!(res.status(), 200);
-                body_string(res).await
-            }
-        });
-        futures_util::future::join_all(calls).await;
-        peaks.push(upstream.peak(from, std::time::Instant::now()));
-        gw.stop().await.unwrap();
-    }
+    let peaks = peaks_without_and_with_a_cap_of_two(&upstream, &pool).await;
     assert!(peaks[0] >= 3, "without a cap: {peaks:?}");
     assert_eq!(peaks[1], 2, "with a cap of 2 for the pool: {peaks:?}");
 }
