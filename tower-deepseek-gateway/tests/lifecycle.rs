@@ -5,8 +5,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::json;
 use tokio::process::Command;
 use tower_deepseek_testkit::MockServer;
@@ -14,33 +12,6 @@ use tower_deepseek_testkit::MockServer;
 fn stream_body() -> serde_json::Value {
     json!({"model": "deepseek-chat", "stream": true, "stream_options": {"include_usage": true},
            "messages": [{"role": "user", "content": "a b c d e f g h i j k l"}]})
-}
-
-/// Reads the rest of a body (with a bound), returning the text.
-async fn rest(mut body: Incoming, mut text: String) -> String {
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
-        .await
-        .expect("frames keep coming")
-    {
-        if let Ok(d) = frame.expect("the stream is not cut").into_data() {
-            text.push_str(std::str::from_utf8(&d).unwrap());
-        }
-    }
-    text
-}
-
-/// Waits for the first data frame of `body`.
-async fn first_frame(body: &mut Incoming) -> String {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Ok(d) = frame.into_data() {
-            return String::from_utf8(d.to_vec()).unwrap();
-        }
-    }
 }
 
 #[tokio::test]

@@ -9,41 +9,6 @@ use serde_json::{Value, json};
 use tower_deepseek_gateway::{Gateway, Options};
 use tower_deepseek_testkit::MockServer;
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// Whether something answers on the Redis address (skip locally when not, fail under CI).
-async fn redis_available() -> bool {
-    let url = redis_url();
-    let hostport = url
-        .trim_start_matches("redis://")
-        .trim_start_matches("rediss://")
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let ok = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(&hostport)
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "Redis is required under CI (REDIS_URL={url})"
-        );
-        eprintln!("notice: no Redis at {url}; skipping");
-    }
-    ok
-}
-
 async fn start_with_redis(
     upstream: &str,
     prefix: &str,

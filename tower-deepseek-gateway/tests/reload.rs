@@ -6,8 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::json;
 use tower_deepseek_gateway::{Gateway, GatewayConfig, Options};
 use tower_deepseek_testkit::MockServer;
@@ -20,33 +18,6 @@ fn stream_body() -> serde_json::Value {
 
 fn plain_body() -> serde_json::Value {
     json!({"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]})
-}
-
-/// Reads the rest of a body (with a bound), returning the text.
-async fn rest(mut body: Incoming, mut text: String) -> String {
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
-        .await
-        .expect("frames keep coming")
-    {
-        if let Ok(d) = frame.expect("the stream is not cut").into_data() {
-            text.push_str(std::str::from_utf8(&d).unwrap());
-        }
-    }
-    text
-}
-
-/// Waits for the first data frame of `body`.
-async fn first_frame(body: &mut Incoming) -> String {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Ok(d) = frame.into_data() {
-            return String::from_utf8(d.to_vec()).unwrap();
-        }
-    }
 }
 
 /// Only `OTHER_KEY` is allowed, one request a minute, refused at once beyond.

@@ -418,3 +418,65 @@ impl CountingUpstream {
             .unwrap_or(0)
     }
 }
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Whether something answers on the Redis address (skip locally when not, fail under CI).
+pub async fn redis_available() -> bool {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .trim_start_matches("rediss://")
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let ok = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(&hostport)
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "Redis is required under CI (REDIS_URL={url})"
+        );
+        eprintln!("notice: no Redis at {url}; skipping");
+    }
+    ok
+}
+
+/// Reads the rest of a body (with a bound), returning the text.
+pub async fn rest(mut body: Incoming, mut text: String) -> String {
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("frames keep coming")
+    {
+        if let Ok(d) = frame.expect("the stream is not cut").into_data() {
+            text.push_str(std::str::from_utf8(&d).unwrap());
+        }
+    }
+    text
+}
+
+/// Waits for the first data frame of `body`.
+pub async fn first_frame(body: &mut Incoming) -> String {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            return String::from_utf8(d.to_vec()).unwrap();
+        }
+    }
+}
